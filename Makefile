@@ -1,0 +1,45 @@
+# The two commands of the README: `make demo` and `make test`.
+# Each installs what it needs first (scripts/install-deps.sh).
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: demo test deps build lint unit bench bench-store fuzz clean
+
+deps:
+	@./scripts/install-deps.sh
+
+build: deps
+	$(CARGO) build --release --bin yr
+
+## The main job: a data worker passing a 256 MiB object between two processes.
+demo: build
+	./target/release/yr demo
+
+## Every test: formatting, lints, unit, property and integration tests.
+test: deps lint unit
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+unit:
+	$(CARGO) build --workspace --bins
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --workspace --no-fail-fast; \
+	else \
+		$(CARGO) test --workspace --no-fail-fast; \
+	fi
+
+## Benchmarks: criterion (cargo bench) and the JSON summary.
+bench: deps
+	$(CARGO) bench -p yr-benches
+
+bench-store: build
+	./target/release/yr bench store --json
+
+## Fuzz the frame decoders (needs cargo-fuzz and a nightly toolchain).
+fuzz:
+	cd fuzz && cargo +nightly fuzz run decode_request -- -max_total_time=60
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,278 @@
+//! `yr bench ...`: benchmarks that measure their hardware baselines in the
+//! same run and report ratios, because this kind of machine is shared and
+//! noisy: an absolute figure means little, a ratio to memcpy / a socket round
+//! trip / raw disk I/O measured a moment earlier means a lot.
+
+use crate::store_cmd::pattern;
+use crate::util::WorkerProcess;
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use serde_json::json;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+use yr_datastore::{Client, ObjectId};
+
+#[derive(Subcommand)]
+pub enum BenchCmd {
+    /// The data worker: put/get against memcpy and a socket round trip,
+    /// small-object rates, spill/restore against raw io_uring disk I/O, and
+    /// metadata per object.
+    Store(StoreArgs),
+}
+
+#[derive(Args)]
+pub struct StoreArgs {
+    /// Print one JSON object (for scripts) instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Iterations of each large-object measurement.
+    #[arg(long, default_value_t = 15)]
+    iters: usize,
+    /// Objects for the metadata measurement.
+    #[arg(long, default_value_t = 1_000_000)]
+    meta_objects: usize,
+}
+
+pub fn run(cmd: BenchCmd) -> Result<()> {
+    match cmd {
+        BenchCmd::Store(a) => store(a),
+    }
+}
+
+const BIG: usize = 64 << 20;
+const SMALL: usize = 1 << 10;
+
+fn median(v: &mut [f64]) -> f64 {
+    percentile(v, 0.5)
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((v.len() - 1) as f64 * p).round() as usize;
+    v[i]
+}
+
+fn gbps(bytes: usize, d: Duration) -> f64 {
+    bytes as f64 / d.as_secs_f64() / 1e9
+}
+
+/// Resident anonymous memory of a process (excludes the shared arena).
+fn rss_anon(pid: u32) -> Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    for line in s.lines() {
+        if let Some(rest) = line.strip_prefix("RssAnon:") {
+            let kb: u64 = rest
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .context("RssAnon")?;
+            return Ok(kb * 1024);
+        }
+    }
+    anyhow::bail!("no RssAnon in /proc/{pid}/status")
+}
+
+fn memcpy_gbps(iters: usize) -> f64 {
+    let src = pattern(BIG);
+    let mut dst = vec![1u8; BIG];
+    let mut v = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let t = Instant::now();
+        dst.copy_from_slice(&src);
+        std::hint::black_box(&mut dst);
+        v.push(gbps(BIG, t.elapsed()));
+    }
+    median(&mut v)
+}
+
+fn uds_rtt_us(rounds: usize) -> Result<(f64, f64)> {
+    let (mut a, mut b) = UnixStream::pair()?;
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut buf = [0u8; 64];
+        loop {
+            if let Err(e) = b.read_exact(&mut buf) {
+                return if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    Ok(())
+                } else {
+                    Err(e)
+                };
+            }
+            b.write_all(&buf)?;
+        }
+    });
+    let mut buf = [7u8; 64];
+    let mut v = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        a.write_all(&buf)?;
+        a.read_exact(&mut buf)?;
+        v.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    drop(a);
+    let _ = echo.join();
+    Ok((percentile(&mut v, 0.5), percentile(&mut v, 0.99)))
+}
+
+fn store(a: StoreArgs) -> Result<()> {
+    let iters = a.iters.max(3);
+    let dir = tempfile::Builder::new().prefix("yr-bench-").tempdir()?;
+    let socket = dir.path().join("data-worker.sock");
+    let spill_dir = dir.path().join("spill");
+    let shm: u64 = 2 << 30;
+    let log = |s: &str| {
+        if !a.json {
+            eprintln!("{s}");
+        }
+    };
+    log("starting data worker (2 GiB arena, prefaulted)...");
+    let worker = WorkerProcess::start(&socket, shm, &spill_dir, &["--prefault"])?;
+    let client = Client::connect_named(&socket, "yr-bench")?;
+
+    // Baselines first, in the same run.
+    log("memcpy baseline...");
+    let memcpy = memcpy_gbps(iters);
+    log("socket round-trip baseline...");
+    let (rtt_p50, rtt_p99) = uds_rtt_us(20_000)?;
+
+    // Large put: a private 64 MiB buffer into the store (one copy).
+    log("put 64 MiB...");
+    let src = pattern(BIG);
+    let mut puts = Vec::with_capacity(iters);
+    for i in 0..iters + 2 {
+        let id = ObjectId::new(1, i as u128);
+        let t = Instant::now();
+        client.put(id, &src)?;
+        let d = t.elapsed();
+        if i >= 2 {
+            puts.push(gbps(BIG, d)); // the first two warm the page tables
+        }
+        client.delete_one(id)?;
+    }
+    let put = median(&mut puts);
+
+    // Get + release of a sealed 64 MiB object.
+    log("get 64 MiB...");
+    let big = ObjectId::new(2, 1);
+    client.put(big, &src)?;
+    let mut gets = Vec::with_capacity(20_000);
+    for i in 0..22_000 {
+        let t = Instant::now();
+        let g = client.get_one(big, Duration::ZERO)?;
+        std::hint::black_box(g.len());
+        drop(g);
+        if i >= 2_000 {
+            gets.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    let get_p50 = percentile(&mut gets, 0.5);
+    let get_p99 = percentile(&mut gets, 0.99);
+    client.delete_one(big)?;
+
+    // Small objects, one call at a time.
+    log("small objects...");
+    let small = pattern(SMALL);
+    let n_small = 50_000;
+    let t = Instant::now();
+    for i in 0..n_small {
+        client.put(ObjectId::new(3, i as u128), &small)?;
+    }
+    let small_put = n_small as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for i in 0..n_small {
+        let g = client.get_one(ObjectId::new(3, i as u128), Duration::ZERO)?;
+        std::hint::black_box(g.len());
+    }
+    let small_get = n_small as f64 / t.elapsed().as_secs_f64();
+    let ids: Vec<ObjectId> = (0..n_small).map(|i| ObjectId::new(3, i as u128)).collect();
+    for chunk in ids.chunks(10_000) {
+        client.delete(chunk)?;
+    }
+
+    // Spill and restore of 1 GiB in 64 MiB objects, against raw io_uring
+    // I/O of the same bytes to the same folder.
+    log("spill and restore 1 GiB...");
+    let n_spill = 16;
+    let spill_ids: Vec<ObjectId> = (0..n_spill).map(|i| ObjectId::new(4, i as u128)).collect();
+    for id in &spill_ids {
+        client.put(*id, &src)?;
+    }
+    let (spilled, spill_time) = client.spill(0)?;
+    let spill_bytes = n_spill * BIG;
+    let spill_gbps = gbps(spilled as usize, spill_time);
+    let t = Instant::now();
+    for id in &spill_ids {
+        let g = client.get_one(*id, Duration::from_secs(60))?;
+        std::hint::black_box(g.len());
+    }
+    let restore_gbps = gbps(spill_bytes, t.elapsed());
+    let stats = client.stats()?;
+    client.delete(&spill_ids)?;
+    let raw_data = pattern(spill_bytes);
+    let mut raw = yr_datastore::spill::raw_write(&spill_dir, &raw_data)?;
+    let raw_write = gbps(spill_bytes, raw.write_time());
+    let raw_read = gbps(spill_bytes, yr_datastore::spill::raw_read(&mut raw)?);
+    let (engine, direct_io) = (raw.engine_name(), raw.direct_io());
+    drop(raw);
+
+    // Metadata per object: the worker's anonymous memory before and after
+    // storing many 64-byte objects.
+    log("metadata per object...");
+    let before = rss_anon(worker.pid())?;
+    let tiny = [5u8; 64];
+    let n_meta = a.meta_objects;
+    let mut items = Vec::with_capacity(4096);
+    let mut next = 0usize;
+    while next < n_meta {
+        items.clear();
+        let end = (next + 4096).min(n_meta);
+        items.extend((next..end).map(|i| (ObjectId::new(5, i as u128), &tiny[..])));
+        for r in client.put_many(&items)? {
+            r?;
+        }
+        next = end;
+    }
+    let after = rss_anon(worker.pid())?;
+    let meta_stats = client.stats()?;
+    let meta_per_object = after.saturating_sub(before) as f64 / n_meta.max(1) as f64;
+    let table_per_object = meta_stats.meta_bytes as f64 / meta_stats.sealed.max(1) as f64;
+
+    let v = json!({
+        "memcpy_gbps": memcpy,
+        "put_gbps": put,
+        "put_vs_memcpy": put / memcpy,
+        "get_p50_us": get_p50,
+        "get_p99_us": get_p99,
+        "uds_rtt_p50_us": rtt_p50,
+        "uds_rtt_p99_us": rtt_p99,
+        "get_vs_rtt": get_p50 / rtt_p50,
+        "small_put_ops_per_s": small_put,
+        "small_get_ops_per_s": small_get,
+        "spill_write_gbps": spill_gbps,
+        "raw_write_gbps": raw_write,
+        "spill_vs_raw": spill_gbps / raw_write,
+        "restore_gbps": restore_gbps,
+        "raw_read_gbps": raw_read,
+        "restore_vs_raw": restore_gbps / raw_read,
+        "meta_bytes_per_object": meta_per_object,
+        "meta_table_bytes_per_object": table_per_object,
+        "meta_objects": n_meta,
+        "spilled_objects": stats.spill_ops,
+        "spill_engine": engine,
+        "spill_direct_io": direct_io,
+        "object_bytes": BIG,
+        "small_object_bytes": SMALL,
+    });
+    drop(client);
+    drop(worker);
+    if a.json {
+        println!("{v}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    }
+    Ok(())
+}

@@ -1,0 +1,61 @@
+//! `yr`: one binary for every role.
+//!
+//! - `yr component NAME ...` runs one component in the foreground (what
+//!   `yr start` will launch as separate processes);
+//! - `yr store ...` talks to a running data worker;
+//! - `yr bench ...` measures components against their hardware baselines;
+//! - `yr demo` runs the quick-start demonstration.
+
+mod bench;
+mod component;
+mod demo;
+mod store_cmd;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "yr", version, about = "yr: a serverless distributed computing platform")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run one component in the foreground.
+    #[command(subcommand)]
+    Component(component::ComponentCmd),
+    /// Talk to a running data worker.
+    #[command(subcommand)]
+    Store(store_cmd::StoreCmd),
+    /// Benchmarks that measure their own baselines in the same run.
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
+    /// Pass a large object between two processes through a fresh data worker.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("YR_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Component(c) => component::run(c),
+        Cmd::Store(c) => store_cmd::run(c),
+        Cmd::Bench(c) => bench::run(c),
+        Cmd::Demo(a) => demo::run(a),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("yr: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! Small helpers shared by the subcommands: sizes on the command line and
+//! child processes that announce readiness on stdout.
+
+use anyhow::{anyhow, bail, Context, Result};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, ChildStdout, Command, Stdio};
+
+/// clap value parser for sizes like `512MiB`.
+pub fn size_arg(s: &str) -> Result<u64, String> {
+    yr_datastore::parse_size(s)
+}
+
+/// A data worker started as a child process, stopped (SIGTERM, then
+/// SIGKILL after a deadline) when dropped.
+pub struct WorkerProcess {
+    pub child: Child,
+    _stdout: BufReader<ChildStdout>,
+}
+
+impl WorkerProcess {
+    /// Starts `yr component data-worker` with the given flags and waits for
+    /// its ready line (the worker prints it once clients can connect).
+    pub fn start(socket: &Path, shm_size: u64, spill_dir: &Path, extra: &[&str]) -> Result<Self> {
+        let exe = std::env::current_exe().context("cannot find the yr executable")?;
+        let mut child = Command::new(exe)
+            .args(["component", "data-worker", "--socket"])
+            .arg(socket)
+            .args(["--shm-size", &shm_size.to_string(), "--spill-dir"])
+            .arg(spill_dir)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("cannot start the data worker")?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow!("data worker stdout not captured"))?;
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        if !line.starts_with("ready") {
+            let status = child.wait()?;
+            bail!("data worker did not start ({status})");
+        }
+        Ok(WorkerProcess {
+            child,
+            _stdout: reader,
+        })
+    }
+
+    /// The worker's process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Asks the worker to stop and waits for it.
+    pub fn stop(&mut self) -> Result<()> {
+        terminate(&mut self.child, std::time::Duration::from_secs(10))
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+/// SIGTERM, wait up to `grace`, then SIGKILL.
+pub fn terminate(child: &mut Child, grace: std::time::Duration) -> Result<()> {
+    if child.try_wait()?.is_some() {
+        return Ok(());
+    }
+    // SAFETY: kill(2) on our own child's pid; no memory is involved.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline {
+        if child.try_wait()?.is_some() {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill()?;
+    child.wait()?;
+    Ok(())
+}

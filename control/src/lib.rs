@@ -1,0 +1,1 @@
+//! Control services: function master, scheduler, proxy, agent, frontend, meta service (grows with later issues).

@@ -1,0 +1,590 @@
+//! The client side: connect to a data worker, map its arena, and read and
+//! write objects in place.
+//!
+//! Zero copy, for the caller: [`Client::get`] returns [`ObjectGuard`]s whose
+//! `Deref<Target = [u8]>` points straight into this process's mapping of the
+//! worker's shared memory. No byte is copied, whatever the object's size; the
+//! guard holds a pin, so the worker can neither free nor spill the object
+//! while the slice is alive, and dropping the guard releases the pin (a
+//! one-way message, no round trip). Writing works the same way:
+//! [`Client::create`] returns an [`ObjectBuilder`] whose buffers are the
+//! object's final bytes in shared memory; [`ObjectBuilder::seal`] publishes
+//! them. [`Client::put`] is the convenience that copies a caller's buffer in
+//! once (on several threads for large objects).
+//!
+//! A `Client` is cheap to clone and may be shared between threads; calls on
+//! one client are serialised on its socket.
+
+use crate::arena::Arena;
+use crate::error::{Error, Result};
+use crate::fdpass;
+use crate::id::ObjectId;
+use crate::protocol::{
+    read_frame, ErrorCode, ErrorReply, ObjectInfo, ObjectView, Request, Response, StoreStats,
+    INLINE_MAX, MAX_RESPONSE_FRAME, PROTOCOL_VERSION,
+};
+use parking_lot::Mutex;
+use std::io::{BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Objects at least this large are copied by several threads in `put`.
+const PARALLEL_COPY_MIN: usize = 4 << 20;
+
+struct Conn {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    buf: Vec<u8>,
+}
+
+struct Inner {
+    /// One request/reply exchange at a time: replies carry no request ID,
+    /// so the lock is what pairs a reply with its request.
+    conn: Mutex<Conn>,
+    arena: Arena,
+    client_id: u64,
+    socket: PathBuf,
+}
+
+/// A connection to a data worker. Clone to share.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl Client {
+    /// Connects, says hello and maps the worker's arena.
+    pub fn connect(socket: impl AsRef<Path>) -> Result<Client> {
+        Self::connect_named(socket, "yr-client")
+    }
+
+    /// As [`Client::connect`], with a name for the worker's logs.
+    pub fn connect_named(socket: impl AsRef<Path>, name: &str) -> Result<Client> {
+        let socket = socket.as_ref().to_path_buf();
+        let stream = UnixStream::connect(&socket).map_err(|source| Error::Connect {
+            path: socket.clone(),
+            source,
+        })?;
+        let hello = Request::Hello {
+            version: PROTOCOL_VERSION,
+            pid: std::process::id(),
+            name: name.into(),
+        };
+        (&stream).write_all(&hello.encode())?;
+        // The reply is small and arrives in one message with the fd; read
+        // the rest with plain reads if the kernel split it anyway.
+        let mut first = [0u8; 256];
+        let (n, fd) = fdpass::recv_with_fd(&stream, &mut first)?;
+        if n == 0 {
+            return Err(Error::Protocol(
+                "data worker closed the connection during the handshake".into(),
+            ));
+        }
+        let mut frame = first[..n].to_vec();
+        while frame.len() < 4
+            || frame.len() < 4 + u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize
+        {
+            let mut more = [0u8; 256];
+            let m = std::io::Read::read(&mut &stream, &mut more)?;
+            if m == 0 {
+                return Err(Error::Protocol("handshake reply truncated".into()));
+            }
+            frame.extend_from_slice(&more[..m]);
+            if frame.len() > 4096 {
+                return Err(Error::Protocol("handshake reply too long".into()));
+            }
+        }
+        let resp = Response::decode(&frame[4..])?;
+        let (arena_size, prefaulted, client_id) = match resp {
+            Response::Hello {
+                version,
+                arena_size,
+                prefaulted,
+                client_id,
+            } if version == PROTOCOL_VERSION => (arena_size, prefaulted, client_id),
+            Response::Hello { version, .. } => {
+                return Err(Error::Protocol(format!(
+                    "data worker speaks protocol version {version}, this client {PROTOCOL_VERSION}"
+                )))
+            }
+            Response::Error(e) => return Err(Error::Store(e)),
+            other => return Err(Error::Protocol(format!("unexpected handshake reply {other:?}"))),
+        };
+        let fd = fd.ok_or_else(|| Error::Protocol("data worker sent no arena descriptor".into()))?;
+        let arena = Arena::from_fd(std::fs::File::from(fd), arena_size, prefaulted)?;
+        let writer = stream.try_clone()?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                conn: Mutex::new(Conn {
+                    reader: BufReader::with_capacity(64 << 10, stream),
+                    writer,
+                    buf: Vec::with_capacity(4096),
+                }),
+                arena,
+                client_id,
+                socket,
+            }),
+        })
+    }
+
+    /// The worker's ID for this connection.
+    pub fn client_id(&self) -> u64 {
+        self.inner.client_id
+    }
+
+    /// The socket this client is connected to.
+    pub fn socket(&self) -> &Path {
+        &self.inner.socket
+    }
+
+    /// The address range of this process's arena mapping (to check that a
+    /// view lies inside shared memory).
+    pub fn mapping(&self) -> std::ops::Range<usize> {
+        let base = self.inner.arena.base() as usize;
+        base..base + self.inner.arena.size() as usize
+    }
+
+    fn call(&self, req: &Request) -> Result<Response> {
+        let mut c = self.inner.conn.lock();
+        c.writer.write_all(&req.encode())?;
+        let Conn { reader, buf, .. } = &mut *c;
+        read_frame(reader, buf, MAX_RESPONSE_FRAME)?;
+        match Response::decode(buf)? {
+            Response::Error(e) => Err(Error::Store(e)),
+            r => Ok(r),
+        }
+    }
+
+    fn unexpected(r: Response) -> Error {
+        Error::Protocol(format!("unexpected reply {r:?}"))
+    }
+
+    fn view_ok(&self, v: ObjectView) -> Result<(usize, usize, usize)> {
+        let total = v.data_size.checked_add(v.meta_size);
+        match total {
+            Some(t) if self.inner.arena.contains(v.offset, t) => Ok((
+                v.offset as usize,
+                v.data_size as usize,
+                v.meta_size as usize,
+            )),
+            _ => Err(Error::Protocol(format!(
+                "data worker returned a range outside the arena: {v:?}"
+            ))),
+        }
+    }
+
+    /// Reserves an object; write its bytes through the builder, then seal.
+    pub fn create(&self, id: ObjectId, data_size: usize, meta_size: usize) -> Result<ObjectBuilder> {
+        let r = self.call(&Request::Create {
+            id,
+            data_size: data_size as u64,
+            meta_size: meta_size as u64,
+        })?;
+        let Response::Created { offset } = r else {
+            return Err(Self::unexpected(r));
+        };
+        let (offset, data_size, meta_size) = self.view_ok(ObjectView {
+            offset,
+            data_size: data_size as u64,
+            meta_size: meta_size as u64,
+        })?;
+        Ok(ObjectBuilder {
+            client: self.clone(),
+            id,
+            offset,
+            data_size,
+            meta_size,
+            done: false,
+        })
+    }
+
+    /// Stores `data` as a sealed object (one copy).
+    pub fn put(&self, id: ObjectId, data: &[u8]) -> Result<()> {
+        self.put_with_meta(id, data, &[])
+    }
+
+    /// Stores `data` and `meta` as a sealed object (one copy). Small objects
+    /// travel inline in one round trip; large ones are written straight into
+    /// shared memory.
+    pub fn put_with_meta(&self, id: ObjectId, data: &[u8], meta: &[u8]) -> Result<()> {
+        if data.len() + meta.len() <= INLINE_MAX {
+            let r = self.call(&Request::PutInline {
+                id,
+                data: data.to_vec(),
+                meta: meta.to_vec(),
+            })?;
+            return match r {
+                Response::Ok => Ok(()),
+                r => Err(Self::unexpected(r)),
+            };
+        }
+        let mut b = self.create(id, data.len(), meta.len())?;
+        parallel_copy(b.data_mut(), data);
+        b.meta_mut().copy_from_slice(meta);
+        b.seal()
+    }
+
+    /// Pins and maps objects, waiting up to `timeout` for each; one result
+    /// per ID, in order.
+    pub fn get(&self, ids: &[ObjectId], timeout: Duration) -> Result<Vec<Result<ObjectGuard>>> {
+        let r = self.call(&Request::Get {
+            timeout_ms: timeout.as_millis().min(u64::MAX as u128) as u64,
+            ids: ids.to_vec(),
+        })?;
+        let Response::Objects(results) = r else {
+            return Err(Self::unexpected(r));
+        };
+        if results.len() != ids.len() {
+            return Err(Error::Protocol(format!(
+                "asked for {} objects, got {} results",
+                ids.len(),
+                results.len()
+            )));
+        }
+        // Build every guard before checking ranges so pins on valid views
+        // are always released, even if a later view is rejected.
+        Ok(ids
+            .iter()
+            .zip(results)
+            .map(|(id, r)| match r {
+                Ok(v) => self.guard(*id, v),
+                Err(e) => Err(Error::Store(e)),
+            })
+            .collect())
+    }
+
+    fn guard(&self, id: ObjectId, v: ObjectView) -> Result<ObjectGuard> {
+        match self.view_ok(v) {
+            Ok((offset, data_len, meta_len)) => Ok(ObjectGuard {
+                client: self.clone(),
+                id,
+                // SAFETY: view_ok checked the range lies inside the mapping.
+                ptr: unsafe { self.inner.arena.base().add(offset) },
+                data_len,
+                meta_len,
+            }),
+            Err(e) => {
+                self.send_release(id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Gets one object.
+    pub fn get_one(&self, id: ObjectId, timeout: Duration) -> Result<ObjectGuard> {
+        self.get(&[id], timeout)?
+            .pop()
+            .unwrap_or_else(|| Err(Error::Protocol("empty get reply".into())))
+    }
+
+    fn send_release(&self, id: ObjectId) {
+        let mut c = self.inner.conn.lock();
+        // A failed send means the worker is gone, and with it the pin.
+        let _ = c.writer.write_all(&Request::Release { id }.encode());
+    }
+
+    /// Deletes objects (deferred while other clients hold them).
+    pub fn delete(&self, ids: &[ObjectId]) -> Result<Vec<Result<()>>> {
+        let r = self.call(&Request::Delete { ids: ids.to_vec() })?;
+        let Response::Results(rs) = r else {
+            return Err(Self::unexpected(r));
+        };
+        Ok(rs.into_iter().map(|r| r.map_err(Error::Store)).collect())
+    }
+
+    /// Deletes one object.
+    pub fn delete_one(&self, id: ObjectId) -> Result<()> {
+        self.delete(&[id])?
+            .pop()
+            .unwrap_or_else(|| Err(Error::Protocol("empty delete reply".into())))
+    }
+
+    /// Whether a sealed object exists.
+    pub fn contains(&self, id: ObjectId) -> Result<bool> {
+        match self.call(&Request::Contains { id })? {
+            Response::Bool(b) => Ok(b),
+            r => Err(Self::unexpected(r)),
+        }
+    }
+
+    /// Up to `limit` objects.
+    pub fn list(&self, limit: u32) -> Result<Vec<ObjectInfo>> {
+        match self.call(&Request::List { limit })? {
+            Response::List(rows) => Ok(rows),
+            r => Err(Self::unexpected(r)),
+        }
+    }
+
+    /// The worker's counters.
+    pub fn stats(&self) -> Result<StoreStats> {
+        match self.call(&Request::Stats)? {
+            Response::Stats(s) => Ok(s),
+            r => Err(Self::unexpected(r)),
+        }
+    }
+
+    /// Stores `value` under `key`, replacing any previous value.
+    pub fn kv_set(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        if key.len() > crate::protocol::MAX_KEY_LEN {
+            return Err(Error::Store(ErrorReply::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "key is {} bytes; keys are at most {} bytes",
+                    key.len(),
+                    crate::protocol::MAX_KEY_LEN
+                ),
+            )));
+        }
+        let id = ObjectId::random(0);
+        self.put(id, value)?;
+        match self.call(&Request::KvBind {
+            key: key.to_vec(),
+            id,
+        }) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let _ = self.delete_one(id);
+                Err(e)
+            }
+        }
+    }
+
+    /// The value under `key`, zero-copy, waiting up to `timeout` for it.
+    pub fn kv_get(&self, key: &[u8], timeout: Duration) -> Result<ObjectGuard> {
+        match self.call(&Request::KvGet {
+            key: key.to_vec(),
+            timeout_ms: timeout.as_millis().min(u64::MAX as u128) as u64,
+        })? {
+            Response::KvObject { id, view } => self.guard(id, view),
+            r => Err(Self::unexpected(r)),
+        }
+    }
+
+    /// Removes `key`.
+    pub fn kv_del(&self, key: &[u8]) -> Result<()> {
+        self.call(&Request::KvDel { key: key.to_vec() }).map(|_| ())
+    }
+
+    /// Whether `key` exists.
+    pub fn kv_exists(&self, key: &[u8]) -> Result<bool> {
+        match self.call(&Request::KvExists { key: key.to_vec() })? {
+            Response::Bool(b) => Ok(b),
+            r => Err(Self::unexpected(r)),
+        }
+    }
+
+    /// Asks the worker to spill unpinned objects until at most
+    /// `target_used` arena bytes remain; returns the bytes freed and the time
+    /// the worker spent.
+    pub fn spill(&self, target_used: u64) -> Result<(u64, Duration)> {
+        match self.call(&Request::Spill { target_used })? {
+            Response::Spilled { bytes, nanos } => Ok((bytes, Duration::from_nanos(nanos))),
+            r => Err(Self::unexpected(r)),
+        }
+    }
+
+    /// Stores many small objects with one round trip per batch: requests
+    /// are written back to back and the replies read afterwards. Returns one
+    /// result per item.
+    pub fn put_many(&self, items: &[(ObjectId, &[u8])]) -> Result<Vec<Result<()>>> {
+        let mut out = Vec::with_capacity(items.len());
+        for batch in items.chunks(512) {
+            let mut c = self.inner.conn.lock();
+            let mut frames = Vec::with_capacity(batch.len() * 64);
+            for (id, data) in batch {
+                if data.len() > INLINE_MAX {
+                    return Err(Error::Store(ErrorReply::new(
+                        ErrorCode::BadRequest,
+                        format!("put_many takes objects up to {INLINE_MAX} bytes; {id} has {}", data.len()),
+                    )));
+                }
+                frames.extend_from_slice(
+                    &Request::PutInline {
+                        id: *id,
+                        data: data.to_vec(),
+                        meta: Vec::new(),
+                    }
+                    .encode(),
+                );
+            }
+            c.writer.write_all(&frames)?;
+            let Conn { reader, buf, .. } = &mut *c;
+            for _ in batch {
+                read_frame(reader, buf, MAX_RESPONSE_FRAME)?;
+                out.push(match Response::decode(buf)? {
+                    Response::Ok => Ok(()),
+                    Response::Error(e) => Err(Error::Store(e)),
+                    r => Err(Self::unexpected(r)),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sends raw bytes on the socket and reads one reply frame: for tests
+    /// of the worker's handling of malformed input.
+    #[doc(hidden)]
+    pub fn raw_exchange(&self, bytes: &[u8]) -> Result<Response> {
+        let mut c = self.inner.conn.lock();
+        c.writer.write_all(bytes)?;
+        let Conn { reader, buf, .. } = &mut *c;
+        read_frame(reader, buf, MAX_RESPONSE_FRAME)?;
+        Ok(Response::decode(buf)?)
+    }
+}
+
+/// Copies `src` into `dst` (equal lengths), on several threads when large:
+/// one core cannot saturate memory bandwidth on most machines.
+pub fn parallel_copy(dst: &mut [u8], src: &[u8]) {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
+    if src.len() < PARALLEL_COPY_MIN || n < 2 {
+        dst.copy_from_slice(src);
+        return;
+    }
+    // Chunks on 4 KiB boundaries so two threads never share a page.
+    let chunk = src.len().div_ceil(n).next_multiple_of(4096);
+    std::thread::scope(|s| {
+        let mut pairs = dst.chunks_mut(chunk).zip(src.chunks(chunk));
+        let first = pairs.next();
+        for (d, sr) in pairs {
+            s.spawn(move || d.copy_from_slice(sr));
+        }
+        if let Some((d, sr)) = first {
+            d.copy_from_slice(sr);
+        }
+    });
+}
+
+/// A pinned, sealed object mapped into this process. Derefs to the data
+/// bytes in shared memory; dropping it releases the pin.
+pub struct ObjectGuard {
+    client: Client,
+    id: ObjectId,
+    ptr: *const u8,
+    data_len: usize,
+    meta_len: usize,
+}
+
+// SAFETY: the guard points at sealed, immutable bytes kept alive by its pin
+// and by the Arc'd mapping inside `client`; reading them from any thread is
+// sound, and release goes through the client's own lock.
+unsafe impl Send for ObjectGuard {}
+// SAFETY: as above; `&ObjectGuard` only gives shared read access.
+unsafe impl Sync for ObjectGuard {}
+
+impl ObjectGuard {
+    /// The object's ID.
+    pub fn id(&self) -> ObjectId {
+        self.id
+    }
+
+    /// The metadata bytes (zero-copy too).
+    pub fn metadata(&self) -> &[u8] {
+        // SAFETY: data and metadata are contiguous inside the checked range;
+        // sealed bytes are immutable while we hold the pin.
+        unsafe { std::slice::from_raw_parts(self.ptr.add(self.data_len), self.meta_len) }
+    }
+}
+
+impl std::ops::Deref for ObjectGuard {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: range checked against the mapping at creation; the pin
+        // keeps the object in place and immutable until drop; the mapping
+        // lives as long as `self.client`.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.data_len) }
+    }
+}
+
+impl AsRef<[u8]> for ObjectGuard {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl Drop for ObjectGuard {
+    fn drop(&mut self) {
+        self.client.send_release(self.id);
+    }
+}
+
+impl std::fmt::Debug for ObjectGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObjectGuard")
+            .field("id", &self.id)
+            .field("len", &self.data_len)
+            .field("meta_len", &self.meta_len)
+            .finish()
+    }
+}
+
+/// An object being written. Its buffers are the object's bytes in shared
+/// memory; [`ObjectBuilder::seal`] makes them visible and immutable.
+/// Dropping it unsealed aborts the object.
+pub struct ObjectBuilder {
+    client: Client,
+    id: ObjectId,
+    offset: usize,
+    data_size: usize,
+    meta_size: usize,
+    done: bool,
+}
+
+impl ObjectBuilder {
+    /// The object's ID.
+    pub fn id(&self) -> ObjectId {
+        self.id
+    }
+
+    /// The data buffer.
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        // SAFETY: the worker reserved this range for our unsealed object; no
+        // one else reads or writes it until we seal.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.client.inner.arena.base().add(self.offset),
+                self.data_size,
+            )
+        }
+    }
+
+    /// The metadata buffer.
+    pub fn meta_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as for data_mut; the metadata follows the data.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.client
+                    .inner
+                    .arena
+                    .base()
+                    .add(self.offset + self.data_size),
+                self.meta_size,
+            )
+        }
+    }
+
+    /// Publishes the object.
+    pub fn seal(mut self) -> Result<()> {
+        self.done = true;
+        match self.client.call(&Request::Seal { id: self.id })? {
+            Response::Ok => Ok(()),
+            r => Err(Client::unexpected(r)),
+        }
+    }
+
+    /// Discards the object.
+    pub fn abort(mut self) -> Result<()> {
+        self.done = true;
+        self.client.call(&Request::Abort { id: self.id }).map(|_| ())
+    }
+}
+
+impl Drop for ObjectBuilder {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.client.call(&Request::Abort { id: self.id });
+        }
+    }
+}

@@ -1,0 +1,408 @@
+//! The data worker's Unix-socket server.
+//!
+//! One thread accepts; each client gets its own thread that reads a frame,
+//! calls the [`Store`], and writes the reply. Thread-per-client suits the
+//! workload: clients are the few dozen processes of one node, calls are
+//! short, and a blocking read wakes faster than an event loop handoff, which
+//! is what a zero-copy get costs beyond the socket round trip. A blocking
+//! `get` simply parks that client's thread.
+//!
+//! Bad input never takes the worker down: a body that does not decode gets
+//! an error reply (the frame boundary is intact, so the connection goes on);
+//! an oversized or torn frame gets an error reply if possible and the
+//! disconnect of that client only. Whatever way a client leaves, its pins are
+//! released and its unsealed objects aborted.
+
+use crate::fdpass;
+use crate::protocol::{
+    read_frame, ErrorCode, ErrorReply, FrameError, Request, Response, MAX_REQUEST_FRAME,
+    PROTOCOL_VERSION,
+};
+use crate::store::{ClientId, Store, StoreConfig};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::io::{self, BufReader, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What `yr component data-worker` runs with.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Unix socket path clients connect to.
+    pub socket: PathBuf,
+    /// The store.
+    pub store: StoreConfig,
+}
+
+/// A handle that stops a running worker from another thread (or a signal
+/// handler thread). Cloneable; triggering twice is harmless.
+#[derive(Clone)]
+pub struct Shutdown {
+    fd: Arc<OwnedFd>,
+}
+
+impl Shutdown {
+    /// Makes a new, untriggered handle.
+    pub fn new() -> io::Result<Shutdown> {
+        // SAFETY: plain syscall; the result is checked and owned at once.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Shutdown { fd: Arc::new(fd) })
+    }
+
+    /// Asks the worker to stop.
+    pub fn trigger(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to our eventfd.
+        unsafe {
+            libc::write(
+                self.fd.as_raw_fd(),
+                &one as *const u64 as *const libc::c_void,
+                8,
+            )
+        };
+    }
+}
+
+/// Binds the socket, refusing to steal it from a live worker.
+fn bind(path: &Path) -> io::Result<UnixListener> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("socket folder {} does not exist", dir.display()),
+            ));
+        }
+    }
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("a data worker is already listening on {}", path.display()),
+            ));
+        }
+        // A stale socket from a worker that died: nobody answers it.
+        std::fs::remove_file(path)?;
+    }
+    let l = UnixListener::bind(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot bind {}: {e}", path.display())))?;
+    // Only this user's processes may use the store.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+/// A running worker started with [`start`]: the store plus the threads
+/// serving it.
+pub struct Worker {
+    store: Arc<Store>,
+    socket: PathBuf,
+    shutdown: Shutdown,
+    accept: Option<std::thread::JoinHandle<()>>,
+    spiller: Option<std::thread::JoinHandle<()>>,
+    conns: Arc<Mutex<HashMap<ClientId, UnixStream>>>,
+}
+
+/// Creates the store, binds the socket and starts serving in background
+/// threads. Returns once clients can connect.
+pub fn start(config: WorkerConfig, shutdown: Shutdown) -> io::Result<Worker> {
+    let store = Arc::new(Store::new(config.store.clone())?);
+    let listener = bind(&config.socket)?;
+    listener.set_nonblocking(true)?;
+    let conns: Arc<Mutex<HashMap<ClientId, UnixStream>>> = Arc::default();
+    let spiller = {
+        let store = store.clone();
+        std::thread::Builder::new()
+            .name("yr-spill".into())
+            .spawn(move || store.run_spiller())?
+    };
+    let accept = {
+        let store = store.clone();
+        let conns = conns.clone();
+        let stop = shutdown.clone();
+        std::thread::Builder::new()
+            .name("yr-accept".into())
+            .spawn(move || accept_loop(listener, store, conns, stop))?
+    };
+    Ok(Worker {
+        store,
+        socket: config.socket,
+        shutdown,
+        accept: Some(accept),
+        spiller: Some(spiller),
+        conns,
+    })
+}
+
+impl Worker {
+    /// The store being served (for in-process tests and stats).
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Blocks until the shutdown handle fires, then stops everything.
+    pub fn wait(mut self) {
+        if let Some(h) = self.accept.take() {
+            let _ = h.join();
+        }
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.shutdown.trigger();
+        if let Some(h) = self.accept.take() {
+            let _ = h.join();
+        }
+        self.store.shutdown();
+        for (_, c) in self.conns.lock().drain() {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+        if let Some(h) = self.spiller.take() {
+            let _ = h.join();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Runs a worker until `shutdown` fires.
+pub fn run(config: WorkerConfig, shutdown: Shutdown) -> io::Result<()> {
+    let socket = config.socket.clone();
+    let worker = start(config, shutdown)?;
+    let st = worker.store();
+    tracing::info!(
+        socket = %socket.display(),
+        arena_bytes = st.arena().size(),
+        prefault = st.arena().prefaulted(),
+        spill_engine = st.spill_engine().unwrap_or("disabled"),
+        "data worker ready"
+    );
+    worker.wait();
+    tracing::info!("data worker stopped");
+    Ok(())
+}
+
+fn accept_loop(
+    listener: UnixListener,
+    store: Arc<Store>,
+    conns: Arc<Mutex<HashMap<ClientId, UnixStream>>>,
+    stop: Shutdown,
+) {
+    let mut fds = [
+        libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: stop.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    loop {
+        // SAFETY: fds is a live array of two initialised pollfd.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            tracing::error!("poll on data worker socket failed: {e}");
+            return;
+        }
+        if fds[1].revents != 0 {
+            return;
+        }
+        loop {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    if let Err(e) = spawn_client(stream, &store, &conns) {
+                        tracing::warn!("cannot start client thread: {e}");
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // EMFILE and friends: log, let the next poll retry.
+                    tracing::warn!("accept failed: {e}");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn spawn_client(
+    stream: UnixStream,
+    store: &Arc<Store>,
+    conns: &Arc<Mutex<HashMap<ClientId, UnixStream>>>,
+) -> io::Result<()> {
+    stream.set_nonblocking(false)?;
+    let client = store.connect();
+    conns.lock().insert(client, stream.try_clone()?);
+    let store = store.clone();
+    let thread_conns = conns.clone();
+    let r = std::thread::Builder::new()
+        .name(format!("yr-client-{client}"))
+        .spawn(move || {
+            if let Err(e) = serve(&store, client, stream) {
+                tracing::debug!("client {client}: {e}");
+            }
+            thread_conns.lock().remove(&client);
+            store.disconnect(client);
+        });
+    if r.is_err() {
+        // The thread never ran: undo the registration here.
+        if let Some(s) = conns.lock().remove(&client) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+    r.map(|_| ())
+}
+
+fn error(code: ErrorCode, message: impl Into<String>) -> Response {
+    Response::Error(ErrorReply::new(code, message))
+}
+
+/// Serves one client until it leaves or misbehaves.
+fn serve(store: &Store, client: ClientId, stream: UnixStream) -> io::Result<()> {
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::with_capacity(64 << 10, stream);
+    let mut buf = Vec::with_capacity(4096);
+
+    // Handshake: the first frame must be a Hello of our version.
+    read_frame(&mut reader, &mut buf, MAX_REQUEST_FRAME).map_err(frame_io)?;
+    match Request::decode(&buf) {
+        Ok(Request::Hello { version, pid, name }) if version == PROTOCOL_VERSION => {
+            tracing::debug!("client {client}: {name} (pid {pid}) connected");
+            let hello = Response::Hello {
+                version: PROTOCOL_VERSION,
+                arena_size: store.arena().size(),
+                prefaulted: store.arena().prefaulted(),
+                client_id: client as u64,
+            };
+            fdpass::send_with_fd(&writer, &hello.encode(), store.arena().raw_fd())?;
+        }
+        Ok(Request::Hello { version, .. }) => {
+            let r = error(
+                ErrorCode::VersionMismatch,
+                format!(
+                    "client speaks protocol version {version}, this data worker speaks {PROTOCOL_VERSION}"
+                ),
+            );
+            writer.write_all(&r.encode())?;
+            return Ok(());
+        }
+        Ok(_) => {
+            let r = error(ErrorCode::BadRequest, "the first request must be Hello");
+            writer.write_all(&r.encode())?;
+            return Ok(());
+        }
+        Err(e) => {
+            let r = error(ErrorCode::BadRequest, format!("malformed hello: {e}"));
+            writer.write_all(&r.encode())?;
+            return Ok(());
+        }
+    }
+
+    loop {
+        match read_frame(&mut reader, &mut buf, MAX_REQUEST_FRAME) {
+            Ok(()) => {}
+            Err(FrameError::Closed) => return Ok(()),
+            Err(FrameError::Empty) => {
+                writer.write_all(&error(ErrorCode::BadRequest, "empty frame").encode())?;
+                continue;
+            }
+            Err(e @ FrameError::TooLarge { .. }) => {
+                // We cannot skip the body safely without reading it all;
+                // tell the client and hang up.
+                let _ = writer.write_all(&error(ErrorCode::BadRequest, e.to_string()).encode());
+                return Ok(());
+            }
+            Err(FrameError::Io(e)) => return Err(e),
+        }
+        let req = match Request::decode(&buf) {
+            Ok(r) => r,
+            Err(e) => {
+                let r = error(ErrorCode::BadRequest, format!("malformed request: {e}"));
+                writer.write_all(&r.encode())?;
+                continue;
+            }
+        };
+        if let Some(resp) = handle(store, client, req) {
+            writer.write_all(&resp.encode())?;
+        }
+    }
+}
+
+fn frame_io(e: FrameError) -> io::Error {
+    match e {
+        FrameError::Io(e) => e,
+        other => io::Error::new(io::ErrorKind::InvalidData, other.to_string()),
+    }
+}
+
+/// Executes one request. `None` for requests without a reply.
+pub fn handle(store: &Store, client: ClientId, req: Request) -> Option<Response> {
+    let ok_or = |r: Result<(), ErrorReply>| match r {
+        Ok(()) => Response::Ok,
+        Err(e) => Response::Error(e),
+    };
+    Some(match req {
+        Request::Hello { .. } => error(ErrorCode::BadRequest, "already said hello"),
+        Request::Create {
+            id,
+            data_size,
+            meta_size,
+        } => match store.create(client, id, data_size, meta_size) {
+            Ok(offset) => Response::Created { offset },
+            Err(e) => Response::Error(e),
+        },
+        Request::Seal { id } => ok_or(store.seal(client, id)),
+        Request::PutInline { id, data, meta } => ok_or(store.put_inline(client, id, &data, &meta)),
+        Request::Get { timeout_ms, ids } => {
+            Response::Objects(store.get(client, &ids, Duration::from_millis(timeout_ms)))
+        }
+        Request::Release { id } => {
+            store.release(client, id);
+            return None;
+        }
+        Request::Delete { ids } => Response::Results(store.delete(&ids)),
+        Request::Abort { id } => ok_or(store.abort(client, id)),
+        Request::Contains { id } => Response::Bool(store.contains(&id)),
+        Request::List { limit } => Response::List(store.list(limit as usize)),
+        Request::Stats => Response::Stats(store.stats()),
+        Request::KvBind { key, id } => ok_or(store.kv_bind(&key, id)),
+        Request::KvGet { key, timeout_ms } => {
+            match store.kv_get(client, &key, Duration::from_millis(timeout_ms)) {
+                Ok((id, view)) => Response::KvObject { id, view },
+                Err(e) => Response::Error(e),
+            }
+        }
+        Request::KvDel { key } => ok_or(store.kv_del(&key)),
+        Request::KvExists { key } => Response::Bool(store.kv_exists(&key)),
+        Request::Spill { target_used } => {
+            let t = std::time::Instant::now();
+            match store.spill_until(target_used) {
+                Ok(bytes) => Response::Spilled {
+                    bytes,
+                    nanos: t.elapsed().as_nanos() as u64,
+                },
+                Err(e) => Response::Error(e),
+            }
+        }
+    })
+}

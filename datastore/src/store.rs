@@ -1,0 +1,1273 @@
+//! The object store: object table, lifecycle, pins, LRU and spilling.
+//!
+//! Layout: one [`Arena`] holds the bytes; a [`Tlsf`] allocator hands out
+//! 64-byte aligned ranges of it; the object table maps [`ObjectId`]s to
+//! compact [`Entry`] records kept in a slab (`Vec<Entry>`) and indexed by a
+//! `hashbrown::HashTable<u32>` of slab positions — 5 bytes of index per object
+//! instead of a copy of the key — which keeps metadata well under 256 bytes
+//! per object with a million small objects.
+//!
+//! Invariants (checked by the model-based proptest):
+//! - an entry owns an allocator block exactly when its bytes are in memory
+//!   (Unsealed, Sealed, Spilling, Restoring); blocks never overlap, so live
+//!   objects never overlap;
+//! - an entry is in the LRU list exactly when it is Sealed, unpinned and not
+//!   pending deletion: the list *is* the set of eviction candidates, ordered
+//!   from least to most recently released;
+//! - a pinned object (pins > 0) is never freed, spilled or moved; neither is an
+//!   object while the spill path reads it (Spilling) or a restore writes it
+//!   (Restoring);
+//! - a sealed object's bytes never change; an object leaves the table only by
+//!   delete or abort, never by pressure: pressure moves it to disk.
+//!
+//! Concurrency: one `parking_lot::Mutex` guards all tables. Disk I/O never
+//! happens under it: the spill path marks its victims Spilling, unlocks,
+//! writes, relocks and finishes; a restore marks its target Restoring the same
+//! way. Waiters (blocking gets) sleep on one condition variable that is
+//! notified whenever an object becomes readable.
+
+use crate::alloc::{BlockHandle, Tlsf};
+use crate::arena::Arena;
+use crate::id::ObjectId;
+use crate::protocol::{ErrorCode, ErrorReply, ObjectInfo, ObjectState, ObjectView, StoreStats};
+use crate::spill::{SpillConfig, SpillError, SpillLoc, SpillStore};
+use hashbrown::{DefaultHashBuilder, HashMap, HashSet, HashTable};
+use parking_lot::{Condvar, Mutex, MutexGuard};
+use std::hash::BuildHasher;
+use std::time::{Duration, Instant};
+
+/// Identifies a connected client inside the store (pins and unsealed
+/// objects are tracked per client so a disconnect can undo them).
+pub type ClientId = u32;
+
+const NONE: u32 = u32::MAX;
+/// Upper bound on bytes written per spill batch, so memory is handed back in
+/// steps rather than after one huge write.
+const SPILL_BATCH_MAX: u64 = 256 << 20;
+
+/// Store settings (validated).
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Arena size in bytes.
+    pub capacity: u64,
+    /// Allocate and map every arena page at start.
+    pub prefault: bool,
+    /// Fraction of the arena above which background spilling starts.
+    pub high_watermark: f64,
+    /// Fraction of the arena background spilling brings usage down to.
+    pub low_watermark: f64,
+    /// Where and how much to spill; `None` disables spilling.
+    pub spill: Option<SpillConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Unsealed,
+    Sealed,
+    Spilling,
+    Spilled,
+    Restoring,
+}
+
+/// One object's record. Kept at 64 bytes: with a million objects the table
+/// is most of the worker's metadata.
+#[derive(Debug, Clone)]
+struct Entry {
+    id: ObjectId,
+    data_size: u64,
+    meta_size: u32,
+    pins: u32,
+    /// Allocator block while in memory, `NONE` otherwise.
+    block: BlockHandle,
+    lru_prev: u32,
+    lru_next: u32,
+    /// Index into `Inner::spill_locs` while a disk copy exists, else `NONE`.
+    spill: u32,
+    /// Creator of an unsealed object.
+    owner: ClientId,
+    state: State,
+    /// Deleted while pinned or mid-I/O: invisible, freed when the last
+    /// holder lets go.
+    delete_pending: bool,
+    /// Slab slot not in use.
+    vacant: bool,
+}
+
+impl Entry {
+    fn total(&self) -> u64 {
+        self.data_size + self.meta_size as u64
+    }
+    fn readable(&self) -> bool {
+        !self.vacant
+            && !self.delete_pending
+            && matches!(self.state, State::Sealed | State::Spilling)
+    }
+    fn exists(&self) -> bool {
+        !self.vacant && !self.delete_pending
+    }
+}
+
+#[derive(Default)]
+struct ClientState {
+    pins: HashMap<ObjectId, u32>,
+    unsealed: HashSet<ObjectId>,
+}
+
+struct Inner {
+    alloc: Tlsf,
+    entries: Vec<Entry>,
+    vacant: Vec<u32>,
+    index: HashTable<u32>,
+    hasher: DefaultHashBuilder,
+    lru_head: u32,
+    lru_tail: u32,
+    spill_locs: Vec<SpillLoc>,
+    spill_vacant: Vec<u32>,
+    kv: HashMap<Box<[u8]>, ObjectId>,
+    clients: HashMap<ClientId, ClientState>,
+    next_client: ClientId,
+    spill_ops: u64,
+    restore_ops: u64,
+    /// Gets blocked right now (reported in stats).
+    waiters: u64,
+    /// Set once by [`Store::shutdown`]: waiters return, the spiller exits.
+    shutting_down: bool,
+}
+
+/// Result of a lookup for a blocking get.
+enum Probe {
+    Ready(u32),
+    Wait,
+    Restore(u32),
+}
+
+/// The store. Share it behind an `Arc`; every method takes `&self`.
+pub struct Store {
+    arena: Arena,
+    inner: Mutex<Inner>,
+    /// Notified whenever an object becomes readable or leaves a transient
+    /// state (sealed, restored, spill finished, kv bound).
+    changed: Condvar,
+    /// Wakes the background spill thread.
+    spill_wake: Condvar,
+    spill: Option<SpillStore>,
+    config: StoreConfig,
+}
+
+fn err(code: ErrorCode, message: impl Into<String>) -> ErrorReply {
+    ErrorReply::new(code, message)
+}
+
+impl Inner {
+    fn hash(&self, id: &ObjectId) -> u64 {
+        self.hasher.hash_one(id)
+    }
+
+    fn find(&self, id: &ObjectId) -> Option<u32> {
+        let h = self.hash(id);
+        let entries = &self.entries;
+        self.index
+            .find(h, |&i| entries[i as usize].id == *id)
+            .copied()
+    }
+
+    fn insert(&mut self, e: Entry) -> u32 {
+        let h = self.hash(&e.id);
+        let slot = match self.vacant.pop() {
+            Some(s) => {
+                self.entries[s as usize] = e;
+                s
+            }
+            None => {
+                self.entries.push(e);
+                (self.entries.len() - 1) as u32
+            }
+        };
+        let Inner {
+            index,
+            entries,
+            hasher,
+            ..
+        } = self;
+        index.insert_unique(h, slot, |&i| hasher.hash_one(entries[i as usize].id));
+        slot
+    }
+
+    /// Removes the entry from the table; its block and spill copy must be
+    /// released by the caller first.
+    fn remove(&mut self, slot: u32) {
+        let id = self.entries[slot as usize].id;
+        let h = self.hash(&id);
+        let entries = &self.entries;
+        if let Ok(occ) = self
+            .index
+            .find_entry(h, |&i| entries[i as usize].id == id)
+        {
+            occ.remove();
+        }
+        let e = &mut self.entries[slot as usize];
+        e.vacant = true;
+        e.block = NONE;
+        e.spill = NONE;
+        self.vacant.push(slot);
+    }
+
+    fn lru_push_back(&mut self, slot: u32) {
+        let tail = self.lru_tail;
+        {
+            let e = &mut self.entries[slot as usize];
+            e.lru_prev = tail;
+            e.lru_next = NONE;
+        }
+        if tail == NONE {
+            self.lru_head = slot;
+        } else {
+            self.entries[tail as usize].lru_next = slot;
+        }
+        self.lru_tail = slot;
+    }
+
+    fn lru_unlink(&mut self, slot: u32) {
+        let (prev, next) = {
+            let e = &self.entries[slot as usize];
+            (e.lru_prev, e.lru_next)
+        };
+        if prev == NONE {
+            if self.lru_head != slot {
+                return; // not in the list
+            }
+            self.lru_head = next;
+        } else {
+            self.entries[prev as usize].lru_next = next;
+        }
+        if next == NONE {
+            self.lru_tail = prev;
+        } else {
+            self.entries[next as usize].lru_prev = prev;
+        }
+        let e = &mut self.entries[slot as usize];
+        e.lru_prev = NONE;
+        e.lru_next = NONE;
+    }
+
+    fn offset(&self, slot: u32) -> u64 {
+        self.alloc.offset(self.entries[slot as usize].block)
+    }
+
+    fn view(&self, slot: u32) -> ObjectView {
+        let e = &self.entries[slot as usize];
+        ObjectView {
+            offset: self.alloc.offset(e.block),
+            data_size: e.data_size,
+            meta_size: e.meta_size as u64,
+        }
+    }
+
+    fn pin(&mut self, client: ClientId, slot: u32) {
+        let (first, id) = {
+            let e = &mut self.entries[slot as usize];
+            e.pins += 1;
+            (e.pins == 1, e.id)
+        };
+        if first {
+            self.lru_unlink(slot);
+        }
+        *self
+            .clients
+            .entry(client)
+            .or_default()
+            .pins
+            .entry(id)
+            .or_insert(0) += 1;
+    }
+
+    fn add_spill_loc(&mut self, loc: SpillLoc) -> u32 {
+        match self.spill_vacant.pop() {
+            Some(i) => {
+                self.spill_locs[i as usize] = loc;
+                i
+            }
+            None => {
+                self.spill_locs.push(loc);
+                (self.spill_locs.len() - 1) as u32
+            }
+        }
+    }
+
+    fn take_spill_loc(&mut self, slot: u32) -> Option<SpillLoc> {
+        let i = std::mem::replace(&mut self.entries[slot as usize].spill, NONE);
+        if i == NONE {
+            return None;
+        }
+        self.spill_vacant.push(i);
+        Some(self.spill_locs[i as usize])
+    }
+
+    fn meta_bytes(&self) -> u64 {
+        (self.entries.capacity() * std::mem::size_of::<Entry>()
+            + self.vacant.capacity() * 4
+            + self.index.capacity() * 5
+            + self.spill_locs.capacity() * std::mem::size_of::<SpillLoc>()
+            + self.spill_vacant.capacity() * 4
+            + self.alloc.metadata_bytes()) as u64
+            + self.kv.iter().map(|(k, _)| k.len() as u64 + 40).sum::<u64>()
+    }
+}
+
+impl Store {
+    /// Creates the arena and (when configured) opens the spill folder.
+    pub fn new(config: StoreConfig) -> std::io::Result<Store> {
+        let arena = Arena::create(config.capacity, config.prefault)?;
+        let spill = match &config.spill {
+            Some(cfg) => Some(SpillStore::open(cfg.clone()).map_err(std::io::Error::other)?),
+            None => None,
+        };
+        Ok(Store {
+            inner: Mutex::new(Inner {
+                alloc: Tlsf::new(config.capacity),
+                entries: Vec::new(),
+                vacant: Vec::new(),
+                index: HashTable::new(),
+                hasher: DefaultHashBuilder::default(),
+                lru_head: NONE,
+                lru_tail: NONE,
+                spill_locs: Vec::new(),
+                spill_vacant: Vec::new(),
+                kv: HashMap::new(),
+                clients: HashMap::new(),
+                next_client: 1,
+                spill_ops: 0,
+                restore_ops: 0,
+                waiters: 0,
+                shutting_down: false,
+            }),
+            arena,
+            changed: Condvar::new(),
+            spill_wake: Condvar::new(),
+            spill,
+            config,
+        })
+    }
+
+    /// The arena (its fd goes to clients).
+    pub fn arena(&self) -> &Arena {
+        &self.arena
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    /// The spill engine in use, if spilling is enabled.
+    pub fn spill_engine(&self) -> Option<&'static str> {
+        self.spill.as_ref().map(|s| s.engine_name())
+    }
+
+    /// Registers a client; its pins and unsealed objects are tracked until
+    /// [`Store::disconnect`].
+    pub fn connect(&self) -> ClientId {
+        let mut g = self.inner.lock();
+        let id = g.next_client;
+        g.next_client = g.next_client.wrapping_add(1).max(1);
+        g.clients.insert(id, ClientState::default());
+        id
+    }
+
+    /// Undoes everything a client left behind: releases its pins and aborts
+    /// its unsealed objects.
+    pub fn disconnect(&self, client: ClientId) {
+        let mut g = self.inner.lock();
+        let Some(state) = g.clients.remove(&client) else {
+            return;
+        };
+        for (id, n) in state.pins {
+            if let Some(slot) = g.find(&id) {
+                for _ in 0..n {
+                    self.unpin_locked(&mut g, slot);
+                }
+            }
+        }
+        for id in state.unsealed {
+            if let Some(slot) = g.find(&id) {
+                let e = &g.entries[slot as usize];
+                if e.state == State::Unsealed && e.owner == client {
+                    self.free_object(&mut g, slot);
+                }
+            }
+        }
+        drop(g);
+        self.changed.notify_all();
+    }
+
+    /// Reserves space for an object and returns its arena offset (data, then
+    /// metadata). Spills other objects if memory is short.
+    pub fn create(
+        &self,
+        client: ClientId,
+        id: ObjectId,
+        data_size: u64,
+        meta_size: u64,
+    ) -> Result<u64, ErrorReply> {
+        let total = data_size.saturating_add(meta_size);
+        if meta_size > u32::MAX as u64 {
+            return Err(err(
+                ErrorCode::BadRequest,
+                format!("metadata of object {id} is {meta_size} bytes; the limit is 4 GiB"),
+            ));
+        }
+        if total > self.arena.size() {
+            return Err(err(
+                ErrorCode::TooLarge,
+                format!(
+                    "object {id} needs {total} bytes but the whole arena is {} bytes",
+                    self.arena.size()
+                ),
+            ));
+        }
+        let mut g = self.inner.lock();
+        let slot = self.create_locked(&mut g, client, id, data_size, meta_size as u32)?;
+        let off = g.offset(slot);
+        self.maybe_wake_spiller(&g);
+        Ok(off)
+    }
+
+    fn create_locked(
+        &self,
+        g: &mut MutexGuard<'_, Inner>,
+        client: ClientId,
+        id: ObjectId,
+        data_size: u64,
+        meta_size: u32,
+    ) -> Result<u32, ErrorReply> {
+        let total = data_size + meta_size as u64;
+        loop {
+            if let Some(slot) = g.find(&id) {
+                let what = if g.entries[slot as usize].delete_pending {
+                    "is being deleted"
+                } else {
+                    "already exists"
+                };
+                return Err(err(ErrorCode::AlreadyExists, format!("object {id} {what}")));
+            }
+            if let Some(a) = g.alloc.alloc(total) {
+                let slot = g.insert(Entry {
+                    id,
+                    data_size,
+                    meta_size,
+                    pins: 0,
+                    block: a.handle,
+                    lru_prev: NONE,
+                    lru_next: NONE,
+                    spill: NONE,
+                    owner: client,
+                    state: State::Unsealed,
+                    delete_pending: false,
+                    vacant: false,
+                });
+                g.clients.entry(client).or_default().unsealed.insert(id);
+                return Ok(slot);
+            }
+            self.make_room(g, total).map_err(|why| {
+                let st = self.stats_locked(g);
+                err(
+                    ErrorCode::OutOfMemory,
+                    format!(
+                        "cannot create object {id} of {total} bytes: the arena has {} of {} bytes \
+                         free (largest free block {} bytes) and {why}",
+                        st.capacity - st.used,
+                        st.capacity,
+                        st.largest_free,
+                    ),
+                )
+            })?;
+        }
+    }
+
+    /// Frees memory for an allocation of `needed` bytes by spilling LRU
+    /// victims. Returns why it could not when nothing more can move.
+    fn make_room(&self, g: &mut MutexGuard<'_, Inner>, needed: u64) -> Result<(), String> {
+        if self.spill.is_none() {
+            return Err("spilling is disabled (no spill folder)".into());
+        }
+        // Ask for a little more than needed: fragmentation means freed bytes
+        // are not always contiguous.
+        match self.spill_batch(g, needed.saturating_add(needed / 8)) {
+            Ok(0) => Err("every other object is pinned, unsealed or already on disk".into()),
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("spilling failed: {e}")),
+        }
+    }
+
+    /// Picks LRU victims totalling at least `target` bytes (bounded by
+    /// [`SPILL_BATCH_MAX`]), writes them out and frees their memory. Returns
+    /// the bytes freed. The lock is released during the write.
+    fn spill_batch(&self, g: &mut MutexGuard<'_, Inner>, target: u64) -> Result<u64, SpillError> {
+        let Some(spill) = &self.spill else {
+            return Ok(0);
+        };
+        let mut victims = Vec::new();
+        let mut bytes = 0u64;
+        let mut cur = g.lru_head;
+        while cur != NONE && bytes < target.clamp(1, SPILL_BATCH_MAX) {
+            let next = g.entries[cur as usize].lru_next;
+            bytes += g.alloc.size(g.entries[cur as usize].block);
+            victims.push(cur);
+            cur = next;
+        }
+        if victims.is_empty() {
+            return Ok(0);
+        }
+        let mut ranges = Vec::with_capacity(victims.len());
+        for &slot in &victims {
+            g.lru_unlink(slot);
+            g.entries[slot as usize].state = State::Spilling;
+            let off = g.offset(slot);
+            ranges.push((off, g.entries[slot as usize].total()));
+        }
+        let result = MutexGuard::unlocked(g, || {
+            // SAFETY: every range belongs to a sealed object in state
+            // Spilling: the store neither frees nor hands out its block for
+            // writing until this batch finishes, so the bytes are immutable.
+            let slices: Vec<&[u8]> = ranges
+                .iter()
+                .map(|&(off, len)| unsafe { self.arena.slice(off, len) })
+                .collect();
+            spill.write_batch(&slices)
+        });
+        let mut freed = 0;
+        match result {
+            Ok(locs) => {
+                for (slot, loc) in victims.into_iter().zip(locs) {
+                    let (pins, delete_pending, block) = {
+                        let e = &g.entries[slot as usize];
+                        (e.pins, e.delete_pending, e.block)
+                    };
+                    if delete_pending && pins == 0 {
+                        spill.free(&loc);
+                        freed += g.alloc.size(block);
+                        self.free_object(g, slot);
+                    } else if pins > 0 || delete_pending {
+                        // Someone got it while it was being written: it stays
+                        // in memory and the disk copy is dropped.
+                        spill.free(&loc);
+                        g.entries[slot as usize].state = State::Sealed;
+                    } else {
+                        freed += g.alloc.size(block);
+                        g.alloc.free(block);
+                        let li = g.add_spill_loc(loc);
+                        let e = &mut g.entries[slot as usize];
+                        e.block = NONE;
+                        e.spill = li;
+                        e.state = State::Spilled;
+                        g.spill_ops += 1;
+                    }
+                }
+                self.changed.notify_all();
+                Ok(freed)
+            }
+            Err(e) => {
+                for slot in victims {
+                    let en = &mut g.entries[slot as usize];
+                    en.state = State::Sealed;
+                    if en.delete_pending && en.pins == 0 {
+                        self.free_object(g, slot);
+                    } else if en.pins == 0 && !en.delete_pending {
+                        g.lru_push_back(slot);
+                    }
+                }
+                self.changed.notify_all();
+                Err(e)
+            }
+        }
+    }
+
+    /// Spills until usage is at or below `target_used` bytes or nothing more
+    /// can be spilled. Returns bytes freed. Used by the background thread and
+    /// by tests that apply pressure on demand.
+    pub fn spill_until(&self, target_used: u64) -> Result<u64, ErrorReply> {
+        let mut g = self.inner.lock();
+        let mut total = 0;
+        while g.alloc.used() > target_used {
+            let want = g.alloc.used() - target_used;
+            match self.spill_batch(&mut g, want) {
+                Ok(0) => break,
+                Ok(n) => total += n,
+                Err(e) => return Err(err(ErrorCode::SpillFailed, format!("spill failed: {e}"))),
+            }
+        }
+        Ok(total)
+    }
+
+    fn high_mark(&self) -> u64 {
+        (self.arena.size() as f64 * self.config.high_watermark) as u64
+    }
+
+    fn maybe_wake_spiller(&self, g: &Inner) {
+        if self.spill.is_some() && g.alloc.used() > self.high_mark() {
+            self.spill_wake.notify_one();
+        }
+    }
+
+    /// Body of the background spill thread: sleeps until usage crosses the
+    /// high watermark, then spills down to the low watermark. Returns after
+    /// [`Store::shutdown`].
+    pub fn run_spiller(&self) {
+        if self.spill.is_none() {
+            return;
+        }
+        let low = (self.arena.size() as f64 * self.config.low_watermark) as u64;
+        let mut g = self.inner.lock();
+        loop {
+            if g.shutting_down {
+                return;
+            }
+            if g.alloc.used() > self.high_mark() {
+                while g.alloc.used() > low && !g.shutting_down {
+                    let want = g.alloc.used() - low;
+                    match self.spill_batch(&mut g, want) {
+                        Ok(0) => break,
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!("background spill failed: {e}");
+                            break;
+                        }
+                    }
+                }
+            }
+            // Woken by a create that crossed the watermark; the timeout only
+            // re-checks after failures (e.g. a full disk that may clear).
+            self.spill_wake.wait_for(&mut g, Duration::from_secs(1));
+        }
+    }
+
+    /// Stops background work and wakes every waiter.
+    pub fn shutdown(&self) {
+        self.inner.lock().shutting_down = true;
+        self.spill_wake.notify_all();
+        self.changed.notify_all();
+    }
+
+    /// Makes an unsealed object immutable and visible to getters.
+    pub fn seal(&self, client: ClientId, id: ObjectId) -> Result<(), ErrorReply> {
+        let mut g = self.inner.lock();
+        let slot = g
+            .find(&id)
+            .filter(|&s| g.entries[s as usize].exists())
+            .ok_or_else(|| err(ErrorCode::NotFound, format!("cannot seal object {id}: not found")))?;
+        let e = &g.entries[slot as usize];
+        if e.state != State::Unsealed {
+            return Err(err(
+                ErrorCode::InvalidState,
+                format!("cannot seal object {id}: already sealed"),
+            ));
+        }
+        if e.owner != client {
+            return Err(err(
+                ErrorCode::InvalidState,
+                format!("cannot seal object {id}: it was created by another client"),
+            ));
+        }
+        self.seal_locked(&mut g, client, slot);
+        drop(g);
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    fn seal_locked(&self, g: &mut Inner, client: ClientId, slot: u32) {
+        let id = g.entries[slot as usize].id;
+        g.entries[slot as usize].state = State::Sealed;
+        if let Some(c) = g.clients.get_mut(&client) {
+            c.unsealed.remove(&id);
+        }
+        g.lru_push_back(slot);
+    }
+
+    /// Create + copy + seal in one step (small objects).
+    pub fn put_inline(
+        &self,
+        client: ClientId,
+        id: ObjectId,
+        data: &[u8],
+        meta: &[u8],
+    ) -> Result<(), ErrorReply> {
+        let (ds, ms) = (data.len() as u64, meta.len() as u64);
+        if ds + ms > self.arena.size() {
+            return Err(err(
+                ErrorCode::TooLarge,
+                format!(
+                    "object {id} needs {} bytes but the whole arena is {} bytes",
+                    ds + ms,
+                    self.arena.size()
+                ),
+            ));
+        }
+        let mut g = self.inner.lock();
+        let slot = self.create_locked(&mut g, client, id, ds, ms as u32)?;
+        let off = g.offset(slot);
+        // SAFETY: the block was just allocated for this unsealed object and is
+        // referenced by no one else; we hold the lock until it is sealed.
+        unsafe {
+            self.arena.slice_mut(off, ds).copy_from_slice(data);
+            self.arena.slice_mut(off + ds, ms).copy_from_slice(meta);
+        }
+        self.seal_locked(&mut g, client, slot);
+        self.maybe_wake_spiller(&g);
+        drop(g);
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    /// Discards an unsealed object created by `client`.
+    pub fn abort(&self, client: ClientId, id: ObjectId) -> Result<(), ErrorReply> {
+        let mut g = self.inner.lock();
+        let slot = g
+            .find(&id)
+            .filter(|&s| g.entries[s as usize].exists())
+            .ok_or_else(|| err(ErrorCode::NotFound, format!("cannot abort object {id}: not found")))?;
+        let e = &g.entries[slot as usize];
+        if e.state != State::Unsealed {
+            return Err(err(
+                ErrorCode::InvalidState,
+                format!("cannot abort object {id}: it is sealed (delete it instead)"),
+            ));
+        }
+        if e.owner != client {
+            return Err(err(
+                ErrorCode::InvalidState,
+                format!("cannot abort object {id}: it was created by another client"),
+            ));
+        }
+        if let Some(c) = g.clients.get_mut(&client) {
+            c.unsealed.remove(&id);
+        }
+        self.free_object(&mut g, slot);
+        Ok(())
+    }
+
+    /// Releases an object's memory, disk copy and table slot.
+    fn free_object(&self, g: &mut Inner, slot: u32) {
+        g.lru_unlink(slot);
+        let block = g.entries[slot as usize].block;
+        if block != NONE {
+            g.alloc.free(block);
+        }
+        if let Some(loc) = g.take_spill_loc(slot) {
+            if let Some(s) = &self.spill {
+                s.free(&loc);
+            }
+        }
+        g.remove(slot);
+    }
+
+    fn probe(&self, g: &Inner, id: &ObjectId) -> Probe {
+        match g.find(id) {
+            None => Probe::Wait,
+            Some(slot) => {
+                let e = &g.entries[slot as usize];
+                if !e.exists() {
+                    return Probe::Wait;
+                }
+                match e.state {
+                    State::Sealed | State::Spilling => Probe::Ready(slot),
+                    State::Spilled => Probe::Restore(slot),
+                    State::Unsealed | State::Restoring => Probe::Wait,
+                }
+            }
+        }
+    }
+
+    /// Pins and locates objects, waiting up to `timeout` for each to be
+    /// sealed (restoring spilled ones from disk). Per-object results, in
+    /// order; every `Ok` carries a pin the client must release.
+    pub fn get(
+        &self,
+        client: ClientId,
+        ids: &[ObjectId],
+        timeout: Duration,
+    ) -> Vec<Result<ObjectView, ErrorReply>> {
+        let deadline = Instant::now().checked_add(timeout);
+        let mut g = self.inner.lock();
+        let mut slots: Vec<Option<u32>> = vec![None; ids.len()];
+        let mut failed: Vec<Option<ErrorReply>> = vec![None; ids.len()];
+        loop {
+            let mut waiting = false;
+            let mut restore = None;
+            for (i, id) in ids.iter().enumerate() {
+                if failed[i].is_some() {
+                    continue;
+                }
+                match self.probe(&g, id) {
+                    Probe::Ready(s) => slots[i] = Some(s),
+                    Probe::Wait => {
+                        slots[i] = None;
+                        waiting = true;
+                    }
+                    Probe::Restore(s) => {
+                        slots[i] = None;
+                        if restore.is_none() {
+                            restore = Some((i, s));
+                        }
+                        waiting = true;
+                    }
+                }
+            }
+            if let Some((i, slot)) = restore {
+                if let Err(e) = self.restore(&mut g, slot) {
+                    failed[i] = Some(e);
+                }
+                continue;
+            }
+            let expired = g.shutting_down || deadline.is_some_and(|d| Instant::now() >= d);
+            if !waiting || expired {
+                // Pin exactly the objects we return, all under one lock hold,
+                // so none can be freed between lookup and pin.
+                let waited = timeout.as_millis();
+                return ids
+                    .iter()
+                    .enumerate()
+                    .map(|(i, id)| {
+                        if let Some(e) = failed[i].take() {
+                            return Err(e);
+                        }
+                        match slots[i] {
+                            Some(s) => {
+                                g.pin(client, s);
+                                Ok(g.view(s))
+                            }
+                            None => Err(self.absent_error(&g, id, waited)),
+                        }
+                    })
+                    .collect();
+            }
+            self.wait_changed(&mut g, deadline);
+        }
+    }
+
+    fn wait_changed(&self, g: &mut MutexGuard<'_, Inner>, deadline: Option<Instant>) {
+        g.waiters += 1;
+        match deadline {
+            Some(d) => {
+                self.changed.wait_until(g, d);
+            }
+            None => self.changed.wait(g),
+        }
+        g.waiters -= 1;
+    }
+
+    fn absent_error(&self, g: &Inner, id: &ObjectId, waited_ms: u128) -> ErrorReply {
+        match g.find(id).map(|s| &g.entries[s as usize]) {
+            Some(e) if e.exists() && e.state == State::Unsealed => err(
+                ErrorCode::Timeout,
+                format!("object {id} is still unsealed after waiting {waited_ms} ms"),
+            ),
+            Some(e) if e.exists() => err(
+                ErrorCode::Timeout,
+                format!("object {id} is still being restored after waiting {waited_ms} ms"),
+            ),
+            _ => err(
+                ErrorCode::NotFound,
+                format!("object {id} not found (waited {waited_ms} ms)"),
+            ),
+        }
+    }
+
+    /// Brings a spilled object back into memory. The lock is released
+    /// during the read; concurrent getters of the same object wait on
+    /// `changed` (it is Restoring) instead of reading it twice.
+    fn restore(&self, g: &mut MutexGuard<'_, Inner>, slot: u32) -> Result<(), ErrorReply> {
+        let spill = self
+            .spill
+            .as_ref()
+            .ok_or_else(|| err(ErrorCode::Internal, "spilled object without a spill store"))?;
+        let (id, total) = {
+            let e = &g.entries[slot as usize];
+            (e.id, e.total())
+        };
+        let handle = loop {
+            if let Some(a) = g.alloc.alloc(total) {
+                break a.handle;
+            }
+            // The entry may change while make_room has the lock released.
+            self.make_room(g, total).map_err(|why| {
+                err(
+                    ErrorCode::OutOfMemory,
+                    format!("cannot restore object {id} of {total} bytes from disk: {why}"),
+                )
+            })?;
+            match g.find(&id) {
+                Some(s) if s == slot && g.entries[s as usize].state == State::Spilled => {}
+                _ => return Ok(()), // someone else restored or deleted it; re-probe
+            }
+        };
+        let loc_index = g.entries[slot as usize].spill;
+        let loc = g.spill_locs[loc_index as usize];
+        {
+            let e = &mut g.entries[slot as usize];
+            e.block = handle;
+            e.state = State::Restoring;
+        }
+        let off = g.alloc.offset(handle);
+        let result = MutexGuard::unlocked(g, || {
+            // SAFETY: the block was just allocated for this object, which is
+            // Restoring: nobody else reads or writes it until we finish.
+            let dst = unsafe { self.arena.slice_mut(off, total) };
+            spill.read(&loc, dst)
+        });
+        let outcome = match result {
+            Ok(()) => {
+                let loc = g.take_spill_loc(slot);
+                if let Some(loc) = loc {
+                    spill.free(&loc);
+                }
+                g.restore_ops += 1;
+                let e = &mut g.entries[slot as usize];
+                e.state = State::Sealed;
+                if e.delete_pending && e.pins == 0 {
+                    self.free_object(g, slot);
+                } else if e.pins == 0 {
+                    g.lru_push_back(slot);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                g.alloc.free(handle);
+                let en = &mut g.entries[slot as usize];
+                en.block = NONE;
+                en.state = State::Spilled;
+                if en.delete_pending {
+                    self.free_object(g, slot);
+                }
+                Err(err(
+                    ErrorCode::SpillFailed,
+                    format!("cannot restore object {id} from disk: {e}"),
+                ))
+            }
+        };
+        self.changed.notify_all();
+        outcome
+    }
+
+    /// Drops one pin. Unknown pins are ignored (the reply-less release has
+    /// nobody to tell), so a confused client cannot corrupt counts.
+    pub fn release(&self, client: ClientId, id: ObjectId) {
+        let mut g = self.inner.lock();
+        let Some(c) = g.clients.get_mut(&client) else {
+            return;
+        };
+        match c.pins.get_mut(&id) {
+            Some(n) if *n > 1 => *n -= 1,
+            Some(_) => {
+                c.pins.remove(&id);
+            }
+            None => {
+                tracing::debug!("client {client} released {id} without holding it");
+                return;
+            }
+        }
+        if let Some(slot) = g.find(&id) {
+            self.unpin_locked(&mut g, slot);
+        }
+    }
+
+    fn unpin_locked(&self, g: &mut Inner, slot: u32) {
+        let e = &mut g.entries[slot as usize];
+        if e.pins == 0 {
+            return;
+        }
+        e.pins -= 1;
+        if e.pins == 0 {
+            if e.delete_pending && e.state == State::Sealed {
+                self.free_object(g, slot);
+            } else if e.state == State::Sealed && !e.delete_pending {
+                g.lru_push_back(slot);
+            }
+        }
+    }
+
+    /// Deletes objects; those pinned or mid-I/O become invisible at once and
+    /// are freed when released.
+    pub fn delete(&self, ids: &[ObjectId]) -> Vec<Result<(), ErrorReply>> {
+        let mut g = self.inner.lock();
+        ids.iter()
+            .map(|id| self.delete_locked(&mut g, id))
+            .collect()
+    }
+
+    fn delete_locked(&self, g: &mut Inner, id: &ObjectId) -> Result<(), ErrorReply> {
+        let slot = g
+            .find(id)
+            .filter(|&s| g.entries[s as usize].exists())
+            .ok_or_else(|| err(ErrorCode::NotFound, format!("cannot delete object {id}: not found")))?;
+        let e = &mut g.entries[slot as usize];
+        match e.state {
+            State::Unsealed => Err(err(
+                ErrorCode::InvalidState,
+                format!("cannot delete object {id}: it is unsealed (its creator must seal or abort it)"),
+            )),
+            State::Sealed if e.pins == 0 => {
+                self.free_object(g, slot);
+                Ok(())
+            }
+            State::Spilled => {
+                self.free_object(g, slot);
+                Ok(())
+            }
+            _ => {
+                e.delete_pending = true;
+                g.lru_unlink(slot);
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether a sealed object with this ID exists (in memory or on disk).
+    pub fn contains(&self, id: &ObjectId) -> bool {
+        let g = self.inner.lock();
+        g.find(id).is_some_and(|s| {
+            let e = &g.entries[s as usize];
+            e.exists() && e.state != State::Unsealed
+        })
+    }
+
+    /// Up to `limit` objects.
+    pub fn list(&self, limit: usize) -> Vec<ObjectInfo> {
+        let g = self.inner.lock();
+        g.entries
+            .iter()
+            .filter(|e| e.exists())
+            .take(limit)
+            .map(|e| ObjectInfo {
+                id: e.id,
+                data_size: e.data_size,
+                meta_size: e.meta_size as u64,
+                state: match e.state {
+                    State::Unsealed => ObjectState::Unsealed,
+                    State::Spilled => ObjectState::Spilled,
+                    _ => ObjectState::Sealed,
+                },
+                pins: e.pins,
+            })
+            .collect()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> StoreStats {
+        let g = self.inner.lock();
+        self.stats_locked(&g)
+    }
+
+    fn stats_locked(&self, g: &Inner) -> StoreStats {
+        let mut s = StoreStats {
+            capacity: g.alloc.capacity(),
+            used: g.alloc.used(),
+            largest_free: g.alloc.largest_free_hint(),
+            spill_used: self.spill.as_ref().map_or(0, |s| s.used()),
+            spill_limit: self.spill.as_ref().map_or(0, |s| s.limit()),
+            clients: g.clients.len() as u64,
+            spill_ops: g.spill_ops,
+            restore_ops: g.restore_ops,
+            kv_keys: g.kv.len() as u64,
+            meta_bytes: g.meta_bytes(),
+            waiters: g.waiters,
+            ..Default::default()
+        };
+        for e in g.entries.iter().filter(|e| !e.vacant) {
+            match e.state {
+                State::Unsealed => s.unsealed += 1,
+                State::Spilled => {
+                    s.spilled += 1;
+                    s.spilled_bytes += e.total();
+                }
+                _ => s.sealed += 1,
+            }
+            if e.pins > 0 {
+                s.pinned += 1;
+            }
+        }
+        s
+    }
+
+    /// Binds `key` to a sealed object, deleting the object it replaces.
+    pub fn kv_bind(&self, key: &[u8], id: ObjectId) -> Result<(), ErrorReply> {
+        let mut g = self.inner.lock();
+        let ok = g.find(&id).is_some_and(|s| {
+            let e = &g.entries[s as usize];
+            e.exists() && e.state != State::Unsealed
+        });
+        if !ok {
+            return Err(err(
+                ErrorCode::NotFound,
+                format!(
+                    "cannot bind key {:?}: object {id} is not a sealed object",
+                    String::from_utf8_lossy(key)
+                ),
+            ));
+        }
+        if let Some(old) = g.kv.insert(key.into(), id) {
+            if old != id {
+                let _ = self.delete_locked(&mut g, &old);
+            }
+        }
+        drop(g);
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    /// Pins the object bound to `key`, waiting up to `timeout` for the key.
+    pub fn kv_get(
+        &self,
+        client: ClientId,
+        key: &[u8],
+        timeout: Duration,
+    ) -> Result<(ObjectId, ObjectView), ErrorReply> {
+        let deadline = Instant::now().checked_add(timeout);
+        let mut g = self.inner.lock();
+        let id = loop {
+            if let Some(id) = g.kv.get(key) {
+                break *id;
+            }
+            let expired = g.shutting_down || deadline.is_some_and(|d| Instant::now() >= d);
+            if expired {
+                return Err(err(
+                    ErrorCode::NotFound,
+                    format!(
+                        "key {:?} not found (waited {} ms)",
+                        String::from_utf8_lossy(key),
+                        timeout.as_millis()
+                    ),
+                ));
+            }
+            self.wait_changed(&mut g, deadline);
+        };
+        drop(g);
+        let left = deadline.map_or(timeout, |d| d.saturating_duration_since(Instant::now()));
+        let mut r = self.get(client, &[id], left);
+        match r.pop() {
+            Some(Ok(view)) => Ok((id, view)),
+            Some(Err(e)) => Err(e),
+            None => Err(err(ErrorCode::Internal, "empty get result")),
+        }
+    }
+
+    /// Removes a key and deletes its object.
+    pub fn kv_del(&self, key: &[u8]) -> Result<(), ErrorReply> {
+        let mut g = self.inner.lock();
+        match g.kv.remove(key) {
+            Some(id) => {
+                let _ = self.delete_locked(&mut g, &id);
+                Ok(())
+            }
+            None => Err(err(
+                ErrorCode::NotFound,
+                format!("key {:?} not found", String::from_utf8_lossy(key)),
+            )),
+        }
+    }
+
+    /// Whether a key is bound.
+    pub fn kv_exists(&self, key: &[u8]) -> bool {
+        self.inner.lock().kv.contains_key(key)
+    }
+
+    /// Test helper: checks the internal invariants listed in the module
+    /// header and returns the first violation.
+    #[doc(hidden)]
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let g = self.inner.lock();
+        let mut in_lru = HashSet::new();
+        let mut cur = g.lru_head;
+        let mut prev = NONE;
+        while cur != NONE {
+            let e = &g.entries[cur as usize];
+            if e.lru_prev != prev {
+                return Err(format!("lru back link broken at {}", e.id));
+            }
+            if !in_lru.insert(cur) {
+                return Err("lru cycle".into());
+            }
+            prev = cur;
+            cur = e.lru_next;
+        }
+        if g.lru_tail != prev {
+            return Err("lru tail wrong".into());
+        }
+        let mut used = 0u64;
+        let mut ranges = Vec::new();
+        for (slot, e) in g.entries.iter().enumerate() {
+            if e.vacant {
+                continue;
+            }
+            let in_mem = matches!(
+                e.state,
+                State::Unsealed | State::Sealed | State::Spilling | State::Restoring
+            );
+            if in_mem != (e.block != NONE) {
+                return Err(format!("{}: block presence does not match state {:?}", e.id, e.state));
+            }
+            if (e.state == State::Spilled) != (e.spill != NONE) {
+                return Err(format!("{}: spill location does not match state", e.id));
+            }
+            let candidate = e.state == State::Sealed && e.pins == 0 && !e.delete_pending;
+            if candidate != in_lru.contains(&(slot as u32)) {
+                return Err(format!("{}: lru membership wrong ({:?})", e.id, e.state));
+            }
+            if e.block != NONE {
+                let off = g.alloc.offset(e.block);
+                let size = g.alloc.size(e.block);
+                if size < e.total() || !off.is_multiple_of(64) {
+                    return Err(format!("{}: block too small or misaligned", e.id));
+                }
+                used += size;
+                ranges.push((off, off + size));
+            }
+            if g.find(&e.id) != Some(slot as u32) {
+                return Err(format!("{}: index does not find its slot", e.id));
+            }
+        }
+        if used != g.alloc.used() {
+            return Err(format!("allocator used {} != objects {used}", g.alloc.used()));
+        }
+        ranges.sort_unstable();
+        for w in ranges.windows(2) {
+            if w[0].1 > w[1].0 {
+                return Err(format!("overlapping objects at {:?} and {:?}", w[0], w[1]));
+            }
+        }
+        Ok(())
+    }
+
+    /// Test helper: a copy of a sealed object's bytes (data then metadata)
+    /// without pinning, `None` when absent or not in memory.
+    #[doc(hidden)]
+    pub fn peek(&self, id: &ObjectId) -> Option<Vec<u8>> {
+        let g = self.inner.lock();
+        let slot = g.find(id)?;
+        let e = &g.entries[slot as usize];
+        if !e.readable() {
+            return None;
+        }
+        // SAFETY: sealed bytes are immutable and cannot be freed while we
+        // hold the lock.
+        Some(unsafe { self.arena.slice(g.offset(slot), e.total()) }.to_vec())
+    }
+
+    /// Test helper: writes into an unsealed object's bytes, as its creator
+    /// would through its mapping.
+    #[doc(hidden)]
+    pub fn write_unsealed(&self, id: &ObjectId, at: u64, bytes: &[u8]) -> bool {
+        let g = self.inner.lock();
+        let Some(slot) = g.find(id) else { return false };
+        let e = &g.entries[slot as usize];
+        if e.vacant || e.state != State::Unsealed || at + bytes.len() as u64 > e.total() {
+            return false;
+        }
+        // SAFETY: unsealed bytes belong to the creator; tests act as it.
+        unsafe {
+            self.arena
+                .slice_mut(g.offset(slot) + at, bytes.len() as u64)
+                .copy_from_slice(bytes)
+        };
+        true
+    }
+}

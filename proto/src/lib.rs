@@ -1,0 +1,1 @@
+//! Protocol definitions shared by yr components (gRPC services land here with the control plane).

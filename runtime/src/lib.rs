@@ -1,0 +1,1 @@
+//! The Rust runtime SDK used by function processes and driver programs (grows with later issues).

@@ -1,0 +1,114 @@
+//! Test support: start real `yr` processes in temporary folders.
+//!
+//! Integration tests run the `yr` binary built by `cargo build` (the
+//! Makefile's `test` target builds it first; `YR_BIN` overrides the path).
+//! Every helper waits for a process's own readiness signal (a line on its
+//! stdout) rather than sleeping, and kills what it started when dropped.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use yr_datastore::Client;
+
+/// Path of the `yr` binary under test.
+pub fn yr_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("YR_BIN") {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/<test-binary> -> target/<profile>/yr
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    let bin = profile_dir.join("yr");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first with `cargo build --bin yr` (make test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A data worker running as a child process in its own temporary folder.
+pub struct DataWorker {
+    /// The worker process.
+    pub child: Child,
+    /// Its socket.
+    pub socket: PathBuf,
+    /// Its spill folder.
+    pub spill_dir: PathBuf,
+    _stdout: BufReader<ChildStdout>,
+    /// Keeps the folder alive as long as the worker.
+    pub dir: tempfile::TempDir,
+}
+
+impl DataWorker {
+    /// Starts a worker with `shm_size` bytes of arena and extra flags.
+    pub fn start(shm_size: u64, extra: &[&str]) -> DataWorker {
+        let dir = tempfile::Builder::new()
+            .prefix("yr-test-")
+            .tempdir()
+            .expect("temp dir");
+        let socket = dir.path().join("dw.sock");
+        let spill_dir = dir.path().join("spill");
+        let mut child = Command::new(yr_bin())
+            .args(["component", "data-worker", "--socket"])
+            .arg(&socket)
+            .args(["--shm-size", &shm_size.to_string(), "--spill-dir"])
+            .arg(&spill_dir)
+            .args(extra)
+            .env("YR_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start yr component data-worker");
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        out.read_line(&mut line).expect("read ready line");
+        assert!(line.starts_with("ready"), "worker did not start: {line:?}");
+        DataWorker {
+            child,
+            socket,
+            spill_dir,
+            _stdout: out,
+            dir,
+        }
+    }
+
+    /// A new client connection.
+    pub fn client(&self) -> Client {
+        Client::connect(&self.socket).expect("connect to data worker")
+    }
+
+    /// Process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        self.child.wait().expect("wait for worker")
+    }
+}
+
+impl Drop for DataWorker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Deterministic bytes for a given seed.
+pub fn bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
