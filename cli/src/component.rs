@@ -73,9 +73,11 @@ fn data_worker(a: DataWorkerArgs) -> Result<()> {
         },
     };
     let shutdown = Shutdown::new()?;
-    let mut signals =
-        signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
-            .context("cannot install signal handlers")?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .context("cannot install signal handlers")?;
     {
         let shutdown = shutdown.clone();
         std::thread::spawn(move || {

@@ -22,8 +22,15 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let socket = dir.path().join("data-worker.sock");
     let spill = dir.path().join("spill");
     let shm = (a.size * 2).max(1 << 30);
-    println!("== yr demo: passing a {} MiB object between two processes", a.size >> 20);
-    println!("   data worker: socket {}, {} MiB shared memory", socket.display(), shm >> 20);
+    println!(
+        "== yr demo: passing a {} MiB object between two processes",
+        a.size >> 20
+    );
+    println!(
+        "   data worker: socket {}, {} MiB shared memory",
+        socket.display(),
+        shm >> 20
+    );
     let mut worker = WorkerProcess::start(&socket, shm, &spill, &[])?;
     println!("   data worker running (pid {})", worker.pid());
 
@@ -66,10 +73,17 @@ pub fn run(a: DemoArgs) -> Result<()> {
         c["checksum_gbps"].as_f64().unwrap_or(0.0)
     );
     if p["crc32c"] != c["crc32c"] {
-        bail!("checksums differ: producer {} consumer {}", p["crc32c"], c["crc32c"]);
+        bail!(
+            "checksums differ: producer {} consumer {}",
+            p["crc32c"],
+            c["crc32c"]
+        );
     }
     println!("   checksums match (crc32c {})", c["crc32c"]);
     worker.stop()?;
-    println!("== done: data worker stopped, {} removed", dir.path().display());
+    println!(
+        "== done: data worker stopped, {} removed",
+        dir.path().display()
+    );
     Ok(())
 }

@@ -15,7 +15,11 @@ mod util;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "yr", version, about = "yr: a serverless distributed computing platform")]
+#[command(
+    name = "yr",
+    version,
+    about = "yr: a serverless distributed computing platform"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

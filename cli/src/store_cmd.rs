@@ -84,7 +84,8 @@ pub enum StoreCmd {
 }
 
 fn parse_id(s: &str) -> Result<ObjectId> {
-    ObjectId::from_hex(s).ok_or_else(|| anyhow!("invalid object id {s:?}: expected up to 48 hex digits"))
+    ObjectId::from_hex(s)
+        .ok_or_else(|| anyhow!("invalid object id {s:?}: expected up to 48 hex digits"))
 }
 
 fn connect(c: &Conn) -> Result<Client> {
@@ -115,28 +116,44 @@ pub fn run(cmd: StoreCmd) -> Result<()> {
                 )?;
             }
         }
-        StoreCmd::Put { conn, id, file, data } => {
+        StoreCmd::Put {
+            conn,
+            id,
+            file,
+            data,
+        } => {
             let id = match id {
                 Some(s) => parse_id(&s)?,
                 None => ObjectId::random(0),
             };
             let bytes = match (file, data) {
-                (Some(f), _) => std::fs::read(&f).with_context(|| format!("cannot read {}", f.display()))?,
+                (Some(f), _) => {
+                    std::fs::read(&f).with_context(|| format!("cannot read {}", f.display()))?
+                }
                 (None, Some(d)) => d.into_bytes(),
                 (None, None) => return Err(anyhow!("give --file or --data")),
             };
             connect(&conn)?.put(id, &bytes)?;
             writeln!(out, "{id}")?;
         }
-        StoreCmd::Get { conn, id, out: path, timeout_ms } => {
+        StoreCmd::Get {
+            conn,
+            id,
+            out: path,
+            timeout_ms,
+        } => {
             let g = connect(&conn)?.get_one(parse_id(&id)?, Duration::from_millis(timeout_ms))?;
             match path {
-                Some(p) => std::fs::write(&p, &*g).with_context(|| format!("cannot write {}", p.display()))?,
+                Some(p) => std::fs::write(&p, &*g)
+                    .with_context(|| format!("cannot write {}", p.display()))?,
                 None => out.write_all(&g)?,
             }
         }
         StoreCmd::Delete { conn, ids } => {
-            let ids = ids.iter().map(|s| parse_id(s)).collect::<Result<Vec<_>>>()?;
+            let ids = ids
+                .iter()
+                .map(|s| parse_id(s))
+                .collect::<Result<Vec<_>>>()?;
             for (id, r) in ids.iter().zip(connect(&conn)?.delete(&ids)?) {
                 match r {
                     Ok(()) => writeln!(out, "{id} deleted")?,
@@ -160,7 +177,11 @@ pub fn run(cmd: StoreCmd) -> Result<()> {
             });
             writeln!(out, "{v}")?;
         }
-        StoreCmd::Consume { conn, id, timeout_ms } => {
+        StoreCmd::Consume {
+            conn,
+            id,
+            timeout_ms,
+        } => {
             let id = parse_id(&id)?;
             let client = connect(&conn)?;
             let waited = Instant::now();

@@ -65,7 +65,7 @@ impl Arena {
         })
     }
 
-    /// Maps an arena received from a worker.
+    /// Maps an arena received from a worker, read-write.
     pub fn from_fd(file: File, size: u64, prefault: bool) -> io::Result<Arena> {
         let actual = file.metadata()?.len();
         if actual < size {
@@ -142,10 +142,49 @@ fn map_file(file: &File, size: u64, populate: bool) -> io::Result<MmapRaw> {
         opts.populate();
     }
     let map = opts.map_raw(file)?;
+    advise(&map);
+    Ok(map)
+}
+
+/// A read-only mapping of the same memfd: what clients hand out views of,
+/// so a stray write through a view faults instead of corrupting a sealed
+/// object that other processes are reading.
+pub struct ReadOnlyMap {
+    map: MmapRaw,
+    size: u64,
+}
+
+impl ReadOnlyMap {
+    /// Maps `size` bytes of `arena`'s memfd read-only.
+    pub fn new(arena: &Arena) -> io::Result<ReadOnlyMap> {
+        let mut opts = MmapOptions::new();
+        opts.len(arena.size as usize);
+        if arena.prefaulted {
+            opts.populate();
+        }
+        let map = opts.map_raw_read_only(&arena.file)?;
+        advise(&map);
+        Ok(ReadOnlyMap {
+            map,
+            size: arena.size,
+        })
+    }
+
+    /// Base address.
+    pub fn base(&self) -> *const u8 {
+        self.map.as_ptr()
+    }
+
+    /// Length in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+fn advise(map: &MmapRaw) {
     // Where shmem transparent huge pages are enabled in `advise` mode this
     // cuts page faults 512-fold for large objects; elsewhere it is a no-op.
     let _ = map.advise(memmap2::Advice::HugePage);
-    Ok(map)
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@
 //! A `Client` is cheap to clone and may be shared between threads; calls on
 //! one client are serialised on its socket.
 
-use crate::arena::Arena;
+use crate::arena::{Arena, ReadOnlyMap};
 use crate::error::{Error, Result};
 use crate::fdpass;
 use crate::id::ObjectId;
@@ -30,6 +30,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How long a call spins for its reply before sleeping in `read`; most
+/// replies arrive within a few microseconds (see [`fdpass::spin_readable`]).
+const SPIN_BUDGET: Duration = Duration::from_micros(25);
+
 /// Objects at least this large are copied by several threads in `put`.
 const PARALLEL_COPY_MIN: usize = 4 << 20;
 
@@ -43,7 +47,10 @@ struct Inner {
     /// One request/reply exchange at a time: replies carry no request ID,
     /// so the lock is what pairs a reply with its request.
     conn: Mutex<Conn>,
+    /// Read-write mapping: where `create` hands out buffers.
     arena: Arena,
+    /// Read-only mapping of the same pages: where `get` hands out views.
+    view_map: ReadOnlyMap,
     client_id: u64,
     socket: PathBuf,
 }
@@ -84,7 +91,8 @@ impl Client {
         }
         let mut frame = first[..n].to_vec();
         while frame.len() < 4
-            || frame.len() < 4 + u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize
+            || frame.len()
+                < 4 + u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize
         {
             let mut more = [0u8; 256];
             let m = std::io::Read::read(&mut &stream, &mut more)?;
@@ -110,10 +118,16 @@ impl Client {
                 )))
             }
             Response::Error(e) => return Err(Error::Store(e)),
-            other => return Err(Error::Protocol(format!("unexpected handshake reply {other:?}"))),
+            other => {
+                return Err(Error::Protocol(format!(
+                    "unexpected handshake reply {other:?}"
+                )))
+            }
         };
-        let fd = fd.ok_or_else(|| Error::Protocol("data worker sent no arena descriptor".into()))?;
+        let fd =
+            fd.ok_or_else(|| Error::Protocol("data worker sent no arena descriptor".into()))?;
         let arena = Arena::from_fd(std::fs::File::from(fd), arena_size, prefaulted)?;
+        let view_map = ReadOnlyMap::new(&arena)?;
         let writer = stream.try_clone()?;
         Ok(Client {
             inner: Arc::new(Inner {
@@ -123,6 +137,7 @@ impl Client {
                     buf: Vec::with_capacity(4096),
                 }),
                 arena,
+                view_map,
                 client_id,
                 socket,
             }),
@@ -139,17 +154,21 @@ impl Client {
         &self.inner.socket
     }
 
-    /// The address range of this process's arena mapping (to check that a
-    /// view lies inside shared memory).
+    /// The address range of this process's read-only arena mapping, where
+    /// every view returned by `get` lies (to check that a view is shared
+    /// memory, not a copy).
     pub fn mapping(&self) -> std::ops::Range<usize> {
-        let base = self.inner.arena.base() as usize;
-        base..base + self.inner.arena.size() as usize
+        let base = self.inner.view_map.base() as usize;
+        base..base + self.inner.view_map.size() as usize
     }
 
     fn call(&self, req: &Request) -> Result<Response> {
         let mut c = self.inner.conn.lock();
         c.writer.write_all(&req.encode())?;
         let Conn { reader, buf, .. } = &mut *c;
+        if reader.buffer().is_empty() {
+            fdpass::spin_readable(reader.get_ref(), SPIN_BUDGET);
+        }
         read_frame(reader, buf, MAX_RESPONSE_FRAME)?;
         match Response::decode(buf)? {
             Response::Error(e) => Err(Error::Store(e)),
@@ -176,7 +195,12 @@ impl Client {
     }
 
     /// Reserves an object; write its bytes through the builder, then seal.
-    pub fn create(&self, id: ObjectId, data_size: usize, meta_size: usize) -> Result<ObjectBuilder> {
+    pub fn create(
+        &self,
+        id: ObjectId,
+        data_size: usize,
+        meta_size: usize,
+    ) -> Result<ObjectBuilder> {
         let r = self.call(&Request::Create {
             id,
             data_size: data_size as u64,
@@ -260,8 +284,9 @@ impl Client {
             Ok((offset, data_len, meta_len)) => Ok(ObjectGuard {
                 client: self.clone(),
                 id,
-                // SAFETY: view_ok checked the range lies inside the mapping.
-                ptr: unsafe { self.inner.arena.base().add(offset) },
+                // SAFETY: view_ok checked the range lies inside the arena,
+                // and the read-only mapping has the arena's length.
+                ptr: unsafe { self.inner.view_map.base().add(offset) },
                 data_len,
                 meta_len,
             }),
@@ -397,7 +422,10 @@ impl Client {
                 if data.len() > INLINE_MAX {
                     return Err(Error::Store(ErrorReply::new(
                         ErrorCode::BadRequest,
-                        format!("put_many takes objects up to {INLINE_MAX} bytes; {id} has {}", data.len()),
+                        format!(
+                            "put_many takes objects up to {INLINE_MAX} bytes; {id} has {}",
+                            data.len()
+                        ),
                     )));
                 }
                 frames.extend_from_slice(
@@ -438,7 +466,9 @@ impl Client {
 /// Copies `src` into `dst` (equal lengths), on several threads when large:
 /// one core cannot saturate memory bandwidth on most machines.
 pub fn parallel_copy(dst: &mut [u8], src: &[u8]) {
-    let n = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
+    let n = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(4);
     if src.len() < PARALLEL_COPY_MIN || n < 2 {
         dst.copy_from_slice(src);
         return;
@@ -577,7 +607,9 @@ impl ObjectBuilder {
     /// Discards the object.
     pub fn abort(mut self) -> Result<()> {
         self.done = true;
-        self.client.call(&Request::Abort { id: self.id }).map(|_| ())
+        self.client
+            .call(&Request::Abort { id: self.id })
+            .map(|_| ())
     }
 }
 

@@ -990,7 +990,8 @@ mod tests {
             arb_id().prop_map(|id| Request::Contains { id }),
             any::<u32>().prop_map(|limit| Request::List { limit }),
             Just(Request::Stats),
-            (arb_bytes(MAX_KEY_LEN + 1), arb_id()).prop_map(|(key, id)| Request::KvBind { key, id }),
+            (arb_bytes(MAX_KEY_LEN + 1), arb_id())
+                .prop_map(|(key, id)| Request::KvBind { key, id }),
             (arb_bytes(MAX_KEY_LEN + 1), any::<u64>())
                 .prop_map(|(key, timeout_ms)| Request::KvGet { key, timeout_ms }),
             arb_bytes(MAX_KEY_LEN + 1).prop_map(|key| Request::KvDel { key }),
@@ -1025,8 +1026,11 @@ mod tests {
             ),
             Just(Response::Ok),
             any::<u64>().prop_map(|offset| Response::Created { offset }),
-            proptest::collection::vec(prop_oneof![arb_view().prop_map(Ok), arb_err().prop_map(Err)], 0..5)
-                .prop_map(Response::Objects),
+            proptest::collection::vec(
+                prop_oneof![arb_view().prop_map(Ok), arb_err().prop_map(Err)],
+                0..5
+            )
+            .prop_map(Response::Objects),
             any::<bool>().prop_map(Response::Bool),
             proptest::collection::vec(prop_oneof![Just(Ok(())), arb_err().prop_map(Err)], 0..5)
                 .prop_map(Response::Results),
@@ -1034,7 +1038,8 @@ mod tests {
             stats.prop_map(Response::Stats),
             (arb_id(), arb_view()).prop_map(|(id, view)| Response::KvObject { id, view }),
             arb_err().prop_map(Response::Error),
-            (any::<u64>(), any::<u64>()).prop_map(|(bytes, nanos)| Response::Spilled { bytes, nanos }),
+            (any::<u64>(), any::<u64>())
+                .prop_map(|(bytes, nanos)| Response::Spilled { bytes, nanos }),
         ]
     }
 

@@ -29,6 +29,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How long a client thread spins for the next request before sleeping in
+/// `read` (see [`fdpass::spin_readable`]).
+const SPIN_BUDGET: Duration = Duration::from_micros(25);
+
 /// What `yr component data-worker` runs with.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -319,6 +323,9 @@ fn serve(store: &Store, client: ClientId, stream: UnixStream) -> io::Result<()> 
     }
 
     loop {
+        if reader.buffer().is_empty() {
+            fdpass::spin_readable(reader.get_ref(), SPIN_BUDGET);
+        }
         match read_frame(&mut reader, &mut buf, MAX_REQUEST_FRAME) {
             Ok(()) => {}
             Err(FrameError::Closed) => return Ok(()),

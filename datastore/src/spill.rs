@@ -135,7 +135,11 @@ pub struct SpillLoc {
 pub enum SpillError {
     /// Spilling `requested` more bytes would take the spill data on disk past the limit.
     #[error("spill quota exhausted: {requested} bytes requested, {used} of {limit} bytes in use")]
-    LimitReached { requested: u64, used: u64, limit: u64 },
+    LimitReached {
+        requested: u64,
+        used: u64,
+        limit: u64,
+    },
     /// The bytes read back do not match the checksum taken when they were spilled.
     #[error(
         "spilled object corrupt in {} at offset {offset} ({len} bytes): crc32c expected {expected:#010x}, found {actual:#010x}",
@@ -163,10 +167,7 @@ pub enum SpillError {
     DirInUse { path: PathBuf },
 }
 
-fn io_err<'a>(
-    op: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(std::io::Error) -> SpillError + 'a {
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SpillError + 'a {
     move |source| SpillError::Io {
         op,
         path: path.to_owned(),
@@ -420,8 +421,7 @@ impl SpillStore {
         layout: &layout::Layout,
     ) -> Result<Vec<u32>, SpillError> {
         let file = file::create(path, self.direct).map_err(io_err("create spill file", path))?;
-        file::preallocate(&file, layout.file_len)
-            .map_err(io_err("allocate spill file", path))?;
+        file::preallocate(&file, layout.file_len).map_err(io_err("allocate spill file", path))?;
         let mut packer = Packer::new(objects, &layout.offsets);
         let mut spare = Vec::new();
         let mut queue = self.engine.queue(&file, QUEUE_DEPTH);
@@ -506,7 +506,10 @@ impl SpillStore {
                 return;
             };
             let Some(idx) = table.find_live(loc.offset, loc.len) else {
-                tracing::warn!(?loc, "free of a spill location with no live object; ignored");
+                tracing::warn!(
+                    ?loc,
+                    "free of a spill location with no live object; ignored"
+                );
                 return;
             };
             let punch = table.kill(idx);
@@ -753,7 +756,8 @@ pub fn raw_write_with(dir: &Path, data: &[u8], opts: SpillOptions) -> Result<Raw
 pub fn raw_read(raw: &mut RawFile) -> Result<Duration, SpillError> {
     let file_len = round_up(raw.len, BLOCK);
     let started = Instant::now();
-    let file = file::open_read(&raw.path, raw.direct).map_err(io_err("open raw file", &raw.path))?;
+    let file =
+        file::open_read(&raw.path, raw.direct).map_err(io_err("open raw file", &raw.path))?;
     run_chunks(&*raw.engine, &file, OpKind::Read, file_len, &mut raw.bufs)
         .map_err(io_err("read raw file", &raw.path))?;
     drop(file);

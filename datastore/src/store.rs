@@ -199,10 +199,7 @@ impl Inner {
         let id = self.entries[slot as usize].id;
         let h = self.hash(&id);
         let entries = &self.entries;
-        if let Ok(occ) = self
-            .index
-            .find_entry(h, |&i| entries[i as usize].id == id)
-        {
+        if let Ok(occ) = self.index.find_entry(h, |&i| entries[i as usize].id == id) {
             occ.remove();
         }
         let e = &mut self.entries[slot as usize];
@@ -310,7 +307,11 @@ impl Inner {
             + self.spill_locs.capacity() * std::mem::size_of::<SpillLoc>()
             + self.spill_vacant.capacity() * 4
             + self.alloc.metadata_bytes()) as u64
-            + self.kv.iter().map(|(k, _)| k.len() as u64 + 40).sum::<u64>()
+            + self
+                .kv
+                .iter()
+                .map(|(k, _)| k.len() as u64 + 40)
+                .sum::<u64>()
     }
 }
 
@@ -654,7 +655,12 @@ impl Store {
         let slot = g
             .find(&id)
             .filter(|&s| g.entries[s as usize].exists())
-            .ok_or_else(|| err(ErrorCode::NotFound, format!("cannot seal object {id}: not found")))?;
+            .ok_or_else(|| {
+                err(
+                    ErrorCode::NotFound,
+                    format!("cannot seal object {id}: not found"),
+                )
+            })?;
         let e = &g.entries[slot as usize];
         if e.state != State::Unsealed {
             return Err(err(
@@ -724,7 +730,12 @@ impl Store {
         let slot = g
             .find(&id)
             .filter(|&s| g.entries[s as usize].exists())
-            .ok_or_else(|| err(ErrorCode::NotFound, format!("cannot abort object {id}: not found")))?;
+            .ok_or_else(|| {
+                err(
+                    ErrorCode::NotFound,
+                    format!("cannot abort object {id}: not found"),
+                )
+            })?;
         let e = &g.entries[slot as usize];
         if e.state != State::Unsealed {
             return Err(err(
@@ -998,12 +1009,19 @@ impl Store {
         let slot = g
             .find(id)
             .filter(|&s| g.entries[s as usize].exists())
-            .ok_or_else(|| err(ErrorCode::NotFound, format!("cannot delete object {id}: not found")))?;
+            .ok_or_else(|| {
+                err(
+                    ErrorCode::NotFound,
+                    format!("cannot delete object {id}: not found"),
+                )
+            })?;
         let e = &mut g.entries[slot as usize];
         match e.state {
             State::Unsealed => Err(err(
                 ErrorCode::InvalidState,
-                format!("cannot delete object {id}: it is unsealed (its creator must seal or abort it)"),
+                format!(
+                    "cannot delete object {id}: it is unsealed (its creator must seal or abort it)"
+                ),
             )),
             State::Sealed if e.pins == 0 => {
                 self.free_object(g, slot);
@@ -1203,7 +1221,10 @@ impl Store {
                 State::Unsealed | State::Sealed | State::Spilling | State::Restoring
             );
             if in_mem != (e.block != NONE) {
-                return Err(format!("{}: block presence does not match state {:?}", e.id, e.state));
+                return Err(format!(
+                    "{}: block presence does not match state {:?}",
+                    e.id, e.state
+                ));
             }
             if (e.state == State::Spilled) != (e.spill != NONE) {
                 return Err(format!("{}: spill location does not match state", e.id));
@@ -1226,7 +1247,10 @@ impl Store {
             }
         }
         if used != g.alloc.used() {
-            return Err(format!("allocator used {} != objects {used}", g.alloc.used()));
+            return Err(format!(
+                "allocator used {} != objects {used}",
+                g.alloc.used()
+            ));
         }
         ranges.sort_unstable();
         for w in ranges.windows(2) {

@@ -127,10 +127,13 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let r = r.pop().ok_or_else(|| TestCaseError::fail("empty get"))?;
                 match model.get_mut(&obj) {
                     Some(o) if o.sealed && !o.deleted => {
-                        let v = r.map_err(|e| TestCaseError::fail(format!("sealed object lost: {e}")))?;
+                        let v =
+                            r.map_err(|e| TestCaseError::fail(format!("sealed object lost: {e}")))?;
                         prop_assert_eq!(v.data_size as usize, o.bytes.len());
                         o.pins[client] += 1;
-                        let seen = store.peek(&oid(obj)).ok_or_else(|| TestCaseError::fail("pinned object not in memory"))?;
+                        let seen = store
+                            .peek(&oid(obj))
+                            .ok_or_else(|| TestCaseError::fail("pinned object not in memory"))?;
                         prop_assert_eq!(&seen, &o.bytes, "sealed bytes changed");
                     }
                     _ => prop_assert!(r.is_err()),
@@ -145,7 +148,10 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
             }
             Op::Delete { obj } => {
-                let r = store.delete(&[oid(obj)]).pop().ok_or_else(|| TestCaseError::fail("empty delete"))?;
+                let r = store
+                    .delete(&[oid(obj)])
+                    .pop()
+                    .ok_or_else(|| TestCaseError::fail("empty delete"))?;
                 match model.get_mut(&obj) {
                     Some(o) if o.sealed && !o.deleted => {
                         prop_assert!(r.is_ok(), "{:?}", r);
@@ -173,7 +179,9 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
             }
             Op::Pressure => {
-                store.spill_until(0).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                store
+                    .spill_until(0)
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
             }
         }
         // Deleted objects leave once unpinned.
@@ -183,7 +191,10 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         let st = store.stats();
         let unsealed = model.values().filter(|o| !o.sealed).count() as u64;
         let sealed = model.values().filter(|o| o.sealed).count() as u64;
-        let pinned = model.values().filter(|o| o.pins.iter().any(|&p| p > 0)).count() as u64;
+        let pinned = model
+            .values()
+            .filter(|o| o.pins.iter().any(|&p| p > 0))
+            .count() as u64;
         prop_assert_eq!(st.unsealed, unsealed, "unsealed count");
         prop_assert_eq!(st.sealed + st.spilled, sealed, "sealed count");
         prop_assert_eq!(st.pinned, pinned, "pinned count");
@@ -206,7 +217,9 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 .ok_or_else(|| TestCaseError::fail("empty get"))?
                 .map_err(|e| TestCaseError::fail(format!("object {k} lost: {e}")))?;
             prop_assert_eq!(v.data_size as usize, o.bytes.len());
-            let seen = store.peek(&oid(*k)).ok_or_else(|| TestCaseError::fail("not in memory after get"))?;
+            let seen = store
+                .peek(&oid(*k))
+                .ok_or_else(|| TestCaseError::fail("not in memory after get"))?;
             prop_assert_eq!(&seen, &o.bytes);
         }
     }

@@ -25,8 +25,14 @@ fn zero_copy_get_points_into_the_shared_mapping() {
     assert_eq!(&g[..], &data[..]);
     let map = consumer.mapping();
     let start = g.as_ptr() as usize;
-    assert!(map.contains(&start), "view starts outside the arena mapping");
-    assert!(map.contains(&(start + g.len() - 1)), "view ends outside the arena mapping");
+    assert!(
+        map.contains(&start),
+        "view starts outside the arena mapping"
+    );
+    assert!(
+        map.contains(&(start + g.len() - 1)),
+        "view ends outside the arena mapping"
+    );
     // A second get of the same object is the same bytes, not a copy.
     let g2 = consumer.get_one(id(1), Duration::ZERO).expect("get again");
     assert_eq!(g2.as_ptr(), g.as_ptr());
@@ -58,7 +64,9 @@ fn blocking_get_wakes_on_seal_and_times_out_clearly() {
     let c = w.client();
     let producer = w.client();
     let waiter = std::thread::spawn(move || {
-        let g = c.get_one(id(3), Duration::from_secs(30)).expect("get waits for seal");
+        let g = c
+            .get_one(id(3), Duration::from_secs(30))
+            .expect("get waits for seal");
         g.to_vec()
     });
     // Seal only once the waiter is blocked inside the worker, so the test
@@ -74,11 +82,15 @@ fn blocking_get_wakes_on_seal_and_times_out_clearly() {
     assert_eq!(waiter.join().expect("waiter"), b"abcd");
 
     let c = w.client();
-    let e = c.get_one(id(4), Duration::from_millis(50)).expect_err("absent");
+    let e = c
+        .get_one(id(4), Duration::from_millis(50))
+        .expect_err("absent");
     assert_eq!(e.code(), Some(ErrorCode::NotFound));
     assert!(e.to_string().contains("not found"), "{e}");
     let _unsealed = producer.create(id(5), 8, 0).expect("create");
-    let e = c.get_one(id(5), Duration::from_millis(50)).expect_err("unsealed");
+    let e = c
+        .get_one(id(5), Duration::from_millis(50))
+        .expect_err("unsealed");
     assert_eq!(e.code(), Some(ErrorCode::Timeout));
     assert!(e.to_string().contains("unsealed"), "{e}");
 }
@@ -106,23 +118,32 @@ fn delete_is_deferred_while_pinned_and_abort_only_for_unsealed() {
     let b = c.create(id(8), 64, 0).expect("create");
     b.abort().expect("abort");
     assert!(!c.contains(id(8)).expect("contains"));
-    assert_eq!(c.delete_one(id(9)).expect_err("absent").code(), Some(ErrorCode::NotFound));
+    assert_eq!(
+        c.delete_one(id(9)).expect_err("absent").code(),
+        Some(ErrorCode::NotFound)
+    );
 }
 
 #[test]
 fn kv_set_get_delete_exists() {
     let w = DataWorker::start(16 * MIB, &[]);
     let c = w.client();
-    c.kv_set(b"model/weights", &bytes(200_000, 10)).expect("set");
+    c.kv_set(b"model/weights", &bytes(200_000, 10))
+        .expect("set");
     assert!(c.kv_exists(b"model/weights").expect("exists"));
     let v = c.kv_get(b"model/weights", Duration::ZERO).expect("get");
     assert_eq!(&v[..], &bytes(200_000, 10)[..]);
     drop(v);
     c.kv_set(b"model/weights", b"v2").expect("overwrite");
-    assert_eq!(&c.kv_get(b"model/weights", Duration::ZERO).expect("get")[..], b"v2");
+    assert_eq!(
+        &c.kv_get(b"model/weights", Duration::ZERO).expect("get")[..],
+        b"v2"
+    );
     c.kv_del(b"model/weights").expect("del");
     assert!(!c.kv_exists(b"model/weights").expect("exists"));
-    let e = c.kv_get(b"model/weights", Duration::ZERO).expect_err("gone");
+    let e = c
+        .kv_get(b"model/weights", Duration::ZERO)
+        .expect_err("gone");
     assert_eq!(e.code(), Some(ErrorCode::NotFound));
     let long = vec![b'k'; 256];
     assert!(c.kv_set(&long, b"x").is_err());
@@ -168,11 +189,17 @@ fn killed_client_releases_pins_and_aborts_unsealed_objects() {
             assert_eq!(s.used, baseline.used, "arena usage back to where it was");
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "worker never noticed the dead client: {s:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "worker never noticed the dead client: {s:?}"
+        );
         std::thread::yield_now();
     }
     assert!(!c.contains(id(21)).expect("contains"));
-    assert_eq!(&c.get_one(id(20), Duration::ZERO).expect("still there")[..], &bytes(1 << 20, 20)[..]);
+    assert_eq!(
+        &c.get_one(id(20), Duration::ZERO).expect("still there")[..],
+        &bytes(1 << 20, 20)[..]
+    );
 }
 
 #[test]
@@ -181,7 +208,8 @@ fn pressure_spills_to_disk_and_get_restores_transparently() {
     let c = w.client();
     // 12 objects of 8 MiB = 96 MiB through a 64 MiB arena.
     for i in 0..12u64 {
-        c.put(id(100 + i as u128), &bytes(8 * MIB as usize, i)).expect("put under pressure");
+        c.put(id(100 + i as u128), &bytes(8 * MIB as usize, i))
+            .expect("put under pressure");
     }
     let s = c.stats().expect("stats");
     assert!(s.spilled > 0, "something was spilled: {s:?}");
@@ -189,7 +217,9 @@ fn pressure_spills_to_disk_and_get_restores_transparently() {
     let files = std::fs::read_dir(&w.spill_dir).expect("spill dir").count();
     assert!(files > 0, "spill files exist on disk");
     for i in 0..12u64 {
-        let g = c.get_one(id(100 + i as u128), Duration::from_secs(10)).expect("get restores");
+        let g = c
+            .get_one(id(100 + i as u128), Duration::from_secs(10))
+            .expect("get restores");
         assert_eq!(&g[..], &bytes(8 * MIB as usize, i)[..], "object {i} intact");
     }
     assert!(c.stats().expect("stats").restore_ops > 0);
@@ -220,14 +250,22 @@ fn full_memory_and_spill_limit_fail_create_clearly_without_losing_objects() {
     let e = failure.expect("memory + 16 MiB of spill cannot hold 80 MiB");
     assert_eq!(e.code(), Some(ErrorCode::OutOfMemory), "{e}");
     let msg = e.to_string();
-    assert!(msg.contains(&(4 * MIB).to_string()), "names the requested size: {msg}");
+    assert!(
+        msg.contains(&(4 * MIB).to_string()),
+        "names the requested size: {msg}"
+    );
     assert!(msg.contains("free"), "says what is free: {msg}");
     // Larger than the arena: refused at once.
-    let e = c.create(id(300), 64 * MIB as usize, 0).err().expect("too large");
+    let e = c
+        .create(id(300), 64 * MIB as usize, 0)
+        .err()
+        .expect("too large");
     assert_eq!(e.code(), Some(ErrorCode::TooLarge));
     // Every object stored before the failure is intact.
     for i in stored {
-        let g = c.get_one(id(200 + i as u128), Duration::from_secs(10)).expect("kept");
+        let g = c
+            .get_one(id(200 + i as u128), Duration::from_secs(10))
+            .expect("kept");
         assert_eq!(&g[..], &bytes(4 * MIB as usize, i)[..]);
     }
 }
@@ -259,7 +297,10 @@ fn malformed_frames_get_errors_and_only_that_client_is_dropped() {
         Response::Error(e) => assert!(e.message.contains("exceeds"), "{}", e.message),
         r => panic!("expected an error, got {r:?}"),
     }
-    assert!(bad.stats().is_err(), "the misbehaving client was disconnected");
+    assert!(
+        bad.stats().is_err(),
+        "the misbehaving client was disconnected"
+    );
 
     // A raw socket speaking garbage before hello.
     let mut raw = std::os::unix::net::UnixStream::connect(&w.socket).expect("connect");
@@ -267,17 +308,27 @@ fn malformed_frames_get_errors_and_only_that_client_is_dropped() {
     drop(raw);
 
     // The worker and the other client are unaffected.
-    assert_eq!(&good.get_one(id(400), Duration::ZERO).expect("get")[..], b"survivor");
+    assert_eq!(
+        &good.get_one(id(400), Duration::ZERO).expect("get")[..],
+        b"survivor"
+    );
     let fresh = Client::connect(&w.socket).expect("new clients still welcome");
     assert!(fresh.contains(id(400)).expect("contains"));
 }
 
 #[test]
 fn bad_paths_and_sizes_are_reported() {
-    let e = Client::connect("/nonexistent/dir/dw.sock").err().expect("no socket");
+    let e = Client::connect("/nonexistent/dir/dw.sock")
+        .err()
+        .expect("no socket");
     assert!(e.to_string().contains("/nonexistent/dir/dw.sock"), "{e}");
     let out = Command::new(yr_tests::yr_bin())
-        .args(["component", "data-worker", "--socket", "/nonexistent/dir/dw.sock"])
+        .args([
+            "component",
+            "data-worker",
+            "--socket",
+            "/nonexistent/dir/dw.sock",
+        ])
         .args(["--shm-size", "16MiB", "--spill-dir", "/tmp/yr-unused-spill"])
         .output()
         .expect("run");
@@ -285,7 +336,14 @@ fn bad_paths_and_sizes_are_reported() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/dir"), "{err}");
     let out = Command::new(yr_tests::yr_bin())
-        .args(["component", "data-worker", "--socket", "/tmp/x.sock", "--shm-size", "lots"])
+        .args([
+            "component",
+            "data-worker",
+            "--socket",
+            "/tmp/x.sock",
+            "--shm-size",
+            "lots",
+        ])
         .args(["--spill-dir", "/tmp/yr-unused-spill"])
         .output()
         .expect("run");

@@ -48,7 +48,8 @@ pub(super) fn open_read(path: &Path, direct: bool) -> io::Result<File> {
 fn fallocate(file: &File, mode: i32, range: Range<u64>) -> io::Result<()> {
     let too_big = || io::Error::new(io::ErrorKind::InvalidInput, "range beyond off_t");
     let offset = libc::off_t::try_from(range.start).map_err(|_| too_big())?;
-    let len = libc::off_t::try_from(range.end.saturating_sub(range.start)).map_err(|_| too_big())?;
+    let len =
+        libc::off_t::try_from(range.end.saturating_sub(range.start)).map_err(|_| too_big())?;
     loop {
         // SAFETY: plain syscall on an fd that `file` keeps open for the duration of the call; no
         // memory is passed.

@@ -400,10 +400,7 @@ impl IoQueue for UringQueue<'_> {
             self.done.push_back(op);
             return Ok(());
         }
-        self.slots[idx] = Some(Slot {
-            op,
-            transferred: 0,
-        });
+        self.slots[idx] = Some(Slot { op, transferred: 0 });
         if let Err(e) = self.push_sqe(idx) {
             // Never reached the SQ, so the kernel never saw the buffer.
             self.release(idx);

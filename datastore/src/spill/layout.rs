@@ -207,7 +207,10 @@ mod tests {
     #[test]
     fn small_objects_pack_large_ones_align() {
         let l = pack([10, 0, 100_000, 5, ALIGN_THRESHOLD - 1, 1]);
-        assert_eq!(l.offsets, vec![0, 10, 4096, 104_096, 104_101, 104_101 + 65_535]);
+        assert_eq!(
+            l.offsets,
+            vec![0, 10, 4096, 104_096, 104_101, 104_101 + 65_535]
+        );
         assert_eq!(l.file_len, round_up(104_101 + 65_536, BLOCK));
         assert_eq!(pack([]).file_len, 0);
         assert_eq!(pack([0, 0]).file_len, 0);

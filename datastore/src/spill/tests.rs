@@ -168,7 +168,12 @@ fn several_batches_and_interleaved_frees() {
     let mut live: Vec<(SpillLoc, Vec<u8>)> = Vec::new();
     for batch in 0..6u64 {
         let objs: Vec<Vec<u8>> = (0..20u64)
-            .map(|i| pattern(batch * 100 + i, ((batch * 7919 + i * 104_729) % 300_000) as usize))
+            .map(|i| {
+                pattern(
+                    batch * 100 + i,
+                    ((batch * 7919 + i * 104_729) % 300_000) as usize,
+                )
+            })
             .collect();
         let slices: Vec<&[u8]> = objs.iter().map(Vec::as_slice).collect();
         let locs = store.write_batch(&slices).expect("write batch");
@@ -212,7 +217,10 @@ fn free_punches_dead_blocks_and_unlinks_with_the_last_object() {
     let before = fs::metadata(&path).expect("stat").blocks() * 512;
     store.free(&locs[0]);
     assert_eq!(store.used(), 100);
-    assert!(path.exists(), "file unlinked while an object still lives in it");
+    assert!(
+        path.exists(),
+        "file unlinked while an object still lives in it"
+    );
     let after = fs::metadata(&path).expect("stat").blocks() * 512;
     assert!(
         after + 4 * CHUNK as u64 <= before + 2 * BLOCK,
@@ -271,7 +279,11 @@ fn corruption_is_detected() {
     let path = store.file_path(locs[1].file);
     // Flip one byte in the middle of b, behind the store's back (buffered write: fine, the
     // store's O_DIRECT read sees it once it is written back).
-    let f = OpenOptions::new().write(true).read(true).open(&path).expect("open");
+    let f = OpenOptions::new()
+        .write(true)
+        .read(true)
+        .open(&path)
+        .expect("open");
     let at = locs[1].offset + CHUNK as u64 + 17;
     let mut byte = [0u8];
     f.read_exact_at(&mut byte, at).expect("read byte");
@@ -336,7 +348,10 @@ fn concurrent_restores_and_spills() {
         writer.join().expect("writer");
         reader.join().expect("reader");
     });
-    assert_eq!(store.used(), base.iter().map(|b| b.len() as u64).sum::<u64>());
+    assert_eq!(
+        store.used(),
+        base.iter().map(|b| b.len() as u64).sum::<u64>()
+    );
     assert_eq!(store.file_count(), 1);
 }
 
@@ -475,7 +490,9 @@ fn full_disk_fails_cleanly_with_the_path() {
     assert_eq!(store.file_count(), 1);
     assert_eq!(spill_files(dir.path()).len(), 1);
     let mut dst = vec![0; 1000];
-    store.read(&kept[0], &mut dst).expect("earlier batch intact");
+    store
+        .read(&kept[0], &mut dst)
+        .expect("earlier batch intact");
     assert_eq!(dst, small);
 }
 
@@ -501,7 +518,12 @@ fn pwrite_queue_reports_short_files() {
             })
             .and_then(|()| q.wait());
         let err = res.err().expect("short read must fail");
-        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof, "{}", engine.name());
+        assert_eq!(
+            err.kind(),
+            std::io::ErrorKind::UnexpectedEof,
+            "{}",
+            engine.name()
+        );
     }
 }
 
@@ -519,48 +541,48 @@ fn raw_baseline_round_trips() {
 }
 
 /// Spill and restore throughput against the raw baseline, 256 MiB, as one object and as 1 MiB
-/// objects. Run with:
-/// `cargo test --release -- --ignored --nocapture spill_vs_raw` (`YR_SPILL_BENCH_DIR` picks the
-/// directory, default the temp dir).
+/// objects. Rounds interleave raw and spill runs so that drift of the device (host caching,
+/// background discard of the previous round's files) hits both alike; medians are reported.
+/// Run with `cargo test --release -- --ignored --nocapture spill_vs_raw` (`YR_SPILL_BENCH_DIR`
+/// picks the directory, default the temp dir).
 #[test]
 #[ignore]
 fn spill_vs_raw_throughput() {
     const LEN: usize = 256 << 20;
-    const ROUNDS: usize = 7;
+    const ROUNDS: usize = 9;
     let base = std::env::var_os("YR_SPILL_BENCH_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
     let dir = tempfile::tempdir_in(base).expect("tempdir");
     let data = pattern(42, LEN);
     let gbps = |d: Duration| LEN as f64 / d.as_secs_f64() / 1e9;
-    let best = |v: &[Duration]| v.iter().copied().min().unwrap_or_default();
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
 
     let raw_dir = dir.path().join("raw");
     fs::create_dir_all(&raw_dir).expect("mkdir");
+    let store = open(&dir.path().join("spill"), u64::MAX, SpillOptions::default());
+    let mut dst = vec![1u8; LEN]; // faulted in, as an arena slice would be
+    let shapes: [(&str, Vec<&[u8]>); 2] = [
+        ("1 x 256 MiB", vec![&data[..]]),
+        ("256 x 1 MiB", data.chunks(1 << 20).collect()),
+    ];
     let (mut rw, mut rr) = (Vec::new(), Vec::new());
-    let mut raw_engine = "";
-    let mut raw_direct = false;
+    let mut sw = vec![Vec::new(); shapes.len()];
+    let mut sr = vec![Vec::new(); shapes.len()];
     for _ in 0..ROUNDS {
         let mut raw = raw_write(&raw_dir, &data).expect("raw write");
-        eprintln!("  raw write {:?}", raw.write_time());
+        assert_eq!(raw.engine_name(), store.engine_name());
+        assert_eq!(raw.direct_io(), store.direct_io());
         rw.push(raw.write_time());
         rr.push(raw_read(&mut raw).expect("raw read"));
-        raw_engine = raw.engine_name();
-        raw_direct = raw.direct_io();
-    }
-
-    let store = open(&dir.path().join("spill"), u64::MAX, SpillOptions::default());
-    assert_eq!(store.engine_name(), raw_engine);
-    assert_eq!(store.direct_io(), raw_direct);
-    let mut dst = vec![0u8; LEN];
-    dst.fill(1); // fault the destination in, as an arena slice would be
-    let chunks: Vec<&[u8]> = data.chunks(1 << 20).collect();
-    for (label, objects) in [("1 x 256 MiB", vec![&data[..]]), ("256 x 1 MiB", chunks)] {
-        let (mut sw, mut sr) = (Vec::new(), Vec::new());
-        for _ in 0..ROUNDS {
+        drop(raw);
+        for (i, (_, objects)) in shapes.iter().enumerate() {
             let t = Instant::now();
-            let locs = store.write_batch(&objects).expect("spill");
-            sw.push(t.elapsed());
+            let locs = store.write_batch(objects).expect("spill");
+            sw[i].push(t.elapsed());
             let t = Instant::now();
             let mut at = 0;
             for loc in &locs {
@@ -568,21 +590,40 @@ fn spill_vs_raw_throughput() {
                 store.read(loc, &mut dst[at..at + n]).expect("restore");
                 at += n;
             }
-            sr.push(t.elapsed());
+            sr[i].push(t.elapsed());
             assert!(dst == data);
             for loc in &locs {
                 store.free(loc);
             }
         }
-        eprintln!("  spill rounds {sw:?}\n  restore rounds {sr:?}");
+    }
+    // Ratios are taken per round (each spill against the raw run just before it) and then the
+    // median, so that slow drift of the device cancels out.
+    let ratios = |raw: &[Duration], ours: &[Duration]| {
+        let mut r: Vec<f64> = raw
+            .iter()
+            .zip(ours)
+            .map(|(a, b)| a.as_secs_f64() / b.as_secs_f64())
+            .collect();
+        r.sort_by(f64::total_cmp);
+        r[r.len() / 2]
+    };
+    println!(
+        "engine {} direct_io {} chunk {} KiB depth {}: raw write {:.2} GB/s, raw read {:.2} GB/s (medians of {ROUNDS} rounds)",
+        store.engine_name(),
+        store.direct_io(),
+        CHUNK >> 10,
+        QUEUE_DEPTH,
+        gbps(median(&mut rw.clone())),
+        gbps(median(&mut rr.clone()))
+    );
+    for (i, (label, _)) in shapes.iter().enumerate() {
         println!(
-            "{label}: engine {raw_engine} direct_io {raw_direct} | raw write {:.2} GB/s, spill {:.2} GB/s, ratio {:.2} | raw read {:.2} GB/s, restore {:.2} GB/s, ratio {:.2}",
-            gbps(best(&rw)),
-            gbps(best(&sw)),
-            best(&rw).as_secs_f64() / best(&sw).as_secs_f64(),
-            gbps(best(&rr)),
-            gbps(best(&sr)),
-            best(&rr).as_secs_f64() / best(&sr).as_secs_f64(),
+            "  {label}: spill {:.2} GB/s = {:.2} x raw write; restore {:.2} GB/s = {:.2} x raw read",
+            gbps(median(&mut sw[i].clone())),
+            ratios(&rw, &sw[i]),
+            gbps(median(&mut sr[i].clone())),
+            ratios(&rr, &sr[i]),
         );
     }
 }
