@@ -51,6 +51,10 @@ struct Inner {
     arena: Arena,
     /// Read-only mapping of the same pages: where `get` hands out views.
     view_map: ReadOnlyMap,
+    /// Releases from guards dropped while another thread held `conn` (say,
+    /// during a blocking get): a drop must never wait, so it parks the ID
+    /// here and whoever holds `conn` next sends it.
+    pending_releases: Mutex<Vec<ObjectId>>,
     client_id: u64,
     socket: PathBuf,
 }
@@ -138,6 +142,7 @@ impl Client {
                 }),
                 arena,
                 view_map,
+                pending_releases: Mutex::new(Vec::new()),
                 client_id,
                 socket,
             }),
@@ -162,10 +167,49 @@ impl Client {
         base..base + self.inner.view_map.size() as usize
     }
 
+    /// Appends parked releases to `out` (as frames).
+    fn take_pending_releases(&self, out: &mut Vec<u8>) {
+        let mut p = self.inner.pending_releases.lock();
+        for id in p.drain(..) {
+            out.extend_from_slice(&Request::Release { id }.encode());
+        }
+    }
+
     fn call(&self, req: &Request) -> Result<Response> {
         let mut c = self.inner.conn.lock();
-        c.writer.write_all(&req.encode())?;
-        let Conn { reader, buf, .. } = &mut *c;
+        let mut frames = Vec::new();
+        self.take_pending_releases(&mut frames);
+        if frames.is_empty() {
+            c.writer.write_all(&req.encode())?;
+        } else {
+            frames.extend_from_slice(&req.encode());
+            c.writer.write_all(&frames)?;
+        }
+        let r = self.read_reply(&mut c);
+        drop(c);
+        // Releases parked while we held the connection go out now, not at
+        // the next call.
+        self.flush_pending_releases();
+        r
+    }
+
+    /// Sends parked releases if the connection is free. Both a parking drop
+    /// (after parking) and a finishing call (after unlocking) run this, so
+    /// one of them always sees the other's work: no release is stranded.
+    fn flush_pending_releases(&self) {
+        if self.inner.pending_releases.lock().is_empty() {
+            return;
+        }
+        if let Some(mut c) = self.inner.conn.try_lock() {
+            let mut frames = Vec::new();
+            self.take_pending_releases(&mut frames);
+            // A failed send means the worker is gone, and with it the pins.
+            let _ = c.writer.write_all(&frames);
+        }
+    }
+
+    fn read_reply(&self, c: &mut Conn) -> Result<Response> {
+        let Conn { reader, buf, .. } = c;
         if reader.buffer().is_empty() {
             fdpass::spin_readable(reader.get_ref(), SPIN_BUDGET);
         }
@@ -305,9 +349,16 @@ impl Client {
     }
 
     fn send_release(&self, id: ObjectId) {
-        let mut c = self.inner.conn.lock();
-        // A failed send means the worker is gone, and with it the pin.
-        let _ = c.writer.write_all(&Request::Release { id }.encode());
+        match self.inner.conn.try_lock() {
+            Some(mut c) => {
+                // A failed send means the worker is gone, and with it the pin.
+                let _ = c.writer.write_all(&Request::Release { id }.encode());
+            }
+            None => {
+                self.inner.pending_releases.lock().push(id);
+                self.flush_pending_releases();
+            }
+        }
     }
 
     /// Deletes objects (deferred while other clients hold them).
@@ -448,6 +499,7 @@ impl Client {
                 });
             }
         }
+        self.flush_pending_releases();
         Ok(out)
     }
 

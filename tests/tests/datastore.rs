@@ -368,3 +368,43 @@ fn a_second_worker_on_the_same_socket_is_refused_and_sigterm_cleans_up() {
     assert!(status.success(), "graceful exit on SIGTERM: {status}");
     assert!(!w.socket.exists(), "socket removed on exit");
 }
+
+#[test]
+fn dropping_a_view_never_waits_for_a_blocked_get_on_the_same_client() {
+    let w = DataWorker::start(16 * MIB, &[]);
+    let c = w.client();
+    let observer = w.client();
+    c.put(id(500), b"held").expect("put");
+    let view = c.get_one(id(500), Duration::ZERO).expect("get");
+    let blocked = {
+        let c = c.clone();
+        std::thread::spawn(move || {
+            c.get_one(id(501), Duration::from_secs(60))
+                .map(|g| g.to_vec())
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while observer.stats().expect("stats").waiters == 0 {
+        assert!(std::time::Instant::now() < deadline, "get never blocked");
+        std::thread::yield_now();
+    }
+    // The other thread holds the connection inside its get; this drop must
+    // return at once (the release is parked, not waited for).
+    drop(view);
+    assert_eq!(
+        observer.stats().expect("stats").waiters,
+        1,
+        "the get is still blocked"
+    );
+    observer.put(id(501), b"wake").expect("put");
+    assert_eq!(blocked.join().expect("thread").expect("get"), b"wake");
+    // The parked release went out when the get finished.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while observer.stats().expect("stats").pinned != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "parked release never sent"
+        );
+        std::thread::yield_now();
+    }
+}
