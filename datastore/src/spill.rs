@@ -14,10 +14,10 @@
 //!   under 64 KiB are packed back to back; larger ones start on a 4 KiB boundary. The file is
 //!   zero-padded to a whole number of 4 KiB blocks. There is no header or index in the file: the
 //!   caller's `SpillLoc` (file id, offset, length, crc32c) is the only index, kept in memory.
-//! - `spill/io.rs`: the [`IoEngine`](self::io::IoEngine) seam with its two engines — io_uring
+//! - `spill/io.rs`: the `IoEngine` seam with its two engines — io_uring
 //!   (a pool of rings, one per concurrent transfer; up to [`QUEUE_DEPTH`] chunks of
-//!   [`CHUNK`] bytes in flight) and a pwrite/pread fallback used only where the kernel refuses
-//!   io_uring; `spill/file.rs`: open, preallocate, punch, lock, sweep; `spill/buf.rs`: aligned
+//!   [`CHUNK`] bytes in flight) and a pwrite/pread fallback on worker threads, used only where
+//!   the kernel refuses io_uring; `spill/file.rs`: open, preallocate, punch, lock, sweep; `spill/buf.rs`: aligned
 //!   staging buffers; `spill/layout.rs`: packing and punch arithmetic, free of I/O.
 //!
 //! # Invariants
@@ -178,7 +178,7 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
 /// Picks the engine; logs the fallback to pwrite where io_uring is refused.
 fn make_engine(choice: EngineChoice, dir: &Path) -> Result<Box<dyn IoEngine>, SpillError> {
     if choice == EngineChoice::Pwrite {
-        return Ok(Box::new(PwriteEngine));
+        return Ok(Box::new(PwriteEngine::new(QUEUE_DEPTH)));
     }
     let uring = match io::uring_support() {
         Ok(()) => UringEngine::new(QUEUE_DEPTH).map_err(|e| e.to_string()),
@@ -193,7 +193,7 @@ fn make_engine(choice: EngineChoice, dir: &Path) -> Result<Box<dyn IoEngine>, Sp
         }),
         (Err(reason), _) => {
             tracing::warn!(%reason, "io_uring unavailable; spilling with pwrite/pread");
-            Ok(Box::new(PwriteEngine))
+            Ok(Box::new(PwriteEngine::new(QUEUE_DEPTH)))
         }
     }
 }
@@ -319,10 +319,11 @@ impl SpillStore {
             .join(format!("{}{id:08x}{}", file::PREFIX, file::SUFFIX))
     }
 
-    fn reserve(&self, bytes: u64) -> Result<Reservation<'_>, SpillError> {
+    fn reserve(&self, bytes: u64, credit: u64) -> Result<Reservation<'_>, SpillError> {
         let mut used = self.used.load(Ordering::Acquire);
+        let cap = self.limit.saturating_add(credit);
         loop {
-            let Some(new) = used.checked_add(bytes).filter(|&n| n <= self.limit) else {
+            let Some(new) = used.checked_add(bytes).filter(|&n| n <= cap) else {
                 return Err(SpillError::LimitReached {
                     requested: bytes,
                     used,
@@ -360,8 +361,21 @@ impl SpillStore {
     /// nothing. On any I/O error (a full disk included) the partial file is removed and the quota
     /// given back, so a failed batch leaves no trace.
     pub fn write_batch(&self, objects: &[&[u8]]) -> Result<Vec<SpillLoc>, SpillError> {
+        self.write_batch_with_credit(objects, 0)
+    }
+
+    /// As [`write_batch`](Self::write_batch), but the batch may take the
+    /// quota up to `limit + credit`. This is for swaps: a restore that must
+    /// spill something to make room frees its own object's spill space right
+    /// after, so with memory and disk both full it can still proceed, and
+    /// disk use exceeds the limit by at most that object for that moment.
+    pub fn write_batch_with_credit(
+        &self,
+        objects: &[&[u8]],
+        credit: u64,
+    ) -> Result<Vec<SpillLoc>, SpillError> {
         let total = objects.iter().map(|o| o.len() as u64).sum();
-        let reservation = self.reserve(total)?;
+        let reservation = self.reserve(total, credit)?;
         let layout = layout::pack(objects.iter().map(|o| o.len() as u64));
         let empty_crc = crc32c::crc32c(&[]);
         if layout.file_len == 0 {
@@ -754,14 +768,7 @@ pub fn raw_write_with(dir: &Path, data: &[u8], opts: SpillOptions) -> Result<Raw
 /// Reads the file [`raw_write`] made back into its staging buffers and times it (open, transfer
 /// all chunks), then checks the data against what was written (untimed).
 pub fn raw_read(raw: &mut RawFile) -> Result<Duration, SpillError> {
-    let file_len = round_up(raw.len, BLOCK);
-    let started = Instant::now();
-    let file =
-        file::open_read(&raw.path, raw.direct).map_err(io_err("open raw file", &raw.path))?;
-    run_chunks(&*raw.engine, &file, OpKind::Read, file_len, &mut raw.bufs)
-        .map_err(io_err("read raw file", &raw.path))?;
-    drop(file);
-    let elapsed = started.elapsed();
+    let elapsed = timed_raw_read(&*raw.engine, &raw.path, raw.direct, raw.len, &mut raw.bufs)?;
     let mut crc = crc32c::crc32c(&[]);
     let mut left = raw.len as usize;
     for buf in raw.bufs.iter().flatten() {
@@ -779,6 +786,23 @@ pub fn raw_read(raw: &mut RawFile) -> Result<Duration, SpillError> {
         });
     }
     Ok(elapsed)
+}
+
+/// Opens `path` and reads its first `len` bytes (rounded up to a block) into `bufs`, one chunk
+/// each, timing it.
+fn timed_raw_read(
+    engine: &dyn IoEngine,
+    path: &Path,
+    direct: bool,
+    len: u64,
+    bufs: &mut [Option<AlignedBuf>],
+) -> Result<Duration, SpillError> {
+    let started = Instant::now();
+    let file = file::open_read(path, direct).map_err(io_err("open raw file", path))?;
+    run_chunks(engine, &file, OpKind::Read, round_up(len, BLOCK), bufs)
+        .map_err(io_err("read raw file", path))?;
+    drop(file);
+    Ok(started.elapsed())
 }
 
 /// Transfers chunk `i` of `[0, len)` from/to `bufs[i]`, `QUEUE_DEPTH` at a time.

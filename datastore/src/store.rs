@@ -469,7 +469,7 @@ impl Store {
                 g.clients.entry(client).or_default().unsealed.insert(id);
                 return Ok(slot);
             }
-            self.make_room(g, total).map_err(|why| {
+            self.make_room(g, total, 0).map_err(|why| {
                 let st = self.stats_locked(g);
                 err(
                     ErrorCode::OutOfMemory,
@@ -487,13 +487,21 @@ impl Store {
 
     /// Frees memory for an allocation of `needed` bytes by spilling LRU
     /// victims. Returns why it could not when nothing more can move.
-    fn make_room(&self, g: &mut MutexGuard<'_, Inner>, needed: u64) -> Result<(), String> {
+    ///
+    /// `credit` lets the spill exceed the disk quota by that many bytes; a
+    /// restore passes its own size, since it frees that much disk at once.
+    fn make_room(
+        &self,
+        g: &mut MutexGuard<'_, Inner>,
+        needed: u64,
+        credit: u64,
+    ) -> Result<(), String> {
         if self.spill.is_none() {
             return Err("spilling is disabled (no spill folder)".into());
         }
         // Ask for a little more than needed: fragmentation means freed bytes
         // are not always contiguous.
-        match self.spill_batch(g, needed.saturating_add(needed / 8)) {
+        match self.spill_batch(g, needed.saturating_add(needed / 8), credit) {
             Ok(0) => Err("every other object is pinned, unsealed or already on disk".into()),
             Ok(_) => Ok(()),
             Err(e) => Err(format!("spilling failed: {e}")),
@@ -503,21 +511,51 @@ impl Store {
     /// Picks LRU victims totalling at least `target` bytes (bounded by
     /// [`SPILL_BATCH_MAX`]), writes them out and frees their memory. Returns
     /// the bytes freed. The lock is released during the write.
-    fn spill_batch(&self, g: &mut MutexGuard<'_, Inner>, target: u64) -> Result<u64, SpillError> {
+    fn spill_batch(
+        &self,
+        g: &mut MutexGuard<'_, Inner>,
+        target: u64,
+        credit: u64,
+    ) -> Result<u64, SpillError> {
         let Some(spill) = &self.spill else {
             return Ok(0);
         };
+        // Victims in LRU order, skipping any that would not fit in the disk
+        // quota (so a batch is never refused as a whole because of one big
+        // object); the scan is bounded to keep the lock hold short.
+        let room = spill
+            .limit()
+            .saturating_sub(spill.used())
+            .saturating_add(credit);
         let mut victims = Vec::new();
         let mut bytes = 0u64;
+        let mut disk = 0u64;
+        let mut smallest_refused = None::<u64>;
         let mut cur = g.lru_head;
-        while cur != NONE && bytes < target.clamp(1, SPILL_BATCH_MAX) {
-            let next = g.entries[cur as usize].lru_next;
-            bytes += g.alloc.size(g.entries[cur as usize].block);
-            victims.push(cur);
+        let mut scanned = 0;
+        while cur != NONE && bytes < target.clamp(1, SPILL_BATCH_MAX) && scanned < 4096 {
+            let e = &g.entries[cur as usize];
+            let next = e.lru_next;
+            let size = e.total();
+            if disk + size <= room {
+                disk += size;
+                bytes += g.alloc.size(e.block);
+                victims.push(cur);
+            } else {
+                smallest_refused = Some(smallest_refused.map_or(size, |m| m.min(size)));
+            }
+            scanned += 1;
             cur = next;
         }
         if victims.is_empty() {
-            return Ok(0);
+            return match smallest_refused {
+                Some(requested) => Err(SpillError::LimitReached {
+                    requested,
+                    used: spill.used(),
+                    limit: spill.limit(),
+                }),
+                None => Ok(0),
+            };
         }
         let mut ranges = Vec::with_capacity(victims.len());
         for &slot in &victims {
@@ -534,7 +572,7 @@ impl Store {
                 .iter()
                 .map(|&(off, len)| unsafe { self.arena.slice(off, len) })
                 .collect();
-            spill.write_batch(&slices)
+            spill.write_batch_with_credit(&slices, credit)
         });
         let mut freed = 0;
         match result {
@@ -591,7 +629,7 @@ impl Store {
         let mut total = 0;
         while g.alloc.used() > target_used {
             let want = g.alloc.used() - target_used;
-            match self.spill_batch(&mut g, want) {
+            match self.spill_batch(&mut g, want, 0) {
                 Ok(0) => break,
                 Ok(n) => total += n,
                 Err(e) => return Err(err(ErrorCode::SpillFailed, format!("spill failed: {e}"))),
@@ -626,7 +664,7 @@ impl Store {
             if g.alloc.used() > self.high_mark() {
                 while g.alloc.used() > low && !g.shutting_down {
                     let want = g.alloc.used() - low;
-                    match self.spill_batch(&mut g, want) {
+                    match self.spill_batch(&mut g, want, 0) {
                         Ok(0) => break,
                         Ok(_) => {}
                         Err(e) => {
@@ -900,7 +938,7 @@ impl Store {
                 break a.handle;
             }
             // The entry may change while make_room has the lock released.
-            self.make_room(g, total).map_err(|why| {
+            self.make_room(g, total, total).map_err(|why| {
                 err(
                     ErrorCode::OutOfMemory,
                     format!("cannot restore object {id} of {total} bytes from disk: {why}"),

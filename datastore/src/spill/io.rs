@@ -1,5 +1,6 @@
-//! The I/O engines behind spill and restore: io_uring, and a pwrite/pread fallback for kernels
-//! (or seccomp profiles) that refuse io_uring.
+//! The I/O engines behind spill and restore: io_uring, and a pwrite/pread fallback (on a few
+//! worker threads, so it too keeps several transfers in flight) for kernels or seccomp profiles
+//! that refuse io_uring.
 //!
 //! Both sit behind [`IoEngine`], a deliberately narrow seam: a queue of positioned whole-buffer
 //! transfers. Callers push [`Op`]s, which *own* their buffers, and get each one back from
@@ -16,7 +17,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::FileExt;
-use std::sync::OnceLock;
+use std::sync::{mpsc, Arc, OnceLock};
 
 use io_uring::{opcode, squeue, types, IoUring, Probe};
 use parking_lot::Mutex;
@@ -81,9 +82,69 @@ fn check_op(op: &Op) -> io::Result<()> {
 // ---------------------------------------------------------------------------------------------
 // pwrite/pread fallback
 
-/// Synchronous positioned I/O. Used only where io_uring is unavailable: it cannot overlap the
-/// staging copy with the transfer, so it is somewhat slower, but it is always there.
-pub(super) struct PwriteEngine;
+/// Positioned I/O on a few worker threads, for where io_uring is refused (old kernels, container
+/// seccomp profiles). The threads are what let it keep several transfers in flight and overlap
+/// them with the caller's staging copies, as io_uring does. Ops own their buffers, so a transfer
+/// outliving its queue is harmless; the queue waits for its ops anyway, so that a failed spill
+/// has really stopped writing when it reports.
+pub(super) struct PwriteEngine {
+    workers: usize,
+    /// Started on first use; `None` inside if no thread could be spawned, and then every
+    /// transfer runs synchronously on the caller's thread.
+    jobs: OnceLock<Option<mpsc::Sender<Job>>>,
+}
+
+struct Job {
+    file: Arc<File>,
+    op: Op,
+    done: mpsc::Sender<io::Result<Op>>,
+}
+
+impl PwriteEngine {
+    /// `workers` bounds the transfers in flight across all queues of this engine.
+    pub(super) fn new(workers: usize) -> Self {
+        Self {
+            workers: workers.max(1),
+            jobs: OnceLock::new(),
+        }
+    }
+
+    fn jobs(&self) -> Option<mpsc::Sender<Job>> {
+        let jobs = self.jobs.get_or_init(|| {
+            let (tx, rx) = mpsc::channel::<Job>();
+            let rx = Arc::new(Mutex::new(rx));
+            let mut started = 0;
+            for i in 0..self.workers {
+                let rx = Arc::clone(&rx);
+                let spawned = std::thread::Builder::new()
+                    .name(format!("yr-spill-io-{i}"))
+                    .spawn(move || loop {
+                        // The lock is held only to take a job, never across the transfer.
+                        let job = rx.lock().recv();
+                        let Ok(Job { file, mut op, done }) = job else {
+                            return; // engine dropped
+                        };
+                        let res = transfer(&file, &mut op).map(|()| op);
+                        let _ = done.send(res); // the queue may have given up on it
+                    });
+                match spawned {
+                    Ok(_) => started += 1,
+                    Err(e) => tracing::warn!(error = %e, "cannot start a spill I/O thread"),
+                }
+            }
+            (started > 0).then_some(tx)
+        });
+        jobs.clone()
+    }
+}
+
+/// One whole positioned transfer; std's `*_all_at` already loop over short transfers and EINTR.
+fn transfer(file: &File, op: &mut Op) -> io::Result<()> {
+    match op.kind {
+        OpKind::Write => file.write_all_at(&op.buf.as_slice()[..op.len], op.offset),
+        OpKind::Read => file.read_exact_at(&mut op.buf.as_mut_slice()[..op.len], op.offset),
+    }
+}
 
 impl IoEngine for PwriteEngine {
     fn name(&self) -> &'static str {
@@ -91,8 +152,17 @@ impl IoEngine for PwriteEngine {
     }
 
     fn queue<'a>(&'a self, file: &'a File, _depth: usize) -> Box<dyn IoQueue + 'a> {
+        // Workers need a handle of their own on the file: a dup'ed descriptor.
+        let threaded = self
+            .jobs()
+            .and_then(|jobs| Some((jobs, Arc::new(file.try_clone().ok()?))));
+        let (done_tx, done_rx) = mpsc::channel();
         Box::new(PwriteQueue {
             file,
+            threaded,
+            done_tx,
+            done_rx,
+            in_flight: 0,
             done: VecDeque::new(),
         })
     }
@@ -100,21 +170,34 @@ impl IoEngine for PwriteEngine {
 
 struct PwriteQueue<'a> {
     file: &'a File,
+    threaded: Option<(mpsc::Sender<Job>, Arc<File>)>,
+    done_tx: mpsc::Sender<io::Result<Op>>,
+    done_rx: mpsc::Receiver<io::Result<Op>>,
+    /// Ops handed to workers and not yet received back.
+    in_flight: usize,
+    /// Ops finished synchronously (no workers).
     done: VecDeque<Op>,
 }
 
 impl IoQueue for PwriteQueue<'_> {
     fn push(&mut self, mut op: Op) -> io::Result<()> {
         check_op(&op)?;
-        // std's `*_all_at` already loop over short transfers and EINTR.
-        match op.kind {
-            OpKind::Write => self
-                .file
-                .write_all_at(&op.buf.as_slice()[..op.len], op.offset)?,
-            OpKind::Read => self
-                .file
-                .read_exact_at(&mut op.buf.as_mut_slice()[..op.len], op.offset)?,
+        if let Some((jobs, file)) = &self.threaded {
+            let job = Job {
+                file: Arc::clone(file),
+                op,
+                done: self.done_tx.clone(),
+            };
+            match jobs.send(job) {
+                Ok(()) => {
+                    self.in_flight += 1;
+                    return Ok(());
+                }
+                // Workers gone (cannot happen while the engine lives): do it here.
+                Err(mpsc::SendError(job)) => op = job.op,
+            }
         }
+        transfer(self.file, &mut op)?;
         self.done.push_back(op);
         Ok(())
     }
@@ -124,11 +207,30 @@ impl IoQueue for PwriteQueue<'_> {
     }
 
     fn wait(&mut self) -> io::Result<Op> {
-        self.done.pop_front().ok_or_else(nothing_pending)
+        if let Some(op) = self.done.pop_front() {
+            return Ok(op);
+        }
+        if self.in_flight == 0 {
+            return Err(nothing_pending());
+        }
+        let res = self
+            .done_rx
+            .recv()
+            .map_err(|_| io::Error::other("spill I/O thread vanished"))?;
+        self.in_flight -= 1;
+        res
     }
 
     fn pending(&self) -> usize {
-        self.done.len()
+        self.in_flight + self.done.len()
+    }
+}
+
+impl Drop for PwriteQueue<'_> {
+    fn drop(&mut self) {
+        while self.in_flight > 0 && self.done_rx.recv().is_ok() {
+            self.in_flight -= 1;
+        }
     }
 }
 
@@ -147,6 +249,8 @@ const MAX_IDLE_RINGS: usize = 8;
 /// io_uring with a small pool of rings.
 pub(super) struct UringEngine {
     entries: u32,
+    /// For a transfer that cannot get a ring (out of fds or locked memory).
+    fallback: PwriteEngine,
     /// Rings are not shared while in use (the submission queue is single-producer), so a pool of
     /// whole rings rather than one ring behind a lock.
     idle: Mutex<Vec<IoUring>>,
@@ -180,6 +284,7 @@ impl UringEngine {
         let ring = IoUring::new(entries)?;
         Ok(Self {
             entries,
+            fallback: PwriteEngine::new(depth),
             idle: Mutex::new(vec![ring]),
         })
     }
@@ -199,7 +304,7 @@ impl IoEngine for UringEngine {
                 Err(e) => {
                     // Out of fds or locked memory: this one transfer still has to happen.
                     tracing::warn!(error = %e, "cannot build another io_uring; using pwrite for this transfer");
-                    return PwriteEngine.queue(file, depth);
+                    return self.fallback.queue(file, depth);
                 }
             },
         };
