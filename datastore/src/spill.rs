@@ -625,16 +625,42 @@ fn pipelined_read(
         let s = start + (i * CHUNK) as u64;
         s..(s + CHUNK as u64).min(end)
     };
+    // Every access to `dst` goes through this one pointer: chunks read in
+    // place are written by the kernel while other chunks are copied, so no
+    // reference to the whole of `dst` may exist in between.
+    let base = dst.as_mut_ptr();
+    // When the object starts on a block boundary both in the file and in
+    // memory, whole-block chunks are read straight into `dst`, with no
+    // staging copy; only a partial tail block goes through staging.
+    let in_place_end = if offset == start && (base as usize).is_multiple_of(buf::ALIGN) {
+        round_down(obj_end, BLOCK)
+    } else {
+        offset
+    };
     // The crc of the object bytes in each chunk; chunks may complete out of order.
     let mut crcs = vec![0u32; chunks];
     let mut next = 0usize;
     let mut refill = |queue: &mut dyn IoQueue, spare: &mut Vec<AlignedBuf>| {
         while next < chunks && queue.pending() < QUEUE_DEPTH {
-            let buf = match spare.pop() {
-                Some(buf) => buf,
-                None => pool.get()?,
-            };
             let r = chunk_range(next);
+            let buf = if r.end <= in_place_end {
+                let at = (r.start - offset) as usize;
+                // SAFETY: [at, at + len) lies inside `dst` (r.end <= in_place_end <= obj_end),
+                // starts ALIGN-aligned (base aligned, r.start - offset a multiple of BLOCK), and
+                // its length is whole blocks; no one touches it until the op completes, since
+                // each chunk index is pushed once and copied out only after its completion.
+                unsafe {
+                    buf::AlignedBuf::borrow_raw(
+                        std::ptr::NonNull::new_unchecked(base.add(at)),
+                        (r.end - r.start) as usize,
+                    )
+                }
+            } else {
+                match spare.pop() {
+                    Some(buf) => buf,
+                    None => pool.get()?,
+                }
+            };
             queue.push(Op {
                 kind: OpKind::Read,
                 offset: r.start,
@@ -653,10 +679,17 @@ fn pipelined_read(
         refill(queue, spare)?;
         let r = chunk_range(op.tag);
         let (a, b) = (r.start.max(offset), r.end.min(obj_end));
-        let piece = &mut dst[(a - offset) as usize..(b - offset) as usize];
-        piece.copy_from_slice(&op.buf.as_slice()[(a - r.start) as usize..(b - r.start) as usize]);
+        // SAFETY: [a, b) is inside the object and belongs to this completed chunk alone.
+        let piece = unsafe {
+            std::slice::from_raw_parts_mut(base.add((a - offset) as usize), (b - a) as usize)
+        };
+        if op.buf.is_owned() {
+            piece.copy_from_slice(
+                &op.buf.as_slice()[(a - r.start) as usize..(b - r.start) as usize],
+            );
+            spare.push(op.buf);
+        }
         crcs[op.tag] = crc32c::crc32c(piece);
-        spare.push(op.buf);
     }
     let mut crc = crc32c::crc32c(&[]);
     for (i, part) in crcs.into_iter().enumerate() {

@@ -45,6 +45,27 @@ const NONE: u32 = u32::MAX;
 /// steps rather than after one huge write.
 const SPILL_BATCH_MAX: u64 = 256 << 20;
 
+/// Objects at least this large start on a 4 KiB boundary: page-aligned
+/// copies are faster, and a restore can then read them from disk straight
+/// into the arena (O_DIRECT needs aligned memory) instead of through a
+/// staging buffer. The cost is at most 4 KiB of padding, under 0.4%.
+const PAGE_ALIGN_MIN: u64 = 1 << 20;
+const PAGE: u64 = 4096;
+/// How long restores must pause before the background thread reclaims the
+/// disk space they released.
+const FREE_IDLE: Duration = Duration::from_millis(50);
+
+/// Allocates room for an object of `total` bytes; returns the block and the
+/// object's padding inside it (64-byte units).
+fn alloc_object(alloc: &mut Tlsf, total: u64) -> Option<(BlockHandle, u8)> {
+    if total < PAGE_ALIGN_MIN {
+        return alloc.alloc(total).map(|a| (a.handle, 0));
+    }
+    let a = alloc.alloc(total + PAGE - 64)?;
+    let pad = (PAGE - a.offset % PAGE) % PAGE;
+    Some((a.handle, (pad / 64) as u8))
+}
+
 /// Store settings (validated).
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
@@ -89,6 +110,9 @@ struct Entry {
     /// Deleted while pinned or mid-I/O: invisible, freed when the last
     /// holder lets go.
     delete_pending: bool,
+    /// Offset of the object inside its block, in 64-byte units: large
+    /// objects start on a page boundary (see [`PAGE_ALIGN_MIN`]).
+    pad: u8,
     /// Slab slot not in use.
     vacant: bool,
 }
@@ -106,6 +130,9 @@ impl Entry {
         !self.vacant && !self.delete_pending
     }
 }
+
+// The table's memory is dominated by entries; keep them one cache line.
+const _: () = assert!(std::mem::size_of::<Entry>() <= 64);
 
 #[derive(Default)]
 struct ClientState {
@@ -150,6 +177,15 @@ pub struct Store {
     changed: Condvar,
     /// Wakes the background spill thread.
     spill_wake: Condvar,
+    /// Disk copies of restored objects, freed by the background thread: a
+    /// hole punch costs about a quarter of a restore's time, and the getter
+    /// waiting for its bytes should not pay for it.
+    deferred_frees: Mutex<Vec<SpillLoc>>,
+    /// When the last restore finished: the background thread frees disk
+    /// space only once restores have paused for [`FREE_IDLE`], because on
+    /// a filesystem mounted with `discard` a hole punch slows the reads of
+    /// restores running at the same time.
+    last_restore: Mutex<Instant>,
     spill: Option<SpillStore>,
     config: StoreConfig,
 }
@@ -248,13 +284,14 @@ impl Inner {
     }
 
     fn offset(&self, slot: u32) -> u64 {
-        self.alloc.offset(self.entries[slot as usize].block)
+        let e = &self.entries[slot as usize];
+        self.alloc.offset(e.block) + e.pad as u64 * 64
     }
 
     fn view(&self, slot: u32) -> ObjectView {
         let e = &self.entries[slot as usize];
         ObjectView {
-            offset: self.alloc.offset(e.block),
+            offset: self.alloc.offset(e.block) + e.pad as u64 * 64,
             data_size: e.data_size,
             meta_size: e.meta_size as u64,
         }
@@ -345,6 +382,8 @@ impl Store {
             arena,
             changed: Condvar::new(),
             spill_wake: Condvar::new(),
+            deferred_frees: Mutex::new(Vec::new()),
+            last_restore: Mutex::new(Instant::now()),
             spill,
             config,
         })
@@ -451,13 +490,14 @@ impl Store {
                 };
                 return Err(err(ErrorCode::AlreadyExists, format!("object {id} {what}")));
             }
-            if let Some(a) = g.alloc.alloc(total) {
+            if let Some((block, pad)) = alloc_object(&mut g.alloc, total) {
                 let slot = g.insert(Entry {
                     id,
                     data_size,
                     meta_size,
                     pins: 0,
-                    block: a.handle,
+                    block,
+                    pad,
                     lru_prev: NONE,
                     lru_next: NONE,
                     spill: NONE,
@@ -520,6 +560,7 @@ impl Store {
         let Some(spill) = &self.spill else {
             return Ok(0);
         };
+        self.flush_deferred_frees();
         // Victims in LRU order, skipping any that would not fit in the disk
         // quota (so a batch is never refused as a whole because of one big
         // object); the scan is bounded to keep the lock hold short.
@@ -661,6 +702,13 @@ impl Store {
             if g.shutting_down {
                 return;
             }
+            if !self.deferred_frees.lock().is_empty() {
+                let quiet = self.last_restore.lock().elapsed();
+                if quiet >= FREE_IDLE {
+                    MutexGuard::unlocked(&mut g, || self.flush_deferred_frees());
+                    continue;
+                }
+            }
             if g.alloc.used() > self.high_mark() {
                 while g.alloc.used() > low && !g.shutting_down {
                     let want = g.alloc.used() - low;
@@ -674,9 +722,28 @@ impl Store {
                     }
                 }
             }
-            // Woken by a create that crossed the watermark; the timeout only
-            // re-checks after failures (e.g. a full disk that may clear).
-            self.spill_wake.wait_for(&mut g, Duration::from_secs(1));
+            // Woken by a create that crossed the watermark or a restore that
+            // left disk space to free; the timeout re-checks after failures
+            // (a full disk may clear) and for frees waiting on quiet.
+            let pending = !self.deferred_frees.lock().is_empty();
+            let nap = if pending {
+                FREE_IDLE
+            } else {
+                Duration::from_secs(1)
+            };
+            self.spill_wake.wait_for(&mut g, nap);
+        }
+    }
+
+    /// Frees the disk copies restores left to the background thread. Also
+    /// run before anything reports or relies on spill usage (stats, delete,
+    /// choosing spill victims), so what callers observe is never stale.
+    fn flush_deferred_frees(&self) {
+        let frees = std::mem::take(&mut *self.deferred_frees.lock());
+        if let Some(spill) = &self.spill {
+            for loc in &frees {
+                spill.free(loc);
+            }
         }
     }
 
@@ -933,9 +1000,9 @@ impl Store {
             let e = &g.entries[slot as usize];
             (e.id, e.total())
         };
-        let handle = loop {
-            if let Some(a) = g.alloc.alloc(total) {
-                break a.handle;
+        let (handle, pad) = loop {
+            if let Some(a) = alloc_object(&mut g.alloc, total) {
+                break a;
             }
             // The entry may change while make_room has the lock released.
             self.make_room(g, total, total).map_err(|why| {
@@ -954,9 +1021,10 @@ impl Store {
         {
             let e = &mut g.entries[slot as usize];
             e.block = handle;
+            e.pad = pad;
             e.state = State::Restoring;
         }
-        let off = g.alloc.offset(handle);
+        let off = g.offset(slot);
         let result = MutexGuard::unlocked(g, || {
             // SAFETY: the block was just allocated for this object, which is
             // Restoring: nobody else reads or writes it until we finish.
@@ -967,7 +1035,9 @@ impl Store {
             Ok(()) => {
                 let loc = g.take_spill_loc(slot);
                 if let Some(loc) = loc {
-                    spill.free(&loc);
+                    self.deferred_frees.lock().push(loc);
+                    *self.last_restore.lock() = Instant::now();
+                    self.spill_wake.notify_one();
                 }
                 g.restore_ops += 1;
                 let e = &mut g.entries[slot as usize];
@@ -1037,6 +1107,7 @@ impl Store {
     /// Deletes objects; those pinned or mid-I/O become invisible at once and
     /// are freed when released.
     pub fn delete(&self, ids: &[ObjectId]) -> Vec<Result<(), ErrorReply>> {
+        self.flush_deferred_frees();
         let mut g = self.inner.lock();
         ids.iter()
             .map(|id| self.delete_locked(&mut g, id))
@@ -1109,6 +1180,7 @@ impl Store {
 
     /// Counters.
     pub fn stats(&self) -> StoreStats {
+        self.flush_deferred_frees();
         let g = self.inner.lock();
         self.stats_locked(&g)
     }
@@ -1274,7 +1346,7 @@ impl Store {
             if e.block != NONE {
                 let off = g.alloc.offset(e.block);
                 let size = g.alloc.size(e.block);
-                if size < e.total() || !off.is_multiple_of(64) {
+                if size < e.total() + e.pad as u64 * 64 || !off.is_multiple_of(64) {
                     return Err(format!("{}: block too small or misaligned", e.id));
                 }
                 used += size;
