@@ -27,19 +27,20 @@ pub fn run(a: DemoArgs) -> Result<()> {
         a.size >> 20
     );
     println!(
-        "   data worker: socket {}, {} MiB shared memory",
+        "   data worker: socket {}, {} MiB shared memory (prefaulted)",
         socket.display(),
         shm >> 20
     );
-    let mut worker = WorkerProcess::start(&socket, shm, &spill, &[])?;
+    let mut worker = WorkerProcess::start(&socket, shm, &spill, &["--prefault"])?;
     println!("   data worker running (pid {})", worker.pid());
 
     let exe = std::env::current_exe()?;
     let id = ObjectId::random(0).to_hex();
-    let consumer = Command::new(&exe)
-        .args(["store", "consume", "--socket"])
+    let mut consumer = Command::new(&exe)
+        .args(["store", "consume", "--sync-stdin", "--socket"])
         .arg(&socket)
         .args(["--id", &id])
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .context("cannot start the consumer")?;
@@ -51,6 +52,11 @@ pub fn run(a: DemoArgs) -> Result<()> {
         .spawn()
         .context("cannot start the producer")?;
     let p = producer.wait_with_output()?;
+    // The producer is gone: let the consumer time its gets now.
+    if let Some(mut stdin) = consumer.stdin.take() {
+        use std::io::Write;
+        let _ = stdin.write_all(b"go\n");
+    }
     let c = consumer.wait_with_output()?;
     if !p.status.success() || !c.status.success() {
         bail!("producer ({}) or consumer ({}) failed", p.status, c.status);
@@ -65,7 +71,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         p["put_gbps"].as_f64().unwrap_or(0.0)
     );
     println!(
-        "   consumer (pid {}): blocked {:.1} ms until sealed; a get takes {:.1} us; zero-copy view: {}; read it at {:.2} GB/s",
+        "   consumer (pid {}): blocked {:.1} ms until sealed; then a get + release takes {:.1} us (median); zero-copy view: {}; read it in place at {:.2} GB/s",
         c["pid"],
         c["waited_ms"].as_f64().unwrap_or(0.0),
         c["get_us"].as_f64().unwrap_or(0.0),

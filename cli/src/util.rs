@@ -29,6 +29,12 @@ impl WorkerProcess {
             .args(["--shm-size", &shm_size.to_string(), "--spill-dir"])
             .arg(spill_dir)
             .args(extra)
+            // The parent reports what matters; the worker's own log stays
+            // quiet unless the user asks for it.
+            .env(
+                "YR_LOG",
+                std::env::var("YR_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
