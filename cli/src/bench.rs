@@ -241,6 +241,7 @@ fn store(a: StoreArgs) -> Result<()> {
             None => store_round(round)?,
         };
         spilled_objects = ops;
+        tracing::debug!(round, sw, rs, rw, rr, "spill round");
         spill_r.push(sw);
         restore_r.push(rs);
         raw_w.push(rw);
