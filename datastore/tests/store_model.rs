@@ -126,16 +126,25 @@ fn run(ops: Vec<Op>) -> Result<yr_datastore::StoreStats, TestCaseError> {
                 let mut r = store.get(clients[client], &[oid(obj)], Duration::ZERO);
                 let r = r.pop().ok_or_else(|| TestCaseError::fail("empty get"))?;
                 match model.get_mut(&obj) {
-                    Some(o) if o.sealed && !o.deleted => {
-                        let v =
-                            r.map_err(|e| TestCaseError::fail(format!("sealed object lost: {e}")))?;
-                        prop_assert_eq!(v.data_size as usize, o.bytes.len());
-                        o.pins[client] += 1;
-                        let seen = store
-                            .peek(&oid(obj))
-                            .ok_or_else(|| TestCaseError::fail("pinned object not in memory"))?;
-                        prop_assert_eq!(&seen, &o.bytes, "sealed bytes changed");
-                    }
+                    Some(o) if o.sealed && !o.deleted => match r {
+                        Ok(v) => {
+                            prop_assert_eq!(v.data_size as usize, o.bytes.len());
+                            o.pins[client] += 1;
+                            let seen = store.peek(&oid(obj)).ok_or_else(|| {
+                                TestCaseError::fail("pinned object not in memory")
+                            })?;
+                            prop_assert_eq!(&seen, &o.bytes, "sealed bytes changed");
+                        }
+                        // A spilled object cannot come back while pins and
+                        // unsealed objects fill the arena: that must be a
+                        // clear refusal, and the object must still exist.
+                        Err(e) if e.code == ErrorCode::OutOfMemory => {
+                            prop_assert!(store.contains(&oid(obj)), "refused restore lost {}", obj);
+                        }
+                        Err(e) => {
+                            return Err(TestCaseError::fail(format!("sealed object lost: {e}")))
+                        }
+                    },
                     _ => prop_assert!(r.is_err()),
                 }
             }
