@@ -86,23 +86,14 @@ fn data_worker(a: DataWorkerArgs) -> Result<()> {
             }
         });
     }
-    let worker = yr_datastore::server::start(config, shutdown)
-        .with_context(|| format!("cannot start the data worker on {}", a.socket.display()))?;
-    let st = worker.store();
-    tracing::info!(
-        socket = %a.socket.display(),
-        arena_bytes = st.arena().size(),
-        prefault = st.arena().prefaulted(),
-        spill_dir = %a.spill_dir.display(),
-        spill_engine = st.spill_engine().unwrap_or("disabled"),
-        "data worker ready"
-    );
-    // Parents (yr start, yr bench, tests) wait for this line instead of
-    // polling the socket.
-    let mut out = std::io::stdout();
-    writeln!(out, "ready socket={}", a.socket.display())?;
-    out.flush()?;
-    worker.wait();
-    tracing::info!("data worker stopped");
+    let socket = a.socket.clone();
+    yr_datastore::server::run(config, shutdown, |_| {
+        // Parents (yr start, yr bench, tests) wait for this line instead of
+        // polling the socket.
+        let mut out = std::io::stdout();
+        writeln!(out, "ready socket={}", socket.display())?;
+        out.flush()
+    })
+    .with_context(|| format!("data worker on {}", a.socket.display()))?;
     Ok(())
 }

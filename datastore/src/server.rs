@@ -117,8 +117,16 @@ pub struct Worker {
 /// Creates the store, binds the socket and starts serving in background
 /// threads. Returns once clients can connect.
 pub fn start(config: WorkerConfig, shutdown: Shutdown) -> io::Result<Worker> {
-    let store = Arc::new(Store::new(config.store.clone())?);
+    // Bind first: a wrong or busy socket path fails before any memory is
+    // reserved or any spill folder is touched.
     let listener = bind(&config.socket)?;
+    let store = match Store::new(config.store.clone()) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            let _ = std::fs::remove_file(&config.socket);
+            return Err(e);
+        }
+    };
     listener.set_nonblocking(true)?;
     let conns: Arc<Mutex<HashMap<ClientId, UnixStream>>> = Arc::default();
     let spiller = {
@@ -181,8 +189,14 @@ impl Drop for Worker {
     }
 }
 
-/// Runs a worker until `shutdown` fires.
-pub fn run(config: WorkerConfig, shutdown: Shutdown) -> io::Result<()> {
+/// Runs a worker until `shutdown` fires: the `run(config, shutdown)` entry
+/// every component has. `on_ready` is called once clients can connect (the
+/// `yr component` wrapper announces readiness there).
+pub fn run(
+    config: WorkerConfig,
+    shutdown: Shutdown,
+    on_ready: impl FnOnce(&Store) -> io::Result<()>,
+) -> io::Result<()> {
     let socket = config.socket.clone();
     let worker = start(config, shutdown)?;
     let st = worker.store();
@@ -193,6 +207,7 @@ pub fn run(config: WorkerConfig, shutdown: Shutdown) -> io::Result<()> {
         spill_engine = st.spill_engine().unwrap_or("disabled"),
         "data worker ready"
     );
+    on_ready(st)?;
     worker.wait();
     tracing::info!("data worker stopped");
     Ok(())

@@ -357,7 +357,9 @@ impl Store {
     pub fn new(config: StoreConfig) -> std::io::Result<Store> {
         let arena = Arena::create(config.capacity, config.prefault)?;
         let spill = match &config.spill {
-            Some(cfg) => Some(SpillStore::open(cfg.clone()).map_err(std::io::Error::other)?),
+            Some(cfg) => Some(
+                SpillStore::open(cfg.clone()).map_err(|e| std::io::Error::other(e.to_string()))?,
+            ),
             None => None,
         };
         Ok(Store {
