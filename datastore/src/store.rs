@@ -1028,6 +1028,7 @@ impl Store {
         }
         let off = g.offset(slot);
         let result = MutexGuard::unlocked(g, || {
+            self.arena.populate_write(off, total);
             // SAFETY: the block was just allocated for this object, which is
             // Restoring: nobody else reads or writes it until we finish.
             let dst = unsafe { self.arena.slice_mut(off, total) };
