@@ -501,6 +501,96 @@ impl SpillStore {
         Ok(())
     }
 
+    /// Reads several objects back, each into its destination (exactly
+    /// `loc.len` bytes), verifying each crc32c. Objects of one file are read
+    /// as one stream in file order, which is what makes restoring a batch of
+    /// objects (a get of many spilled objects) run at the disk's streaming
+    /// speed. One result per request, in order.
+    pub fn read_many(&self, reqs: &mut [(SpillLoc, &mut [u8])]) -> Vec<Result<(), SpillError>> {
+        let mut out: Vec<Option<Result<(), SpillError>>> = (0..reqs.len()).map(|_| None).collect();
+        let mut by_file: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
+        for (i, (loc, dst)) in reqs.iter().enumerate() {
+            if dst.len() as u64 != loc.len {
+                out[i] = Some(Err(SpillError::Io {
+                    op: "restore into a wrongly sized buffer from",
+                    path: self.file_path(loc.file),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!("buffer is {} bytes, object is {}", dst.len(), loc.len),
+                    ),
+                }));
+            } else if loc.len == 0 {
+                out[i] = Some(if loc.crc == crc32c::crc32c(&[]) {
+                    Ok(())
+                } else {
+                    Err(SpillError::NotLive { loc: *loc })
+                });
+            } else {
+                let live = self
+                    .files
+                    .lock()
+                    .get(&loc.file)
+                    .and_then(|f| f.find_live(loc.offset, loc.len))
+                    .is_some();
+                if live {
+                    by_file.entry(loc.file).or_default().push(i);
+                } else {
+                    out[i] = Some(Err(SpillError::NotLive { loc: *loc }));
+                }
+            }
+        }
+        for (file_id, mut idx) in by_file {
+            idx.sort_by_key(|&i| reqs[i].0.offset);
+            let path = self.file_path(file_id);
+            let segs: Vec<Segment> = idx
+                .iter()
+                .map(|&i| Segment {
+                    offset: reqs[i].0.offset,
+                    base: reqs[i].1.as_mut_ptr(),
+                    len: reqs[i].1.len(),
+                })
+                .collect();
+            let res = file::open_read(&path, self.direct)
+                .map_err(|e| ("open spill file", e))
+                .and_then(|file| {
+                    let mut spare = Vec::new();
+                    let mut queue = self.engine.queue(&file, QUEUE_DEPTH);
+                    let r = pipelined_read_many(&mut *queue, &self.bufs, &mut spare, &segs);
+                    drop(queue);
+                    self.bufs.put(spare);
+                    r.map_err(|e| ("read spill file", e))
+                });
+            match res {
+                Ok(crcs) => {
+                    for (&i, actual) in idx.iter().zip(crcs) {
+                        let loc = reqs[i].0;
+                        out[i] = Some(if actual == loc.crc {
+                            Ok(())
+                        } else {
+                            Err(SpillError::Corrupt {
+                                path: path.clone(),
+                                offset: loc.offset,
+                                len: loc.len,
+                                expected: loc.crc,
+                                actual,
+                            })
+                        });
+                    }
+                }
+                Err((op, e)) => {
+                    for &i in &idx {
+                        out[i] = Some(Err(SpillError::Io {
+                            op,
+                            path: path.clone(),
+                            source: std::io::Error::new(e.kind(), e.to_string()),
+                        }));
+                    }
+                }
+            }
+        }
+        out.into_iter().map(|r| r.unwrap_or(Ok(()))).collect()
+    }
+
     /// Releases the disk space of the object at `loc`: its bytes leave `used`, blocks no live
     /// object touches any more are punched out, and the file is unlinked once it holds no live
     /// object. Freeing a location twice (or one this store never returned) is logged and ignored.
@@ -607,9 +697,16 @@ fn pipelined_write(
     Ok(())
 }
 
-/// Reads `dst.len()` bytes at `offset` into `dst` through block-aligned chunks, copying each out
-/// of staging as it arrives (while the following chunks are in flight), and returns the crc32c of
-/// `dst`.
+/// One object of a multi-object read: its place in the file and its
+/// destination (valid for writes of `len` bytes, touched by nobody else
+/// during the read).
+struct Segment {
+    offset: u64,
+    base: *mut u8,
+    len: usize,
+}
+
+/// Reads `dst.len()` bytes at `offset` into `dst`; returns the crc32c of `dst`.
 fn pipelined_read(
     queue: &mut dyn IoQueue,
     pool: &BufPool,
@@ -617,41 +714,66 @@ fn pipelined_read(
     offset: u64,
     dst: &mut [u8],
 ) -> std::io::Result<u32> {
-    let obj_end = offset + dst.len() as u64;
-    let start = round_down(offset, BLOCK);
-    let end = round_up(obj_end, BLOCK);
-    let chunks = (end - start).div_ceil(CHUNK as u64) as usize;
-    let chunk_range = |i: usize| {
-        let s = start + (i * CHUNK) as u64;
-        s..(s + CHUNK as u64).min(end)
+    let seg = Segment {
+        offset,
+        base: dst.as_mut_ptr(),
+        len: dst.len(),
     };
-    // Every access to `dst` goes through this one pointer: chunks read in
-    // place are written by the kernel while other chunks are copied, so no
-    // reference to the whole of `dst` may exist in between.
-    let base = dst.as_mut_ptr();
-    // When the object starts on a block boundary both in the file and in
-    // memory, whole-block chunks are read straight into `dst`, with no
-    // staging copy; only a partial tail block goes through staging.
-    let in_place_end = if offset == start && (base as usize).is_multiple_of(buf::ALIGN) {
-        round_down(obj_end, BLOCK)
-    } else {
-        offset
-    };
+    let crcs = pipelined_read_many(queue, pool, spare, &[seg])?;
+    Ok(crcs.first().copied().unwrap_or_else(|| crc32c::crc32c(&[])))
+}
+
+/// Reads several objects of one file as one stream of block-aligned chunks,
+/// keeping `QUEUE_DEPTH` chunks in flight across object boundaries (a
+/// device streams one long run much faster than many short ones), and
+/// returns each object's crc32c. A chunk whose blocks lie wholly inside an
+/// object that is block-aligned in the file and in memory is read straight
+/// into the destination; the rest goes through staging and is copied out as
+/// it arrives, while later chunks are in flight.
+fn pipelined_read_many(
+    queue: &mut dyn IoQueue,
+    pool: &BufPool,
+    spare: &mut Vec<AlignedBuf>,
+    segs: &[Segment],
+) -> std::io::Result<Vec<u32>> {
+    // (segment, file range) per chunk, in file order within each segment.
+    let mut chunks: Vec<(usize, Range<u64>)> = Vec::new();
+    let mut in_place_end = Vec::with_capacity(segs.len());
+    for (si, seg) in segs.iter().enumerate() {
+        let obj_end = seg.offset + seg.len as u64;
+        let start = round_down(seg.offset, BLOCK);
+        let end = round_up(obj_end, BLOCK);
+        let mut c = start;
+        while c < end {
+            let e = (c + CHUNK as u64).min(end);
+            chunks.push((si, c..e));
+            c = e;
+        }
+        in_place_end.push(
+            if seg.offset == start && (seg.base as usize).is_multiple_of(buf::ALIGN) {
+                round_down(obj_end, BLOCK)
+            } else {
+                seg.offset
+            },
+        );
+    }
     // The crc of the object bytes in each chunk; chunks may complete out of order.
-    let mut crcs = vec![0u32; chunks];
+    let mut crcs = vec![0u32; chunks.len()];
     let mut next = 0usize;
     let mut refill = |queue: &mut dyn IoQueue, spare: &mut Vec<AlignedBuf>| {
-        while next < chunks && queue.pending() < QUEUE_DEPTH {
-            let r = chunk_range(next);
-            let buf = if r.end <= in_place_end {
-                let at = (r.start - offset) as usize;
-                // SAFETY: [at, at + len) lies inside `dst` (r.end <= in_place_end <= obj_end),
-                // starts ALIGN-aligned (base aligned, r.start - offset a multiple of BLOCK), and
-                // its length is whole blocks; no one touches it until the op completes, since
-                // each chunk index is pushed once and copied out only after its completion.
+        while next < chunks.len() && queue.pending() < QUEUE_DEPTH {
+            let (si, r) = &chunks[next];
+            let seg = &segs[*si];
+            let buf = if r.end <= in_place_end[*si] {
+                let at = (r.start - seg.offset) as usize;
+                // SAFETY: [at, at + len) lies inside the segment's destination (r.end <=
+                // in_place_end <= object end), starts ALIGN-aligned (base aligned, r.start -
+                // offset a multiple of BLOCK), and its length is whole blocks; no one touches it
+                // until the op completes, since each chunk is pushed once and read back only
+                // after its completion.
                 unsafe {
                     buf::AlignedBuf::borrow_raw(
-                        std::ptr::NonNull::new_unchecked(base.add(at)),
+                        std::ptr::NonNull::new_unchecked(seg.base.add(at)),
                         (r.end - r.start) as usize,
                     )
                 }
@@ -677,11 +799,17 @@ fn pipelined_read(
         let op = queue.wait()?;
         // Keep the device busy while this chunk is copied out.
         refill(queue, spare)?;
-        let r = chunk_range(op.tag);
-        let (a, b) = (r.start.max(offset), r.end.min(obj_end));
-        // SAFETY: [a, b) is inside the object and belongs to this completed chunk alone.
+        let (si, r) = &chunks[op.tag];
+        let seg = &segs[*si];
+        let obj_end = seg.offset + seg.len as u64;
+        let (a, b) = (r.start.max(seg.offset), r.end.min(obj_end));
+        // SAFETY: [a, b) is inside the segment's destination and belongs to this completed
+        // chunk alone.
         let piece = unsafe {
-            std::slice::from_raw_parts_mut(base.add((a - offset) as usize), (b - a) as usize)
+            std::slice::from_raw_parts_mut(
+                seg.base.add((a - seg.offset) as usize),
+                (b - a) as usize,
+            )
         };
         if op.buf.is_owned() {
             piece.copy_from_slice(
@@ -691,13 +819,13 @@ fn pipelined_read(
         }
         crcs[op.tag] = crc32c::crc32c(piece);
     }
-    let mut crc = crc32c::crc32c(&[]);
-    for (i, part) in crcs.into_iter().enumerate() {
-        let r = chunk_range(i);
-        let piece_len = r.end.min(obj_end) - r.start.max(offset);
-        crc = crc32c::crc32c_combine(crc, part, piece_len as usize);
+    let mut out = vec![crc32c::crc32c(&[]); segs.len()];
+    for ((si, r), part) in chunks.iter().zip(crcs) {
+        let seg = &segs[*si];
+        let piece_len = r.end.min(seg.offset + seg.len as u64) - r.start.max(seg.offset);
+        out[*si] = crc32c::crc32c_combine(out[*si], part, piece_len as usize);
     }
-    Ok(crc)
+    Ok(out)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -910,7 +910,7 @@ impl Store {
         let mut failed: Vec<Option<ErrorReply>> = vec![None; ids.len()];
         loop {
             let mut waiting = false;
-            let mut restore = None;
+            let mut restore: Vec<(usize, u32)> = Vec::new();
             for (i, id) in ids.iter().enumerate() {
                 if failed[i].is_some() {
                     continue;
@@ -923,16 +923,19 @@ impl Store {
                     }
                     Probe::Restore(s) => {
                         slots[i] = None;
-                        if restore.is_none() {
-                            restore = Some((i, s));
+                        if !restore.iter().any(|&(_, r)| r == s) {
+                            restore.push((i, s));
                         }
                         waiting = true;
                     }
                 }
             }
-            if let Some((i, slot)) = restore {
-                if let Err(e) = self.restore(&mut g, slot) {
-                    failed[i] = Some(e);
+            if !restore.is_empty() {
+                let batch: Vec<u32> = restore.iter().map(|&(_, s)| s).collect();
+                for ((i, _), r) in restore.iter().zip(self.restore_many(&mut g, &batch)) {
+                    if let Err(e) = r {
+                        failed[*i] = Some(e);
+                    }
                 }
                 continue;
             }
@@ -990,84 +993,122 @@ impl Store {
         }
     }
 
-    /// Brings a spilled object back into memory. The lock is released
-    /// during the read; concurrent getters of the same object wait on
-    /// `changed` (it is Restoring) instead of reading it twice.
-    fn restore(&self, g: &mut MutexGuard<'_, Inner>, slot: u32) -> Result<(), ErrorReply> {
-        let spill = self
-            .spill
-            .as_ref()
-            .ok_or_else(|| err(ErrorCode::Internal, "spilled object without a spill store"))?;
-        let (id, total) = {
-            let e = &g.entries[slot as usize];
-            (e.id, e.total())
+    /// Brings spilled objects back into memory, as one batch: room is made
+    /// for all of them first, then their bytes are read in one pass (objects
+    /// of one spill file as one stream), with the lock released during the
+    /// read. Concurrent getters of the same objects wait on `changed` (they
+    /// are Restoring) instead of reading them twice. One result per slot;
+    /// `Ok` also when another thread restored or deleted the object first
+    /// (the caller re-probes).
+    fn restore_many(
+        &self,
+        g: &mut MutexGuard<'_, Inner>,
+        slots: &[u32],
+    ) -> Vec<Result<(), ErrorReply>> {
+        let Some(spill) = self.spill.as_ref() else {
+            return slots
+                .iter()
+                .map(|_| {
+                    Err(err(
+                        ErrorCode::Internal,
+                        "spilled object without a spill store",
+                    ))
+                })
+                .collect();
         };
-        let (handle, pad) = loop {
-            if let Some(a) = alloc_object(&mut g.alloc, total) {
-                break a;
-            }
-            // The entry may change while make_room has the lock released.
-            self.make_room(g, total, total).map_err(|why| {
-                err(
-                    ErrorCode::OutOfMemory,
-                    format!("cannot restore object {id} of {total} bytes from disk: {why}"),
-                )
-            })?;
-            match g.find(&id) {
-                Some(s) if s == slot && g.entries[s as usize].state == State::Spilled => {}
-                _ => return Ok(()), // someone else restored or deleted it; re-probe
-            }
-        };
-        let loc_index = g.entries[slot as usize].spill;
-        let loc = g.spill_locs[loc_index as usize];
-        {
-            let e = &mut g.entries[slot as usize];
-            e.block = handle;
-            e.pad = pad;
-            e.state = State::Restoring;
-        }
-        let off = g.offset(slot);
-        let result = MutexGuard::unlocked(g, || {
-            self.arena.populate_write(off, total);
-            // SAFETY: the block was just allocated for this object, which is
-            // Restoring: nobody else reads or writes it until we finish.
-            let dst = unsafe { self.arena.slice_mut(off, total) };
-            spill.read(&loc, dst)
-        });
-        let outcome = match result {
-            Ok(()) => {
-                let loc = g.take_spill_loc(slot);
-                if let Some(loc) = loc {
-                    self.deferred_frees.lock().push(loc);
-                    *self.last_restore.lock() = Instant::now();
-                    self.spill_wake.notify_one();
+        let mut results: Vec<Result<(), ErrorReply>> = slots.iter().map(|_| Ok(())).collect();
+        // (index into slots, slot, id, block, offset, total, loc) of each object being read.
+        let mut batch = Vec::with_capacity(slots.len());
+        for (k, &slot) in slots.iter().enumerate() {
+            let (id, total) = {
+                let e = &g.entries[slot as usize];
+                (e.id, e.total())
+            };
+            let placed = loop {
+                match g.find(&id) {
+                    Some(s) if s == slot && g.entries[s as usize].state == State::Spilled => {}
+                    _ => break None, // restored or deleted meanwhile
                 }
-                g.restore_ops += 1;
+                if let Some(a) = alloc_object(&mut g.alloc, total) {
+                    break Some(a);
+                }
+                // Objects already in this batch are Restoring, so making
+                // room (which releases the lock) can neither pick nor free them.
+                if let Err(why) = self.make_room(g, total, total) {
+                    results[k] = Err(err(
+                        ErrorCode::OutOfMemory,
+                        format!("cannot restore object {id} of {total} bytes from disk: {why}"),
+                    ));
+                    break None;
+                }
+            };
+            let Some((handle, pad)) = placed else {
+                continue;
+            };
+            let loc = g.spill_locs[g.entries[slot as usize].spill as usize];
+            {
                 let e = &mut g.entries[slot as usize];
-                e.state = State::Sealed;
-                if e.delete_pending && e.pins == 0 {
-                    self.free_object(g, slot);
-                } else if e.pins == 0 {
-                    g.lru_push_back(slot);
-                }
-                Ok(())
+                e.block = handle;
+                e.pad = pad;
+                e.state = State::Restoring;
             }
-            Err(e) => {
-                g.alloc.free(handle);
-                let en = &mut g.entries[slot as usize];
-                en.block = NONE;
-                en.state = State::Spilled;
-                if en.delete_pending {
-                    self.free_object(g, slot);
+            let off = g.offset(slot);
+            batch.push((k, slot, id, handle, off, total, loc));
+        }
+        if batch.is_empty() {
+            return results;
+        }
+        let read = MutexGuard::unlocked(g, || {
+            let mut reqs: Vec<(SpillLoc, &mut [u8])> = batch
+                .iter()
+                .map(|&(_, _, _, _, off, total, loc)| {
+                    self.arena.populate_write(off, total);
+                    // SAFETY: each block was just allocated for its object,
+                    // which is Restoring: nobody else reads or writes it
+                    // until we finish, and the blocks do not overlap.
+                    (loc, unsafe { self.arena.slice_mut(off, total) })
+                })
+                .collect();
+            spill.read_many(&mut reqs)
+        });
+        let mut restored_any = false;
+        for ((k, slot, id, handle, _, _, _), r) in batch.into_iter().zip(read) {
+            match r {
+                Ok(()) => {
+                    if let Some(loc) = g.take_spill_loc(slot) {
+                        self.deferred_frees.lock().push(loc);
+                        restored_any = true;
+                    }
+                    g.restore_ops += 1;
+                    let e = &mut g.entries[slot as usize];
+                    e.state = State::Sealed;
+                    if e.delete_pending && e.pins == 0 {
+                        self.free_object(g, slot);
+                    } else if e.pins == 0 {
+                        g.lru_push_back(slot);
+                    }
                 }
-                Err(err(
-                    ErrorCode::SpillFailed,
-                    format!("cannot restore object {id} from disk: {e}"),
-                ))
+                Err(e) => {
+                    g.alloc.free(handle);
+                    let en = &mut g.entries[slot as usize];
+                    en.block = NONE;
+                    en.state = State::Spilled;
+                    if en.delete_pending {
+                        self.free_object(g, slot);
+                    }
+                    results[k] = Err(err(
+                        ErrorCode::SpillFailed,
+                        format!("cannot restore object {id} from disk: {e}"),
+                    ));
+                }
             }
-        };
+        }
+        if restored_any {
+            *self.last_restore.lock() = Instant::now();
+            self.spill_wake.notify_one();
+        }
         self.changed.notify_all();
-        outcome
+        results
     }
 
     /// Drops one pin. Unknown pins are ignored (the reply-less release has

@@ -216,6 +216,32 @@ fn pressure_spills_to_disk_and_get_restores_transparently() {
     assert!(s.spill_used > 0);
     let files = std::fs::read_dir(&w.spill_dir).expect("spill dir").count();
     assert!(files > 0, "spill files exist on disk");
+    // One get of several spilled objects restores them as a batch.
+    let spilled: Vec<_> = c
+        .list(100)
+        .expect("list")
+        .into_iter()
+        .filter(|o| o.state == yr_datastore::protocol::ObjectState::Spilled)
+        .map(|o| o.id)
+        .take(4)
+        .collect();
+    assert!(spilled.len() >= 2, "several objects on disk: {spilled:?}");
+    let restores_before = c.stats().expect("stats").restore_ops;
+    let views = c.get(&spilled, Duration::from_secs(10)).expect("batch get");
+    for (oid, v) in spilled.iter().zip(&views) {
+        let v = v.as_ref().expect("restored in the batch");
+        let seed = (0..12u64)
+            .find(|&i| id(100 + i as u128) == *oid)
+            .expect("known id");
+        assert_eq!(
+            &v[..],
+            &bytes(8 * MIB as usize, seed)[..],
+            "object {seed} intact"
+        );
+    }
+    drop(views);
+    let restored = c.stats().expect("stats").restore_ops - restores_before;
+    assert_eq!(restored, spilled.len() as u64, "each restored once");
     for i in 0..12u64 {
         let g = c
             .get_one(id(100 + i as u128), Duration::from_secs(10))

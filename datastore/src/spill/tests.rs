@@ -692,3 +692,60 @@ fn spill_vs_raw_throughput() {
         );
     }
 }
+
+/// A page-aligned heap buffer, so the in-place read path is taken too.
+fn aligned(len: usize) -> (Vec<u8>, usize) {
+    let v = vec![0u8; len + 4096];
+    let off = v.as_ptr().align_offset(4096);
+    (v, off)
+}
+
+#[test]
+fn read_many_streams_objects_of_several_files_and_reports_each() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path(), u64::MAX, SpillOptions::default());
+    let first = mixed_objects(40);
+    let second = [
+        pattern(7, 3 * CHUNK + 1),
+        pattern(8, 10),
+        pattern(9, 2 * CHUNK),
+    ];
+    let refs1: Vec<&[u8]> = first.iter().map(|o| o.as_slice()).collect();
+    let refs2: Vec<&[u8]> = second.iter().map(|o| o.as_slice()).collect();
+    let mut locs = store.write_batch(&refs1).expect("write 1");
+    locs.extend(store.write_batch(&refs2).expect("write 2"));
+    let objs: Vec<&Vec<u8>> = first.iter().chain(second.iter()).collect();
+    // Ask in an order unlike the files', with some destinations aligned.
+    let order: Vec<usize> = (0..objs.len()).rev().collect();
+    let mut bufs: Vec<(Vec<u8>, usize)> = order.iter().map(|&i| aligned(objs[i].len())).collect();
+    let mut reqs: Vec<(SpillLoc, &mut [u8])> = order
+        .iter()
+        .zip(bufs.iter_mut())
+        .map(|(&i, (v, off))| (locs[i], &mut v[*off..*off + objs[i].len()]))
+        .collect();
+    let results = store.read_many(&mut reqs);
+    assert_eq!(results.len(), order.len());
+    for r in &results {
+        assert!(r.is_ok(), "{r:?}");
+    }
+    for (&i, (v, off)) in order.iter().zip(&bufs) {
+        assert_eq!(
+            &v[*off..*off + objs[i].len()],
+            objs[i].as_slice(),
+            "object {i}"
+        );
+    }
+    // A freed location fails alone; its neighbour still comes back.
+    store.free(&locs[1]);
+    let mut freed = vec![0u8; objs[1].len()];
+    let mut next = vec![0u8; objs[2].len()];
+    let mut reqs: Vec<(SpillLoc, &mut [u8])> = vec![(locs[1], &mut freed), (locs[2], &mut next)];
+    let results = store.read_many(&mut reqs);
+    assert!(
+        matches!(results[0], Err(SpillError::NotLive { .. })),
+        "{:?}",
+        results[0]
+    );
+    assert!(results[1].is_ok());
+    assert_eq!(&next, objs[2]);
+}
