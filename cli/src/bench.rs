@@ -224,7 +224,7 @@ fn store(a: StoreArgs) -> Result<()> {
     // I/O of the same bytes to the same folder. The disk of a shared VM
     // drifts by tens of percent within seconds, so rounds alternate the two
     // and the ratio reported is the median of per-round ratios.
-    log("spill and restore, 4 rounds of 512 MiB...");
+    log("spill and restore, 6 rounds of 512 MiB...");
     let n_spill = 8;
     let spill_bytes = n_spill * BIG;
     let raw_data = pattern(spill_bytes);
@@ -266,7 +266,7 @@ fn store(a: StoreArgs) -> Result<()> {
     };
     // Which side goes first alternates, so neither always meets the disk
     // fresh from idle (this VM's disk is faster after a pause).
-    for round in 0..4u128 {
+    for round in 0..6u128 {
         let mut store_side = None;
         if round % 2 == 1 {
             store_side = Some(store_round(round)?);

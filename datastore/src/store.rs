@@ -45,26 +45,9 @@ const NONE: u32 = u32::MAX;
 /// steps rather than after one huge write.
 const SPILL_BATCH_MAX: u64 = 256 << 20;
 
-/// Objects at least this large start on a 4 KiB boundary: page-aligned
-/// copies are faster, and a restore can then read them from disk straight
-/// into the arena (O_DIRECT needs aligned memory) instead of through a
-/// staging buffer. The cost is at most 4 KiB of padding, under 0.4%.
-const PAGE_ALIGN_MIN: u64 = 1 << 20;
-const PAGE: u64 = 4096;
 /// How long restores must pause before the background thread reclaims the
 /// disk space they released.
 const FREE_IDLE: Duration = Duration::from_millis(50);
-
-/// Allocates room for an object of `total` bytes; returns the block and the
-/// object's padding inside it (64-byte units).
-fn alloc_object(alloc: &mut Tlsf, total: u64) -> Option<(BlockHandle, u8)> {
-    if total < PAGE_ALIGN_MIN {
-        return alloc.alloc(total).map(|a| (a.handle, 0));
-    }
-    let a = alloc.alloc(total + PAGE - 64)?;
-    let pad = (PAGE - a.offset % PAGE) % PAGE;
-    Some((a.handle, (pad / 64) as u8))
-}
 
 /// Store settings (validated).
 #[derive(Debug, Clone)]
@@ -110,9 +93,6 @@ struct Entry {
     /// Deleted while pinned or mid-I/O: invisible, freed when the last
     /// holder lets go.
     delete_pending: bool,
-    /// Offset of the object inside its block, in 64-byte units: large
-    /// objects start on a page boundary (see [`PAGE_ALIGN_MIN`]).
-    pad: u8,
     /// Slab slot not in use.
     vacant: bool,
 }
@@ -284,14 +264,13 @@ impl Inner {
     }
 
     fn offset(&self, slot: u32) -> u64 {
-        let e = &self.entries[slot as usize];
-        self.alloc.offset(e.block) + e.pad as u64 * 64
+        self.alloc.offset(self.entries[slot as usize].block)
     }
 
     fn view(&self, slot: u32) -> ObjectView {
         let e = &self.entries[slot as usize];
         ObjectView {
-            offset: self.alloc.offset(e.block) + e.pad as u64 * 64,
+            offset: self.alloc.offset(e.block),
             data_size: e.data_size,
             meta_size: e.meta_size as u64,
         }
@@ -492,14 +471,13 @@ impl Store {
                 };
                 return Err(err(ErrorCode::AlreadyExists, format!("object {id} {what}")));
             }
-            if let Some((block, pad)) = alloc_object(&mut g.alloc, total) {
+            if let Some(a) = g.alloc.alloc(total) {
                 let slot = g.insert(Entry {
                     id,
                     data_size,
                     meta_size,
                     pins: 0,
-                    block,
-                    pad,
+                    block: a.handle,
                     lru_prev: NONE,
                     lru_next: NONE,
                     spill: NONE,
@@ -1029,8 +1007,8 @@ impl Store {
                     Some(s) if s == slot && g.entries[s as usize].state == State::Spilled => {}
                     _ => break None, // restored or deleted meanwhile
                 }
-                if let Some(a) = alloc_object(&mut g.alloc, total) {
-                    break Some(a);
+                if let Some(a) = g.alloc.alloc(total) {
+                    break Some(a.handle);
                 }
                 // Objects already in this batch are Restoring, so making
                 // room (which releases the lock) can neither pick nor free them.
@@ -1042,14 +1020,13 @@ impl Store {
                     break None;
                 }
             };
-            let Some((handle, pad)) = placed else {
+            let Some(handle) = placed else {
                 continue;
             };
             let loc = g.spill_locs[g.entries[slot as usize].spill as usize];
             {
                 let e = &mut g.entries[slot as usize];
                 e.block = handle;
-                e.pad = pad;
                 e.state = State::Restoring;
             }
             let off = g.offset(slot);
@@ -1062,7 +1039,9 @@ impl Store {
             let mut reqs: Vec<(SpillLoc, &mut [u8])> = batch
                 .iter()
                 .map(|&(_, _, _, _, off, total, loc)| {
-                    self.arena.populate_write(off, total);
+                    if !self.arena.prefaulted() {
+                        self.arena.populate_write(off, total);
+                    }
                     // SAFETY: each block was just allocated for its object,
                     // which is Restoring: nobody else reads or writes it
                     // until we finish, and the blocks do not overlap.
@@ -1390,7 +1369,7 @@ impl Store {
             if e.block != NONE {
                 let off = g.alloc.offset(e.block);
                 let size = g.alloc.size(e.block);
-                if size < e.total() + e.pad as u64 * 64 || !off.is_multiple_of(64) {
+                if size < e.total() || !off.is_multiple_of(64) {
                     return Err(format!("{}: block too small or misaligned", e.id));
                 }
                 used += size;

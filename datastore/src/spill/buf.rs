@@ -22,9 +22,6 @@ pub(super) const ALIGN: usize = 4096;
 pub(super) struct AlignedBuf {
     ptr: NonNull<u8>,
     len: usize,
-    /// False for a window onto the caller's memory (see [`AlignedBuf::borrow_raw`]): it is
-    /// not freed on drop and never enters the pool.
-    owned: bool,
 }
 
 // SAFETY: `AlignedBuf` exclusively owns its allocation, exactly like `Vec<u8>`; nothing in it is
@@ -49,32 +46,7 @@ impl AlignedBuf {
                 format!("cannot allocate a {len}-byte staging buffer"),
             )
         })?;
-        Ok(Self {
-            ptr,
-            len,
-            owned: true,
-        })
-    }
-
-    /// A buffer that is a window onto memory the caller owns, so a transfer can land in (or come
-    /// from) its final place without staging: restores read large objects straight into the
-    /// arena this way.
-    ///
-    /// # Safety
-    /// `ptr` must be `ALIGN`-aligned and valid for reads and writes of `len` bytes (a multiple of
-    /// `ALIGN`), and nothing else may access that memory until this value is dropped.
-    pub(super) unsafe fn borrow_raw(ptr: NonNull<u8>, len: usize) -> Self {
-        debug_assert!((ptr.as_ptr() as usize).is_multiple_of(ALIGN) && len.is_multiple_of(ALIGN));
-        Self {
-            ptr,
-            len,
-            owned: false,
-        }
-    }
-
-    /// Whether this buffer owns its memory (and may be pooled).
-    pub(super) fn is_owned(&self) -> bool {
-        self.owned
+        Ok(Self { ptr, len })
     }
 
     pub(super) fn len(&self) -> usize {
@@ -101,9 +73,6 @@ impl AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
-        if !self.owned {
-            return;
-        }
         // The layout was valid at allocation and neither field has changed since.
         if let Ok(layout) = Layout::from_size_align(self.len, ALIGN) {
             // SAFETY: `ptr` came from `alloc_zeroed` with this same layout and is freed only here.
