@@ -159,10 +159,11 @@ fn map_file(file: &File, size: u64, populate: bool) -> io::Result<MmapRaw> {
         // 512 MiB back paid ~130,000 write-protect faults, a third of its
         // time). Populating for write makes the entries writable once, up
         // front.
-        if map.advise(memmap2::Advice::PopulateWrite).is_err() {
-            // Kernels before 5.14: fall back to touching nothing; pages
-            // fault on first use instead.
-            tracing::debug!("MADV_POPULATE_WRITE unsupported; arena pages fault on first use");
+        if let Err(e) = map.advise(memmap2::Advice::PopulateWrite) {
+            // Kernels before 5.14 lack it: pages then fault on first use.
+            tracing::warn!(
+                "cannot pre-fault the arena for writing ({e}); pages fault on first use"
+            );
         }
     }
     advise(&map);
