@@ -31,14 +31,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a call spins for its reply before sleeping in `read`; most
-/// replies arrive within a few microseconds (see [`fdpass::spin_readable`]).
+/// replies arrive within a few microseconds (see [`fdpass::SpinStream`]).
 const SPIN_BUDGET: Duration = Duration::from_micros(25);
 
 /// Objects at least this large are copied by several threads in `put`.
 const PARALLEL_COPY_MIN: usize = 4 << 20;
 
 struct Conn {
-    reader: BufReader<UnixStream>,
+    reader: BufReader<fdpass::SpinStream>,
     writer: UnixStream,
     buf: Vec<u8>,
 }
@@ -136,7 +136,10 @@ impl Client {
         Ok(Client {
             inner: Arc::new(Inner {
                 conn: Mutex::new(Conn {
-                    reader: BufReader::with_capacity(64 << 10, stream),
+                    reader: BufReader::with_capacity(
+                        64 << 10,
+                        fdpass::SpinStream::new(stream, SPIN_BUDGET),
+                    ),
                     writer,
                     buf: Vec::with_capacity(4096),
                 }),
@@ -210,9 +213,6 @@ impl Client {
 
     fn read_reply(&self, c: &mut Conn) -> Result<Response> {
         let Conn { reader, buf, .. } = c;
-        if reader.buffer().is_empty() {
-            fdpass::spin_readable(reader.get_ref(), SPIN_BUDGET);
-        }
         read_frame(reader, buf, MAX_RESPONSE_FRAME)?;
         match Response::decode(buf)? {
             Response::Error(e) => Err(Error::Store(e)),

@@ -106,39 +106,63 @@ pub fn recv_with_fd(stream: &UnixStream, buf: &mut [u8]) -> io::Result<(usize, O
     Ok((n, out))
 }
 
-/// Busy-waits up to `budget` for `stream` to become readable, without
-/// consuming anything. Returns whether data (or EOF/an error) is pending.
+/// A Unix stream whose reads spin briefly before they sleep.
 ///
 /// Why spin at all: the store's calls are a few microseconds of work, about
 /// what it costs the scheduler to put a thread to sleep in `read` and wake
-/// it again. A short, bounded spin after each exchange lets the common
-/// back-to-back request/reply pattern skip that sleep/wake pair; past the
-/// budget the caller blocks normally, so an idle connection costs nothing.
-pub fn spin_readable(stream: &UnixStream, budget: std::time::Duration) -> bool {
-    let start = std::time::Instant::now();
-    let mut probe = [0u8; 1];
-    loop {
-        // SAFETY: recv into a live 1-byte buffer; MSG_PEEK leaves the data in
-        // the socket, MSG_DONTWAIT never blocks.
-        let n = unsafe {
-            libc::recv(
-                stream.as_raw_fd(),
-                probe.as_mut_ptr() as *mut libc::c_void,
-                1,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
-        };
-        if n >= 0 {
-            return true; // data, or 0 = EOF: either way a read won't block
+/// it again (more on a VM, where an idle vCPU must be woken too). A short,
+/// bounded spin lets the common back-to-back request/reply pattern skip that
+/// sleep/wake pair; past the budget the read blocks normally, so an idle
+/// connection costs nothing. The spin polls with the real, non-blocking
+/// read, so data found while spinning costs no extra system call.
+pub struct SpinStream {
+    stream: UnixStream,
+    budget: std::time::Duration,
+}
+
+impl SpinStream {
+    /// Wraps a blocking stream.
+    pub fn new(stream: UnixStream, budget: std::time::Duration) -> Self {
+        SpinStream { stream, budget }
+    }
+
+    /// The stream.
+    pub fn get_ref(&self) -> &UnixStream {
+        &self.stream
+    }
+}
+
+impl io::Read for SpinStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
         }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::WouldBlock && e.kind() != io::ErrorKind::Interrupted {
-            return true; // let the real read report it
+        let start = std::time::Instant::now();
+        loop {
+            // SAFETY: recv into a live buffer of buf.len() bytes;
+            // MSG_DONTWAIT never blocks.
+            let n = unsafe {
+                libc::recv(
+                    self.stream.as_raw_fd(),
+                    buf.as_mut_ptr() as *mut libc::c_void,
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::WouldBlock => {}
+                io::ErrorKind::Interrupted => continue,
+                _ => return Err(e),
+            }
+            if start.elapsed() >= self.budget {
+                return (&self.stream).read(buf);
+            }
+            std::hint::spin_loop();
         }
-        if start.elapsed() >= budget {
-            return false;
-        }
-        std::hint::spin_loop();
     }
 }
 

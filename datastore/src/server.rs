@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a client thread spins for the next request before sleeping in
-/// `read` (see [`fdpass::spin_readable`]).
+/// `read` (see [`fdpass::SpinStream`]).
 const SPIN_BUDGET: Duration = Duration::from_micros(25);
 
 /// What `yr component data-worker` runs with.
@@ -299,7 +299,8 @@ fn error(code: ErrorCode, message: impl Into<String>) -> Response {
 /// Serves one client until it leaves or misbehaves.
 fn serve(store: &Store, client: ClientId, stream: UnixStream) -> io::Result<()> {
     let mut writer = stream.try_clone()?;
-    let mut reader = BufReader::with_capacity(64 << 10, stream);
+    let mut reader =
+        BufReader::with_capacity(64 << 10, fdpass::SpinStream::new(stream, SPIN_BUDGET));
     let mut buf = Vec::with_capacity(4096);
 
     // Handshake: the first frame must be a Hello of our version.
@@ -338,9 +339,6 @@ fn serve(store: &Store, client: ClientId, stream: UnixStream) -> io::Result<()> 
     }
 
     loop {
-        if reader.buffer().is_empty() {
-            fdpass::spin_readable(reader.get_ref(), SPIN_BUDGET);
-        }
         match read_frame(&mut reader, &mut buf, MAX_REQUEST_FRAME) {
             Ok(()) => {}
             Err(FrameError::Closed) => return Ok(()),
