@@ -772,8 +772,14 @@ fn pipelined_read_many(
         queue.flush()
     };
     refill(queue, spare)?;
+    // Time blocked on the device vs spent copying and checksumming: the
+    // split that tells a slow disk from a slow copy (logged at debug).
+    let (mut waited, mut copied) = (Duration::ZERO, Duration::ZERO);
     while queue.pending() > 0 {
+        let t = Instant::now();
         let op = queue.wait()?;
+        let t2 = Instant::now();
+        waited += t2 - t;
         // Keep the device busy while this chunk is copied out.
         refill(queue, spare)?;
         let (si, r) = &chunks[op.tag];
@@ -791,7 +797,15 @@ fn pipelined_read_many(
         piece.copy_from_slice(&op.buf.as_slice()[(a - r.start) as usize..(b - r.start) as usize]);
         spare.push(op.buf);
         crcs[op.tag] = crc32c::crc32c(piece);
+        copied += t2.elapsed();
     }
+    tracing::debug!(
+        objects = segs.len(),
+        bytes = segs.iter().map(|s| s.len).sum::<usize>(),
+        waited_us = waited.as_micros() as u64,
+        copied_us = copied.as_micros() as u64,
+        "restore read"
+    );
     let mut out = vec![crc32c::crc32c(&[]); segs.len()];
     for ((si, r), part) in chunks.iter().zip(crcs) {
         let seg = &segs[*si];
