@@ -887,9 +887,12 @@ pub fn raw_write_with(dir: &Path, data: &[u8], opts: SpillOptions) -> Result<Raw
         SEQ.fetch_add(1, Ordering::Relaxed),
         file::SUFFIX
     ));
+    // Buffers of the same kind as the store's (huge-page backed where granted), so that the
+    // baseline and the store describe their transfers to the device alike.
+    let pool = BufPool::new(CHUNK, 0);
     let mut bufs = Vec::new();
     for chunk in data.chunks(CHUNK) {
-        let mut buf = AlignedBuf::new(CHUNK).map_err(io_err("stage raw write for", &path))?;
+        let mut buf = pool.get().map_err(io_err("stage raw write for", &path))?;
         buf.as_mut_slice()[..chunk.len()].copy_from_slice(chunk);
         bufs.push(Some(buf));
     }
