@@ -14,6 +14,15 @@
 //!
 //! A `Client` is cheap to clone and may be shared between threads; calls on
 //! one client are serialised on its socket.
+//!
+//! Releases are deferred: dropping a guard parks its ID, and the parked IDs
+//! travel in the same write as this client's next request, or, if no request
+//! comes, are sent by a small per-client flusher thread within
+//! [`RELEASE_DELAY`]. A get-use-drop loop therefore costs one write per
+//! get instead of two (on a VM a socket write is about a microsecond, a
+//! quarter of the whole exchange). Invariant: a parked release always
+//! reaches the worker before any later request of this client, and within
+//! `RELEASE_DELAY` (plus the length of a call in flight) even if none comes.
 
 use crate::arena::{Arena, ReadOnlyMap};
 use crate::error::{Error, Result};
@@ -23,12 +32,18 @@ use crate::protocol::{
     read_frame, ErrorCode, ErrorReply, ObjectInfo, ObjectView, Request, Response, StoreStats,
     INLINE_MAX, MAX_RESPONSE_FRAME, PROTOCOL_VERSION,
 };
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use std::io::{BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
+
+/// The longest a dropped guard's release waits for a request to ride on
+/// before the flusher sends it alone. Short next to anything that waits for
+/// a pin to go (a deferred delete, a spill), long next to a get (~5 us).
+pub const RELEASE_DELAY: Duration = Duration::from_micros(200);
 
 /// How long a call spins for its reply before sleeping in `read`; most
 /// replies arrive within a few microseconds (see [`fdpass::SpinStream`]).
@@ -51,10 +66,10 @@ struct Inner {
     arena: Arena,
     /// Read-only mapping of the same pages: where `get` hands out views.
     view_map: ReadOnlyMap,
-    /// Releases from guards dropped while another thread held `conn` (say,
-    /// during a blocking get): a drop must never wait, so it parks the ID
-    /// here and whoever holds `conn` next sends it.
+    /// Releases of dropped guards, sent with the next request or by the
+    /// flusher: a drop never writes to the socket, so it never waits.
     pending_releases: Mutex<Vec<ObjectId>>,
+    flusher: Arc<Flusher>,
     client_id: u64,
     socket: PathBuf,
 }
@@ -133,23 +148,28 @@ impl Client {
         let arena = Arena::from_fd(std::fs::File::from(fd), arena_size, prefaulted)?;
         let view_map = ReadOnlyMap::new(&arena)?;
         let writer = stream.try_clone()?;
-        Ok(Client {
-            inner: Arc::new(Inner {
-                conn: Mutex::new(Conn {
-                    reader: BufReader::with_capacity(
-                        64 << 10,
-                        fdpass::SpinStream::new(stream, SPIN_BUDGET),
-                    ),
-                    writer,
-                    buf: Vec::with_capacity(4096),
-                }),
-                arena,
-                view_map,
-                pending_releases: Mutex::new(Vec::new()),
-                client_id,
-                socket,
+        let flusher = Arc::new(Flusher::default());
+        let inner = Arc::new(Inner {
+            conn: Mutex::new(Conn {
+                reader: BufReader::with_capacity(
+                    64 << 10,
+                    fdpass::SpinStream::new(stream, SPIN_BUDGET),
+                ),
+                writer,
+                buf: Vec::with_capacity(4096),
             }),
-        })
+            arena,
+            view_map,
+            pending_releases: Mutex::new(Vec::new()),
+            flusher: Arc::clone(&flusher),
+            client_id,
+            socket,
+        });
+        let weak = Arc::downgrade(&inner);
+        std::thread::Builder::new()
+            .name("yr-release".into())
+            .spawn(move || run_flusher(&flusher, &weak))?;
+        Ok(Client { inner })
     }
 
     /// The worker's ID for this connection.
@@ -196,9 +216,9 @@ impl Client {
         r
     }
 
-    /// Sends parked releases if the connection is free. Both a parking drop
-    /// (after parking) and a finishing call (after unlocking) run this, so
-    /// one of them always sees the other's work: no release is stranded.
+    /// Sends parked releases if the connection is free. Both the flusher and
+    /// a finishing call (after unlocking) run this, so a release parked
+    /// while a call held the connection goes out when that call ends.
     fn flush_pending_releases(&self) {
         if self.inner.pending_releases.lock().is_empty() {
             return;
@@ -349,16 +369,8 @@ impl Client {
     }
 
     fn send_release(&self, id: ObjectId) {
-        match self.inner.conn.try_lock() {
-            Some(mut c) => {
-                // A failed send means the worker is gone, and with it the pin.
-                let _ = c.writer.write_all(&Request::Release { id }.encode());
-            }
-            None => {
-                self.inner.pending_releases.lock().push(id);
-                self.flush_pending_releases();
-            }
-        }
+        self.inner.pending_releases.lock().push(id);
+        self.inner.flusher.arm();
     }
 
     /// Deletes objects (deferred while other clients hold them).
@@ -577,6 +589,66 @@ impl std::ops::Deref for ObjectGuard {
         // keeps the object in place and immutable until drop; the mapping
         // lives as long as `self.client`.
         unsafe { std::slice::from_raw_parts(self.ptr, self.data_len) }
+    }
+}
+
+/// The per-client thread that sends parked releases no request picked up.
+///
+/// `armed` is set by a drop that parks a release; the thread then sleeps
+/// [`RELEASE_DELAY`], clears `armed` and flushes. Clearing before flushing
+/// is what makes it lossless: a drop that saw `armed` set parked its ID
+/// before the clear, so the flush that follows takes it; a drop after the
+/// clear arms (and wakes) the thread again. While drops keep coming, the
+/// thread wakes once per delay and a drop costs no syscall at all.
+#[derive(Default)]
+struct Flusher {
+    armed: AtomicBool,
+    /// Set when the client goes away; guards the condvar.
+    stopped: Mutex<bool>,
+    wake: Condvar,
+}
+
+impl Flusher {
+    fn arm(&self) {
+        if !self.armed.swap(true, Ordering::SeqCst) {
+            let _stopped = self.stopped.lock();
+            self.wake.notify_one();
+        }
+    }
+
+    fn stop(&self) {
+        *self.stopped.lock() = true;
+        self.wake.notify_one();
+    }
+}
+
+fn run_flusher(flusher: &Flusher, inner: &Weak<Inner>) {
+    loop {
+        {
+            let mut stopped = flusher.stopped.lock();
+            while !flusher.armed.load(Ordering::SeqCst) && !*stopped {
+                flusher.wake.wait(&mut stopped);
+            }
+            if *stopped {
+                return;
+            }
+        }
+        std::thread::sleep(RELEASE_DELAY);
+        flusher.armed.store(false, Ordering::SeqCst);
+        // The thread holds only a weak reference, so a dropped client is
+        // never kept alive (or connected) by it.
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        Client { inner }.flush_pending_releases();
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the socket releases every pin this client held; the
+        // flusher has nothing left to do.
+        self.flusher.stop();
     }
 }
 

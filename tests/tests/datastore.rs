@@ -396,6 +396,36 @@ fn a_second_worker_on_the_same_socket_is_refused_and_sigterm_cleans_up() {
 }
 
 #[test]
+fn a_dropped_view_is_released_even_if_its_client_goes_quiet() {
+    let w = DataWorker::start(16 * MIB, &[]);
+    let holder = w.client();
+    let other = w.client();
+    holder.put(id(520), &bytes(1 << 20, 52)).expect("put");
+    let view = holder.get_one(id(520), Duration::ZERO).expect("get");
+    // Deferred while pinned: the bytes stay in use.
+    other.delete_one(id(520)).expect("delete");
+    assert_eq!(other.stats().expect("stats").pinned, 1);
+    assert!(other.stats().expect("stats").used >= 1 << 20);
+    // The holder drops its view and makes no further request: the release
+    // must still arrive (within the client's release delay), and the
+    // deferred delete then frees the object.
+    drop(view);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = other.stats().expect("stats");
+        if s.pinned == 0 && s.used == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "release of an idle client never reached the worker: {s:?}"
+        );
+        std::thread::yield_now();
+    }
+    drop(holder);
+}
+
+#[test]
 fn dropping_a_view_never_waits_for_a_blocked_get_on_the_same_client() {
     let w = DataWorker::start(16 * MIB, &[]);
     let c = w.client();
