@@ -13,6 +13,121 @@ use yr_datastore::{Shutdown, StoreConfig, WorkerConfig};
 pub enum ComponentCmd {
     /// The data worker: this node's shared-memory object store.
     DataWorker(DataWorkerArgs),
+    /// The function master: topology, placement, instance lifecycle.
+    FunctionMaster(MasterArgs),
+    /// The function proxy: this node's door for calls to instances.
+    FunctionProxy(ProxyArgs),
+    /// The function agent and runtime manager: this node's function processes.
+    FunctionAgent(AgentArgs),
+}
+
+fn endpoints(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(|e| e.trim().to_string())
+        .filter(|e| !e.is_empty())
+        .collect()
+}
+
+#[derive(Args)]
+pub struct MasterArgs {
+    /// Address to listen on (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:22770")]
+    listen: std::net::SocketAddr,
+    /// etcd endpoints, comma-separated.
+    #[arg(long)]
+    etcd: String,
+}
+
+#[derive(Args)]
+pub struct ProxyArgs {
+    #[arg(long, default_value = "127.0.0.1:22772")]
+    listen: std::net::SocketAddr,
+    #[arg(long)]
+    etcd: String,
+    /// The function master's address (host:port).
+    #[arg(long)]
+    master: String,
+    /// This node's ID.
+    #[arg(long)]
+    node_id: String,
+}
+
+#[derive(Args)]
+pub struct AgentArgs {
+    #[arg(long, default_value = "127.0.0.1:58866")]
+    listen: std::net::SocketAddr,
+    #[arg(long)]
+    etcd: String,
+    #[arg(long)]
+    master: String,
+    #[arg(long)]
+    node_id: String,
+    /// This node's proxy (host:port), given to function processes.
+    #[arg(long)]
+    proxy: String,
+    /// This node's data worker socket, given to function processes.
+    #[arg(long)]
+    data_socket: PathBuf,
+    /// Folder for instances' code and logs.
+    #[arg(long)]
+    work_dir: PathBuf,
+    /// CPU this node offers, in millicores (default: all cores).
+    #[arg(long)]
+    cpu: Option<u64>,
+    /// Memory this node offers, in MiB (default: all memory).
+    #[arg(long)]
+    memory: Option<u64>,
+    /// Node labels, key=value, repeatable.
+    #[arg(long = "label", value_parser = key_value)]
+    labels: Vec<(String, String)>,
+    /// Custom resources, name=amount, repeatable.
+    #[arg(long = "resource", value_parser = key_value)]
+    resources: Vec<(String, String)>,
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not key=value")),
+    }
+}
+
+/// Runs an async component on a tokio runtime until SIGTERM/SIGINT, printing `ready ADDR` once
+/// it serves.
+fn run_async<F, Fut>(name: &str, f: F) -> Result<()>
+where
+    F: FnOnce(yr_control::Shutdown, Box<dyn FnOnce(std::net::SocketAddr) + Send>) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let shutdown = yr_control::Shutdown::new();
+    rt.block_on(async {
+        let s = shutdown.clone();
+        tokio::spawn(async move {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::error!("cannot install a SIGTERM handler: {e}");
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            s.trigger();
+        });
+        let ready: Box<dyn FnOnce(std::net::SocketAddr) + Send> = Box::new(|addr| {
+            let mut out = std::io::stdout();
+            let _ = writeln!(out, "ready address={addr}");
+            let _ = out.flush();
+        });
+        f(shutdown, ready).await.with_context(|| name.to_string())
+    })
 }
 
 #[derive(Args)]
@@ -43,6 +158,46 @@ pub struct DataWorkerArgs {
 pub fn run(cmd: ComponentCmd) -> Result<()> {
     match cmd {
         ComponentCmd::DataWorker(a) => data_worker(a),
+        ComponentCmd::FunctionMaster(a) => run_async("function master", |sd, ready| async move {
+            let config = yr_control::master::MasterConfig {
+                listen: a.listen,
+                etcd_endpoints: endpoints(&a.etcd),
+                advertise: String::new(),
+            };
+            yr_control::master::run(config, sd, ready).await
+        }),
+        ComponentCmd::FunctionProxy(a) => run_async("function proxy", |sd, ready| async move {
+            let config = yr_control::proxy::ProxyConfig {
+                listen: a.listen,
+                etcd_endpoints: endpoints(&a.etcd),
+                master_address: a.master,
+                node_id: a.node_id,
+            };
+            yr_control::proxy::run(config, sd, ready).await
+        }),
+        ComponentCmd::FunctionAgent(a) => run_async("function agent", |sd, ready| async move {
+            let mut custom = std::collections::HashMap::new();
+            for (k, v) in a.resources {
+                let n: f64 = v
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("--resource {k}={v}: {v:?} is not a number"))?;
+                custom.insert(k, n);
+            }
+            let config = yr_control::agent::AgentConfig {
+                listen: a.listen,
+                etcd_endpoints: endpoints(&a.etcd),
+                master_address: a.master,
+                node_id: a.node_id,
+                proxy_address: a.proxy,
+                data_socket: a.data_socket,
+                work_dir: a.work_dir,
+                cpu_millis: a.cpu,
+                memory_mib: a.memory,
+                labels: a.labels.into_iter().collect(),
+                custom,
+            };
+            yr_control::agent::run(config, sd, ready).await
+        }),
     }
 }
 

@@ -7,6 +7,7 @@
 //! - `yr demo` runs the quick-start demonstration.
 
 mod bench;
+mod cluster;
 mod component;
 mod demo;
 mod store_cmd;
@@ -38,6 +39,20 @@ enum Cmd {
     Bench(bench::BenchCmd),
     /// Pass a large object between two processes through a fresh data worker.
     Demo(demo::DemoArgs),
+    /// Start a node: `--master` for a new cluster, `--worker --master-address ADDR` to join one.
+    Start(cluster::StartArgs),
+    /// Stop this host's node of a session (all its processes).
+    Stop(cluster::StopArgs),
+    /// Nodes, functions and instances of the cluster.
+    Status(cluster::StatusArgs),
+    /// Manage functions.
+    #[command(subcommand)]
+    Function(cluster::FunctionCmd),
+    /// Call a function and print its reply.
+    Invoke(cluster::InvokeArgs),
+    /// Manage named (stateful) instances.
+    #[command(subcommand)]
+    Instance(cluster::InstanceCmd),
 }
 
 fn main() -> std::process::ExitCode {
@@ -54,6 +69,12 @@ fn main() -> std::process::ExitCode {
         Cmd::Store(c) => store_cmd::run(c),
         Cmd::Bench(c) => bench::run(c),
         Cmd::Demo(a) => demo::run(a),
+        Cmd::Start(a) => cluster::start(a),
+        Cmd::Stop(a) => cluster::stop(a),
+        Cmd::Status(a) => cluster::status(a),
+        Cmd::Function(c) => cluster::function(c),
+        Cmd::Invoke(a) => cluster::invoke(a),
+        Cmd::Instance(c) => cluster::instance(c),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

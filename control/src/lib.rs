@@ -1,1 +1,60 @@
-//! Control services: function master, scheduler, proxy, agent, frontend, meta service (grows with later issues).
+//! The control plane: function master, function proxy, function agent (with its runtime
+//! manager) and their shared pieces. Each component is a library module with an async `run`
+//! entry; `yr component NAME` runs one as its own process.
+
+pub mod agent;
+pub mod etcd;
+pub mod master;
+pub mod package;
+pub mod placement;
+pub mod procstat;
+pub mod proxy;
+
+use std::sync::Arc;
+
+/// A shutdown signal shared by a component's tasks: set once, observed by all.
+#[derive(Clone, Default)]
+pub struct Shutdown {
+    inner: Arc<(std::sync::atomic::AtomicBool, tokio::sync::Notify)>,
+}
+
+impl Shutdown {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn trigger(&self) {
+        self.inner
+            .0
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.inner.1.notify_waiters();
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.inner.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Resolves once `trigger` has been called (at once if it already was).
+    pub async fn wait(&self) {
+        loop {
+            let n = self.inner.1.notified();
+            if self.is_set() {
+                return;
+            }
+            n.await;
+        }
+    }
+
+    pub async fn wait_owned(self) {
+        self.wait().await
+    }
+}
+
+/// A gRPC channel to `address` (host:port) that connects on first use.
+pub fn channel(address: &str) -> anyhow::Result<tonic::transport::Channel> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| anyhow::anyhow!("bad address {address:?}: {e}"))?
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .tcp_nodelay(true);
+    Ok(endpoint.connect_lazy())
+}

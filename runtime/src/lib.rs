@@ -1,1 +1,296 @@
-//! The Rust runtime SDK used by function processes and driver programs (grows with later issues).
+//! The Rust runtime SDK: what a function process links to serve calls.
+//!
+//! A function executable registers named handlers (bytes in, bytes out) and stateful instance
+//! classes, then calls [`App::run`]. The agent starts it with the environment that says which
+//! instance it is and where its node's proxy and data worker are; `run` connects to the proxy,
+//! learns which handler (or class) this instance serves, and answers calls until the proxy goes
+//! away.
+//!
+//! ```no_run
+//! yr_runtime::App::new()
+//!     .handler("hello", |_ctx, input| Ok(format!("hello, {}", String::from_utf8_lossy(input)).into_bytes()))
+//!     .run()
+//! ```
+//!
+//! Invariants: a stateless handler may run on several threads at once (the function's
+//! concurrency, enforced by the proxy); a stateful instance's methods run one at a time, in the
+//! order the proxy delivered them, on one thread that owns the state. A panicking handler fails
+//! that call with the panic message; the process keeps serving.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, OnceLock};
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use yr_proto::proxy_client::ProxyClient;
+use yr_proto::*;
+
+/// What a handler returns: the reply's bytes, or an error message for the caller.
+pub type HandlerResult = Result<Vec<u8>, String>;
+
+type Handler = Arc<dyn Fn(&Context, &[u8]) -> HandlerResult + Send + Sync>;
+type Factory = Arc<dyn Fn(&Context) -> Result<Box<dyn Instance>, String> + Send + Sync>;
+
+/// A stateful instance: created once per instance, then called method by method, in order.
+pub trait Instance: Send {
+    fn call(&mut self, ctx: &Context, method: &str, input: &[u8]) -> HandlerResult;
+}
+
+/// What a handler can reach: its identity, the node's data worker, other functions.
+pub struct Context {
+    instance_id: String,
+    function: String,
+    data_socket: String,
+    store: OnceLock<Result<yr_datastore::client::Client, String>>,
+    proxy: ProxyClient<tonic::transport::Channel>,
+    rt: tokio::runtime::Handle,
+}
+
+impl Context {
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    pub fn function(&self) -> &str {
+        &self.function
+    }
+
+    /// The node's data worker: `put` once, `get` zero-copy views.
+    pub fn store(&self) -> Result<&yr_datastore::client::Client, String> {
+        self.store
+            .get_or_init(|| {
+                yr_datastore::client::Client::connect_named(&self.data_socket, &self.instance_id)
+                    .map_err(|e| format!("data worker at {}: {e}", self.data_socket))
+            })
+            .as_ref()
+            .map_err(|e| e.clone())
+    }
+
+    /// Calls another function (any instance) and waits for its reply.
+    pub fn invoke(&self, function: &str, payload: &[u8]) -> HandlerResult {
+        let mut proxy = self.proxy.clone();
+        let req = InvokeRequest {
+            function: function.to_string(),
+            payload: payload.to_vec(),
+            ..Default::default()
+        };
+        let r = self
+            .rt
+            .block_on(proxy.invoke(req))
+            .map_err(|e| format!("invoke {function}: {}", e.message()))?
+            .into_inner();
+        if r.error_kind == ErrorKind::ErrorNone as i32 {
+            Ok(r.payload)
+        } else {
+            Err(r.error)
+        }
+    }
+}
+
+/// The function process's registry of handlers and classes.
+#[derive(Default)]
+pub struct App {
+    handlers: HashMap<String, Handler>,
+    classes: HashMap<String, Factory>,
+}
+
+impl App {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A stateless handler.
+    pub fn handler(
+        mut self,
+        name: &str,
+        f: impl Fn(&Context, &[u8]) -> HandlerResult + Send + Sync + 'static,
+    ) -> Self {
+        self.handlers.insert(name.to_string(), Arc::new(f));
+        self
+    }
+
+    /// A stateful class: `make` builds one instance's state when the instance starts.
+    pub fn class<I: Instance + 'static>(
+        mut self,
+        name: &str,
+        make: impl Fn(&Context) -> Result<I, String> + Send + Sync + 'static,
+    ) -> Self {
+        self.classes.insert(
+            name.to_string(),
+            Arc::new(move |ctx| make(ctx).map(|i| Box::new(i) as Box<dyn Instance>)),
+        );
+        self
+    }
+
+    /// Serves calls until the proxy closes the stream; exits the process with an error message
+    /// if the environment or the connection is wrong (the agent reports it with stderr's tail).
+    pub fn run(self) -> ! {
+        let code = match self.serve() {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("yr function process: {e:#}");
+                1
+            }
+        };
+        std::process::exit(code)
+    }
+
+    fn serve(self) -> anyhow::Result<()> {
+        let env = |k: &str| {
+            std::env::var(k).map_err(|_| {
+                anyhow::anyhow!("{k} is not set: function processes are started by a yr agent")
+            })
+        };
+        let instance_id = env("YR_INSTANCE_ID")?;
+        let proxy_address = env("YR_PROXY_ADDRESS")?;
+        let data_socket = std::env::var("YR_DATA_SOCKET").unwrap_or_default();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        rt.block_on(self.serve_async(instance_id, proxy_address, data_socket))
+    }
+
+    async fn serve_async(
+        self,
+        instance_id: String,
+        proxy_address: String,
+        data_socket: String,
+    ) -> anyhow::Result<()> {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{proxy_address}"))?
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach the proxy at {proxy_address}: {e}"))?;
+        let mut proxy = ProxyClient::new(channel)
+            .max_decoding_message_size(256 << 20)
+            .max_encoding_message_size(256 << 20);
+        let (out_tx, out_rx) = mpsc::channel::<InstanceMessage>(1024);
+        let mut names: Vec<String> = self.handlers.keys().cloned().collect();
+        names.extend(self.classes.keys().cloned());
+        out_tx
+            .send(InstanceMessage {
+                msg: Some(instance_message::Msg::Hello(InstanceHello {
+                    instance_id: instance_id.clone(),
+                    handlers: names,
+                    pid: std::process::id(),
+                })),
+            })
+            .await?;
+        let mut input = proxy
+            .serve(ReceiverStream::new(out_rx))
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("the proxy refused instance {instance_id}: {}", e.message())
+            })?
+            .into_inner();
+        let config = match input.next().await {
+            Some(Ok(ProxyMessage {
+                msg: Some(proxy_message::Msg::Config(c)),
+            })) => c,
+            other => anyhow::bail!("expected the instance's configuration, got {other:?}"),
+        };
+        let ctx = Arc::new(Context {
+            instance_id,
+            function: config.function.clone(),
+            data_socket,
+            store: OnceLock::new(),
+            proxy: proxy.clone(),
+            rt: tokio::runtime::Handle::current(),
+        });
+        let reply = |call_id: u64, r: HandlerResult| {
+            let (payload, error) = match r {
+                Ok(p) => (p, String::new()),
+                Err(e) => (Vec::new(), if e.is_empty() { "error".into() } else { e }),
+            };
+            InstanceMessage {
+                msg: Some(instance_message::Msg::Result(CallResult {
+                    call_id,
+                    payload,
+                    error,
+                })),
+            }
+        };
+        // A stateful instance: one thread owns the state and takes calls in order.
+        let stateful_tx = if config.stateful {
+            let factory = self.classes.get(&config.handler).cloned().ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no class {:?} registered (this executable has {:?})",
+                    config.handler,
+                    self.classes.keys().collect::<Vec<_>>()
+                )
+            })?;
+            let (tx, rx) = std::sync::mpsc::channel::<Call>();
+            let ctx2 = Arc::clone(&ctx);
+            let out = out_tx.clone();
+            let mut state = factory(&ctx).map_err(|e| {
+                anyhow::anyhow!("creating the {} instance failed: {e}", config.handler)
+            })?;
+            std::thread::Builder::new()
+                .name("yr-instance".into())
+                .spawn(move || {
+                    for call in rx {
+                        let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                            state.call(&ctx2, &call.method, &call.payload)
+                        }))
+                        .unwrap_or_else(|p| Err(panic_message(p)));
+                        if out.blocking_send(reply(call.call_id, r)).is_err() {
+                            return;
+                        }
+                    }
+                })?;
+            Some(tx)
+        } else {
+            if !self.handlers.contains_key(&config.handler) {
+                anyhow::bail!(
+                    "no handler {:?} registered (this executable has {:?})",
+                    config.handler,
+                    self.handlers.keys().collect::<Vec<_>>()
+                );
+            }
+            None
+        };
+        while let Some(msg) = input.next().await {
+            let msg = match msg {
+                Ok(m) => m,
+                Err(e) => anyhow::bail!("the proxy connection broke: {}", e.message()),
+            };
+            match msg.msg {
+                Some(proxy_message::Msg::Call(call)) => {
+                    if let Some(tx) = &stateful_tx {
+                        tx.send(call)
+                            .map_err(|_| anyhow::anyhow!("the instance thread has stopped"))?;
+                        continue;
+                    }
+                    let handler = self.handlers.get(&call.handler).cloned();
+                    let ctx = Arc::clone(&ctx);
+                    let out = out_tx.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let r = match handler {
+                            Some(h) => std::panic::catch_unwind(AssertUnwindSafe(|| {
+                                h(&ctx, &call.payload)
+                            }))
+                            .unwrap_or_else(|p| Err(panic_message(p))),
+                            None => Err(format!("no handler {:?}", call.handler)),
+                        };
+                        let _ = out.blocking_send(reply(call.call_id, r));
+                    });
+                }
+                Some(proxy_message::Msg::Shutdown(_)) => return Ok(()),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    let msg = p
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    format!("handler panicked: {msg}")
+}

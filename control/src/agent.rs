@@ -1,0 +1,430 @@
+//! The function agent with its runtime manager, one per node: registers the node in etcd, starts
+//! and watches function processes, and reports what they use.
+//!
+//! Invariants:
+//! - The node record lives under a lease this agent keeps alive; if the agent dies the record
+//!   lapses within [`LEASE_TTL`] and the master treats the node as dead.
+//! - Every function process runs in its own folder `work_dir/instances/<id>/`, with its code
+//!   there (or its code folder as is), its stdout and stderr captured to `stdout.log` and
+//!   `stderr.log` there.
+//! - Every exit is reported to the master: EXITED when the master asked for it, FAILED (with the
+//!   tail of stderr) when the process ended on its own. The agent never restarts anything itself;
+//!   the master decides.
+//! - Stopping the agent stops every function process it started.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::sync::Mutex;
+use tonic::{Request, Response, Status};
+use yr_proto::agent_server::{Agent, AgentServer};
+use yr_proto::master_client::MasterClient;
+use yr_proto::*;
+
+use crate::etcd::{self, Meta};
+use crate::{package, procstat, Shutdown};
+
+/// Lifetime of the node's registration without keep-alives.
+pub const LEASE_TTL: i64 = 6;
+/// How often the node record (usage) and per-instance usage are refreshed.
+const REPORT_EVERY: Duration = Duration::from_secs(2);
+/// How long a stopped process gets between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How much of a crashed process's stderr goes into the error callers see.
+const STDERR_TAIL: usize = 2048;
+
+pub struct AgentConfig {
+    pub listen: std::net::SocketAddr,
+    pub etcd_endpoints: Vec<String>,
+    pub master_address: String,
+    pub node_id: String,
+    pub proxy_address: String,
+    pub data_socket: PathBuf,
+    pub work_dir: PathBuf,
+    pub cpu_millis: Option<u64>,
+    pub memory_mib: Option<u64>,
+    pub labels: HashMap<String, String>,
+    pub custom: HashMap<String, f64>,
+}
+
+struct Running {
+    pid: u32,
+    stopping: Arc<std::sync::atomic::AtomicBool>,
+    exited: Arc<tokio::sync::Notify>,
+    done: Arc<std::sync::atomic::AtomicBool>,
+}
+
+struct State {
+    config: AgentConfig,
+    master: MasterClient<tonic::transport::Channel>,
+    running: Mutex<HashMap<String, Running>>,
+}
+
+fn tail_of(path: &Path) -> String {
+    let Ok(bytes) = std::fs::read(path) else {
+        return String::new();
+    };
+    let start = bytes.len().saturating_sub(STDERR_TAIL);
+    String::from_utf8_lossy(&bytes[start..]).trim().to_string()
+}
+
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) on a pid we started; a stale pid at worst gets ESRCH.
+    unsafe {
+        libc::kill(pid as i32, sig);
+    }
+}
+
+impl State {
+    async fn start(&self, instance: InstanceRecord, function: FunctionSpec) -> Result<u32, Status> {
+        let id = instance.instance_id.clone();
+        if let Some(r) = self.running.lock().await.get(&id) {
+            if !r.done.load(std::sync::atomic::Ordering::SeqCst) {
+                return Ok(r.pid);
+            }
+        }
+        let dir = self.config.work_dir.join("instances").join(&id);
+        let bad = |what: &str, e: &dyn std::fmt::Display| {
+            Status::failed_precondition(format!("instance {id}: {what}: {e}"))
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| bad(&format!("create {}", dir.display()), &e))?;
+        // A restart reuses the instance's folder: unpack its code afresh.
+        let old_code = dir.join("code");
+        if old_code.exists() {
+            std::fs::remove_dir_all(&old_code)
+                .map_err(|e| bad(&format!("remove {}", old_code.display()), &e))?;
+        }
+        let code_dir = {
+            let code = PathBuf::from(&function.code_path);
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || package::prepare(&code, &dir))
+                .await
+                .map_err(|e| bad("prepare code", &e))?
+                .map_err(|e| bad("prepare code", &e))?
+        };
+        let exe = package::find_entrypoint(&code_dir, &function.entrypoint)
+            .map_err(|e| bad("entrypoint", &e))?;
+        let stdout = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(dir.join("stdout.log"))
+            .map_err(|e| bad("open stdout.log", &e))?;
+        let stderr_path = dir.join("stderr.log");
+        let stderr = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&stderr_path)
+            .map_err(|e| bad("open stderr.log", &e))?;
+        let stderr_start = stderr.metadata().map(|m| m.len()).unwrap_or(0);
+        let mut cmd = tokio::process::Command::new(&exe);
+        cmd.current_dir(&code_dir)
+            .envs(&function.env)
+            .env("YR_INSTANCE_ID", &id)
+            .env("YR_FUNCTION", &function.name)
+            .env("YR_HANDLER", &function.handler)
+            .env("YR_NODE_ID", &self.config.node_id)
+            .env("YR_PROXY_ADDRESS", &self.config.proxy_address)
+            .env("YR_MASTER_ADDRESS", &self.config.master_address)
+            .env("YR_DATA_SOCKET", &self.config.data_socket)
+            .env("YR_INSTANCE_DIR", &dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .kill_on_drop(false);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| bad(&format!("start {}", exe.display()), &e))?;
+        let pid = child.id().unwrap_or(0);
+        tracing::info!(instance = %id, pid, exe = %exe.display(), "function process started");
+        let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let exited = Arc::new(tokio::sync::Notify::new());
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        self.running.lock().await.insert(
+            id.clone(),
+            Running {
+                pid,
+                stopping: Arc::clone(&stopping),
+                exited: Arc::clone(&exited),
+                done: Arc::clone(&done),
+            },
+        );
+        let mut master = self.master.clone();
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            exited.notify_waiters();
+            let asked = stopping.load(std::sync::atomic::Ordering::SeqCst);
+            let how = match &status {
+                Ok(s) => s.to_string(),
+                Err(e) => format!("wait failed: {e}"),
+            };
+            let ev = if asked {
+                InstanceEvent {
+                    instance_id: id.clone(),
+                    state: InstanceState::Exited as i32,
+                    ..Default::default()
+                }
+            } else {
+                let mut tail = tail_of(&stderr_path);
+                if (tail.len() as u64) > 0 && stderr_start > 0 {
+                    // Only this run's stderr matters; earlier runs' lines are in the file too.
+                    let all = std::fs::read(&stderr_path).unwrap_or_default();
+                    let from = (stderr_start as usize).min(all.len());
+                    let this_run = &all[from..];
+                    let start = this_run.len().saturating_sub(STDERR_TAIL);
+                    tail = String::from_utf8_lossy(&this_run[start..])
+                        .trim()
+                        .to_string();
+                }
+                tracing::warn!(instance = %id, "function process exited on its own ({how})");
+                InstanceEvent {
+                    instance_id: id.clone(),
+                    state: InstanceState::Failed as i32,
+                    error: if tail.is_empty() {
+                        format!("process {pid} exited ({how})")
+                    } else {
+                        format!("process {pid} exited ({how}); stderr: {tail}")
+                    },
+                    ..Default::default()
+                }
+            };
+            if let Err(e) = master.report_instance(ev).await {
+                tracing::warn!(instance = %id, "cannot report exit: {}", e.message());
+            }
+        });
+        Ok(pid)
+    }
+
+    /// SIGTERM, then SIGKILL after the grace period; returns once the process is gone.
+    async fn stop(&self, id: &str) {
+        let (pid, exited, done) = {
+            let running = self.running.lock().await;
+            let Some(r) = running.get(id) else { return };
+            r.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+            (r.pid, Arc::clone(&r.exited), Arc::clone(&r.done))
+        };
+        let gone = || done.load(std::sync::atomic::Ordering::SeqCst);
+        if !gone() {
+            let n = exited.notified();
+            signal(pid, libc::SIGTERM);
+            if !gone() && tokio::time::timeout(STOP_GRACE, n).await.is_err() {
+                let n = exited.notified();
+                signal(pid, libc::SIGKILL);
+                if !gone() {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), n).await;
+                }
+            }
+        }
+        self.running.lock().await.remove(id);
+    }
+
+    async fn stop_all(&self) {
+        let ids: Vec<String> = self.running.lock().await.keys().cloned().collect();
+        futures::future::join_all(ids.iter().map(|id| self.stop(id))).await;
+    }
+}
+
+struct Service(Arc<State>);
+
+#[tonic::async_trait]
+impl Agent for Service {
+    async fn start_instance(
+        &self,
+        req: Request<StartInstanceRequest>,
+    ) -> Result<Response<StartInstanceReply>, Status> {
+        let r = req.into_inner();
+        let instance = r
+            .instance
+            .ok_or_else(|| Status::invalid_argument("instance: missing"))?;
+        let function = r
+            .function
+            .ok_or_else(|| Status::invalid_argument("function: missing"))?;
+        let pid = self.0.start(instance, function).await?;
+        Ok(Response::new(StartInstanceReply { pid }))
+    }
+
+    async fn stop_instance(&self, req: Request<InstanceRef>) -> Result<Response<Empty>, Status> {
+        self.0.stop(&req.into_inner().instance_id).await;
+        Ok(Response::new(Empty {}))
+    }
+}
+
+fn node_record(config: &AgentConfig, hostname: &str) -> NodeRecord {
+    let sample = procstat::sample_node().ok();
+    let cpu = config
+        .cpu_millis
+        .unwrap_or_else(|| sample.as_ref().map(|s| s.cpu_millis_total).unwrap_or(1000));
+    let mem = config.memory_mib.unwrap_or_else(|| {
+        sample
+            .as_ref()
+            .map(|s| s.memory_total_bytes >> 20)
+            .unwrap_or(1024)
+    });
+    NodeRecord {
+        node_id: config.node_id.clone(),
+        hostname: hostname.to_string(),
+        proxy_address: config.proxy_address.clone(),
+        agent_address: String::new(),
+        data_socket: config.data_socket.display().to_string(),
+        total: Some(Resources {
+            cpu_millis: cpu,
+            memory_mib: mem,
+            custom: config.custom.clone(),
+        }),
+        labels: config.labels.clone(),
+        ..Default::default()
+    }
+}
+
+/// Reads the data worker's arena size and use (blocking; run off the async threads).
+fn shm_usage(socket: &Path) -> Option<(u64, u64)> {
+    let c = yr_datastore::client::Client::connect_named(socket, "yr-agent").ok()?;
+    let s = c.stats().ok()?;
+    Some((s.capacity, s.used))
+}
+
+/// Keeps the node registered and its usage current until shutdown; re-registers if the lease is
+/// lost (etcd restarted, a long pause).
+async fn register(state: Arc<State>, meta: Meta, agent_address: String, shutdown: Shutdown) {
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let mut prev_node = procstat::sample_node().ok();
+    let mut prev_procs: HashMap<u32, procstat::ProcSample> = HashMap::new();
+    'lease: loop {
+        if shutdown.is_set() {
+            return;
+        }
+        let mut client = meta.client();
+        let lease = match client.lease_grant(LEASE_TTL, None).await {
+            Ok(l) => l.id(),
+            Err(e) => {
+                tracing::warn!("cannot get an etcd lease: {e}; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let (mut keeper, mut acks) = match client.lease_keep_alive(lease).await {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::warn!("cannot keep the etcd lease alive: {e}; retrying");
+                continue;
+            }
+        };
+        loop {
+            let mut rec = node_record(&state.config, &hostname);
+            rec.agent_address = agent_address.clone();
+            let now = procstat::sample_node().ok();
+            if let (Some(p), Some(n)) = (&prev_node, &now) {
+                rec.cpu_millis_busy = procstat::cpu_busy_millis(p, n);
+                rec.memory_used_bytes = n
+                    .memory_total_bytes
+                    .saturating_sub(n.memory_available_bytes);
+            }
+            prev_node = now;
+            let socket = state.config.data_socket.clone();
+            if let Ok(Some((total, used))) =
+                tokio::task::spawn_blocking(move || shm_usage(&socket)).await
+            {
+                rec.shm_total_bytes = total;
+                rec.shm_used_bytes = used;
+            }
+            rec.updated_unix_ms = etcd::now_ms();
+            if let Err(e) = meta
+                .put_leased(&etcd::node_key(&state.config.node_id), &rec, lease)
+                .await
+            {
+                tracing::warn!("cannot update the node record: {e:#}");
+                continue 'lease;
+            }
+            // Per-instance usage goes to the master with the instance's other news.
+            let pids: Vec<(String, u32)> = state
+                .running
+                .lock()
+                .await
+                .iter()
+                .map(|(id, r)| (id.clone(), r.pid))
+                .collect();
+            let mut next_procs = HashMap::new();
+            for (id, pid) in pids {
+                let Ok(s) = procstat::sample_process(pid) else {
+                    continue;
+                };
+                let cpu = prev_procs
+                    .get(&pid)
+                    .map(|p| procstat::process_cpu_millis(p, &s))
+                    .unwrap_or(0);
+                // NEW means "no change of state": this is a usage report only.
+                let ev = InstanceEvent {
+                    instance_id: id,
+                    state: InstanceState::New as i32,
+                    cpu_millis_used: cpu.max(1),
+                    memory_bytes_used: s.rss_bytes,
+                    ..Default::default()
+                };
+                let mut m = state.master.clone();
+                let _ = m.report_instance(ev).await;
+                next_procs.insert(pid, s);
+            }
+            prev_procs = next_procs;
+            if keeper.keep_alive().await.is_err() {
+                continue 'lease;
+            }
+            match tokio::time::timeout(Duration::from_secs(2), acks.message()).await {
+                Ok(Ok(Some(ack))) if ack.ttl() > 0 => {}
+                _ => {
+                    tracing::warn!("etcd lease lost; registering again");
+                    continue 'lease;
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(REPORT_EVERY) => {}
+                _ = shutdown.wait() => {
+                    let _ = client.lease_revoke(lease).await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Runs the agent until `shutdown`, then stops every function process it started.
+pub async fn run(
+    config: AgentConfig,
+    shutdown: Shutdown,
+    on_ready: impl FnOnce(std::net::SocketAddr),
+) -> Result<()> {
+    std::fs::create_dir_all(config.work_dir.join("instances"))
+        .with_context(|| format!("cannot create {}", config.work_dir.display()))?;
+    let meta = Meta::connect(&config.etcd_endpoints).await?;
+    let master = MasterClient::new(crate::channel(&config.master_address)?);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let state = Arc::new(State {
+        config,
+        master,
+        running: Mutex::new(HashMap::new()),
+    });
+    let reg = tokio::spawn(register(
+        Arc::clone(&state),
+        meta,
+        addr.to_string(),
+        shutdown.clone(),
+    ));
+    on_ready(addr);
+    tonic::transport::Server::builder()
+        .add_service(AgentServer::new(Service(Arc::clone(&state))))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown.clone().wait_owned(),
+        )
+        .await?;
+    state.stop_all().await;
+    let _ = reg.await;
+    Ok(())
+}

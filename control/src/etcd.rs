@@ -1,0 +1,282 @@
+//! The cluster's metadata in etcd: key layout and typed access.
+//!
+//! Layout (all values are protobuf encodings of `yr_proto` messages):
+//! - `/yr/nodes/<node_id>`: [`NodeRecord`], written by the node's agent under a lease it keeps
+//!   alive; a node whose lease lapses disappears, and that is what "dead" means.
+//! - `/yr/functions/<name>`: [`FunctionSpec`], written by the master (deploy/delete).
+//! - `/yr/instances/<instance_id>`: [`InstanceRecord`], written only by the master, so that a
+//!   record never goes backwards because two writers raced.
+//! - `/yr/names/<function>/<name>`: the instance ID of a named (stateful) instance.
+//!
+//! Everything the master acknowledges to a caller is in etcd before the reply, which is what lets
+//! a restarted master rebuild its state from here alone.
+
+use anyhow::{Context, Result};
+use etcd_client::{Client, GetOptions, PutOptions};
+use prost::Message;
+use yr_proto::{FunctionSpec, InstanceRecord, NodeRecord};
+
+pub const NODES: &str = "/yr/nodes/";
+pub const FUNCTIONS: &str = "/yr/functions/";
+pub const INSTANCES: &str = "/yr/instances/";
+pub const NAMES: &str = "/yr/names/";
+
+pub fn node_key(id: &str) -> String {
+    format!("{NODES}{id}")
+}
+pub fn function_key(name: &str) -> String {
+    format!("{FUNCTIONS}{name}")
+}
+pub fn instance_key(id: &str) -> String {
+    format!("{INSTANCES}{id}")
+}
+pub fn name_key(function: &str, name: &str) -> String {
+    format!("{NAMES}{function}/{name}")
+}
+
+/// A cheap-to-clone handle on etcd with typed helpers.
+#[derive(Clone)]
+pub struct Meta {
+    client: Client,
+}
+
+impl Meta {
+    /// Connects to etcd; fails (naming the endpoints) if none answers within a few seconds.
+    pub async fn connect(endpoints: &[String]) -> Result<Meta> {
+        let opts = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(std::time::Duration::from_secs(3))
+            .with_timeout(std::time::Duration::from_secs(10));
+        let mut client = Client::connect(endpoints, Some(opts))
+            .await
+            .with_context(|| format!("cannot connect to etcd at {}", endpoints.join(",")))?;
+        client
+            .status()
+            .await
+            .with_context(|| format!("etcd at {} does not answer", endpoints.join(",")))?;
+        Ok(Meta { client })
+    }
+
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    pub async fn put<M: Message>(&self, key: &str, msg: &M) -> Result<()> {
+        self.client
+            .clone()
+            .put(key, msg.encode_to_vec(), None)
+            .await
+            .with_context(|| format!("etcd put {key}"))?;
+        Ok(())
+    }
+
+    pub async fn put_leased<M: Message>(&self, key: &str, msg: &M, lease: i64) -> Result<()> {
+        self.client
+            .clone()
+            .put(
+                key,
+                msg.encode_to_vec(),
+                Some(PutOptions::new().with_lease(lease)),
+            )
+            .await
+            .with_context(|| format!("etcd put {key}"))?;
+        Ok(())
+    }
+
+    pub async fn put_raw(&self, key: &str, value: &str) -> Result<()> {
+        self.client
+            .clone()
+            .put(key, value, None)
+            .await
+            .with_context(|| format!("etcd put {key}"))?;
+        Ok(())
+    }
+
+    pub async fn get_raw(&self, key: &str) -> Result<Option<String>> {
+        let r = self
+            .client
+            .clone()
+            .get(key, None)
+            .await
+            .with_context(|| format!("etcd get {key}"))?;
+        Ok(r.kvs()
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+    }
+
+    pub async fn get<M: Message + Default>(&self, key: &str) -> Result<Option<M>> {
+        let r = self
+            .client
+            .clone()
+            .get(key, None)
+            .await
+            .with_context(|| format!("etcd get {key}"))?;
+        match r.kvs().first() {
+            Some(kv) => Ok(Some(
+                M::decode(kv.value()).with_context(|| format!("corrupt record at {key}"))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Every record under `prefix`; records that do not decode are skipped with a warning rather
+    /// than failing the listing (one bad key must not hide the cluster).
+    pub async fn list<M: Message + Default>(&self, prefix: &str) -> Result<Vec<M>> {
+        let r = self
+            .client
+            .clone()
+            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .await
+            .with_context(|| format!("etcd list {prefix}"))?;
+        let mut out = Vec::with_capacity(r.kvs().len());
+        for kv in r.kvs() {
+            match M::decode(kv.value()) {
+                Ok(m) => out.push(m),
+                Err(e) => {
+                    tracing::warn!(key = %String::from_utf8_lossy(kv.key()), "skipping corrupt record: {e}")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        self.client
+            .clone()
+            .delete(key, None)
+            .await
+            .with_context(|| format!("etcd delete {key}"))?;
+        Ok(())
+    }
+
+    pub async fn nodes(&self) -> Result<Vec<NodeRecord>> {
+        self.list(NODES).await
+    }
+    pub async fn functions(&self) -> Result<Vec<FunctionSpec>> {
+        self.list(FUNCTIONS).await
+    }
+    pub async fn instances(&self) -> Result<Vec<InstanceRecord>> {
+        self.list(INSTANCES).await
+    }
+}
+
+/// Milliseconds since the Unix epoch, for `updated_unix_ms` fields.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A live copy of every record under a prefix: loaded once, then kept current by an etcd watch
+/// from the revision of that load, so no change between the two is missed. If the watch breaks
+/// (etcd restarted, compaction), the mirror reloads and watches again.
+pub struct Mirror<M> {
+    rx: tokio::sync::watch::Receiver<std::sync::Arc<std::collections::HashMap<String, M>>>,
+}
+
+impl<M: Message + Default + Clone + Send + Sync + 'static> Mirror<M> {
+    pub async fn start(meta: Meta, prefix: &'static str) -> Result<Mirror<M>> {
+        let (map, rev) = load::<M>(&meta, prefix).await?;
+        let (tx, rx) = tokio::sync::watch::channel(std::sync::Arc::new(map));
+        tokio::spawn(async move {
+            let mut rev = rev;
+            loop {
+                if let Err(e) = follow(&meta, prefix, rev, &tx).await {
+                    tracing::warn!(prefix, "etcd watch ended: {e:#}; reloading");
+                }
+                if tx.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                match load::<M>(&meta, prefix).await {
+                    Ok((map, r)) => {
+                        rev = r;
+                        let _ = tx.send(std::sync::Arc::new(map));
+                    }
+                    Err(e) => tracing::warn!(prefix, "etcd reload failed: {e:#}"),
+                }
+            }
+        });
+        Ok(Mirror { rx })
+    }
+
+    /// The current records, keyed by the part of the key after the prefix.
+    pub fn snapshot(&self) -> std::sync::Arc<std::collections::HashMap<String, M>> {
+        self.rx.borrow().clone()
+    }
+
+    /// Waits until the mirror changes (or its watcher stops).
+    pub async fn changed(&mut self) {
+        let _ = self.rx.changed().await;
+    }
+
+    pub fn subscribe(&self) -> Mirror<M> {
+        Mirror {
+            rx: self.rx.clone(),
+        }
+    }
+}
+
+async fn load<M: Message + Default>(
+    meta: &Meta,
+    prefix: &str,
+) -> Result<(std::collections::HashMap<String, M>, i64)> {
+    let r = meta
+        .client()
+        .get(prefix, Some(GetOptions::new().with_prefix()))
+        .await
+        .with_context(|| format!("etcd list {prefix}"))?;
+    let rev = r.header().map(|h| h.revision()).unwrap_or(0);
+    let mut map = std::collections::HashMap::new();
+    for kv in r.kvs() {
+        let key = String::from_utf8_lossy(kv.key());
+        if let Ok(m) = M::decode(kv.value()) {
+            map.insert(key[prefix.len()..].to_string(), m);
+        }
+    }
+    Ok((map, rev))
+}
+
+async fn follow<M: Message + Default + Clone>(
+    meta: &Meta,
+    prefix: &str,
+    rev: i64,
+    tx: &tokio::sync::watch::Sender<std::sync::Arc<std::collections::HashMap<String, M>>>,
+) -> Result<()> {
+    let opts = etcd_client::WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(rev + 1);
+    let mut stream = meta
+        .client()
+        .watch(prefix, Some(opts))
+        .await
+        .with_context(|| format!("etcd watch {prefix}"))?;
+    while let Some(resp) = stream.message().await? {
+        if resp.canceled() {
+            anyhow::bail!("watch canceled: {}", resp.cancel_reason());
+        }
+        if resp.events().is_empty() {
+            continue;
+        }
+        let mut map = (**tx.borrow()).clone();
+        for ev in resp.events() {
+            let Some(kv) = ev.kv() else { continue };
+            let key = String::from_utf8_lossy(kv.key());
+            let short = key.get(prefix.len()..).unwrap_or_default().to_string();
+            match ev.event_type() {
+                etcd_client::EventType::Put => {
+                    if let Ok(m) = M::decode(kv.value()) {
+                        map.insert(short, m);
+                    }
+                }
+                etcd_client::EventType::Delete => {
+                    map.remove(&short);
+                }
+            }
+        }
+        if tx.send(std::sync::Arc::new(map)).is_err() {
+            return Ok(());
+        }
+    }
+    anyhow::bail!("watch stream closed")
+}

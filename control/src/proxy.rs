@@ -1,0 +1,560 @@
+//! The function proxy, one per node: the door through which every call reaches an instance.
+//!
+//! Function processes on this node connect to it (`Serve`, a bidirectional stream) and receive
+//! their calls over that stream. Callers anywhere send `Invoke`; the proxy delivers to a local
+//! instance, or forwards to the proxy of the node that runs the chosen instance.
+//!
+//! Invariants:
+//! - Each local instance has `concurrency` calls in flight at most; further calls wait in a FIFO
+//!   queue of at most [`QUEUE_BOUND`] and beyond that are refused as BUSY, never dropped silently.
+//!   A stateful instance has concurrency 1, and the FIFO is what keeps its calls in order.
+//! - Every call ends with a reply: the result, the function's error, a timeout, or the instance's
+//!   exit; a call is never left waiting on an instance that is gone.
+//! - A forwarded call names its instance, so it is delivered here or refused; it is never
+//!   forwarded twice.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use tokio::sync::{mpsc, oneshot, Mutex, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+use yr_proto::master_client::MasterClient;
+use yr_proto::proxy_client::ProxyClient;
+use yr_proto::proxy_server::{Proxy, ProxyServer};
+use yr_proto::*;
+
+use crate::etcd::{self, Meta, Mirror};
+use crate::Shutdown;
+
+/// Calls that may wait for a busy instance, per instance.
+pub const QUEUE_BOUND: usize = 1024;
+
+/// Largest call or reply on the wire. Large data belongs in the data worker, passed by ID.
+pub const MAX_MESSAGE: usize = 256 << 20;
+
+pub struct ProxyConfig {
+    pub listen: std::net::SocketAddr,
+    pub etcd_endpoints: Vec<String>,
+    pub master_address: String,
+    pub node_id: String,
+}
+
+struct LocalInstance {
+    id: String,
+    function: String,
+    tx: mpsc::Sender<Result<ProxyMessage, Status>>,
+    pending: std::sync::Mutex<HashMap<u64, oneshot::Sender<CallResult>>>,
+    permits: Semaphore,
+    waiting: AtomicUsize,
+}
+
+/// The outcome of one instance creation, shared by every call that waits for it.
+type Creation = tokio::sync::OnceCell<Result<(), String>>;
+
+struct State {
+    config: ProxyConfig,
+    meta: Meta,
+    master: MasterClient<tonic::transport::Channel>,
+    locals: std::sync::RwLock<HashMap<String, Arc<LocalInstance>>>,
+    instances: Mirror<InstanceRecord>,
+    functions: Mirror<FunctionSpec>,
+    peers: std::sync::Mutex<HashMap<String, ProxyClient<tonic::transport::Channel>>>,
+    next_call: AtomicU64,
+    rr: AtomicUsize,
+    /// One cold start or scale-up in flight per function.
+    creating: Mutex<HashMap<String, Arc<Creation>>>,
+}
+
+fn fail(kind: ErrorKind, msg: impl Into<String>) -> InvokeReply {
+    InvokeReply {
+        error_kind: kind as i32,
+        error: msg.into(),
+        ..Default::default()
+    }
+}
+
+impl State {
+    fn local(&self, id: &str) -> Option<Arc<LocalInstance>> {
+        self.locals.read().ok()?.get(id).cloned()
+    }
+
+    fn peer(&self, address: &str) -> Result<ProxyClient<tonic::transport::Channel>, String> {
+        let mut peers = self
+            .peers
+            .lock()
+            .map_err(|_| "peer table poisoned".to_string())?;
+        if let Some(p) = peers.get(address) {
+            return Ok(p.clone());
+        }
+        let c = ProxyClient::new(crate::channel(address).map_err(|e| e.to_string())?)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        peers.insert(address.to_string(), c.clone());
+        Ok(c)
+    }
+
+    async fn deliver(
+        &self,
+        inst: &LocalInstance,
+        function: &FunctionSpec,
+        req: &InvokeRequest,
+        timeout: Duration,
+    ) -> InvokeReply {
+        if inst.waiting.load(Ordering::Relaxed) >= QUEUE_BOUND {
+            return fail(
+                ErrorKind::ErrorBusy,
+                format!(
+                    "instance {} of {} has {QUEUE_BOUND} calls queued; try again later",
+                    inst.id, inst.function
+                ),
+            );
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        inst.waiting.fetch_add(1, Ordering::Relaxed);
+        let permit = tokio::time::timeout_at(deadline, inst.permits.acquire()).await;
+        inst.waiting.fetch_sub(1, Ordering::Relaxed);
+        let _permit = match permit {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => {
+                return fail(
+                    ErrorKind::ErrorInstanceFatal,
+                    format!("instance {} exited", inst.id),
+                )
+            }
+            Err(_) => {
+                return fail(
+                    ErrorKind::ErrorTimeout,
+                    format!(
+                        "{} timed out after {timeout:?} waiting for a free instance",
+                        function.name
+                    ),
+                )
+            }
+        };
+        let call_id = self.next_call.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut p) = inst.pending.lock() {
+            p.insert(call_id, tx);
+        }
+        let call = ProxyMessage {
+            msg: Some(proxy_message::Msg::Call(Call {
+                call_id,
+                handler: function.handler.clone(),
+                payload: req.payload.clone(),
+                timeout_ms: timeout.as_millis() as u32,
+                method: req.method.clone(),
+            })),
+        };
+        if inst.tx.send(Ok(call)).await.is_err() {
+            return fail(
+                ErrorKind::ErrorInstanceFatal,
+                format!("instance {} exited", inst.id),
+            );
+        }
+        let outcome = tokio::time::timeout_at(deadline, rx).await;
+        match outcome {
+            Ok(Ok(r)) if r.error.is_empty() => InvokeReply {
+                payload: r.payload,
+                instance_id: inst.id.clone(),
+                node_id: self.config.node_id.clone(),
+                ..Default::default()
+            },
+            Ok(Ok(r)) => InvokeReply {
+                error_kind: ErrorKind::ErrorFunction as i32,
+                error: r.error,
+                instance_id: inst.id.clone(),
+                node_id: self.config.node_id.clone(),
+                ..Default::default()
+            },
+            Ok(Err(_)) => fail(
+                ErrorKind::ErrorInstanceFatal,
+                format!(
+                    "instance {} of {} exited during the call",
+                    inst.id, inst.function
+                ),
+            ),
+            Err(_) => {
+                if let Ok(mut p) = inst.pending.lock() {
+                    p.remove(&call_id);
+                }
+                fail(
+                    ErrorKind::ErrorTimeout,
+                    format!("{} did not answer within {timeout:?}", function.name),
+                )
+            }
+        }
+    }
+
+    async fn forward(&self, record: &InstanceRecord, mut req: InvokeRequest) -> InvokeReply {
+        req.instance = record.instance_id.clone();
+        req.forwarded = true;
+        let mut peer = match self.peer(&record.proxy_address) {
+            Ok(p) => p,
+            Err(e) => return fail(ErrorKind::ErrorInternal, e),
+        };
+        match peer.invoke(req).await {
+            Ok(r) => r.into_inner(),
+            Err(e) => fail(
+                ErrorKind::ErrorInternal,
+                format!(
+                    "proxy of node {} ({}) unreachable: {}",
+                    record.node_id,
+                    record.proxy_address,
+                    e.message()
+                ),
+            ),
+        }
+    }
+
+    /// Creates one more instance of `function` unless one is already being created.
+    async fn create_one(self: &Arc<Self>, function: &str, wait: Duration) -> Result<(), String> {
+        let cell = {
+            let mut c = self.creating.lock().await;
+            Arc::clone(c.entry(function.to_string()).or_default())
+        };
+        let this = Arc::clone(self);
+        let f = function.to_string();
+        let r = cell
+            .get_or_init(|| async move {
+                let mut master = this.master.clone();
+                master
+                    .create_instance(CreateInstanceRequest {
+                        function: f,
+                        scheduling: Some(SchedulingOptions {
+                            preferred_node: this.config.node_id.clone(),
+                            ..Default::default()
+                        }),
+                        wait_ms: wait.as_millis() as u32,
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.message().to_string())
+            })
+            .await
+            .clone();
+        let mut c = self.creating.lock().await;
+        if c.get(function).is_some_and(|x| Arc::ptr_eq(x, &cell)) {
+            c.remove(function);
+        }
+        r
+    }
+
+    async fn invoke(self: &Arc<Self>, req: InvokeRequest) -> InvokeReply {
+        let Some(function) = self.functions.snapshot().get(&req.function).cloned() else {
+            return fail(
+                ErrorKind::ErrorNotFound,
+                format!("function {:?} is not deployed", req.function),
+            );
+        };
+        let timeout = Duration::from_millis(if req.timeout_ms > 0 {
+            req.timeout_ms
+        } else {
+            function.timeout_ms
+        } as u64);
+        if !req.instance.is_empty() {
+            return self.invoke_instance(&function, req, timeout).await;
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        for attempt in 0..3 {
+            let instances = self.instances.snapshot();
+            let running: Vec<&InstanceRecord> = instances
+                .values()
+                .filter(|r| {
+                    r.function == function.name
+                        && !r.stateful
+                        && r.state == InstanceState::Running as i32
+                })
+                .collect();
+            let local: Vec<Arc<LocalInstance>> = running
+                .iter()
+                .filter_map(|r| self.local(&r.instance_id))
+                .collect();
+            let idle_local = local.iter().find(|l| l.permits.available_permits() > 0);
+            let all_busy = idle_local.is_none()
+                && local.len() == running.len()
+                && (running.len() as u32) < function.max_instances;
+            if all_busy && !running.is_empty() {
+                // Grow the pool in the background; this call queues meanwhile.
+                let this = Arc::clone(self);
+                let f = function.name.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = this.create_one(&f, Duration::from_secs(30)).await {
+                        tracing::debug!(function = %f, "scale-up refused: {e}");
+                    }
+                });
+            }
+            if let Some(l) = idle_local.cloned().or_else(|| {
+                local
+                    .iter()
+                    .min_by_key(|l| l.waiting.load(Ordering::Relaxed))
+                    .cloned()
+            }) {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                return self.deliver(&l, &function, &req, left).await;
+            }
+            if !running.is_empty() {
+                let i = self.rr.fetch_add(1, Ordering::Relaxed) % running.len();
+                return self.forward(running[i], req).await;
+            }
+            // Cold start: no instance runs anywhere.
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if let Err(e) = self.create_one(&function.name, left).await {
+                let kind = if e.contains("insufficient resources") {
+                    ErrorKind::ErrorInsufficientResources
+                } else if e.contains("not running after") {
+                    ErrorKind::ErrorTimeout
+                } else {
+                    ErrorKind::ErrorInstanceFatal
+                };
+                return fail(
+                    kind,
+                    format!("cannot start an instance of {}: {e}", function.name),
+                );
+            }
+            // The master answered once the instance was RUNNING; wait for our mirror to see it.
+            let mut m = self.instances.subscribe();
+            let _ =
+                tokio::time::timeout(Duration::from_millis(200 * (attempt + 1)), m.changed()).await;
+        }
+        fail(
+            ErrorKind::ErrorInternal,
+            format!(
+                "no running instance of {} found after starting one",
+                function.name
+            ),
+        )
+    }
+
+    async fn invoke_instance(
+        &self,
+        function: &FunctionSpec,
+        req: InvokeRequest,
+        timeout: Duration,
+    ) -> InvokeReply {
+        let key = req.instance.clone();
+        let local = self.local(&key).or_else(|| {
+            let locals = self.locals.read().ok()?;
+            let instances = self.instances.snapshot();
+            instances
+                .values()
+                .find(|r| {
+                    r.name == key
+                        && r.function == function.name
+                        && !crate::master::is_terminal(r.state)
+                })
+                .and_then(|r| locals.get(&r.instance_id).cloned())
+        });
+        if let Some(l) = local {
+            return self.deliver(&l, function, &req, timeout).await;
+        }
+        if req.forwarded {
+            return fail(
+                ErrorKind::ErrorNotFound,
+                format!(
+                    "instance {key} does not run on node {}",
+                    self.config.node_id
+                ),
+            );
+        }
+        let instances = self.instances.snapshot();
+        let record = instances
+            .get(&key)
+            .filter(|r| r.function == function.name)
+            .or_else(|| {
+                instances
+                    .values()
+                    .filter(|r| r.name == key && r.function == function.name)
+                    .max_by_key(|r| (!crate::master::is_terminal(r.state), r.updated_unix_ms))
+            });
+        match record {
+            None => fail(
+                ErrorKind::ErrorNotFound,
+                format!("no instance {key:?} of function {}", function.name),
+            ),
+            Some(r) if r.state == InstanceState::Running as i32 => self.forward(r, req).await,
+            Some(r) if r.state == InstanceState::Fatal as i32 => fail(
+                ErrorKind::ErrorInstanceFatal,
+                format!("instance {} is FATAL: {}", r.instance_id, r.error),
+            ),
+            Some(r) => fail(
+                ErrorKind::ErrorNotFound,
+                format!(
+                    "instance {} is {}, not RUNNING",
+                    r.instance_id,
+                    crate::master::state_name(r.state)
+                ),
+            ),
+        }
+    }
+
+    async fn serve_instance(
+        self: Arc<Self>,
+        mut input: Streaming<InstanceMessage>,
+    ) -> Result<ReceiverStream<Result<ProxyMessage, Status>>, Status> {
+        let hello = match input.next().await {
+            Some(Ok(InstanceMessage {
+                msg: Some(instance_message::Msg::Hello(h)),
+            })) => h,
+            _ => return Err(Status::invalid_argument("first message must be hello")),
+        };
+        let record = match self.instances.snapshot().get(&hello.instance_id).cloned() {
+            Some(r) => r,
+            None => self
+                .meta
+                .get::<InstanceRecord>(&etcd::instance_key(&hello.instance_id))
+                .await
+                .map_err(|e| Status::internal(format!("{e:#}")))?
+                .ok_or_else(|| {
+                    Status::not_found(format!("unknown instance {}", hello.instance_id))
+                })?,
+        };
+        let function = match self.functions.snapshot().get(&record.function).cloned() {
+            Some(f) => f,
+            None => self
+                .meta
+                .get::<FunctionSpec>(&etcd::function_key(&record.function))
+                .await
+                .map_err(|e| Status::internal(format!("{e:#}")))?
+                .ok_or_else(|| {
+                    Status::not_found(format!("unknown function {}", record.function))
+                })?,
+        };
+        let (tx, rx) = mpsc::channel(1024);
+        let concurrency = if record.stateful {
+            1
+        } else {
+            function.concurrency.max(1)
+        };
+        let inst = Arc::new(LocalInstance {
+            id: record.instance_id.clone(),
+            function: record.function.clone(),
+            tx: tx.clone(),
+            pending: std::sync::Mutex::new(HashMap::new()),
+            permits: Semaphore::new(concurrency as usize),
+            waiting: AtomicUsize::new(0),
+        });
+        let config = ProxyMessage {
+            msg: Some(proxy_message::Msg::Config(InstanceConfig {
+                function: record.function.clone(),
+                handler: function.handler.clone(),
+                stateful: record.stateful,
+                name: record.name.clone(),
+            })),
+        };
+        tx.send(Ok(config))
+            .await
+            .map_err(|_| Status::cancelled("instance went away"))?;
+        if let Ok(mut l) = self.locals.write() {
+            l.insert(inst.id.clone(), Arc::clone(&inst));
+        }
+        tracing::info!(instance = %inst.id, function = %inst.function, pid = hello.pid, "instance connected");
+        let mut master = self.master.clone();
+        let ev = InstanceEvent {
+            instance_id: inst.id.clone(),
+            state: InstanceState::Running as i32,
+            pid: hello.pid,
+            ..Default::default()
+        };
+        if let Err(e) = master.report_instance(ev).await {
+            tracing::warn!(instance = %inst.id, "cannot report RUNNING: {}", e.message());
+        }
+        let this = Arc::clone(&self);
+        tokio::spawn(async move {
+            while let Some(msg) = input.next().await {
+                match msg {
+                    Ok(InstanceMessage {
+                        msg: Some(instance_message::Msg::Result(r)),
+                    }) => {
+                        let waiter = inst
+                            .pending
+                            .lock()
+                            .ok()
+                            .and_then(|mut p| p.remove(&r.call_id));
+                        if let Some(w) = waiter {
+                            let _ = w.send(r);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            if let Ok(mut l) = this.locals.write() {
+                l.remove(&inst.id);
+            }
+            inst.permits.close();
+            // Dropping the senders fails every call still waiting on this instance.
+            if let Ok(mut p) = inst.pending.lock() {
+                p.clear();
+            }
+            tracing::info!(instance = %inst.id, "instance disconnected");
+        });
+        Ok(ReceiverStream::new(rx))
+    }
+}
+
+struct Service(Arc<State>);
+
+#[tonic::async_trait]
+impl Proxy for Service {
+    async fn invoke(&self, req: Request<InvokeRequest>) -> Result<Response<InvokeReply>, Status> {
+        Ok(Response::new(self.0.invoke(req.into_inner()).await))
+    }
+
+    type ServeStream = ReceiverStream<Result<ProxyMessage, Status>>;
+
+    async fn serve(
+        &self,
+        req: Request<Streaming<InstanceMessage>>,
+    ) -> Result<Response<Self::ServeStream>, Status> {
+        let s = Arc::clone(&self.0).serve_instance(req.into_inner()).await?;
+        Ok(Response::new(s))
+    }
+}
+
+/// Runs the proxy until `shutdown`; `on_ready` gets the bound address.
+pub async fn run(
+    config: ProxyConfig,
+    shutdown: Shutdown,
+    on_ready: impl FnOnce(std::net::SocketAddr),
+) -> Result<()> {
+    let meta = Meta::connect(&config.etcd_endpoints).await?;
+    let instances = Mirror::start(meta.clone(), etcd::INSTANCES).await?;
+    let functions = Mirror::start(meta.clone(), etcd::FUNCTIONS).await?;
+    let master = MasterClient::new(crate::channel(&config.master_address)?);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let state = Arc::new(State {
+        config,
+        meta,
+        master,
+        locals: Default::default(),
+        instances,
+        functions,
+        peers: Default::default(),
+        next_call: AtomicU64::new(1),
+        rr: AtomicUsize::new(0),
+        creating: Mutex::new(HashMap::new()),
+    });
+    on_ready(addr);
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(
+            ProxyServer::new(Service(state))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown.wait_owned(),
+        )
+        .await?;
+    Ok(())
+}
