@@ -81,6 +81,9 @@ pub struct StartArgs {
     /// Custom resources, name=amount, repeatable.
     #[arg(long = "resource")]
     resources: Vec<String>,
+    /// Stop stateless instances idle this long (ms), down to each function's minimum (master).
+    #[arg(long, default_value_t = 60_000)]
+    idle_timeout_ms: u64,
 }
 
 #[derive(Args)]
@@ -455,6 +458,20 @@ pub fn start(a: StartArgs) -> Result<()> {
                 true,
             )?;
             let addr = l.info.address.clone();
+            started.push(l.info);
+            let mut cmd = Command::new(&exe);
+            cmd.args(["component", "function-scheduler", "--etcd"])
+                .arg(endpoints.join(","))
+                .args(["--master", &addr])
+                .arg("--idle-timeout-ms")
+                .arg(a.idle_timeout_ms.to_string());
+            let mut l = launch(
+                "function-scheduler",
+                cmd,
+                &dir.join("logs/function-scheduler.log"),
+                true,
+            )?;
+            l.info.address.clear();
             started.push(l.info);
             (endpoints, addr)
         } else {

@@ -15,6 +15,8 @@ pub enum ComponentCmd {
     DataWorker(DataWorkerArgs),
     /// The function master: topology, placement, instance lifecycle.
     FunctionMaster(MasterArgs),
+    /// The function scheduler: keeps stateless functions' pools between min and max.
+    FunctionScheduler(SchedulerArgs),
     /// The function proxy: this node's door for calls to instances.
     FunctionProxy(ProxyArgs),
     /// The function agent and runtime manager: this node's function processes.
@@ -36,6 +38,17 @@ pub struct MasterArgs {
     /// etcd endpoints, comma-separated.
     #[arg(long)]
     etcd: String,
+}
+
+#[derive(Args)]
+pub struct SchedulerArgs {
+    #[arg(long)]
+    etcd: String,
+    #[arg(long)]
+    master: String,
+    /// Stop instances idle this long (milliseconds), down to each function's minimum.
+    #[arg(long, default_value_t = 60_000)]
+    idle_timeout_ms: u64,
 }
 
 #[derive(Args)]
@@ -166,6 +179,18 @@ pub fn run(cmd: ComponentCmd) -> Result<()> {
             };
             yr_control::master::run(config, sd, ready).await
         }),
+        ComponentCmd::FunctionScheduler(a) => {
+            run_async("function scheduler", |sd, ready| async move {
+                let config = yr_control::scheduler::SchedulerConfig {
+                    etcd_endpoints: endpoints(&a.etcd),
+                    master_address: a.master,
+                    idle_timeout: std::time::Duration::from_millis(a.idle_timeout_ms),
+                };
+                // The scheduler serves nothing; its ready line carries no address.
+                let none = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+                yr_control::scheduler::run(config, sd, || ready(none)).await
+            })
+        }
         ComponentCmd::FunctionProxy(a) => run_async("function proxy", |sd, ready| async move {
             let config = yr_control::proxy::ProxyConfig {
                 listen: a.listen,

@@ -50,7 +50,19 @@ struct LocalInstance {
     tx: mpsc::Sender<Result<ProxyMessage, Status>>,
     pending: std::sync::Mutex<HashMap<u64, oneshot::Sender<CallResult>>>,
     permits: Semaphore,
+    concurrency: u32,
     waiting: AtomicUsize,
+    /// When its last call ended (ms since the epoch); its start time until then.
+    last_done: AtomicU64,
+}
+
+/// Ends a call's occupancy of an instance: stamps the instance's last activity.
+struct Busy<'a>(&'a LocalInstance);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.last_done.store(etcd::now_ms(), Ordering::Relaxed);
+    }
 }
 
 /// The outcome of one instance creation, shared by every call that waits for it.
@@ -118,6 +130,7 @@ impl State {
         inst.waiting.fetch_add(1, Ordering::Relaxed);
         let permit = tokio::time::timeout_at(deadline, inst.permits.acquire()).await;
         inst.waiting.fetch_sub(1, Ordering::Relaxed);
+        let _busy = Busy(inst);
         let _permit = match permit {
             Ok(Ok(p)) => p,
             Ok(Err(_)) => {
@@ -437,7 +450,9 @@ impl State {
             tx: tx.clone(),
             pending: std::sync::Mutex::new(HashMap::new()),
             permits: Semaphore::new(concurrency as usize),
+            concurrency,
             waiting: AtomicUsize::new(0),
+            last_done: AtomicU64::new(etcd::now_ms()),
         });
         let config = ProxyMessage {
             msg: Some(proxy_message::Msg::Config(InstanceConfig {
@@ -507,6 +522,40 @@ impl Proxy for Service {
     }
 
     type ServeStream = ReceiverStream<Result<ProxyMessage, Status>>;
+
+    async fn load(&self, _: Request<Empty>) -> Result<Response<LoadReport>, Status> {
+        let now = etcd::now_ms();
+        let locals: Vec<Arc<LocalInstance>> = self
+            .0
+            .locals
+            .read()
+            .map(|l| l.values().cloned().collect())
+            .unwrap_or_default();
+        let instances = locals
+            .iter()
+            .map(|l| {
+                let inflight = l
+                    .concurrency
+                    .saturating_sub(l.permits.available_permits() as u32);
+                let queued = l.waiting.load(Ordering::Relaxed) as u32;
+                InstanceLoad {
+                    instance_id: l.id.clone(),
+                    function: l.function.clone(),
+                    inflight,
+                    queued,
+                    idle_ms: if inflight + queued > 0 {
+                        0
+                    } else {
+                        now.saturating_sub(l.last_done.load(Ordering::Relaxed))
+                    },
+                }
+            })
+            .collect();
+        Ok(Response::new(LoadReport {
+            node_id: self.0.config.node_id.clone(),
+            instances,
+        }))
+    }
 
     async fn serve(
         &self,
