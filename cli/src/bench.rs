@@ -19,6 +19,9 @@ pub enum BenchCmd {
     /// small-object rates, spill/restore against raw io_uring disk I/O, and
     /// metadata per object.
     Store(StoreArgs),
+    /// The control plane: no-op calls per second through proxy and runtime on a one-node
+    /// cluster, beside a bare gRPC echo.
+    Invoke(crate::bench_invoke::InvokeArgs),
 }
 
 #[derive(Args)]
@@ -37,6 +40,7 @@ pub struct StoreArgs {
 pub fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Store(a) => store(a),
+        BenchCmd::Invoke(a) => crate::bench_invoke::run(a),
     }
 }
 

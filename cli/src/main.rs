@@ -7,6 +7,7 @@
 //! - `yr demo` runs the quick-start demonstration.
 
 mod bench;
+mod bench_invoke;
 mod cluster;
 mod component;
 mod demo;

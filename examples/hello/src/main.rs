@@ -10,6 +10,8 @@ fn main() {
             let who = if who.is_empty() { "world".into() } else { who };
             Ok(format!("hello, {who} (from {})", ctx.instance_id()).into_bytes())
         })
+        // A no-op for benchmarks: the request's bytes back.
+        .handler("echo", |_ctx, input| Ok(input.to_vec()))
         .handler("crash", |_ctx, _input| {
             // For tests of crash handling: the process dies mid-call.
             eprintln!("crash requested; exiting with status 3");
