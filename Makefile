@@ -9,7 +9,7 @@ deps:
 	@./scripts/install-deps.sh
 
 build: deps
-	$(CARGO) build --release --bin yr
+	$(CARGO) build --release --bins
 
 ## The main job: a data worker passing a 256 MiB object between two processes.
 demo: build

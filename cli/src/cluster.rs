@@ -69,6 +69,9 @@ pub struct StartArgs {
     /// Shared memory for this node's data worker (default: a third of memory).
     #[arg(long, value_parser = crate::util::size_arg)]
     shm_size: Option<u64>,
+    /// Allocate and map the data worker's shared memory at start (faster first puts).
+    #[arg(long)]
+    prefault_shm: bool,
     /// CPU this node offers, in millicores.
     #[arg(long)]
     cpu: Option<u64>,
@@ -499,6 +502,9 @@ pub fn start(a: StartArgs) -> Result<()> {
             .arg(node_dir.join("spill"));
         if let Some(s) = a.shm_size {
             cmd.arg("--shm-size").arg(s.to_string());
+        }
+        if a.prefault_shm {
+            cmd.arg("--prefault");
         }
         started.push(launch("data-worker", cmd, &dir.join("logs/data-worker.log"), true)?.info);
         let mut cmd = Command::new(&exe);

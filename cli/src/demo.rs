@@ -1,13 +1,23 @@
-//! `yr demo`: the quick-start demonstration. Starts a data worker in a
-//! temporary folder, then a consumer process that blocks on an object that
-//! does not exist yet and a producer process that stores it; the consumer
-//! reads it in place from shared memory. Prints what each side measured and
-//! checks both saw the same bytes.
+//! `yr demo`: the quick-start demonstration, on a real local cluster.
+//!
+//! 1. Starts a master node and a worker node on this host (`yr start --master`, then
+//!    `yr start --worker`, each with `--ports auto` and its own session folder): etcd, function
+//!    master and scheduler, and per node a data worker, function proxy and function agent, all
+//!    separate processes.
+//! 2. Deploys the `hello` example with two instances (the scheduler spreads them over both
+//!    nodes) and calls it; deploys `counter`, creates a named instance and calls it in order.
+//! 3. Passes a large object between a producer and a consumer process through the master node's
+//!    data worker: the consumer blocks until it is sealed, then reads it in place.
+//! 4. Stops both nodes and checks that no process it started is left.
+//!
+//! Every step prints the `yr` command it runs, so the demo doubles as a tutorial.
 
-use crate::util::{size_arg, WorkerProcess};
-use anyhow::{bail, Context, Result};
+use crate::util::size_arg;
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 use yr_datastore::ObjectId;
 
 #[derive(Args)]
@@ -17,37 +27,332 @@ pub struct DemoArgs {
     size: u64,
 }
 
+fn exe() -> Result<PathBuf> {
+    std::env::current_exe().context("cannot find the yr executable")
+}
+
+/// Runs `yr ARGS`, echoing the command (with `--session-dir` shortened) and its output.
+fn yr(args: &[&str], show: bool) -> Result<String> {
+    if show {
+        let shown: Vec<&str> = args
+            .iter()
+            .scan(false, |skip, a| {
+                let out = if *skip { None } else { Some(*a) };
+                *skip = *a == "--session-dir";
+                Some(out)
+            })
+            .flatten()
+            .filter(|a| *a != "--session-dir")
+            .collect();
+        let quoted: Vec<String> = shown
+            .iter()
+            .map(|a| {
+                if a.contains(' ') {
+                    format!("'{a}'")
+                } else {
+                    a.to_string()
+                }
+            })
+            .collect();
+        println!("   $ yr {}", quoted.join(" "));
+    }
+    let out = Command::new(exe()?).args(args).output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!(
+            "yr {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    if show {
+        for line in stdout.lines() {
+            println!("     {line}");
+        }
+    }
+    Ok(stdout)
+}
+
+fn status(dir: &str) -> Result<serde_json::Value> {
+    Ok(serde_json::from_str(&yr(
+        &["status", "--json", "--session-dir", dir],
+        false,
+    )?)?)
+}
+
+/// Stops the demo's nodes however the demo ends (worker first).
+struct Nodes(Vec<String>);
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for d in self.0.iter().rev() {
+            let _ = yr(&["stop", "--force", "--session-dir", d], false);
+        }
+    }
+}
+
+fn alive(pid: u64) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"));
+    match stat {
+        // A zombie has exited; only its parent's bookkeeping remains.
+        Ok(s) => !s
+            .rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn session_pids(dir: &Path) -> Result<Vec<u64>> {
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("session.json"))?)?;
+    Ok(s["components"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|c| c["pid"].as_u64()).collect())
+        .unwrap_or_default())
+}
+
 pub fn run(a: DemoArgs) -> Result<()> {
-    let dir = tempfile::Builder::new().prefix("yr-demo-").tempdir()?;
-    let socket = dir.path().join("data-worker.sock");
-    let spill = dir.path().join("spill");
-    let shm = (a.size * 2).max(1 << 30);
+    let tmp = tempfile::Builder::new().prefix("yr-demo-").tempdir()?;
+    let master_dir = tmp.path().join("master");
+    let worker_dir = tmp.path().join("worker");
+    let (m, w) = (
+        master_dir.display().to_string(),
+        worker_dir.display().to_string(),
+    );
+    let shm = ((a.size * 2).max(512 << 20) >> 20).to_string() + "MiB";
+    let started = Instant::now();
+
+    println!("== 1. a cluster of two nodes on this host");
+    let mut nodes = Nodes(Vec::new());
+    yr(
+        &[
+            "start",
+            "--master",
+            "--ports",
+            "auto",
+            "--shm-size",
+            &shm,
+            "--prefault-shm",
+            "--cpu",
+            "1000",
+            "--session-dir",
+            &m,
+        ],
+        true,
+    )?;
+    nodes.0.push(m.clone());
+    let master_address = status(&m).ok().and(
+        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(
+            master_dir.join("session.json"),
+        )?)?["master_address"]
+            .as_str()
+            .map(str::to_string),
+    );
+    let master_address =
+        master_address.ok_or_else(|| anyhow!("no master address in the session"))?;
+    yr(
+        &[
+            "start",
+            "--worker",
+            "--master-address",
+            &master_address,
+            "--ports",
+            "auto",
+            "--shm-size",
+            "256MiB",
+            "--cpu",
+            "1000",
+            "--session-dir",
+            &w,
+        ],
+        true,
+    )?;
+    nodes.0.push(w.clone());
+
+    println!("== 2. functions");
+    let bin_dir = exe()?
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| anyhow!("yr has no folder"))?;
+    let (hello, counter) = (bin_dir.join("hello"), bin_dir.join("counter"));
+    for p in [&hello, &counter] {
+        if !p.exists() {
+            bail!(
+                "{} is not built (cargo build --release --bins)",
+                p.display()
+            );
+        }
+    }
+    let hello_s = hello.display().to_string();
+    yr(
+        &[
+            "function",
+            "deploy",
+            "--name",
+            "hello",
+            "--code",
+            &hello_s,
+            "--handler",
+            "hello",
+            "--cpu",
+            "600",
+            "--min-instances",
+            "2",
+            "--max-instances",
+            "2",
+            "--session-dir",
+            &m,
+        ],
+        true,
+    )?;
+    // The scheduler brings the pool to its minimum, one instance per node (600m each does
+    // not fit twice in a 1000m node).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = status(&m)?;
+        let running: Vec<&serde_json::Value> = st["instances"]
+            .as_array()
+            .map(|v| {
+                v.iter()
+                    .filter(|i| i["function"] == "hello" && i["state"] == "RUNNING")
+                    .collect()
+            })
+            .unwrap_or_default();
+        if running.len() >= 2 {
+            for i in running {
+                println!(
+                    "     instance {} RUNNING on node {} (pid {})",
+                    i["instance_id"].as_str().unwrap_or("?"),
+                    i["node_id"].as_str().unwrap_or("?"),
+                    i["pid"]
+                );
+            }
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("hello's two instances did not start within 60 s: {st}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    yr(
+        &["invoke", "hello", "--data", "world", "--session-dir", &m],
+        true,
+    )?;
+    println!();
+    // From the worker node: its own proxy delivers to its local instance.
+    yr(
+        &[
+            "invoke",
+            "hello",
+            "--data",
+            "from the worker node",
+            "--session-dir",
+            &w,
+        ],
+        true,
+    )?;
+    println!();
+    let counter_s = counter.display().to_string();
+    yr(
+        &[
+            "function",
+            "deploy",
+            "--name",
+            "counter",
+            "--code",
+            &counter_s,
+            "--handler",
+            "counter",
+            "--cpu",
+            "100",
+            "--session-dir",
+            &m,
+        ],
+        true,
+    )?;
+    yr(
+        &[
+            "instance",
+            "create",
+            "counter",
+            "--name",
+            "c1",
+            "--session-dir",
+            &m,
+        ],
+        true,
+    )?;
+    for n in ["--data=5", "--data=10", "--data=-3"] {
+        yr(
+            &[
+                "invoke",
+                "counter",
+                "--instance",
+                "c1",
+                "--method",
+                "add",
+                n,
+                "--session-dir",
+                &w,
+            ],
+            true,
+        )?;
+        println!();
+    }
+
     println!(
-        "== yr demo: passing a {} MiB object between two processes",
+        "== 3. a {} MiB object between two processes, through the master node's data worker",
         a.size >> 20
     );
-    println!(
-        "   data worker: socket {}, {} MiB shared memory (prefaulted)",
-        socket.display(),
-        shm >> 20
-    );
-    let mut worker = WorkerProcess::start(&socket, shm, &spill, &["--prefault"])?;
-    println!("   data worker running (pid {})", worker.pid());
+    let session: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(master_dir.join("session.json"))?)?;
+    let socket = session["data_socket"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no data socket in the session"))?
+        .to_string();
+    pass_object(&socket, a.size)?;
 
-    let exe = std::env::current_exe()?;
+    println!("== 4. the cluster");
+    yr(&["status", "--session-dir", &m], true)?;
+    let mut pids = session_pids(&master_dir)?;
+    pids.extend(session_pids(&worker_dir)?);
+    let st = status(&m)?;
+    if let Some(v) = st["instances"].as_array() {
+        pids.extend(
+            v.iter()
+                .filter_map(|i| i["pid"].as_u64())
+                .filter(|p| *p != 0),
+        );
+    }
+    yr(&["stop", "--session-dir", &w], true)?;
+    yr(&["stop", "--session-dir", &m], true)?;
+    nodes.0.clear();
+    let left: Vec<u64> = pids.into_iter().filter(|p| alive(*p)).collect();
+    if !left.is_empty() {
+        bail!("processes still running after yr stop: {left:?}");
+    }
+    println!(
+        "== done in {:.1} s: both nodes stopped, no process left",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// A consumer blocks on an object that does not exist yet; a producer stores it; the consumer
+/// reads it in place. Both are separate processes.
+fn pass_object(socket: &str, size: u64) -> Result<()> {
+    let exe = exe()?;
     let id = ObjectId::random(0).to_hex();
     let mut consumer = Command::new(&exe)
-        .args(["store", "consume", "--sync-stdin", "--socket"])
-        .arg(&socket)
+        .args(["store", "consume", "--sync-stdin", "--socket", socket])
         .args(["--id", &id])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .context("cannot start the consumer")?;
     let producer = Command::new(&exe)
-        .args(["store", "produce", "--socket"])
-        .arg(&socket)
-        .args(["--id", &id, "--size", &a.size.to_string()])
+        .args(["store", "produce", "--socket", socket])
+        .args(["--id", &id, "--size", &size.to_string()])
         .stdout(Stdio::piped())
         .spawn()
         .context("cannot start the producer")?;
@@ -66,7 +371,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     println!(
         "   producer (pid {}): put {} MiB in {:.1} ms = {:.2} GB/s (one copy into shared memory)",
         p["pid"],
-        a.size >> 20,
+        size >> 20,
         p["put_ms"].as_f64().unwrap_or(0.0),
         p["put_gbps"].as_f64().unwrap_or(0.0)
     );
@@ -86,10 +391,5 @@ pub fn run(a: DemoArgs) -> Result<()> {
         );
     }
     println!("   checksums match (crc32c {})", c["crc32c"]);
-    worker.stop()?;
-    println!(
-        "== done: data worker stopped, {} removed",
-        dir.path().display()
-    );
     Ok(())
 }

@@ -45,6 +45,9 @@ pub struct MasterState {
     known_nodes: Mutex<HashSet<String>>,
     info: ClusterInfo,
     agents: Mutex<HashMap<String, AgentClient<tonic::transport::Channel>>>,
+    /// Held from choosing a node until the choice is recorded, so that two placements at once
+    /// cannot both count the same free resources.
+    placing: Mutex<()>,
 }
 
 pub fn is_terminal(s: i32) -> bool {
@@ -95,6 +98,7 @@ impl MasterState {
                 master_address: config.advertise.clone(),
             },
             agents: Mutex::new(HashMap::new()),
+            placing: Mutex::new(()),
         }))
     }
 
@@ -135,9 +139,11 @@ impl MasterState {
         Ok(c)
     }
 
-    /// Chooses a node, waiting up to `wait` for one to fit.
+    /// Chooses a node for instance `id`, waiting up to `wait` for one to fit, and records the
+    /// choice (the instance's resources count on that node from then on).
     async fn place(
         &self,
+        id: &str,
         function: &FunctionSpec,
         demand: &Demand,
         wait: Duration,
@@ -145,13 +151,23 @@ impl MasterState {
         let deadline = tokio::time::Instant::now() + wait;
         let mut nodes_rx = self.nodes.subscribe();
         loop {
-            let nodes = self.nodes.snapshot();
-            let instances = self.instances.lock().await.clone();
-            match placement::choose(&nodes, &instances, &function.name, demand) {
-                Ok(n) => return Ok(n),
-                Err(why) => {
-                    if tokio::time::Instant::now() >= deadline {
-                        return Err(Status::resource_exhausted(why));
+            {
+                let _placing = self.placing.lock().await;
+                let nodes = self.nodes.snapshot();
+                let instances = self.instances.lock().await.clone();
+                match placement::choose(&nodes, &instances, &function.name, demand) {
+                    Ok(n) => {
+                        if let Some(mut r) = instances.get(id).cloned() {
+                            r.node_id = n.node_id.clone();
+                            r.proxy_address = n.proxy_address.clone();
+                            self.save(r).await?;
+                        }
+                        return Ok(n);
+                    }
+                    Err(why) => {
+                        if tokio::time::Instant::now() >= deadline {
+                            return Err(Status::resource_exhausted(why));
+                        }
                     }
                 }
             }
@@ -300,7 +316,7 @@ impl MasterState {
             resources,
             scheduling,
         };
-        let node = match self.place(&function, &demand, wait).await {
+        let node = match self.place(&id, &function, &demand, wait).await {
             Ok(n) => n,
             Err(e) => {
                 let mut r = record;
@@ -311,6 +327,7 @@ impl MasterState {
             }
         };
         self.remember_node(&node.node_id).await;
+        let record = self.current(&id).await.unwrap_or(record);
         self.start_on_node(record, &function, &node).await?;
         self.wait_running(&id, wait).await
     }
@@ -440,7 +457,8 @@ impl MasterState {
                     let mut pending = r.clone();
                     pending.node_id.clear(); // not counted on the dead node while re-placed
                     let _ = this.save(pending).await;
-                    this.place(&function, &demand, DEFAULT_WAIT).await
+                    this.place(&r.instance_id, &function, &demand, DEFAULT_WAIT)
+                        .await
                 }
             };
             match node {
