@@ -160,8 +160,43 @@ pub struct DeployArgs {
     timeout_ms: Option<u32>,
     #[arg(long)]
     max_retries: Option<u32>,
+    /// Label affinity: `required:KEY=V1|V2`, `preferred:KEY=V`, `anti:KEY` (repeatable).
+    #[arg(long = "affinity", value_parser = affinity_arg)]
+    affinity: Vec<LabelAffinity>,
+    /// Spread instances over nodes instead of preferring the caller's node.
+    #[arg(long)]
+    spread: bool,
     #[command(flatten)]
     session: SessionArg,
+}
+
+/// Parses `required:zone=a|b`, `preferred:gpu`, `anti:zone=c`.
+fn affinity_arg(s: &str) -> Result<LabelAffinity, String> {
+    let (kind, rule) = s.split_once(':').ok_or_else(|| {
+        format!("{s:?}: expected KIND:KEY[=V1|V2], KIND one of required, preferred, anti")
+    })?;
+    let kind = match kind {
+        "required" => AffinityKind::AffinityRequired,
+        "preferred" => AffinityKind::AffinityPreferred,
+        "anti" => AffinityKind::AffinityAnti,
+        other => {
+            return Err(format!(
+                "{other:?} is not an affinity kind (required, preferred, anti)"
+            ))
+        }
+    };
+    let (key, values) = match rule.split_once('=') {
+        Some((k, v)) => (k, v.split('|').map(str::to_string).collect()),
+        None => (rule, Vec::new()),
+    };
+    if key.is_empty() {
+        return Err(format!("{s:?}: the label key is empty"));
+    }
+    Ok(LabelAffinity {
+        kind: kind as i32,
+        key: key.to_string(),
+        values,
+    })
 }
 
 #[derive(Args)]
@@ -193,6 +228,12 @@ pub enum InstanceCmd {
         function: String,
         #[arg(long)]
         name: String,
+        /// Label affinity for this instance (added to the function's), as for deploy.
+        #[arg(long = "affinity", value_parser = affinity_arg)]
+        affinity: Vec<LabelAffinity>,
+        /// How long to wait for resources and for the instance to run (ms).
+        #[arg(long, default_value_t = 30_000)]
+        wait_ms: u32,
         #[command(flatten)]
         session: SessionArg,
     },
@@ -933,6 +974,11 @@ fn deploy(a: DeployArgs) -> Result<()> {
         timeout_ms: a.timeout_ms.or(t.timeout_ms).unwrap_or(0),
         env: t.env.unwrap_or_default(),
         max_retries: a.max_retries.or(t.max_retries).unwrap_or(3),
+        scheduling: Some(SchedulingOptions {
+            affinity: a.affinity.clone(),
+            spread: a.spread,
+            preferred_node: String::new(),
+        }),
         ..Default::default()
     };
     let r = rt()?
@@ -1000,6 +1046,8 @@ pub fn instance(cmd: InstanceCmd) -> Result<()> {
         InstanceCmd::Create {
             function,
             name,
+            affinity,
+            wait_ms,
             session,
         } => {
             let s = load_session(&session)?;
@@ -1010,6 +1058,11 @@ pub fn instance(cmd: InstanceCmd) -> Result<()> {
                             function,
                             name,
                             stateful: true,
+                            scheduling: Some(SchedulingOptions {
+                                affinity,
+                                ..Default::default()
+                            }),
+                            wait_ms,
                             ..Default::default()
                         })
                         .await
