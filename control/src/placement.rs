@@ -90,6 +90,7 @@ pub fn choose(
     let aff = &demand.scheduling.affinity;
     let mut best: Option<(i64, u64, &NodeRecord)> = None;
     let mut largest: Option<(&NodeRecord, Resources)> = None;
+    let mut fit_but_labels = 0usize;
     for node in nodes.values() {
         let total = node.total.clone().unwrap_or_default();
         let f = free(&total, &used_on(instances.values(), &node.node_id));
@@ -111,6 +112,7 @@ pub fn choose(
             .filter(|a| a.kind == AffinityKind::AffinityAnti as i32)
             .any(|a| matches(a, &node.labels));
         if !required_ok || !anti_ok {
+            fit_but_labels += 1;
             continue;
         }
         let mut score: i64 = 0;
@@ -139,6 +141,29 @@ pub fn choose(
     }
     if let Some((_, _, n)) = best {
         return Ok(n.clone());
+    }
+    if fit_but_labels > 0 {
+        let rules: Vec<String> = aff
+            .iter()
+            .filter(|a| a.kind != AffinityKind::AffinityPreferred as i32)
+            .map(|a| {
+                let kind = if a.kind == AffinityKind::AffinityAnti as i32 {
+                    "anti"
+                } else {
+                    "required"
+                };
+                if a.values.is_empty() {
+                    format!("{kind}:{}", a.key)
+                } else {
+                    format!("{kind}:{}={}", a.key, a.values.join("|"))
+                }
+            })
+            .collect();
+        return Err(format!(
+            "insufficient resources: {fit_but_labels} node(s) have room for {} but none satisfies the label affinity {}",
+            describe(want),
+            rules.join(", ")
+        ));
     }
     let asked = describe(want);
     let affinity = if aff.is_empty() {
@@ -304,7 +329,7 @@ mod tests {
             "f",
             &demand(100, vec![req(r, "zone", &["z"])], false, "")
         )
-        .is_err());
+        .is_err_and(|e| e.contains("none satisfies the label affinity required:zone=z")));
     }
 
     #[test]
