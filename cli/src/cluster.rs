@@ -848,12 +848,14 @@ pub fn status(a: StatusArgs) -> Result<()> {
     println!("INSTANCES");
     for i in &st.instances {
         println!(
-            "  {:<28} {:<10} {:<9} node {:<20} pid {:<7} {}{}",
+            "  {:<28} {:<10} {:<9} node {:<20} pid {:<7} cpu {:>4}m  rss {:>4} MiB  {}{}",
             i.instance_id,
             i.function,
             yr_control::master::state_name(i.state),
             i.node_id,
             i.pid,
+            i.cpu_millis_used,
+            i.memory_bytes_used >> 20,
             if i.name.is_empty() {
                 String::new()
             } else {
