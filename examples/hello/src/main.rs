@@ -10,6 +10,16 @@ fn main() {
             let who = if who.is_empty() { "world".into() } else { who };
             Ok(format!("hello, {who} (from {})", ctx.instance_id()).into_bytes())
         })
+        // Holds the call for the given number of milliseconds (for tests of queueing and
+        // scaling), then says which instance served it.
+        .handler("sleep", |ctx, input| {
+            let ms: u64 = std::str::from_utf8(input)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .ok_or_else(|| "sleep takes a number of milliseconds".to_string())?;
+            std::thread::sleep(std::time::Duration::from_millis(ms.min(60_000)));
+            Ok(ctx.instance_id().as_bytes().to_vec())
+        })
         // A no-op for benchmarks: the request's bytes back.
         .handler("echo", |_ctx, input| Ok(input.to_vec()))
         .handler("crash", |_ctx, _input| {
