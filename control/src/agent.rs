@@ -134,9 +134,20 @@ impl State {
             .stdout(stdout)
             .stderr(stderr)
             .kill_on_drop(false);
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| bad(&format!("start {}", exe.display()), &e))?;
+        // ETXTBSY: another thread of this agent forked while the executable was being copied
+        // (for another instance), so its child briefly holds the copy open for writing until
+        // it execs. The window is microseconds; a few retries always get past it.
+        let mut attempts = 0;
+        let mut child = loop {
+            match cmd.spawn() {
+                Ok(c) => break c,
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempts < 20 => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(5 * attempts)).await;
+                }
+                Err(e) => return Err(bad(&format!("start {}", exe.display()), &e)),
+            }
+        };
         let pid = child.id().unwrap_or(0);
         tracing::info!(instance = %id, pid, exe = %exe.display(), "function process started");
         let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -102,18 +102,45 @@ impl MasterState {
         }))
     }
 
+    /// Writes a record as it is (a new one: nobody else knows its ID yet).
     async fn save(&self, mut r: InstanceRecord) -> Result<InstanceRecord, Status> {
         r.updated_unix_ms = etcd::now_ms();
+        let mut all = self.instances.lock().await;
         self.meta
             .put(&etcd::instance_key(&r.instance_id), &r)
             .await
             .map_err(status_of)?;
-        self.instances
-            .lock()
-            .await
-            .insert(r.instance_id.clone(), r.clone());
+        all.insert(r.instance_id.clone(), r.clone());
+        drop(all);
         self.changed.notify_waiters();
         Ok(r)
+    }
+
+    /// Changes instance `id` atomically: `f` sees the current record and returns whether to
+    /// write it; no other change to any record interleaves between the read and the write
+    /// (the cache lock is held across the etcd write). `None` if there is no such instance.
+    async fn update(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut InstanceRecord) -> bool,
+    ) -> Result<Option<InstanceRecord>, Status> {
+        let mut all = self.instances.lock().await;
+        let Some(cur) = all.get(id) else {
+            return Ok(None);
+        };
+        let mut r = cur.clone();
+        if !f(&mut r) {
+            return Ok(Some(r));
+        }
+        r.updated_unix_ms = etcd::now_ms();
+        self.meta
+            .put(&etcd::instance_key(id), &r)
+            .await
+            .map_err(status_of)?;
+        all.insert(id.to_string(), r.clone());
+        drop(all);
+        self.changed.notify_waiters();
+        Ok(Some(r))
     }
 
     async fn function(&self, name: &str) -> Result<FunctionSpec, Status> {
@@ -157,11 +184,12 @@ impl MasterState {
                 let instances = self.instances.lock().await.clone();
                 match placement::choose(&nodes, &instances, &function.name, demand) {
                     Ok(n) => {
-                        if let Some(mut r) = instances.get(id).cloned() {
+                        self.update(id, |r| {
                             r.node_id = n.node_id.clone();
                             r.proxy_address = n.proxy_address.clone();
-                            self.save(r).await?;
-                        }
+                            true
+                        })
+                        .await?;
                         return Ok(n);
                     }
                     Err(why) => {
@@ -180,17 +208,31 @@ impl MasterState {
         }
     }
 
-    /// Asks the instance's node to start it; on failure the record says why.
+    /// Asks the instance's node to start it; on failure the record says why. Does nothing for
+    /// an instance that is being stopped or has ended meanwhile.
     async fn start_on_node(
         &self,
-        mut record: InstanceRecord,
+        id: &str,
         function: &FunctionSpec,
         node: &NodeRecord,
     ) -> Result<InstanceRecord, Status> {
-        record.node_id = node.node_id.clone();
-        record.proxy_address = node.proxy_address.clone();
-        record.state = InstanceState::Creating as i32;
-        let record = self.save(record).await?;
+        let mut go = false;
+        let record = self
+            .update(id, |r| {
+                if is_terminal(r.state) || r.state == InstanceState::Exiting as i32 {
+                    return false;
+                }
+                r.node_id = node.node_id.clone();
+                r.proxy_address = node.proxy_address.clone();
+                r.state = InstanceState::Creating as i32;
+                go = true;
+                true
+            })
+            .await?
+            .ok_or_else(|| Status::not_found(format!("instance {id} vanished")))?;
+        if !go {
+            return Ok(record);
+        }
         let mut agent = self.agent(&node.agent_address).await?;
         let reply = agent
             .start_instance(StartInstanceRequest {
@@ -198,23 +240,34 @@ impl MasterState {
                 function: Some(function.clone()),
             })
             .await;
-        match reply {
+        let updated = match reply {
             Ok(r) => {
-                // The proxy may already have reported RUNNING; keep the newer state.
-                let mut cur = self.current(&record.instance_id).await.unwrap_or(record);
-                if cur.pid == 0 {
-                    cur.pid = r.into_inner().pid;
-                    return self.save(cur).await;
-                }
-                Ok(cur)
+                let pid = r.into_inner().pid;
+                // Only the pid: the proxy may already have reported RUNNING.
+                self.update(id, |r| {
+                    if r.pid == 0 && !is_terminal(r.state) {
+                        r.pid = pid;
+                        true
+                    } else {
+                        false
+                    }
+                })
+                .await?
             }
             Err(e) => {
-                let mut r = self.current(&record.instance_id).await.unwrap_or(record);
-                r.state = InstanceState::Fatal as i32;
-                r.error = format!("node {} could not start it: {}", node.node_id, e.message());
-                self.save(r).await
+                let why = format!("node {} could not start it: {}", node.node_id, e.message());
+                self.update(id, |r| {
+                    if is_terminal(r.state) {
+                        return false;
+                    }
+                    r.state = InstanceState::Fatal as i32;
+                    r.error = why;
+                    true
+                })
+                .await?
             }
-        }
+        };
+        updated.ok_or_else(|| Status::not_found(format!("instance {id} vanished")))
     }
 
     async fn current(&self, id: &str) -> Option<InstanceRecord> {
@@ -294,18 +347,17 @@ impl MasterState {
             function.name,
             &uuid::Uuid::new_v4().simple().to_string()[..12]
         );
-        let record = self
-            .save(InstanceRecord {
-                instance_id: id.clone(),
-                function: function.name.clone(),
-                name: req.name.clone(),
-                stateful: req.stateful || !req.name.is_empty(),
-                state: InstanceState::Scheduling as i32,
-                resources: Some(resources.clone()),
-                scheduling: Some(scheduling.clone()),
-                ..Default::default()
-            })
-            .await?;
+        self.save(InstanceRecord {
+            instance_id: id.clone(),
+            function: function.name.clone(),
+            name: req.name.clone(),
+            stateful: req.stateful || !req.name.is_empty(),
+            state: InstanceState::Scheduling as i32,
+            resources: Some(resources.clone()),
+            scheduling: Some(scheduling.clone()),
+            ..Default::default()
+        })
+        .await?;
         if !req.name.is_empty() {
             self.meta
                 .put_raw(&etcd::name_key(&req.function, &req.name), &id)
@@ -319,16 +371,18 @@ impl MasterState {
         let node = match self.place(&id, &function, &demand, wait).await {
             Ok(n) => n,
             Err(e) => {
-                let mut r = record;
-                r.state = InstanceState::Fatal as i32;
-                r.error = e.message().to_string();
-                self.save(r).await?;
+                let why = e.message().to_string();
+                self.update(&id, |r| {
+                    r.state = InstanceState::Fatal as i32;
+                    r.error = why;
+                    true
+                })
+                .await?;
                 return Err(e);
             }
         };
         self.remember_node(&node.node_id).await;
-        let record = self.current(&id).await.unwrap_or(record);
-        self.start_on_node(record, &function, &node).await?;
+        self.start_on_node(&id, &function, &node).await?;
         self.wait_running(&id, wait).await
     }
 
@@ -353,26 +407,35 @@ impl MasterState {
         if is_terminal(r.state) {
             return Ok(());
         }
-        let mut r = r;
-        r.state = InstanceState::Exiting as i32;
-        let r = self.save(r).await?;
+        let id = r.instance_id.clone();
+        self.update(&id, |r| {
+            if is_terminal(r.state) {
+                return false;
+            }
+            r.state = InstanceState::Exiting as i32;
+            true
+        })
+        .await?;
         if let Some(node) = self.nodes.snapshot().get(&r.node_id) {
             let mut agent = self.agent(&node.agent_address).await?;
             if let Err(e) = agent
                 .stop_instance(InstanceRef {
-                    instance_id: r.instance_id.clone(),
+                    instance_id: id.clone(),
                     name: String::new(),
                 })
                 .await
             {
-                tracing::warn!(instance = %r.instance_id, "stop failed: {}", e.message());
+                tracing::warn!(instance = %id, "stop failed: {}", e.message());
             }
         }
-        let mut r = self.current(&r.instance_id).await.unwrap_or(r);
-        if !is_terminal(r.state) {
+        self.update(&id, |r| {
+            if is_terminal(r.state) {
+                return false;
+            }
             r.state = InstanceState::Exited as i32;
-            self.save(r.clone()).await?;
-        }
+            true
+        })
+        .await?;
         if !r.name.is_empty() {
             let _ = self
                 .meta
@@ -384,69 +447,92 @@ impl MasterState {
 
     /// Applies an agent's or proxy's report.
     pub async fn report(self: &Arc<Self>, ev: InstanceEvent) -> Result<(), Status> {
-        let Some(mut r) = self.current(&ev.instance_id).await else {
-            return Err(Status::not_found(format!("no instance {}", ev.instance_id)));
-        };
-        if ev.pid != 0 {
-            r.pid = ev.pid;
-        }
-        if ev.cpu_millis_used != 0 || ev.memory_bytes_used != 0 {
-            r.cpu_millis_used = ev.cpu_millis_used;
-            r.memory_bytes_used = ev.memory_bytes_used;
-        }
         let s = ev.state;
-        if is_terminal(r.state) {
-            return Ok(()); // late news about an instance that already ended
+        let mut then_fail = false;
+        let found = self
+            .update(&ev.instance_id, |r| {
+                if is_terminal(r.state) {
+                    return false; // late news about an instance that already ended
+                }
+                if ev.cpu_millis_used != 0 || ev.memory_bytes_used != 0 {
+                    r.cpu_millis_used = ev.cpu_millis_used;
+                    r.memory_bytes_used = ev.memory_bytes_used;
+                }
+                if s == InstanceState::Running as i32 {
+                    if ev.pid != 0 {
+                        r.pid = ev.pid;
+                    }
+                    if r.state == InstanceState::Creating as i32
+                        || r.state == InstanceState::Failed as i32
+                    {
+                        r.state = s;
+                        r.error.clear();
+                    }
+                } else if s == InstanceState::Exited as i32 {
+                    r.state = InstanceState::Exited as i32;
+                } else if s == InstanceState::Failed as i32 {
+                    if r.state == InstanceState::Exiting as i32 {
+                        r.state = InstanceState::Exited as i32;
+                    } else {
+                        r.error = ev.error.clone();
+                        then_fail = true;
+                    }
+                }
+                true
+            })
+            .await?;
+        if found.is_none() {
+            return Err(Status::not_found(format!("no instance {}", ev.instance_id)));
         }
-        if s == InstanceState::Running as i32 {
-            if r.state == InstanceState::Creating as i32 || r.state == InstanceState::Failed as i32
-            {
-                r.state = s;
-                r.error.clear();
-            }
-            self.save(r).await?;
-        } else if s == InstanceState::Exited as i32 || r.state == InstanceState::Exiting as i32 {
-            r.state = InstanceState::Exited as i32;
-            self.save(r).await?;
-        } else if s == InstanceState::Failed as i32 {
-            r.error = ev.error;
-            self.fail(r).await?;
-        } else {
-            self.save(r).await?;
+        if then_fail {
+            self.fail(&ev.instance_id).await?;
         }
         Ok(())
     }
 
     /// An instance died on its own (or with its node): restart it while it has retries left,
     /// else FATAL with the reason kept for callers.
-    async fn fail(self: &Arc<Self>, mut r: InstanceRecord) -> Result<(), Status> {
-        let function = match self.function(&r.function).await {
-            Ok(f) => f,
-            Err(_) => {
-                r.state = InstanceState::Fatal as i32;
-                self.save(r).await?;
-                return Ok(());
-            }
-        };
-        if r.restarts >= function.max_retries {
-            r.state = InstanceState::Fatal as i32;
-            r.error = format!(
-                "exited {} time(s), retry limit {} reached; last: {}",
-                r.restarts + 1,
-                function.max_retries,
-                r.error
-            );
-            tracing::warn!(instance = %r.instance_id, "FATAL: {}", r.error);
-            self.save(r).await?;
+    async fn fail(self: &Arc<Self>, id: &str) -> Result<(), Status> {
+        let Some(cur) = self.current(id).await else {
             return Ok(());
-        }
-        r.restarts += 1;
-        r.state = InstanceState::Failed as i32;
-        r.pid = 0;
-        let r = self.save(r).await?;
+        };
+        let function = self.function(&cur.function).await.ok();
+        let mut restart = false;
+        let r = self
+            .update(id, |r| {
+                if is_terminal(r.state) || r.state == InstanceState::Exiting as i32 {
+                    return false;
+                }
+                let Some(f) = &function else {
+                    r.state = InstanceState::Fatal as i32;
+                    r.error = format!("function {} was deleted; last: {}", r.function, r.error);
+                    return true;
+                };
+                if r.restarts >= f.max_retries {
+                    r.state = InstanceState::Fatal as i32;
+                    r.error = format!(
+                        "exited {} time(s), retry limit {} reached; last: {}",
+                        r.restarts + 1,
+                        f.max_retries,
+                        r.error
+                    );
+                    tracing::warn!(instance = %r.instance_id, "FATAL: {}", r.error);
+                    return true;
+                }
+                r.restarts += 1;
+                r.state = InstanceState::Failed as i32;
+                r.pid = 0;
+                restart = true;
+                true
+            })
+            .await?;
+        let (Some(r), Some(function), true) = (r, function, restart) else {
+            return Ok(());
+        };
         tracing::info!(instance = %r.instance_id, restarts = r.restarts, "restarting: {}", r.error);
         let this = Arc::clone(self);
         tokio::spawn(async move {
+            let id = r.instance_id.clone();
             let node = match this.nodes.snapshot().get(&r.node_id).cloned() {
                 Some(n) => Ok(n),
                 None => {
@@ -454,25 +540,34 @@ impl MasterState {
                         resources: r.resources.clone().unwrap_or_default(),
                         scheduling: r.scheduling.clone().unwrap_or_default(),
                     };
-                    let mut pending = r.clone();
-                    pending.node_id.clear(); // not counted on the dead node while re-placed
-                    let _ = this.save(pending).await;
-                    this.place(&r.instance_id, &function, &demand, DEFAULT_WAIT)
-                        .await
+                    // Not counted on the dead node while it is placed again.
+                    let _ = this
+                        .update(&id, |r| {
+                            r.node_id.clear();
+                            true
+                        })
+                        .await;
+                    this.place(&id, &function, &demand, DEFAULT_WAIT).await
                 }
             };
             match node {
                 Ok(node) => {
-                    let cur = this.current(&r.instance_id).await.unwrap_or(r);
-                    if let Err(e) = this.start_on_node(cur, &function, &node).await {
+                    if let Err(e) = this.start_on_node(&id, &function, &node).await {
                         tracing::warn!("restart failed: {}", e.message());
                     }
                 }
                 Err(e) => {
-                    let mut cur = this.current(&r.instance_id).await.unwrap_or(r);
-                    cur.state = InstanceState::Fatal as i32;
-                    cur.error = format!("cannot restart: {}", e.message());
-                    let _ = this.save(cur).await;
+                    let why = format!("cannot restart: {}", e.message());
+                    let _ = this
+                        .update(&id, |r| {
+                            if is_terminal(r.state) {
+                                return false;
+                            }
+                            r.state = InstanceState::Fatal as i32;
+                            r.error = why;
+                            true
+                        })
+                        .await;
                 }
             }
         });
@@ -500,15 +595,26 @@ impl MasterState {
                 })
                 .cloned()
                 .collect();
-            for mut r in orphans {
-                if r.state == InstanceState::Exiting as i32 {
-                    r.state = InstanceState::Exited as i32;
-                    let _ = self.save(r).await;
-                    continue;
+            for orphan in orphans {
+                let mut then_fail = false;
+                let _ = self
+                    .update(&orphan.instance_id, |r| {
+                        if is_terminal(r.state) || alive.contains_key(&r.node_id) {
+                            return false;
+                        }
+                        if r.state == InstanceState::Exiting as i32 {
+                            r.state = InstanceState::Exited as i32;
+                        } else {
+                            r.error = format!("node {} is dead (its lease lapsed)", r.node_id);
+                            tracing::warn!(instance = %r.instance_id, "{}", r.error);
+                            then_fail = true;
+                        }
+                        true
+                    })
+                    .await;
+                if then_fail {
+                    let _ = self.fail(&orphan.instance_id).await;
                 }
-                r.error = format!("node {} is dead (its lease lapsed)", r.node_id);
-                tracing::warn!(instance = %r.instance_id, "{}", r.error);
-                let _ = self.fail(r).await;
             }
             tokio::select! {
                 _ = nodes_rx.changed() => {}

@@ -66,7 +66,7 @@ impl Drop for Busy<'_> {
 }
 
 /// The outcome of one instance creation, shared by every call that waits for it.
-type Creation = tokio::sync::OnceCell<Result<(), String>>;
+type Creation = tokio::sync::OnceCell<Result<InstanceRecord, String>>;
 
 struct State {
     config: ProxyConfig,
@@ -224,8 +224,13 @@ impl State {
         }
     }
 
-    /// Creates one more instance of `function` unless one is already being created.
-    async fn create_one(self: &Arc<Self>, function: &str, wait: Duration) -> Result<(), String> {
+    /// Creates one more instance of `function` unless one is already being created, and
+    /// returns the instance (RUNNING) that this or the concurrent creation made.
+    async fn create_one(
+        self: &Arc<Self>,
+        function: &str,
+        wait: Duration,
+    ) -> Result<InstanceRecord, String> {
         let cell = {
             let mut c = self.creating.lock().await;
             Arc::clone(c.entry(function.to_string()).or_default())
@@ -246,8 +251,12 @@ impl State {
                         ..Default::default()
                     })
                     .await
-                    .map(|_| ())
                     .map_err(|e| e.message().to_string())
+                    .and_then(|r| {
+                        r.into_inner()
+                            .instance
+                            .ok_or_else(|| "the master returned no instance".to_string())
+                    })
             })
             .await
             .clone();
@@ -315,25 +324,34 @@ impl State {
                 let i = self.rr.fetch_add(1, Ordering::Relaxed) % running.len();
                 return self.forward(running[i], req).await;
             }
-            // Cold start: no instance runs anywhere.
+            // Cold start: no instance runs anywhere. Deliver to the very instance the master
+            // started (waiting for the mirror could see an intermediate state and start another).
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if let Err(e) = self.create_one(&function.name, left).await {
-                let kind = if e.contains("insufficient resources") {
-                    ErrorKind::ErrorInsufficientResources
-                } else if e.contains("not running after") {
-                    ErrorKind::ErrorTimeout
-                } else {
-                    ErrorKind::ErrorInstanceFatal
-                };
-                return fail(
-                    kind,
-                    format!("cannot start an instance of {}: {e}", function.name),
-                );
+            let created = match self.create_one(&function.name, left).await {
+                Ok(r) => r,
+                Err(e) => {
+                    let kind = if e.contains("insufficient resources") {
+                        ErrorKind::ErrorInsufficientResources
+                    } else if e.contains("not running after") {
+                        ErrorKind::ErrorTimeout
+                    } else {
+                        ErrorKind::ErrorInstanceFatal
+                    };
+                    return fail(
+                        kind,
+                        format!("cannot start an instance of {}: {e}", function.name),
+                    );
+                }
+            };
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if let Some(l) = self.local(&created.instance_id) {
+                return self.deliver(&l, &function, &req, left).await;
             }
-            // The master answered once the instance was RUNNING; wait for our mirror to see it.
-            let mut m = self.instances.subscribe();
-            let _ =
-                tokio::time::timeout(Duration::from_millis(200 * (attempt + 1)), m.changed()).await;
+            if created.node_id != self.config.node_id {
+                return self.forward(&created, req).await;
+            }
+            // Started on this node but no longer connected (it exited at once): look again.
+            tracing::debug!(attempt, instance = %created.instance_id, "new instance not connected");
         }
         fail(
             ErrorKind::ErrorInternal,

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use yr_datastore::Client;
 
+pub mod cluster;
+
 /// Path of the `yr` binary under test.
 pub fn yr_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("YR_BIN") {
