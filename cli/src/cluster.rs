@@ -37,7 +37,7 @@ pub struct Session {
     pub node_id: String,
     pub master_address: String,
     pub etcd_endpoints: Vec<String>,
-    /// The REST gateway and meta service are not part of this build yet (issue 5): null.
+    /// The REST frontend and meta service (master nodes only).
     pub frontend_url: Option<String>,
     pub meta_url: Option<String>,
     pub proxy_address: String,
@@ -532,6 +532,21 @@ pub fn start(a: StartArgs) -> Result<()> {
             (info.etcd_endpoints, master)
         };
         let etcd = etcd_endpoints.join(",");
+        let mut meta_url = None;
+        if a.master {
+            let mut cmd = Command::new(&exe);
+            cmd.args(["component", "meta-service", "--listen"])
+                .arg(format!("127.0.0.1:{}", port(31182)?))
+                .args(["--upstream", &master_address]);
+            let l = launch(
+                "meta-service",
+                cmd,
+                &dir.join("logs/meta-service.log"),
+                true,
+            )?;
+            meta_url = Some(format!("http://{}", l.info.address));
+            started.push(l.info);
+        }
         // This node's worker components.
         let node_dir = dir.join("node");
         std::fs::create_dir_all(&node_dir)?;
@@ -595,6 +610,16 @@ pub fn start(a: StartArgs) -> Result<()> {
         for r in &a.resources {
             cmd.arg("--resource").arg(r);
         }
+        let mut frontend_url = None;
+        if a.master {
+            let mut cmd = Command::new(&exe);
+            cmd.args(["component", "frontend", "--listen"])
+                .arg(format!("127.0.0.1:{}", port(8888)?))
+                .args(["--upstream", &proxy_address]);
+            let l = launch("frontend", cmd, &dir.join("logs/frontend.log"), true)?;
+            frontend_url = Some(format!("http://{}", l.info.address));
+            started.push(l.info);
+        }
         started.push(
             launch(
                 "function-agent",
@@ -614,8 +639,8 @@ pub fn start(a: StartArgs) -> Result<()> {
             node_id: node_id.clone(),
             master_address,
             etcd_endpoints,
-            frontend_url: None,
-            meta_url: None,
+            frontend_url,
+            meta_url,
             proxy_address,
             data_socket: socket,
             components: Vec::new(),
@@ -654,6 +679,9 @@ pub fn start(a: StartArgs) -> Result<()> {
     writeln!(out, "  etcd    {}", session.etcd_endpoints.join(","))?;
     writeln!(out, "  proxy   {}", session.proxy_address)?;
     writeln!(out, "  data    {}", session.data_socket.display())?;
+    if let (Some(f), Some(m)) = (&session.frontend_url, &session.meta_url) {
+        writeln!(out, "  REST    frontend {f}  meta service {m}")?;
+    }
     if a.master {
         writeln!(out, "To add a worker node, run on it:")?;
         writeln!(
@@ -986,7 +1014,10 @@ fn deploy(a: DeployArgs) -> Result<()> {
     let r = rt()?
         .block_on(async {
             master_client(&s.master_address)?
-                .deploy(DeployRequest { spec: Some(spec) })
+                .deploy(DeployRequest {
+                    spec: Some(spec),
+                    ..Default::default()
+                })
                 .await
                 .map_err(|e| anyhow!("{}", e.message()))
         })?

@@ -21,6 +21,20 @@ pub enum ComponentCmd {
     FunctionProxy(ProxyArgs),
     /// The function agent and runtime manager: this node's function processes.
     FunctionAgent(AgentArgs),
+    /// The meta service: function management over REST.
+    MetaService(RestArgs),
+    /// The frontend: function invocation over REST.
+    Frontend(RestArgs),
+}
+
+#[derive(Args)]
+pub struct RestArgs {
+    /// Address to listen on.
+    #[arg(long)]
+    listen: std::net::SocketAddr,
+    /// The function master (meta service) or this node's proxy (frontend), host:port.
+    #[arg(long)]
+    upstream: String,
 }
 
 fn endpoints(s: &str) -> Vec<String> {
@@ -178,6 +192,12 @@ pub fn run(cmd: ComponentCmd) -> Result<()> {
                 advertise: String::new(),
             };
             yr_control::master::run(config, sd, ready).await
+        }),
+        ComponentCmd::MetaService(a) => run_async("meta service", |sd, ready| async move {
+            yr_control::rest::run_meta(a.listen, &a.upstream, sd, ready).await
+        }),
+        ComponentCmd::Frontend(a) => run_async("frontend", |sd, ready| async move {
+            yr_control::rest::run_frontend(a.listen, &a.upstream, sd, ready).await
         }),
         ComponentCmd::FunctionScheduler(a) => {
             run_async("function scheduler", |sd, ready| async move {

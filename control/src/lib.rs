@@ -9,6 +9,7 @@ pub mod package;
 pub mod placement;
 pub mod procstat;
 pub mod proxy;
+pub mod rest;
 pub mod scheduler;
 
 use std::sync::Arc;

@@ -668,17 +668,18 @@ pub fn state_name(s: i32) -> &'static str {
 /// Fills defaults and checks a function spec; the error names the field.
 pub fn normalize_spec(mut spec: FunctionSpec) -> Result<FunctionSpec, Status> {
     let bad = |field: &str, why: String| Status::invalid_argument(format!("{field}: {why}"));
+    // '@' admits openYuanrong's function-service names (`0@service@func`).
     if spec.name.is_empty()
-        || spec.name.len() > 64
+        || spec.name.len() > 128
         || !spec
             .name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '@')
     {
         return Err(bad(
             "name",
             format!(
-                "{:?} must be 1-64 characters of a-z, 0-9, '-' or '_'",
+                "{:?} must be 1-128 characters of a-z, A-Z, 0-9, '-', '_' or '@'",
                 spec.name
             ),
         ));
@@ -746,19 +747,36 @@ struct Service(Arc<MasterState>);
 #[tonic::async_trait]
 impl Master for Service {
     async fn deploy(&self, req: Request<DeployRequest>) -> Result<Response<DeployReply>, Status> {
+        let req = req.into_inner();
         let spec = req
-            .into_inner()
             .spec
             .ok_or_else(|| Status::invalid_argument("spec: missing"))?;
-        let spec = normalize_spec(spec)?;
+        let mut spec = normalize_spec(spec)?;
         let key = etcd::function_key(&spec.name);
-        let existed = self
+        let _deploying = self.0.placing.lock().await;
+        let old = self
             .0
             .meta
             .get::<FunctionSpec>(&key)
             .await
-            .map_err(status_of)?
-            .is_some();
+            .map_err(status_of)?;
+        let existed = old.is_some();
+        if existed && req.create_only {
+            return Err(Status::already_exists(format!(
+                "the function name {} already exists",
+                spec.name
+            )));
+        }
+        if !existed && req.update_only {
+            return Err(Status::not_found(format!(
+                "function {:?} is not deployed",
+                spec.name
+            )));
+        }
+        if let Some(old) = old {
+            spec.created_unix_ms = old.created_unix_ms;
+            spec.revision = old.revision + 1;
+        }
         self.0.meta.put(&key, &spec).await.map_err(status_of)?;
         tracing::info!(function = %spec.name, created = !existed, "deployed");
         Ok(Response::new(DeployReply {
