@@ -557,7 +557,9 @@ mod tests {
         let b = json!({"name": "0@svc@f", "cpu": 300, "memory": "128", "minInstance": "1",
             "maxInstance": 4, "concurrentNum": "8", "timeout": 5, "codePath": "/x",
             "environment": {"A": "1"}, "customResources": {"gpu": "1"}});
-        let s = spec_from_body(&b, None).ok().expect("valid");
+        let Ok(s) = spec_from_body(&b, None) else {
+            panic!("a valid body was refused");
+        };
         assert_eq!(
             (
                 s.min_instances,
@@ -572,9 +574,7 @@ mod tests {
             Some((300, 128))
         );
         assert_eq!(s.env.get("A").map(String::as_str), Some("1"));
-        let bad = spec_from_body(&json!({"name": "f", "cpu": "lots"}), None)
-            .err()
-            .expect("invalid");
+        let bad = spec_from_body(&json!({"name": "f", "cpu": "lots"}), None).expect_err("invalid");
         assert!(bad.detail.contains("cpu") && bad.code == 1001);
         assert!(spec_from_body(&json!([1]), None).is_err());
         assert!(spec_from_body(&json!({"cpu": 1}), None)
