@@ -1,0 +1,158 @@
+//! The meta service and the frontend over real HTTP, against a real one-node cluster: register a
+//! function with openYuanrong's body, refuse a duplicate (4101) and bad fields (1001, naming the
+//! field), invoke it by URN and by the short form, and get problem+json for platform errors.
+//!
+//! The HTTP client is a few lines over `TcpStream` (HTTP/1.1, `Connection: close`), so the test
+//! sees exactly the bytes on the wire.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use yr_tests::cluster::{example, Cluster, NodeOptions};
+
+struct Reply {
+    status: u16,
+    headers: String,
+    body: String,
+}
+
+fn http(base: &str, method: &str, path: &str, body: &str) -> Reply {
+    let host = base.trim_start_matches("http://");
+    let mut s = TcpStream::connect(host).unwrap_or_else(|e| panic!("connect {host}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).expect("send");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("read reply");
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {raw:?}"));
+    Reply {
+        status,
+        headers: head.to_ascii_lowercase(),
+        body: body.to_string(),
+    }
+}
+
+fn json(r: &Reply) -> serde_json::Value {
+    serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.body))
+}
+
+#[test]
+fn register_and_invoke_over_rest() {
+    let c = Cluster::start(NodeOptions::default());
+    let session: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(c.master().session_dir.join("session.json")).expect("session"),
+    )
+    .expect("session JSON");
+    let meta = session["meta_url"].as_str().expect("meta_url").to_string();
+    let front = session["frontend_url"]
+        .as_str()
+        .expect("frontend_url")
+        .to_string();
+
+    assert_eq!(http(&meta, "GET", "/healthz", "").status, 200);
+    assert_eq!(http(&front, "GET", "/healthz", "").status, 200);
+
+    let hello = example("hello");
+    let body = serde_json::json!({
+        "name": "0@svc@hello", "runtime": "posix-custom-runtime", "handler": "hello",
+        "kind": "faas", "cpu": 100, "memory": 64, "timeout": 30, "minInstance": "0",
+        "maxInstance": "2", "concurrentNum": "4", "codePath": hello.display().to_string(),
+        "environment": {"GREETING": "hi"}, "storageType": "local", "description": "d"
+    })
+    .to_string();
+    let r = http(&meta, "POST", "/serverless/v1/functions", &body);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = json(&r);
+    assert_eq!(v["code"], 0);
+    let urn = v["function"]["functionVersionUrn"]
+        .as_str()
+        .expect("URN")
+        .to_string();
+    assert_eq!(urn, "sn:cn:yrk:default:function:0@svc@hello:latest");
+
+    // The same name again: 4101.
+    let r = http(&meta, "POST", "/serverless/v1/functions", &body);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(json(&r)["code"], 4101);
+    assert!(
+        r.headers.contains("application/problem+json"),
+        "{}",
+        r.headers
+    );
+
+    // Bad fields: 1001, naming the field; malformed JSON too.
+    let r = http(
+        &meta,
+        "POST",
+        "/serverless/v1/functions",
+        r#"{"name":"x","cpu":"lots","codePath":"/bin/true"}"#,
+    );
+    assert_eq!((r.status, json(&r)["code"].as_u64()), (400, Some(1001)));
+    assert!(
+        json(&r)["detail"].as_str().unwrap_or("").contains("cpu"),
+        "{}",
+        r.body
+    );
+    let r = http(&meta, "POST", "/serverless/v1/functions", "{not json");
+    assert_eq!((r.status, json(&r)["code"].as_u64()), (400, Some(1001)));
+
+    // Get and list.
+    let r = http(&meta, "GET", "/serverless/v1/functions/0@svc@hello", "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(json(&r)["function"]["concurrentNum"], 4);
+    let r = http(&meta, "GET", "/serverless/v1/functions", "");
+    assert_eq!(json(&r)["functions"].as_array().map(Vec::len), Some(1));
+    let r = http(&meta, "GET", "/serverless/v1/functions/nope", "");
+    assert_eq!((r.status, json(&r)["code"].as_u64()), (404, Some(1015)));
+
+    // Invoke by URN and by the short form.
+    let path = format!("/serverless/v1/functions/{urn}/invocations");
+    let r = http(&front, "POST", &path, "yuanrong");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.body.starts_with("hello, yuanrong (from 0@svc@hello-"),
+        "{}",
+        r.body
+    );
+    let r = http(
+        &front,
+        "POST",
+        "/invocations/default/svc/0@svc@hello/",
+        "short",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.starts_with("hello, short"), "{}", r.body);
+
+    // Unknown function: 404 problem+json with 1015; a malformed URN: 400.
+    let r = http(
+        &front,
+        "POST",
+        "/serverless/v1/functions/sn:cn:yrk:default:function:nope:latest/invocations",
+        "x",
+    );
+    assert_eq!((r.status, json(&r)["code"].as_u64()), (404, Some(1015)));
+    assert!(r.headers.contains("application/problem+json"));
+    let r = http(
+        &front,
+        "POST",
+        "/serverless/v1/functions/sn:cn:x/invocations",
+        "x",
+    );
+    assert_eq!((r.status, json(&r)["code"].as_u64()), (400, Some(1001)));
+
+    // Delete: then it is gone.
+    let r = http(&meta, "DELETE", "/serverless/v1/functions/0@svc@hello", "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = http(&front, "POST", &path, "again");
+    assert_eq!(r.status, 404, "{}", r.body);
+}
