@@ -165,6 +165,9 @@ pub struct NodeOptions {
     pub memory_mib: Option<u64>,
     /// `--label key=value`.
     pub labels: Vec<(String, String)>,
+    /// `--idle-timeout-ms` (master nodes: how long the scheduler lets a stateless instance sit
+    /// idle before stopping it; default 60 s).
+    pub idle_timeout_ms: Option<u64>,
 }
 
 impl NodeOptions {
@@ -179,6 +182,12 @@ impl NodeOptions {
     /// Adds a label.
     pub fn label(mut self, key: &str, value: &str) -> NodeOptions {
         self.labels.push((key.into(), value.into()));
+        self
+    }
+
+    /// Sets `--idle-timeout-ms` (meaningful for a master node).
+    pub fn idle_timeout_ms(mut self, ms: u64) -> NodeOptions {
+        self.idle_timeout_ms = Some(ms);
         self
     }
 
@@ -197,6 +206,9 @@ impl NodeOptions {
         }
         for (k, val) in &self.labels {
             v.extend(["--label".into(), format!("{k}={val}")]);
+        }
+        if let Some(ms) = self.idle_timeout_ms {
+            v.extend(["--idle-timeout-ms".into(), ms.to_string()]);
         }
         v
     }
@@ -446,7 +458,25 @@ struct Node {
 /// workers that joined it.
 pub struct Cluster {
     nodes: Vec<Node>,
+    /// Components the test started itself (outside any `yr start`), killed on drop.
+    extra: Vec<ExtraComponent>,
     root: tempfile::TempDir,
+}
+
+/// A component the test started with `yr component ...` (not listed in any session.json).
+struct ExtraComponent {
+    name: String,
+    child: std::process::Child,
+    log: PathBuf,
+    /// Keeps the stdout pipe open, so that the component never writes into a closed pipe.
+    _stdout: Option<std::process::ChildStdout>,
+}
+
+impl ExtraComponent {
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Cluster {
@@ -458,6 +488,7 @@ impl Cluster {
             .expect("temporary folder for the cluster");
         let mut c = Cluster {
             nodes: Vec::new(),
+            extra: Vec::new(),
             root,
         };
         c.start_node("master", &["--master"], &master);
@@ -632,6 +663,81 @@ impl Cluster {
         out
     }
 
+    /// Starts the master node's function master again, on the address and with the etcd
+    /// endpoints its `session.json` records (after the test killed the one `yr start` began),
+    /// and waits up to `deadline` for its `ready address=...` line; returns its pid and that
+    /// line. The new process is the test's child: dropping the cluster kills it (`yr stop` only
+    /// knows the old pid). Panics, with the new master's log, if it does not get ready.
+    #[track_caller]
+    pub fn restart_function_master(&mut self, deadline: Duration) -> (u32, String) {
+        let s = self.master().clone();
+        let old = s
+            .components
+            .iter()
+            .find(|c| c.name == "function-master")
+            .unwrap_or_else(|| panic!("node {} runs no function master", s.node_id))
+            .clone();
+        let n = self
+            .extra
+            .iter()
+            .filter(|e| e.name == "function-master")
+            .count();
+        let log = s
+            .session_dir
+            .join("logs")
+            .join(format!("function-master-restart{}.log", n + 1));
+        let logf = std::fs::File::create(&log)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
+        let mut child = Command::new(yr_bin())
+            .args(["component", "function-master", "--listen", &old.address])
+            .args(["--etcd", &s.etcd_endpoints.join(",")])
+            .env("YR_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(logf)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run yr component function-master: {e}"));
+        let pid = child.id();
+        let stdout = child.stdout.take().expect("piped stdout");
+        // Recorded before waiting, so that drop kills it even if it never gets ready.
+        self.extra.push(ExtraComponent {
+            name: "function-master".into(),
+            child,
+            log: log.clone(),
+            _stdout: None,
+        });
+        // The ready line is read on a thread so that the wait has a deadline; the thread hands
+        // the pipe back so that it stays open for the master's lifetime.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = std::io::BufReader::new(stdout);
+            let mut line = String::new();
+            let r = std::io::BufRead::read_line(&mut reader, &mut line).map(|_| line);
+            let _ = tx.send((r, reader.into_inner()));
+        });
+        let line = match rx.recv_timeout(deadline) {
+            Ok((Ok(line), stdout)) if line.starts_with("ready") => {
+                if let Some(e) = self.extra.last_mut() {
+                    e._stdout = Some(stdout);
+                }
+                line.trim().to_string()
+            }
+            Ok((r, _)) => panic!(
+                "the restarted function master (pid {pid}) printed {r:?} instead of a ready line; \
+                 its log ({}):\n{}",
+                log.display(),
+                tail(&log, 30)
+            ),
+            Err(_) => panic!(
+                "the restarted function master (pid {pid}) was not ready within {deadline:?}; \
+                 its log ({}):\n{}",
+                log.display(),
+                tail(&log, 30)
+            ),
+        };
+        (pid, line)
+    }
+
     /// The tail of every component log and every instance's stderr, for failure messages.
     pub fn logs(&self) -> String {
         let mut s = String::new();
@@ -644,6 +750,17 @@ impl Cluster {
                     c.log.display(),
                     tail(&c.log, if c.name == "etcd" { 8 } else { 30 })
                 ));
+            }
+            if n.session.role == "master" {
+                for e in &self.extra {
+                    s.push_str(&format!(
+                        "==> {} started by the test, pid {} ({}):\n{}\n",
+                        e.name,
+                        e.child.id(),
+                        e.log.display(),
+                        tail(&e.log, 30)
+                    ));
+                }
             }
             let instances = n.dir.join("node/work/instances");
             let mut dirs: Vec<PathBuf> = std::fs::read_dir(&instances)
@@ -673,7 +790,13 @@ impl Drop for Cluster {
             );
         }
         // Workers first, then the master node (whose etcd and master the workers talk to).
+        // Components the test started itself go just before the master node's.
         for i in (0..self.nodes.len()).rev() {
+            if i == 0 {
+                for e in &mut self.extra {
+                    e.kill();
+                }
+            }
             if self.nodes[i].stopped {
                 continue;
             }
@@ -689,6 +812,9 @@ impl Drop for Cluster {
                     kill_group(c.pid);
                 }
             }
+        }
+        for e in &mut self.extra {
+            e.kill();
         }
     }
 }
@@ -749,6 +875,19 @@ impl Process {
             }),
             _ => None,
         }
+    }
+
+    /// Polls until the process has ended (see [`Process::is_gone`]); false if it still runs
+    /// after `deadline`.
+    pub fn wait_gone(&self, deadline: Duration) -> bool {
+        let start = Instant::now();
+        while !self.is_gone() {
+            if start.elapsed() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
     }
 
     /// Whether the process has ended: no such pid, a zombie (an ended process nobody has
