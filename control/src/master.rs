@@ -347,17 +347,38 @@ impl MasterState {
             function.name,
             &uuid::Uuid::new_v4().simple().to_string()[..12]
         );
-        self.save(InstanceRecord {
-            instance_id: id.clone(),
-            function: function.name.clone(),
-            name: req.name.clone(),
-            stateful: req.stateful || !req.name.is_empty(),
-            state: InstanceState::Scheduling as i32,
-            resources: Some(resources.clone()),
-            scheduling: Some(scheduling.clone()),
-            ..Default::default()
-        })
-        .await?;
+        let stateful = req.stateful || !req.name.is_empty();
+        {
+            // Counting and recording under one lock: concurrent creates (the scheduler, several
+            // proxies) cannot take a stateless pool past its maximum.
+            let _placing = self.placing.lock().await;
+            if !stateful {
+                let alive = self
+                    .instances
+                    .lock()
+                    .await
+                    .values()
+                    .filter(|r| r.function == function.name && !r.stateful && !is_terminal(r.state))
+                    .count() as u32;
+                if alive >= function.max_instances {
+                    return Err(Status::resource_exhausted(format!(
+                        "function {} already has {alive} instance(s), its max_instances",
+                        function.name
+                    )));
+                }
+            }
+            self.save(InstanceRecord {
+                instance_id: id.clone(),
+                function: function.name.clone(),
+                name: req.name.clone(),
+                stateful,
+                state: InstanceState::Scheduling as i32,
+                resources: Some(resources.clone()),
+                scheduling: Some(scheduling.clone()),
+                ..Default::default()
+            })
+            .await?;
+        }
         if !req.name.is_empty() {
             self.meta
                 .put_raw(&etcd::name_key(&req.function, &req.name), &id)

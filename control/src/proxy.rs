@@ -5,9 +5,13 @@
 //! instance, or forwards to the proxy of the node that runs the chosen instance.
 //!
 //! Invariants:
-//! - Each local instance has `concurrency` calls in flight at most; further calls wait in a FIFO
-//!   queue of at most [`QUEUE_BOUND`] and beyond that are refused as BUSY, never dropped silently.
-//!   A stateful instance has concurrency 1, and the FIFO is what keeps its calls in order.
+//! - Each local instance has `concurrency` calls in flight at most. A stateless call that finds
+//!   every local instance of its function busy waits for *any* of them (or for a new one) to
+//!   free up, not for one chosen on arrival, so an instance added under load takes waiting calls
+//!   at once. At most [`QUEUE_BOUND`] calls per local instance wait; beyond that a call is refused
+//!   as BUSY, never dropped silently.
+//! - A call to a named (stateful) instance waits in that instance's FIFO; concurrency 1 and the
+//!   FIFO are what keep its calls in order.
 //! - Every call ends with a reply: the result, the function's error, a timeout, or the instance's
 //!   exit; a call is never left waiting on an instance that is gone.
 //! - A forwarded call names its instance, so it is delivered here or refused; it is never
@@ -54,16 +58,33 @@ struct LocalInstance {
     waiting: AtomicUsize,
     /// When its last call ended (ms since the epoch); its start time until then.
     last_done: AtomicU64,
+    /// The function's waiting calls, for stateless instances.
+    pool: Option<Arc<Pool>>,
 }
 
-/// Ends a call's occupancy of an instance: stamps the instance's last activity.
+/// Stateless calls of one function waiting on this node for any local instance to free up.
+#[derive(Default)]
+struct Pool {
+    /// Signalled when a call ends on one of the function's local instances or one connects.
+    freed: tokio::sync::Notify,
+    waiting: AtomicUsize,
+}
+
+/// Ends a call's occupancy of an instance (dropped after its permit): stamps the instance's
+/// last activity and lets one waiting call of the function look again.
 struct Busy<'a>(&'a LocalInstance);
 
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
         self.0.last_done.store(etcd::now_ms(), Ordering::Relaxed);
+        if let Some(pool) = &self.0.pool {
+            pool.freed.notify_one();
+        }
     }
 }
+
+/// How often a waiting call looks again even without a signal (a safety net, not the mechanism).
+const RECHECK: Duration = Duration::from_millis(50);
 
 /// The outcome of one instance creation, shared by every call that waits for it.
 type Creation = tokio::sync::OnceCell<Result<InstanceRecord, String>>;
@@ -80,6 +101,7 @@ struct State {
     rr: AtomicUsize,
     /// One cold start or scale-up in flight per function.
     creating: Mutex<HashMap<String, Arc<Creation>>>,
+    pools: std::sync::Mutex<HashMap<String, Arc<Pool>>>,
 }
 
 fn fail(kind: ErrorKind, msg: impl Into<String>) -> InvokeReply {
@@ -91,6 +113,26 @@ fn fail(kind: ErrorKind, msg: impl Into<String>) -> InvokeReply {
 }
 
 impl State {
+    fn pool(&self, function: &str) -> Arc<Pool> {
+        match self.pools.lock() {
+            Ok(mut p) => Arc::clone(p.entry(function.to_string()).or_default()),
+            Err(_) => Arc::new(Pool::default()),
+        }
+    }
+
+    /// This node's connected stateless instances of `function`.
+    fn locals_of(&self, function: &str) -> Vec<Arc<LocalInstance>> {
+        self.locals
+            .read()
+            .map(|l| {
+                l.values()
+                    .filter(|i| i.function == function && i.pool.is_some())
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     fn local(&self, id: &str) -> Option<Arc<LocalInstance>> {
         self.locals.read().ok()?.get(id).cloned()
     }
@@ -130,8 +172,7 @@ impl State {
         inst.waiting.fetch_add(1, Ordering::Relaxed);
         let permit = tokio::time::timeout_at(deadline, inst.permits.acquire()).await;
         inst.waiting.fetch_sub(1, Ordering::Relaxed);
-        let _busy = Busy(inst);
-        let _permit = match permit {
+        let permit = match permit {
             Ok(Ok(p)) => p,
             Ok(Err(_)) => {
                 return fail(
@@ -149,6 +190,21 @@ impl State {
                 )
             }
         };
+        self.run_call(inst, permit, function, req, deadline).await
+    }
+
+    /// Sends one call to a local instance whose permit the caller holds, and waits for its end.
+    async fn run_call(
+        &self,
+        inst: &LocalInstance,
+        permit: tokio::sync::SemaphorePermit<'_>,
+        function: &FunctionSpec,
+        req: &InvokeRequest,
+        deadline: tokio::time::Instant,
+    ) -> InvokeReply {
+        let _busy = Busy(inst);
+        let _permit = permit;
+        let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
         let call_id = self.next_call.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         if let Ok(mut p) = inst.pending.lock() {
@@ -283,52 +339,113 @@ impl State {
             return self.invoke_instance(&function, req, timeout).await;
         }
         let deadline = tokio::time::Instant::now() + timeout;
-        for attempt in 0..3 {
+        let pool = self.pool(&function.name);
+        let mut attempt = 0u32;
+        loop {
+            // Armed before looking, so a permit freed between the look and the wait still wakes
+            // this call.
+            let freed = pool.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            let local = self.locals_of(&function.name);
+            if let Some((l, permit)) = local
+                .iter()
+                .find_map(|l| l.permits.try_acquire().ok().map(|p| (l, p)))
+            {
+                return self.run_call(l, permit, &function, &req, deadline).await;
+            }
             let instances = self.instances.snapshot();
-            let running: Vec<&InstanceRecord> = instances
+            let alive = instances
+                .values()
+                .filter(|r| {
+                    r.function == function.name
+                        && !r.stateful
+                        && !crate::master::is_terminal(r.state)
+                })
+                .count();
+            let remote: Vec<&InstanceRecord> = instances
                 .values()
                 .filter(|r| {
                     r.function == function.name
                         && !r.stateful
                         && r.state == InstanceState::Running as i32
+                        && self.local(&r.instance_id).is_none()
+                        && r.node_id != self.config.node_id
                 })
                 .collect();
-            let local: Vec<Arc<LocalInstance>> = running
-                .iter()
-                .filter_map(|r| self.local(&r.instance_id))
-                .collect();
-            let idle_local = local.iter().find(|l| l.permits.available_permits() > 0);
-            let all_busy = idle_local.is_none()
-                && local.len() == running.len()
-                && (running.len() as u32) < function.max_instances;
-            if all_busy && !running.is_empty() {
-                // Grow the pool in the background; this call queues meanwhile.
-                let this = Arc::clone(self);
-                let f = function.name.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = this.create_one(&f, Duration::from_secs(30)).await {
-                        tracing::debug!(function = %f, "scale-up refused: {e}");
-                    }
-                });
+            if !local.is_empty() || !remote.is_empty() {
+                if (alive as u32) < function.max_instances {
+                    // Every instance is busy: grow the pool in the background.
+                    let this = Arc::clone(self);
+                    let f = function.name.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = this.create_one(&f, Duration::from_secs(30)).await {
+                            tracing::debug!(function = %f, "scale-up refused: {e}");
+                        }
+                    });
+                }
+                if !remote.is_empty() {
+                    // Instances elsewhere: spread the overflow over them.
+                    let i = self.rr.fetch_add(1, Ordering::Relaxed) % remote.len();
+                    return self.forward(remote[i], req).await;
+                }
+                if pool.waiting.load(Ordering::Relaxed) >= QUEUE_BOUND * local.len() {
+                    return fail(
+                        ErrorKind::ErrorBusy,
+                        format!(
+                            "{} has {} calls waiting on this node; try again later",
+                            function.name,
+                            QUEUE_BOUND * local.len()
+                        ),
+                    );
+                }
+                pool.waiting.fetch_add(1, Ordering::Relaxed);
+                let timed_out = tokio::select! {
+                    _ = &mut freed => false,
+                    _ = tokio::time::sleep(RECHECK) => false,
+                    _ = tokio::time::sleep_until(deadline) => true,
+                };
+                pool.waiting.fetch_sub(1, Ordering::Relaxed);
+                if timed_out {
+                    return fail(
+                        ErrorKind::ErrorTimeout,
+                        format!(
+                            "{} timed out after {timeout:?} waiting for a free instance",
+                            function.name
+                        ),
+                    );
+                }
+                continue;
             }
-            if let Some(l) = idle_local.cloned().or_else(|| {
-                local
-                    .iter()
-                    .min_by_key(|l| l.waiting.load(Ordering::Relaxed))
-                    .cloned()
-            }) {
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                return self.deliver(&l, &function, &req, left).await;
-            }
-            if !running.is_empty() {
-                let i = self.rr.fetch_add(1, Ordering::Relaxed) % running.len();
-                return self.forward(running[i], req).await;
+            attempt += 1;
+            if attempt > 3 {
+                break;
             }
             // Cold start: no instance runs anywhere. Deliver to the very instance the master
             // started (waiting for the mirror could see an intermediate state and start another).
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let created = match self.create_one(&function.name, left).await {
                 Ok(r) => r,
+                Err(e) if e.contains("max_instances") => {
+                    // Others are starting the pool's instances: wait for one of them.
+                    let mut m = self.instances.subscribe();
+                    tokio::select! {
+                        _ = m.changed() => {}
+                        _ = tokio::time::sleep(RECHECK) => {}
+                        _ = tokio::time::sleep_until(deadline) => {}
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return fail(
+                            ErrorKind::ErrorTimeout,
+                            format!(
+                                "{} has no running instance after {timeout:?}",
+                                function.name
+                            ),
+                        );
+                    }
+                    attempt = attempt.saturating_sub(1);
+                    continue;
+                }
                 Err(e) => {
                     let kind = if e.contains("insufficient resources") {
                         ErrorKind::ErrorInsufficientResources
@@ -471,6 +588,7 @@ impl State {
             concurrency,
             waiting: AtomicUsize::new(0),
             last_done: AtomicU64::new(etcd::now_ms()),
+            pool: (!record.stateful).then(|| self.pool(&record.function)),
         });
         let config = ProxyMessage {
             msg: Some(proxy_message::Msg::Config(InstanceConfig {
@@ -485,6 +603,10 @@ impl State {
             .map_err(|_| Status::cancelled("instance went away"))?;
         if let Ok(mut l) = self.locals.write() {
             l.insert(inst.id.clone(), Arc::clone(&inst));
+        }
+        if let Some(pool) = &inst.pool {
+            // Calls waiting for a free instance can take this one.
+            pool.freed.notify_waiters();
         }
         tracing::info!(instance = %inst.id, function = %inst.function, pid = hello.pid, "instance connected");
         let mut master = self.master.clone();
@@ -555,7 +677,13 @@ impl Proxy for Service {
                 let inflight = l
                     .concurrency
                     .saturating_sub(l.permits.available_permits() as u32);
-                let queued = l.waiting.load(Ordering::Relaxed) as u32;
+                // A stateless instance counts its function's waiting calls: any of them may
+                // be its next.
+                let queued = (l.waiting.load(Ordering::Relaxed)
+                    + l.pool
+                        .as_ref()
+                        .map_or(0, |p| p.waiting.load(Ordering::Relaxed)))
+                    as u32;
                 InstanceLoad {
                     instance_id: l.id.clone(),
                     function: l.function.clone(),
@@ -609,6 +737,7 @@ pub async fn run(
         next_call: AtomicU64::new(1),
         rr: AtomicUsize::new(0),
         creating: Mutex::new(HashMap::new()),
+        pools: Default::default(),
     });
     on_ready(addr);
     tonic::transport::Server::builder()

@@ -578,16 +578,9 @@ fn wait_shrunk_to_min(c: &Cluster, peak: &[String]) {
 }
 
 /// A burst of calls on a pool at its minimum: the pool grows to its maximum, never beyond, the
-/// calls spread over the new instances, and the pool shrinks back once idle.
-///
-/// Ignored: it fails on the current proxy. Every call of the burst is bound, at arrival, to the
-/// one busy instance and waits in that instance's FIFO (`State::invoke` in control/src/proxy.rs
-/// picks `min_by_key(waiting)` among the local instances and `deliver` waits for that instance's
-/// permit), so the instances the pool adds never get any of them: the six calls take 18 s on one
-/// instance while each added instance sits idle until the scheduler stops it, and the scheduler
-/// then adds another (churn). Run it with `cargo nextest run --run-ignored all`.
+/// calls spread over the new instances (waiting calls are not bound to the busy instance they
+/// arrived to), and the pool shrinks back once idle.
 #[test]
-#[ignore = "product bug: queued calls stay bound to the busy instance (control/src/proxy.rs)"]
 fn pool_scales_between_min_and_max() {
     let (c, first) = start_slow_pool();
     let t = Instant::now();
