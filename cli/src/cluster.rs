@@ -117,7 +117,7 @@ pub struct StatusArgs {
 #[derive(Subcommand)]
 pub enum FunctionCmd {
     /// Register (or update) a function, from a TOML file and/or flags.
-    Deploy(DeployArgs),
+    Deploy(Box<DeployArgs>),
     /// Remove a function and stop its instances.
     Delete {
         name: String,
@@ -166,8 +166,23 @@ pub struct DeployArgs {
     /// Spread instances over nodes instead of preferring the caller's node.
     #[arg(long)]
     spread: bool,
+    /// Environment of the function's processes, KEY=VALUE (repeatable; adds to the file's).
+    #[arg(long = "env")]
+    env: Vec<String>,
+    /// Custom resources each instance needs, NAME=AMOUNT (repeatable).
+    #[arg(long = "resource")]
+    resources: Vec<String>,
     #[command(flatten)]
     session: SessionArg,
+}
+
+fn pairs(v: &[String], flag: &str) -> Result<Vec<(String, String)>> {
+    v.iter()
+        .map(|s| match s.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => bail!("{flag} {s:?}: expected KEY=VALUE"),
+        })
+        .collect()
 }
 
 /// Parses `required:zone=a|b`, `preferred:gpu`, `anti:zone=c`.
@@ -262,6 +277,7 @@ struct FunctionToml {
     timeout_ms: Option<u32>,
     max_retries: Option<u32>,
     env: Option<std::collections::HashMap<String, String>>,
+    resources: Option<std::collections::HashMap<String, f64>>,
 }
 
 fn now_ms() -> u64 {
@@ -928,7 +944,7 @@ fn status_json(st: &ClusterStatus) -> serde_json::Value {
 
 pub fn function(cmd: FunctionCmd) -> Result<()> {
     match cmd {
-        FunctionCmd::Deploy(a) => deploy(a),
+        FunctionCmd::Deploy(a) => deploy(*a),
         FunctionCmd::Delete { name, session } => {
             let s = load_session(&session)?;
             rt()?.block_on(async {
@@ -979,6 +995,15 @@ fn deploy(a: DeployArgs) -> Result<()> {
         .ok_or_else(|| {
             anyhow!("the function's code is missing: pass --code PATH or set code_path")
         })?;
+    let mut env = t.env.clone().unwrap_or_default();
+    env.extend(pairs(&a.env, "--env")?);
+    let mut custom = t.resources.clone().unwrap_or_default();
+    for (k, v) in pairs(&a.resources, "--resource")? {
+        let n: f64 = v
+            .parse()
+            .map_err(|_| anyhow!("--resource {k}={v}: {v:?} is not a number"))?;
+        custom.insert(k, n);
+    }
     let code = code
         .canonicalize()
         .with_context(|| format!("code path {} does not exist", code.display()))?;
@@ -996,13 +1021,13 @@ fn deploy(a: DeployArgs) -> Result<()> {
         resources: Some(Resources {
             cpu_millis: a.cpu.or(t.cpu).unwrap_or(0),
             memory_mib: a.memory.or(t.memory).unwrap_or(0),
-            custom: Default::default(),
+            custom: custom.clone(),
         }),
         min_instances: a.min_instances.or(t.min_instances).unwrap_or(0),
         max_instances: a.max_instances.or(t.max_instances).unwrap_or(0),
         concurrency: a.concurrency.or(t.concurrency).unwrap_or(0),
         timeout_ms: a.timeout_ms.or(t.timeout_ms).unwrap_or(0),
-        env: t.env.unwrap_or_default(),
+        env,
         max_retries: a.max_retries.or(t.max_retries).unwrap_or(3),
         scheduling: Some(SchedulingOptions {
             affinity: a.affinity.clone(),

@@ -884,3 +884,87 @@ fn master_restart_rebuilds_from_etcd() {
     let out = c.call("counter", "c2", "add", "1").expect_ok("add 1 to c2");
     assert_eq!(out.stdout.trim(), "1", "{out}");
 }
+
+/// The function side: code shipped as a `.tar.gz` package (unpacked per instance, entrypoint
+/// inside it), the deployment's environment reaching the process, and the runtime context: one
+/// function calling another through the proxy, and a handler putting into and reading from its
+/// node's data worker with a zero-copy view.
+#[test]
+fn packages_environment_and_the_runtime_context() {
+    let c = Cluster::start(NodeOptions::default());
+    let hello = example("hello");
+    let pkg_dir = c.root().join("pkg");
+    std::fs::create_dir_all(pkg_dir.join("bin")).expect("package folder");
+    std::fs::copy(&hello, pkg_dir.join("bin/hello")).expect("copy the executable");
+    let pkg = c.root().join("hello.tar.gz");
+    let status = std::process::Command::new("tar")
+        .arg("czf")
+        .arg(&pkg)
+        .arg("-C")
+        .arg(&pkg_dir)
+        .arg("bin")
+        .status()
+        .expect("run tar");
+    assert!(status.success(), "tar failed");
+    let pkg_s = pkg.to_str().expect("UTF-8 path");
+    c.deploy(&[
+        "--name",
+        "hello",
+        "--code",
+        pkg_s,
+        "--entrypoint",
+        "bin/hello",
+        "--handler",
+        "hello",
+        "--env",
+        "GREETING=hi",
+    ])
+    .expect_ok("deploy a package");
+    let out = c
+        .invoke("hello", "world")
+        .expect_ok("invoke the packaged function");
+    assert!(out.stdout.starts_with("hi, world (from hello-"), "{out}");
+    // The package was unpacked into the instance's own folder.
+    let id = replying_instance(&out.stdout).expect("reply names its instance");
+    let unpacked = c
+        .master()
+        .session_dir
+        .join("node/work/instances")
+        .join(id)
+        .join("code/bin/hello");
+    assert!(unpacked.is_file(), "{} missing", unpacked.display());
+
+    let hello_s = hello.to_str().expect("UTF-8 path");
+    c.deploy(&["--name", "relay", "--code", hello_s, "--handler", "relay"])
+        .expect_ok("deploy relay");
+    let out = c.invoke("relay", "x").expect_ok("relay calls hello");
+    assert!(
+        out.stdout.starts_with("relayed: hi, x (from hello-"),
+        "{out}"
+    );
+
+    c.deploy(&["--name", "store", "--code", hello_s, "--handler", "store"])
+        .expect_ok("deploy store");
+    let data = "y".repeat(100_000);
+    let out = c.invoke("store", &data).expect_ok("store round trip");
+    assert_eq!(
+        out.stdout.trim(),
+        "stored 100000 bytes; zero-copy view: true; same bytes: true",
+        "{out}"
+    );
+
+    // A package whose entrypoint is missing: the call fails, naming it.
+    c.deploy(&[
+        "--name",
+        "broken",
+        "--code",
+        pkg_s,
+        "--entrypoint",
+        "bin/nope",
+        "--handler",
+        "hello",
+    ])
+    .expect_ok("deploy with a wrong entrypoint");
+    let out = c.invoke("broken", "x").expect_err("no such entrypoint");
+    assert!(out.stderr.contains("bin/nope"), "{out}");
+}

@@ -40,7 +40,11 @@ fn main() {
             let same = &view[..] == input;
             drop(view);
             store.delete_one(id).map_err(|e| e.to_string())?;
-            Ok(format!("stored {} bytes; zero-copy view: {inside}; same bytes: {same}", input.len()).into_bytes())
+            Ok(format!(
+                "stored {} bytes; zero-copy view: {inside}; same bytes: {same}",
+                input.len()
+            )
+            .into_bytes())
         })
         // A no-op for benchmarks: the request's bytes back.
         .handler("echo", |_ctx, input| Ok(input.to_vec()))
