@@ -968,3 +968,78 @@ fn packages_environment_and_the_runtime_context() {
     let out = c.invoke("broken", "x").expect_err("no such entrypoint");
     assert!(out.stderr.contains("bin/nope"), "{out}");
 }
+
+/// A worker node dies (its agent and proxy are killed with SIGKILL, so nothing deregisters):
+/// once its lease lapses the node shows as dead, and its instance is restarted on the surviving
+/// node with the same ID, where calls reach it again.
+#[test]
+fn a_dead_nodes_instances_move_to_a_live_node() {
+    let mut c = Cluster::start(NodeOptions::default());
+    c.add_worker(NodeOptions::default().label("zone", "b"));
+    let (master_id, worker_id) = (c.session(0).node_id.clone(), c.session(1).node_id.clone());
+    c.wait_until("both nodes are registered", |st| {
+        (st.node(&master_id).is_some() && st.node(&worker_id).is_some()).then_some(())
+    });
+    let counter = example("counter");
+    c.deploy(&[
+        "--name",
+        "counter",
+        "--code",
+        counter.to_str().expect("UTF-8 path"),
+        "--handler",
+        "counter",
+    ]);
+    c.yr(&[
+        "instance",
+        "create",
+        "counter",
+        "--name",
+        "mover",
+        "--affinity",
+        "preferred:zone=b",
+    ])
+    .expect_ok("create on the worker");
+    let before = c.status();
+    let inst = before.named("mover").expect("instance recorded").clone();
+    assert_eq!(inst.node_id, worker_id, "{}", before.raw);
+    let out = c.call("counter", "mover", "add", "3").expect_ok("add 3");
+    assert_eq!(out.stdout.trim(), "3");
+
+    // Kill the worker's agent and proxy outright: no lease revocation, no goodbye.
+    let worker = c.session(1).clone();
+    let mut killed = Vec::new();
+    for name in ["function-agent", "function-proxy"] {
+        let pid = worker.pid_of(name).expect("component pid");
+        let p = Process::find(pid, name).expect("component running");
+        // SAFETY: SIGKILL to a process this test started (checked running just above).
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        killed.push(p);
+    }
+    for p in &killed {
+        assert!(
+            p.wait_gone(Duration::from_secs(10)),
+            "{} survived SIGKILL",
+            p.what
+        );
+    }
+    // The lease lapses (6 s), the master marks the instance FAILED and restarts it elsewhere.
+    let moved = c.wait_until_within(
+        "the instance runs again on the live node",
+        Duration::from_secs(40),
+        |st| {
+            let dead = st.node(&worker_id).is_none_or(|n| !n.alive);
+            let i = st.named("mover")?;
+            (dead && i.state == "RUNNING" && i.node_id == master_id).then(|| i.clone())
+        },
+    );
+    assert_eq!(
+        moved.instance_id, inst.instance_id,
+        "same instance, new place"
+    );
+    assert_eq!(moved.restarts, 1);
+    // A fresh process: its state started over.
+    let out = c
+        .call("counter", "mover", "add", "4")
+        .expect_ok("add 4 after the move");
+    assert_eq!(out.stdout.trim(), "4", "{out}");
+}
