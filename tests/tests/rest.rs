@@ -115,12 +115,13 @@ fn register_and_invoke_over_rest() {
     let r = http(&meta, "GET", "/serverless/v1/functions/nope", "");
     assert_eq!((r.status, json(&r)["code"].as_u64()), (404, Some(1015)));
 
-    // Invoke by URN and by the short form.
+    // Invoke by URN and by the short form; the registration's environment (GREETING=hi)
+    // reached the function process.
     let path = format!("/serverless/v1/functions/{urn}/invocations");
     let r = http(&front, "POST", &path, "yuanrong");
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(
-        r.body.starts_with("hello, yuanrong (from 0@svc@hello-"),
+        r.body.starts_with("hi, yuanrong (from 0@svc@hello-"),
         "{}",
         r.body
     );
@@ -131,7 +132,7 @@ fn register_and_invoke_over_rest() {
         "short",
     );
     assert_eq!(r.status, 200, "{}", r.body);
-    assert!(r.body.starts_with("hello, short"), "{}", r.body);
+    assert!(r.body.starts_with("hi, short"), "{}", r.body);
 
     // Unknown function: 404 problem+json with 1015; a malformed URN: 400.
     let r = http(
