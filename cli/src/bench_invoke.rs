@@ -229,7 +229,7 @@ pub fn run(a: InvokeArgs) -> Result<()> {
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)
                 .add_service(ProxyServer::new(Echo))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+                .serve_with_incoming(yr_control::incoming(listener)),
         );
         let base = drive(&addr.to_string(), req.clone(), a.concurrency, a.seconds).await?;
         server.abort();

@@ -430,10 +430,7 @@ pub async fn run(
     on_ready(addr);
     tonic::transport::Server::builder()
         .add_service(AgentServer::new(Service(Arc::clone(&state))))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown.clone().wait_owned(),
-        )
+        .serve_with_incoming_shutdown(crate::incoming(listener), shutdown.clone().wait_owned())
         .await?;
     state.stop_all().await;
     let _ = reg.await;

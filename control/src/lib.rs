@@ -60,3 +60,20 @@ pub fn channel(address: &str) -> anyhow::Result<tonic::transport::Channel> {
         .tcp_nodelay(true);
     Ok(endpoint.connect_lazy())
 }
+
+/// The connections accepted on `listener`, with Nagle's algorithm off. A gRPC server given its
+/// own listener does not set TCP_NODELAY on what it accepts; without it a small reply written
+/// while an earlier segment is unacknowledged waits for the peer's delayed ACK (~40 ms).
+pub fn incoming(
+    listener: tokio::net::TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+        if let Ok(c) = &conn {
+            if let Err(e) = c.set_nodelay(true) {
+                tracing::debug!("cannot set TCP_NODELAY: {e}");
+            }
+        }
+        conn
+    })
+}

@@ -890,10 +890,7 @@ pub async fn run(
     on_ready(addr);
     tonic::transport::Server::builder()
         .add_service(MasterServer::new(Service(state)))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown.wait_owned(),
-        )
+        .serve_with_incoming_shutdown(crate::incoming(listener), shutdown.wait_owned())
         .await?;
     Ok(())
 }

@@ -747,10 +747,7 @@ pub async fn run(
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         )
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown.wait_owned(),
-        )
+        .serve_with_incoming_shutdown(crate::incoming(listener), shutdown.wait_owned())
         .await?;
     Ok(())
 }

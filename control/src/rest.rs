@@ -502,6 +502,12 @@ async fn serve(
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
     on_ready(listener.local_addr()?);
+    // Small replies must not wait for the client's delayed ACK (see `crate::incoming`).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {e}");
+        }
+    });
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown.wait_owned())
         .await?;
