@@ -27,6 +27,12 @@ use crate::Shutdown;
 
 /// How long a create waits for resources and for the instance to come up, unless told.
 const DEFAULT_WAIT: Duration = Duration::from_secs(30);
+/// How long an ended (EXITED or FATAL) instance stays visible in `yr status` before its record
+/// is deleted; without this, pools that grow and shrink would fill etcd.
+const RETAIN_ENDED: Duration = Duration::from_secs(600);
+/// How often ended records are swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
 /// Key under which the master remembers every node it has seen (to tell dead from unknown).
 const KNOWN_NODES: &str = "/yr/known-nodes/";
 
@@ -637,9 +643,33 @@ impl MasterState {
                     let _ = self.fail(&orphan.instance_id).await;
                 }
             }
+            self.sweep_ended().await;
             tokio::select! {
                 _ = nodes_rx.changed() => {}
+                _ = tokio::time::sleep(SWEEP_EVERY) => {}
                 _ = shutdown.wait() => return,
+            }
+        }
+    }
+
+    /// Deletes the records of instances that ended more than [`RETAIN_ENDED`] ago.
+    async fn sweep_ended(&self) {
+        let cutoff = etcd::now_ms().saturating_sub(RETAIN_ENDED.as_millis() as u64);
+        let mut all = self.instances.lock().await;
+        let old: Vec<String> = all
+            .values()
+            .filter(|r| is_terminal(r.state) && r.updated_unix_ms < cutoff)
+            .map(|r| r.instance_id.clone())
+            .collect();
+        for id in old {
+            match self.meta.delete(&etcd::instance_key(&id)).await {
+                Ok(()) => {
+                    all.remove(&id);
+                }
+                Err(e) => {
+                    tracing::warn!("cannot sweep ended instance {id}: {e:#}");
+                    return;
+                }
             }
         }
     }

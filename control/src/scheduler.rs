@@ -14,7 +14,8 @@
 //! only writer. Stateful (named) instances are never touched: they live until terminated.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use yr_proto::master_client::MasterClient;
@@ -42,7 +43,14 @@ struct Scheduler {
     functions: Mirror<FunctionSpec>,
     instances: Mirror<InstanceRecord>,
     proxies: HashMap<String, ProxyClient<tonic::transport::Channel>>,
+    /// Functions whose last create failed: no new attempt before the instant, and the pause
+    /// doubles on each further failure (up to [`MAX_BACKOFF`]), so a pool whose minimum cannot
+    /// be met does not pile up FATAL records and log lines twice a second.
+    backoff: Arc<Mutex<HashMap<String, (Instant, Duration)>>>,
 }
+
+const FIRST_BACKOFF: Duration = Duration::from_secs(2);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// What to do with one function's pool, from its state: a pure function, unit-tested.
 #[derive(Debug, PartialEq, Eq)]
@@ -130,15 +138,23 @@ impl Scheduler {
         let load = self.loads().await;
         let instances = self.instances.snapshot();
         for f in self.functions.snapshot().values() {
+            let paused = self
+                .backoff
+                .lock()
+                .ok()
+                .and_then(|b| b.get(&f.name).map(|(until, _)| *until > Instant::now()))
+                .unwrap_or(false);
             let alive: Vec<&InstanceRecord> = instances
                 .values()
                 .filter(|r| r.function == f.name && !r.stateful && !is_terminal(r.state))
                 .collect();
             match decide(f, &alive, &load, self.config.idle_timeout) {
+                Action::Create(_) if paused => {}
                 Action::Create(k) => {
                     for _ in 0..k {
                         let mut m = self.master.clone();
                         let name = f.name.clone();
+                        let backoff = Arc::clone(&self.backoff);
                         // In the background: a create waits for the instance to run.
                         tokio::spawn(async move {
                             let r = m
@@ -151,8 +167,23 @@ impl Scheduler {
                                     ..Default::default()
                                 })
                                 .await;
-                            if let Err(e) = r {
-                                tracing::warn!(function = %name, "cannot grow the pool: {}", e.message());
+                            let Ok(mut b) = backoff.lock() else { return };
+                            match r {
+                                Ok(_) => {
+                                    b.remove(&name);
+                                }
+                                Err(e) => {
+                                    let pause = b
+                                        .get(&name)
+                                        .map_or(FIRST_BACKOFF, |(_, p)| (*p * 2).min(MAX_BACKOFF));
+                                    b.insert(name.clone(), (Instant::now() + pause, pause));
+                                    tracing::warn!(
+                                        function = %name,
+                                        retry_in = ?pause,
+                                        "cannot grow the pool: {}",
+                                        e.message()
+                                    );
+                                }
                             }
                         });
                     }
@@ -191,6 +222,7 @@ pub async fn run(
         config,
         master,
         proxies: HashMap::new(),
+        backoff: Arc::default(),
     };
     on_ready();
     loop {
