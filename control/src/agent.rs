@@ -394,6 +394,15 @@ async fn register(state: Arc<State>, meta: Meta, agent_address: String, shutdown
             tokio::select! {
                 _ = tokio::time::sleep(REPORT_EVERY) => {}
                 _ = shutdown.wait() => {
+                    // Leaving, not dying: the master stops listing this node once its
+                    // registration goes.
+                    let _ = meta
+                        .delete(&format!(
+                            "{}{}",
+                            crate::master::KNOWN_NODES,
+                            state.config.node_id
+                        ))
+                        .await;
                     let _ = client.lease_revoke(lease).await;
                     return;
                 }

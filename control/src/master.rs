@@ -34,7 +34,7 @@ const RETAIN_ENDED: Duration = Duration::from_secs(600);
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 /// Key under which the master remembers every node it has seen (to tell dead from unknown).
-const KNOWN_NODES: &str = "/yr/known-nodes/";
+pub const KNOWN_NODES: &str = "/yr/known-nodes/";
 
 pub struct MasterConfig {
     pub listen: std::net::SocketAddr,
@@ -609,6 +609,7 @@ impl MasterState {
             for id in alive.keys() {
                 self.remember_node(id).await;
             }
+            self.forget_departed(&alive).await;
             let orphans: Vec<InstanceRecord> = self
                 .instances
                 .lock()
@@ -648,6 +649,25 @@ impl MasterState {
                 _ = nodes_rx.changed() => {}
                 _ = tokio::time::sleep(SWEEP_EVERY) => {}
                 _ = shutdown.wait() => return,
+            }
+        }
+    }
+
+    /// A node that stopped gracefully deleted its known-nodes key before its registration went:
+    /// it left, it did not die, so `yr status` stops listing it.
+    async fn forget_departed(&self, alive: &HashMap<String, NodeRecord>) {
+        let missing: Vec<String> = self
+            .known_nodes
+            .lock()
+            .await
+            .iter()
+            .filter(|id| !alive.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in missing {
+            if let Ok(None) = self.meta.get_raw(&format!("{KNOWN_NODES}{id}")).await {
+                tracing::info!(node = %id, "node left the cluster");
+                self.known_nodes.lock().await.remove(&id);
             }
         }
     }
