@@ -7,7 +7,6 @@
 //! hops (client → proxy → function process) plus queueing and the handler's thread handoff.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -124,18 +123,7 @@ async fn drive(
     })
 }
 
-fn yr(args: &[&str]) -> Result<String> {
-    let exe = std::env::current_exe()?;
-    let out = Command::new(exe).args(args).output()?;
-    if !out.status.success() {
-        bail!(
-            "yr {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
+use crate::util::run_self as yr;
 
 /// Stops the bench's cluster however the bench ends.
 struct ClusterGuard(PathBuf);

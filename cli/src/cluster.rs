@@ -280,12 +280,7 @@ struct FunctionToml {
     resources: Option<std::collections::HashMap<String, f64>>,
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use yr_control::etcd::now_ms;
 
 fn session_dir(arg: &SessionArg) -> PathBuf {
     arg.session_dir
@@ -320,14 +315,14 @@ fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-/// A started component: its process and the address from its ready line.
-struct Launched {
-    info: ComponentInfo,
-}
-
 /// Starts `cmd` in its own session with stderr to `log`, and waits (bounded) for its `ready`
 /// line on stdout; on failure the error includes the log's tail.
-fn launch(name: &str, mut cmd: Command, log: &Path, expect_ready_line: bool) -> Result<Launched> {
+fn launch(
+    name: &str,
+    mut cmd: Command,
+    log: &Path,
+    expect_ready_line: bool,
+) -> Result<ComponentInfo> {
     let logf = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
     cmd.stdin(Stdio::null())
         .stdout(if expect_ready_line {
@@ -389,13 +384,11 @@ fn launch(name: &str, mut cmd: Command, log: &Path, expect_ready_line: bool) -> 
             .unwrap_or_default()
             .to_string();
     }
-    Ok(Launched {
-        info: ComponentInfo {
-            name: name.to_string(),
-            pid,
-            address,
-            log: log.to_path_buf(),
-        },
+    Ok(ComponentInfo {
+        name: name.to_string(),
+        pid,
+        address,
+        log: log.to_path_buf(),
     })
 }
 
@@ -465,6 +458,14 @@ pub fn start(a: StartArgs) -> Result<()> {
             Ok(default)
         }
     };
+    // `yr component NAME`, for the caller's flags; started with its log in `logs/NAME.log`.
+    let component = |name: &str| {
+        let mut cmd = Command::new(&exe);
+        cmd.args(["component", name]);
+        cmd
+    };
+    let start_component =
+        |name: &str, cmd: Command| launch(name, cmd, &dir.join(format!("logs/{name}.log")), true);
     let mut started: Vec<ComponentInfo> = Vec::new();
     let result = (|| -> Result<Session> {
         // etcd and the master, for a master node.
@@ -499,40 +500,27 @@ pub fn start(a: StartArgs) -> Result<()> {
                         .arg("--log-level")
                         .arg("warn");
                     let log = dir.join("logs/etcd.log");
-                    let mut l = launch("etcd", cmd, &log, false)?;
-                    l.info.address = client.clone();
-                    started.push(l.info);
+                    let mut info = launch("etcd", cmd, &log, false)?;
+                    info.address = client.clone();
+                    started.push(info);
                     wait_for_etcd(&client, &log)?;
                     vec![client]
                 }
             };
-            let mut cmd = Command::new(&exe);
-            cmd.args(["component", "function-master", "--listen"])
+            let mut cmd = component("function-master");
+            cmd.arg("--listen")
                 .arg(format!("127.0.0.1:{}", port(22770)?))
-                .arg("--etcd")
-                .arg(endpoints.join(","));
-            let l = launch(
-                "function-master",
-                cmd,
-                &dir.join("logs/function-master.log"),
-                true,
-            )?;
-            let addr = l.info.address.clone();
-            started.push(l.info);
-            let mut cmd = Command::new(&exe);
-            cmd.args(["component", "function-scheduler", "--etcd"])
-                .arg(endpoints.join(","))
-                .args(["--master", &addr])
+                .args(["--etcd", &endpoints.join(",")]);
+            let master = start_component("function-master", cmd)?;
+            let addr = master.address.clone();
+            started.push(master);
+            let mut cmd = component("function-scheduler");
+            cmd.args(["--etcd", &endpoints.join(","), "--master", &addr])
                 .arg("--idle-timeout-ms")
                 .arg(a.idle_timeout_ms.to_string());
-            let mut l = launch(
-                "function-scheduler",
-                cmd,
-                &dir.join("logs/function-scheduler.log"),
-                true,
-            )?;
-            l.info.address.clear();
-            started.push(l.info);
+            let mut scheduler = start_component("function-scheduler", cmd)?;
+            scheduler.address.clear(); // it serves nothing
+            started.push(scheduler);
             (endpoints, addr)
         } else {
             let master = a.master_address.clone().unwrap_or_default();
@@ -550,25 +538,20 @@ pub fn start(a: StartArgs) -> Result<()> {
         let etcd = etcd_endpoints.join(",");
         let mut meta_url = None;
         if a.master {
-            let mut cmd = Command::new(&exe);
-            cmd.args(["component", "meta-service", "--listen"])
+            let mut cmd = component("meta-service");
+            cmd.arg("--listen")
                 .arg(format!("127.0.0.1:{}", port(31182)?))
                 .args(["--upstream", &master_address]);
-            let l = launch(
-                "meta-service",
-                cmd,
-                &dir.join("logs/meta-service.log"),
-                true,
-            )?;
-            meta_url = Some(format!("http://{}", l.info.address));
-            started.push(l.info);
+            let meta = start_component("meta-service", cmd)?;
+            meta_url = Some(format!("http://{}", meta.address));
+            started.push(meta);
         }
         // This node's worker components.
         let node_dir = dir.join("node");
         std::fs::create_dir_all(&node_dir)?;
         let socket = node_dir.join("data-worker.sock");
-        let mut cmd = Command::new(&exe);
-        cmd.args(["component", "data-worker", "--socket"])
+        let mut cmd = component("data-worker");
+        cmd.arg("--socket")
             .arg(&socket)
             .arg("--spill-dir")
             .arg(node_dir.join("spill"));
@@ -578,38 +561,36 @@ pub fn start(a: StartArgs) -> Result<()> {
         if a.prefault_shm {
             cmd.arg("--prefault");
         }
-        started.push(launch("data-worker", cmd, &dir.join("logs/data-worker.log"), true)?.info);
-        let mut cmd = Command::new(&exe);
-        cmd.args(["component", "function-proxy", "--listen"])
+        started.push(start_component("data-worker", cmd)?);
+        let node_flags = [
+            "--etcd",
+            &etcd,
+            "--master",
+            &master_address,
+            "--node-id",
+            &node_id,
+        ];
+        let mut cmd = component("function-proxy");
+        cmd.arg("--listen")
             .arg(format!("127.0.0.1:{}", port(22772)?))
-            .args([
-                "--etcd",
-                &etcd,
-                "--master",
-                &master_address,
-                "--node-id",
-                &node_id,
-            ]);
-        let proxy = launch(
-            "function-proxy",
-            cmd,
-            &dir.join("logs/function-proxy.log"),
-            true,
-        )?
-        .info;
+            .args(node_flags);
+        let proxy = start_component("function-proxy", cmd)?;
         let proxy_address = proxy.address.clone();
         started.push(proxy);
-        let mut cmd = Command::new(&exe);
-        cmd.args(["component", "function-agent", "--listen"])
+        let mut frontend_url = None;
+        if a.master {
+            let mut cmd = component("frontend");
+            cmd.arg("--listen")
+                .arg(format!("127.0.0.1:{}", port(8888)?))
+                .args(["--upstream", &proxy_address]);
+            let frontend = start_component("frontend", cmd)?;
+            frontend_url = Some(format!("http://{}", frontend.address));
+            started.push(frontend);
+        }
+        let mut cmd = component("function-agent");
+        cmd.arg("--listen")
             .arg(format!("127.0.0.1:{}", port(58866)?))
-            .args([
-                "--etcd",
-                &etcd,
-                "--master",
-                &master_address,
-                "--node-id",
-                &node_id,
-            ])
+            .args(node_flags)
             .args(["--proxy", &proxy_address, "--data-socket"])
             .arg(&socket)
             .arg("--work-dir")
@@ -626,25 +607,7 @@ pub fn start(a: StartArgs) -> Result<()> {
         for r in &a.resources {
             cmd.arg("--resource").arg(r);
         }
-        let mut frontend_url = None;
-        if a.master {
-            let mut cmd = Command::new(&exe);
-            cmd.args(["component", "frontend", "--listen"])
-                .arg(format!("127.0.0.1:{}", port(8888)?))
-                .args(["--upstream", &proxy_address]);
-            let l = launch("frontend", cmd, &dir.join("logs/frontend.log"), true)?;
-            frontend_url = Some(format!("http://{}", l.info.address));
-            started.push(l.info);
-        }
-        started.push(
-            launch(
-                "function-agent",
-                cmd,
-                &dir.join("logs/function-agent.log"),
-                true,
-            )?
-            .info,
-        );
+        started.push(start_component("function-agent", cmd)?);
         Ok(Session {
             role: if a.master {
                 "master".into()
@@ -769,6 +732,11 @@ fn which(name: &str) -> Option<PathBuf> {
 fn alive(pid: u32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
     unsafe { libc::kill(pid as i32, 0) == 0 }
+}
+
+/// Whether `pid` is a process that has not ended (a zombie has: it only awaits its parent).
+pub fn running(pid: u32) -> bool {
+    alive(pid) && !is_zombie(pid)
 }
 
 /// SIGTERM to the process and its group, then SIGKILL to both after `grace`.

@@ -56,15 +56,7 @@ fn yr(args: &[&str], show: bool) -> Result<String> {
             .collect();
         println!("   $ yr {}", quoted.join(" "));
     }
-    let out = Command::new(exe()?).args(args).output()?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() {
-        bail!(
-            "yr {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    let stdout = crate::util::run_self(args)?;
     if show {
         for line in stdout.lines() {
             println!("     {line}");
@@ -88,17 +80,6 @@ impl Drop for Nodes {
         for d in self.0.iter().rev() {
             let _ = yr(&["stop", "--force", "--session-dir", d], false);
         }
-    }
-}
-
-fn alive(pid: u64) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"));
-    match stat {
-        // A zombie has exited; only its parent's bookkeeping remains.
-        Ok(s) => !s
-            .rsplit_once(')')
-            .is_some_and(|(_, r)| r.trim_start().starts_with('Z')),
-        Err(_) => false,
     }
 }
 
@@ -327,7 +308,10 @@ pub fn run(a: DemoArgs) -> Result<()> {
     yr(&["stop", "--session-dir", &w], true)?;
     yr(&["stop", "--session-dir", &m], true)?;
     nodes.0.clear();
-    let left: Vec<u64> = pids.into_iter().filter(|p| alive(*p)).collect();
+    let left: Vec<u64> = pids
+        .into_iter()
+        .filter(|p| u32::try_from(*p).is_ok_and(crate::cluster::running))
+        .collect();
     if !left.is_empty() {
         bail!("processes still running after yr stop: {left:?}");
     }

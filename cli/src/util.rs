@@ -91,3 +91,17 @@ pub fn terminate(child: &mut Child, grace: std::time::Duration) -> Result<()> {
     child.wait()?;
     Ok(())
 }
+
+/// Runs `yr ARGS` (this executable) to completion and returns its stdout; fails with its stderr.
+pub fn run_self(args: &[&str]) -> Result<String> {
+    let exe = std::env::current_exe().context("cannot find the yr executable")?;
+    let out = Command::new(exe).args(args).output()?;
+    if !out.status.success() {
+        bail!(
+            "yr {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

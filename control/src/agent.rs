@@ -63,12 +63,17 @@ struct State {
     running: Mutex<HashMap<String, Running>>,
 }
 
-fn tail_of(path: &Path) -> String {
+/// The last [`STDERR_TAIL`] bytes written to `path` after offset `from` (this run's output;
+/// earlier runs of a restarted instance append to the same file).
+fn tail_of(path: &Path, from: u64) -> String {
     let Ok(bytes) = std::fs::read(path) else {
         return String::new();
     };
-    let start = bytes.len().saturating_sub(STDERR_TAIL);
-    String::from_utf8_lossy(&bytes[start..]).trim().to_string()
+    let this_run = &bytes[(from as usize).min(bytes.len())..];
+    let start = this_run.len().saturating_sub(STDERR_TAIL);
+    String::from_utf8_lossy(&this_run[start..])
+        .trim()
+        .to_string()
 }
 
 fn signal(pid: u32, sig: i32) {
@@ -179,17 +184,7 @@ impl State {
                     ..Default::default()
                 }
             } else {
-                let mut tail = tail_of(&stderr_path);
-                if (tail.len() as u64) > 0 && stderr_start > 0 {
-                    // Only this run's stderr matters; earlier runs' lines are in the file too.
-                    let all = std::fs::read(&stderr_path).unwrap_or_default();
-                    let from = (stderr_start as usize).min(all.len());
-                    let this_run = &all[from..];
-                    let start = this_run.len().saturating_sub(STDERR_TAIL);
-                    tail = String::from_utf8_lossy(&this_run[start..])
-                        .trim()
-                        .to_string();
-                }
+                let tail = tail_of(&stderr_path, stderr_start);
                 tracing::warn!(instance = %id, "function process exited on its own ({how})");
                 InstanceEvent {
                     instance_id: id.clone(),
@@ -290,11 +285,20 @@ fn node_record(config: &AgentConfig, hostname: &str) -> NodeRecord {
     }
 }
 
-/// Reads the data worker's arena size and use (blocking; run off the async threads).
-fn shm_usage(socket: &Path) -> Option<(u64, u64)> {
-    let c = yr_datastore::client::Client::connect_named(socket, "yr-agent").ok()?;
-    let s = c.stats().ok()?;
-    Some((s.capacity, s.used))
+/// Reads the data worker's arena size and use (blocking; run off the async threads) over
+/// `conn`, connecting first if there is no connection yet or the last one failed. Kept across
+/// reports: a connection maps the whole arena, not something to redo every few seconds.
+fn shm_usage(conn: &mut Option<yr_datastore::client::Client>, socket: &Path) -> Option<(u64, u64)> {
+    if conn.is_none() {
+        *conn = yr_datastore::client::Client::connect_named(socket, "yr-agent").ok();
+    }
+    match conn.as_ref()?.stats() {
+        Ok(s) => Some((s.capacity, s.used)),
+        Err(_) => {
+            *conn = None;
+            None
+        }
+    }
 }
 
 /// Keeps the node registered and its usage current until shutdown; re-registers if the lease is
@@ -305,6 +309,7 @@ async fn register(state: Arc<State>, meta: Meta, agent_address: String, shutdown
         .unwrap_or_default();
     let mut prev_node = procstat::sample_node().ok();
     let mut prev_procs: HashMap<u32, procstat::ProcSample> = HashMap::new();
+    let mut store: Option<yr_datastore::client::Client> = None;
     'lease: loop {
         if shutdown.is_set() {
             return;
@@ -337,11 +342,18 @@ async fn register(state: Arc<State>, meta: Meta, agent_address: String, shutdown
             }
             prev_node = now;
             let socket = state.config.data_socket.clone();
-            if let Ok(Some((total, used))) =
-                tokio::task::spawn_blocking(move || shm_usage(&socket)).await
-            {
-                rec.shm_total_bytes = total;
-                rec.shm_used_bytes = used;
+            let mut conn = store.take();
+            let usage = tokio::task::spawn_blocking(move || {
+                let u = shm_usage(&mut conn, &socket);
+                (u, conn)
+            })
+            .await;
+            if let Ok((u, conn)) = usage {
+                store = conn;
+                if let Some((total, used)) = u {
+                    rec.shm_total_bytes = total;
+                    rec.shm_used_bytes = used;
+                }
             }
             rec.updated_unix_ms = etcd::now_ms();
             if let Err(e) = meta

@@ -161,10 +161,9 @@ impl MasterState {
         if let Some(c) = self.agents.lock().await.get(address) {
             return Ok(c.clone());
         }
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| Status::internal(format!("bad agent address {address}: {e}")))?
-            .connect_timeout(Duration::from_secs(3));
-        let c = AgentClient::new(endpoint.connect_lazy());
+        let channel = crate::channel(address)
+            .map_err(|e| Status::internal(format!("agent address: {e:#}")))?;
+        let c = AgentClient::new(channel);
         self.agents
             .lock()
             .await

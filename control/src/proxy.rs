@@ -114,10 +114,14 @@ fn fail(kind: ErrorKind, msg: impl Into<String>) -> InvokeReply {
 
 impl State {
     fn pool(&self, function: &str) -> Arc<Pool> {
-        match self.pools.lock() {
-            Ok(mut p) => Arc::clone(p.entry(function.to_string()).or_default()),
-            Err(_) => Arc::new(Pool::default()),
+        let Ok(mut pools) = self.pools.lock() else {
+            return Arc::new(Pool::default());
+        };
+        // Looked up on every call: no key allocation once the pool exists.
+        if let Some(p) = pools.get(function) {
+            return Arc::clone(p);
         }
+        Arc::clone(pools.entry(function.to_string()).or_default())
     }
 
     /// This node's connected stateless instances of `function`.

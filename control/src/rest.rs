@@ -277,15 +277,15 @@ fn parse_body(bytes: &[u8]) -> Result<Value, Problem> {
     })
 }
 
-async fn register(State(m): State<Meta>, body: axum::body::Bytes) -> Result<Json<Value>, Problem> {
-    let spec = spec_from_body(&parse_body(&body)?, None)?;
+/// Deploys `spec` through the master and answers with openYuanrong's success shape.
+async fn deploy(m: &Meta, spec: FunctionSpec, create_only: bool) -> Result<Json<Value>, Problem> {
     let r = m
         .master
         .clone()
         .deploy(DeployRequest {
             spec: Some(spec),
-            create_only: true,
-            update_only: false,
+            create_only,
+            update_only: !create_only,
         })
         .await
         .map_err(from_status)?
@@ -296,28 +296,17 @@ async fn register(State(m): State<Meta>, body: axum::body::Bytes) -> Result<Json
     ))
 }
 
+async fn register(State(m): State<Meta>, body: axum::body::Bytes) -> Result<Json<Value>, Problem> {
+    deploy(&m, spec_from_body(&parse_body(&body)?, None)?, true).await
+}
+
 async fn update(
     State(m): State<Meta>,
     Path(name): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, Problem> {
     let name = name_from_urn(&name)?;
-    let spec = spec_from_body(&parse_body(&body)?, Some(&name))?;
-    let r = m
-        .master
-        .clone()
-        .deploy(DeployRequest {
-            spec: Some(spec),
-            create_only: false,
-            update_only: true,
-        })
-        .await
-        .map_err(from_status)?
-        .into_inner();
-    let f = r.spec.unwrap_or_default();
-    Ok(Json(
-        json!({"code": 0, "message": "SUCCESS", "function": function_json(&f)}),
-    ))
+    deploy(&m, spec_from_body(&parse_body(&body)?, Some(&name))?, false).await
 }
 
 async fn list(State(m): State<Meta>) -> Result<Json<Value>, Problem> {
