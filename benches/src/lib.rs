@@ -39,6 +39,7 @@ impl BenchWorker {
                         limit: u64::MAX,
                     }),
                 },
+                transfer: None,
             },
             Shutdown::new().expect("eventfd"),
         )

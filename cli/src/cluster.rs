@@ -42,6 +42,9 @@ pub struct Session {
     pub meta_url: Option<String>,
     pub proxy_address: String,
     pub data_socket: PathBuf,
+    /// Where other nodes' data workers pull this node's objects from.
+    #[serde(default)]
+    pub data_transfer: String,
     pub components: Vec<ComponentInfo>,
     pub created_unix_ms: u64,
 }
@@ -375,12 +378,11 @@ fn launch(
                 );
             }
         };
-        address = line
-            .split_whitespace()
-            .find_map(|w| {
-                w.strip_prefix("address=")
-                    .or_else(|| w.strip_prefix("socket="))
-            })
+        // A component's address: what it serves on the network if anything
+        // (a data worker's transfer port), else its socket.
+        address = ["address=", "transfer=", "socket="]
+            .iter()
+            .find_map(|k| line.split_whitespace().find_map(|w| w.strip_prefix(k)))
             .unwrap_or_default()
             .to_string();
     }
@@ -561,7 +563,11 @@ pub fn start(a: StartArgs) -> Result<()> {
         if a.prefault_shm {
             cmd.arg("--prefault");
         }
-        started.push(start_component("data-worker", cmd)?);
+        cmd.arg("--transfer-address")
+            .arg(format!("127.0.0.1:{}", port(31501)?));
+        let data_worker = start_component("data-worker", cmd)?;
+        let data_transfer = data_worker.address.clone();
+        started.push(data_worker);
         let node_flags = [
             "--etcd",
             &etcd,
@@ -622,6 +628,7 @@ pub fn start(a: StartArgs) -> Result<()> {
             meta_url,
             proxy_address,
             data_socket: socket,
+            data_transfer,
             components: Vec::new(),
             created_unix_ms: now_ms(),
         })

@@ -180,6 +180,10 @@ pub struct DataWorkerArgs {
     /// Spill down to this fraction of the arena.
     #[arg(long, default_value_t = 0.8)]
     low_watermark: f64,
+    /// Address other nodes' data workers pull objects from (IPv4:port;
+    /// port 0 picks a free one). Without it, objects stay on this node.
+    #[arg(long)]
+    transfer_address: Option<std::net::SocketAddrV4>,
 }
 
 pub fn run(cmd: ComponentCmd) -> Result<()> {
@@ -271,6 +275,7 @@ fn data_worker(a: DataWorkerArgs) -> Result<()> {
                 limit: a.spill_limit.unwrap_or(u64::MAX),
             }),
         },
+        transfer: a.transfer_address,
     };
     let shutdown = Shutdown::new()?;
     let mut signals = signal_hook::iterator::Signals::new([
@@ -287,11 +292,14 @@ fn data_worker(a: DataWorkerArgs) -> Result<()> {
         });
     }
     let socket = a.socket.clone();
-    yr_datastore::server::run(config, shutdown, |_| {
+    yr_datastore::server::run(config, shutdown, |w| {
         // Parents (yr start, yr bench, tests) wait for this line instead of
         // polling the socket.
         let mut out = std::io::stdout();
-        writeln!(out, "ready socket={}", socket.display())?;
+        match w.transfer_addr() {
+            Some(t) => writeln!(out, "ready socket={} transfer={t}", socket.display())?,
+            None => writeln!(out, "ready socket={}", socket.display())?,
+        }
         out.flush()
     })
     .with_context(|| format!("data worker on {}", a.socket.display()))?;

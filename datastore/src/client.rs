@@ -69,8 +69,12 @@ struct Inner {
     /// Releases of dropped guards, sent with the next request or by the
     /// flusher: a drop never writes to the socket, so it never waits.
     pending_releases: Mutex<Vec<ObjectId>>,
+    /// Encoded `Own`/`Free` frames, in the order they were made; they ride
+    /// the same way as releases, so dropping a reference never waits.
+    pending_frames: Mutex<Vec<u8>>,
     flusher: Arc<Flusher>,
     client_id: u64,
+    node_tag: crate::id::NodeTag,
     socket: PathBuf,
 }
 
@@ -124,13 +128,14 @@ impl Client {
             }
         }
         let resp = Response::decode(&frame[4..])?;
-        let (arena_size, prefaulted, client_id) = match resp {
+        let (arena_size, prefaulted, client_id, node_tag) = match resp {
             Response::Hello {
                 version,
                 arena_size,
                 prefaulted,
                 client_id,
-            } if version == PROTOCOL_VERSION => (arena_size, prefaulted, client_id),
+                node_tag,
+            } if version == PROTOCOL_VERSION => (arena_size, prefaulted, client_id, node_tag),
             Response::Hello { version, .. } => {
                 return Err(Error::Protocol(format!(
                     "data worker speaks protocol version {version}, this client {PROTOCOL_VERSION}"
@@ -161,8 +166,10 @@ impl Client {
             arena,
             view_map,
             pending_releases: Mutex::new(Vec::new()),
+            pending_frames: Mutex::new(Vec::new()),
             flusher: Arc::clone(&flusher),
             client_id,
+            node_tag: crate::id::NodeTag(node_tag),
             socket,
         });
         let weak = Arc::downgrade(&inner);
@@ -175,6 +182,59 @@ impl Client {
     /// The worker's ID for this connection.
     pub fn client_id(&self) -> u64 {
         self.inner.client_id
+    }
+
+    /// The tag of the worker's node: objects made here carry it.
+    pub fn node_tag(&self) -> crate::id::NodeTag {
+        self.inner.node_tag
+    }
+
+    /// A fresh ID for an object whose primary copy will live on this node.
+    pub fn new_id(&self) -> ObjectId {
+        ObjectId::random(self.inner.node_tag.0)
+    }
+
+    /// Pins and maps an object wherever its primary lives: a local copy if
+    /// there is one, else the worker pulls it from the node named in its ID
+    /// (sharing a pull already in flight) and hands out the local copy.
+    /// `timeout` bounds how long the primary waits for the object to be
+    /// sealed; a dead primary fails at once with `ObjectLost`.
+    pub fn get_remote(&self, id: ObjectId, timeout: Duration) -> Result<ObjectGuard> {
+        let r = self.call(&Request::GetRemote {
+            timeout_ms: timeout.as_millis().min(u64::MAX as u128) as u64,
+            id,
+        })?;
+        let Response::Objects(mut results) = r else {
+            return Err(Self::unexpected(r));
+        };
+        match (results.pop(), results.is_empty()) {
+            (Some(Ok(v)), true) => self.guard(id, v),
+            (Some(Err(e)), true) => Err(Error::Store(e)),
+            _ => Err(Error::Protocol(
+                "a remote get must return one result".into(),
+            )),
+        }
+    }
+
+    /// Declares this client the owner of `ids`: when it frees them, or
+    /// when it disconnects (exits, crashes), every copy on every node is
+    /// deleted. One-way, like a release.
+    pub fn own(&self, ids: &[ObjectId]) {
+        self.push_frame(Request::Own { ids: ids.to_vec() });
+    }
+
+    /// The owner lets go of `ids`: every copy on every node is deleted.
+    /// One-way, like a release.
+    pub fn free(&self, ids: &[ObjectId]) {
+        self.push_frame(Request::Free { ids: ids.to_vec() });
+    }
+
+    fn push_frame(&self, req: Request) {
+        self.inner
+            .pending_frames
+            .lock()
+            .extend_from_slice(&req.encode());
+        self.inner.flusher.arm();
     }
 
     /// The socket this client is connected to.
@@ -192,10 +252,13 @@ impl Client {
 
     /// Appends parked releases to `out` (as frames).
     fn take_pending_releases(&self, out: &mut Vec<u8>) {
-        let mut p = self.inner.pending_releases.lock();
-        for id in p.drain(..) {
-            out.extend_from_slice(&Request::Release { id }.encode());
+        {
+            let mut p = self.inner.pending_releases.lock();
+            for id in p.drain(..) {
+                out.extend_from_slice(&Request::Release { id }.encode());
+            }
         }
+        out.append(&mut self.inner.pending_frames.lock());
     }
 
     fn call(&self, req: &Request) -> Result<Response> {
@@ -220,7 +283,9 @@ impl Client {
     /// a finishing call (after unlocking) run this, so a release parked
     /// while a call held the connection goes out when that call ends.
     fn flush_pending_releases(&self) {
-        if self.inner.pending_releases.lock().is_empty() {
+        if self.inner.pending_releases.lock().is_empty()
+            && self.inner.pending_frames.lock().is_empty()
+        {
             return;
         }
         if let Some(mut c) = self.inner.conn.try_lock() {
@@ -646,8 +711,14 @@ fn run_flusher(flusher: &Flusher, inner: &Weak<Inner>) {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // Closing the socket releases every pin this client held; the
-        // flusher has nothing left to do.
+        // Ownership changes still parked must reach the worker (an `Own`
+        // lost here would leak the object). Closing the socket releases
+        // every pin this client held and frees what it owned; the flusher
+        // has nothing left to do.
+        let frames = std::mem::take(self.pending_frames.get_mut());
+        if !frames.is_empty() {
+            let _ = self.conn.get_mut().writer.write_all(&frames);
+        }
         self.flusher.stop();
     }
 }

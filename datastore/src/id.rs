@@ -2,10 +2,60 @@
 //!
 //! An [`ObjectId`] is a fixed-size 24-byte binary ID. Fixed size keeps the
 //! per-object metadata small and the wire format trivial. The first eight
-//! bytes are reserved for the owner node (so a later cross-node layer can find
-//! the primary copy without a central lookup); the rest is unique per object.
+//! bytes are the [`NodeTag`] of the data worker holding the primary copy: its
+//! transfer address plus a per-start epoch, so any node can fetch the object
+//! straight from its primary without a central lookup, and an object made
+//! before that worker restarted is recognised as lost instead of waited for.
+//! The other sixteen bytes are unique per object.
 
 use std::fmt;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+/// Where an object's primary copy lives: IPv4 address (32 bits), transfer
+/// port (16 bits) and the epoch of that data worker's start (16 bits, never
+/// zero). A port of zero means a worker without a transfer listener, whose
+/// objects no other node can fetch.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+pub struct NodeTag(pub u64);
+
+impl NodeTag {
+    /// The tag of a worker listening for peers at `addr`, started at `epoch`.
+    pub fn new(addr: SocketAddrV4, epoch: u16) -> Self {
+        let ip = u32::from(*addr.ip()) as u64;
+        NodeTag((ip << 32) | ((addr.port() as u64) << 16) | epoch.max(1) as u64)
+    }
+
+    /// A fresh non-zero epoch (different across restarts in practice).
+    pub fn fresh_epoch() -> u16 {
+        let r = ObjectId::random(0).0;
+        u16::from_be_bytes([r[22], r[23]]).max(1)
+    }
+
+    /// The peer address to fetch from, if the worker has one.
+    pub fn addr(&self) -> Option<SocketAddrV4> {
+        let port = ((self.0 >> 16) & 0xffff) as u16;
+        (port != 0).then(|| SocketAddrV4::new(Ipv4Addr::from((self.0 >> 32) as u32), port))
+    }
+
+    /// The epoch part.
+    pub fn epoch(&self) -> u16 {
+        (self.0 & 0xffff) as u16
+    }
+
+    /// Whether two tags name the same address (possibly different starts).
+    pub fn same_address(&self, other: NodeTag) -> bool {
+        self.0 >> 16 == other.0 >> 16
+    }
+}
+
+impl fmt::Display for NodeTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.addr() {
+            Some(a) => write!(f, "{a}"),
+            None => write!(f, "local-only node (epoch {})", self.epoch()),
+        }
+    }
+}
 
 /// Length of an [`ObjectId`] in bytes.
 pub const OBJECT_ID_LEN: usize = 24;
@@ -52,6 +102,11 @@ impl ObjectId {
         let mut b = [0u8; 8];
         b.copy_from_slice(&self.0[..8]);
         u64::from_be_bytes(b)
+    }
+
+    /// The node tag of the data worker holding the primary copy.
+    pub fn tag(&self) -> NodeTag {
+        NodeTag(self.node())
     }
 
     /// Lower-case hex form (48 characters).
@@ -105,6 +160,20 @@ mod tests {
         assert_eq!(short.0[OBJECT_ID_LEN - 1], 0x2a);
         assert!(ObjectId::from_hex("xyz").is_none());
         assert!(ObjectId::from_hex(&"0".repeat(50)).is_none());
+    }
+
+    #[test]
+    fn node_tags_carry_the_address() {
+        let addr = SocketAddrV4::new(Ipv4Addr::new(10, 1, 2, 3), 31502);
+        let t = NodeTag::new(addr, 77);
+        assert_eq!(t.addr(), Some(addr));
+        assert_eq!(t.epoch(), 77);
+        let id = ObjectId::random(t.0);
+        assert_eq!(id.tag(), t);
+        assert!(t.same_address(NodeTag::new(addr, 78)));
+        assert_ne!(t, NodeTag::new(addr, 78));
+        assert_eq!(NodeTag(5).addr(), None);
+        assert_eq!(NodeTag::new(addr, 0).epoch(), 1, "epoch zero is never used");
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! - [`spill`]: spill files, checksums and the io_uring / pwrite engines;
 //! - [`protocol`]: the versioned, length-prefixed wire format;
 //! - [`server`]: the Unix-socket server (`yr component data-worker`);
+//! - [`transfer`]: moving objects between nodes' workers, and freeing them everywhere;
 //! - [`client`]: the client library with zero-copy guards.
 
 pub mod alloc;
@@ -25,10 +26,11 @@ pub mod protocol;
 pub mod server;
 pub mod spill;
 pub mod store;
+pub mod transfer;
 
 pub use client::{Client, ObjectBuilder, ObjectGuard};
 pub use error::{Error, Result};
-pub use id::ObjectId;
+pub use id::{NodeTag, ObjectId};
 pub use protocol::{ErrorCode, StoreStats};
 pub use server::{Shutdown, Worker, WorkerConfig};
 pub use store::{Store, StoreConfig};

@@ -23,7 +23,7 @@ use crate::id::{ObjectId, OBJECT_ID_LEN};
 use std::io::{self, Read, Write};
 
 /// Version spoken by this build; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Largest request body the worker accepts. Large objects never travel
 /// through the socket (they are written into shared memory), so requests
 /// stay small; a bigger frame is an error and ends the connection.
@@ -60,6 +60,9 @@ pub enum ErrorCode {
     SpillFailed = 9,
     /// Something went wrong inside the worker.
     Internal = 10,
+    /// The only node holding the object is gone (unreachable, or restarted
+    /// since the object was made): the bytes cannot be fetched.
+    ObjectLost = 11,
 }
 
 impl ErrorCode {
@@ -76,6 +79,7 @@ impl ErrorCode {
             8 => VersionMismatch,
             9 => SpillFailed,
             10 => Internal,
+            11 => ObjectLost,
             _ => return None,
         })
     }
@@ -164,6 +168,16 @@ pub struct StoreStats {
     pub meta_bytes: u64,
     /// Gets currently blocked waiting for an object or key.
     pub waiters: u64,
+    /// Secondary copies held here (objects pulled from other nodes).
+    pub secondary: u64,
+    /// Pulls this node made from other nodes (one per object fetched).
+    pub pulls: u64,
+    /// Gets that joined a pull already in flight instead of starting one.
+    pub pull_joins: u64,
+    /// Bytes pulled from other nodes.
+    pub pulled_bytes: u64,
+    /// Pulls this node served to other nodes.
+    pub serves: u64,
 }
 
 /// Client → worker messages.
@@ -266,6 +280,29 @@ pub enum Request {
         /// Usage to get down to.
         target_used: u64,
     },
+    /// Pin and locate an object that may live on another node: the ID's
+    /// node tag names the data worker holding the primary copy, which this
+    /// worker pulls it from (once, however many clients ask) into a local
+    /// secondary copy. Replies `Objects` with one result.
+    GetRemote {
+        /// How long the primary may wait for the object to be sealed.
+        timeout_ms: u64,
+        /// The object.
+        id: ObjectId,
+    },
+    /// This client owns these objects (wherever they live): when it frees
+    /// them or disconnects, the worker deletes every copy on every node.
+    /// No reply.
+    Own {
+        /// The objects.
+        ids: Vec<ObjectId>,
+    },
+    /// The owner dropped its last reference: delete every copy of these
+    /// objects, on this node and on the others. No reply.
+    Free {
+        /// The objects.
+        ids: Vec<ObjectId>,
+    },
 }
 
 /// One entry of an `Objects` reply.
@@ -284,6 +321,9 @@ pub enum Response {
         prefaulted: bool,
         /// This connection's ID in the worker's logs.
         client_id: u64,
+        /// The worker's node tag: the first eight bytes of the IDs of objects
+        /// whose primary copy lives here (see [`crate::id::NodeTag`]).
+        node_tag: u64,
     },
     /// Success without data.
     Ok,
@@ -350,65 +390,65 @@ pub enum DecodeError {
     Utf8(&'static str),
 }
 
-struct Writer(Vec<u8>);
+pub(crate) struct Writer(pub(crate) Vec<u8>);
 
 impl Writer {
-    fn with_tag(tag: u8) -> Self {
+    pub(crate) fn with_tag(tag: u8) -> Self {
         let mut v = Vec::with_capacity(64);
         v.extend_from_slice(&[0, 0, 0, 0, tag]);
         Writer(v)
     }
-    fn u8(&mut self, v: u8) {
+    pub(crate) fn u8(&mut self, v: u8) {
         self.0.push(v);
     }
-    fn u16(&mut self, v: u16) {
+    pub(crate) fn u16(&mut self, v: u16) {
         self.0.extend_from_slice(&v.to_le_bytes());
     }
-    fn u32(&mut self, v: u32) {
+    pub(crate) fn u32(&mut self, v: u32) {
         self.0.extend_from_slice(&v.to_le_bytes());
     }
-    fn u64(&mut self, v: u64) {
+    pub(crate) fn u64(&mut self, v: u64) {
         self.0.extend_from_slice(&v.to_le_bytes());
     }
-    fn len(&mut self, n: usize) {
+    pub(crate) fn len(&mut self, n: usize) {
         self.u32(u32::try_from(n).unwrap_or(u32::MAX));
     }
-    fn bytes(&mut self, b: &[u8]) {
+    pub(crate) fn bytes(&mut self, b: &[u8]) {
         self.len(b.len());
         self.0.extend_from_slice(b);
     }
-    fn id(&mut self, id: &ObjectId) {
+    pub(crate) fn id(&mut self, id: &ObjectId) {
         self.0.extend_from_slice(&id.0);
     }
-    fn ids(&mut self, ids: &[ObjectId]) {
+    pub(crate) fn ids(&mut self, ids: &[ObjectId]) {
         self.len(ids.len());
         for id in ids {
             self.id(id);
         }
     }
-    fn err(&mut self, e: &ErrorReply) {
+    pub(crate) fn err(&mut self, e: &ErrorReply) {
         self.u16(e.code as u16);
         self.bytes(e.message.as_bytes());
     }
-    fn view(&mut self, v: &ObjectView) {
+    pub(crate) fn view(&mut self, v: &ObjectView) {
         self.u64(v.offset);
         self.u64(v.data_size);
         self.u64(v.meta_size);
     }
     /// Fills in the length prefix and returns the whole frame.
-    fn finish(mut self) -> Vec<u8> {
+    pub(crate) fn finish(mut self) -> Vec<u8> {
         let body = (self.0.len() - 4) as u32;
         self.0[..4].copy_from_slice(&body.to_le_bytes());
         self.0
     }
 }
 
-struct Reader<'a> {
-    buf: &'a [u8],
+pub(crate) struct Reader<'a> {
+    pub(crate) buf: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], DecodeError> {
+    pub(crate) fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], DecodeError> {
         if self.buf.len() < n {
             return Err(DecodeError::Truncated {
                 needed: n - self.buf.len(),
@@ -419,24 +459,27 @@ impl<'a> Reader<'a> {
         self.buf = rest;
         Ok(head)
     }
-    fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], DecodeError> {
+    pub(crate) fn array<const N: usize>(
+        &mut self,
+        what: &'static str,
+    ) -> Result<[u8; N], DecodeError> {
         let mut a = [0u8; N];
         a.copy_from_slice(self.take(N, what)?);
         Ok(a)
     }
-    fn u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {
+    pub(crate) fn u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {
         Ok(self.array::<1>(what)?[0])
     }
-    fn u16(&mut self, what: &'static str) -> Result<u16, DecodeError> {
+    pub(crate) fn u16(&mut self, what: &'static str) -> Result<u16, DecodeError> {
         Ok(u16::from_le_bytes(self.array(what)?))
     }
-    fn u32(&mut self, what: &'static str) -> Result<u32, DecodeError> {
+    pub(crate) fn u32(&mut self, what: &'static str) -> Result<u32, DecodeError> {
         Ok(u32::from_le_bytes(self.array(what)?))
     }
-    fn u64(&mut self, what: &'static str) -> Result<u64, DecodeError> {
+    pub(crate) fn u64(&mut self, what: &'static str) -> Result<u64, DecodeError> {
         Ok(u64::from_le_bytes(self.array(what)?))
     }
-    fn bool(&mut self, what: &'static str) -> Result<bool, DecodeError> {
+    pub(crate) fn bool(&mut self, what: &'static str) -> Result<bool, DecodeError> {
         match self.u8(what)? {
             0 => Ok(false),
             1 => Ok(true),
@@ -449,7 +492,11 @@ impl<'a> Reader<'a> {
     /// A count of items each at least `item_size` bytes long; checked
     /// against the remaining bytes so a hostile count cannot make us
     /// allocate more than the frame holds.
-    fn count(&mut self, item_size: usize, what: &'static str) -> Result<usize, DecodeError> {
+    pub(crate) fn count(
+        &mut self,
+        item_size: usize,
+        what: &'static str,
+    ) -> Result<usize, DecodeError> {
         let n = self.u32(what)? as usize;
         let need = n.saturating_mul(item_size.max(1));
         if need > self.buf.len() {
@@ -460,14 +507,14 @@ impl<'a> Reader<'a> {
         }
         Ok(n)
     }
-    fn bytes(&mut self, what: &'static str) -> Result<Vec<u8>, DecodeError> {
+    pub(crate) fn bytes(&mut self, what: &'static str) -> Result<Vec<u8>, DecodeError> {
         let n = self.count(1, what)?;
         Ok(self.take(n, what)?.to_vec())
     }
-    fn string(&mut self, what: &'static str) -> Result<String, DecodeError> {
+    pub(crate) fn string(&mut self, what: &'static str) -> Result<String, DecodeError> {
         String::from_utf8(self.bytes(what)?).map_err(|_| DecodeError::Utf8(what))
     }
-    fn key(&mut self) -> Result<Vec<u8>, DecodeError> {
+    pub(crate) fn key(&mut self) -> Result<Vec<u8>, DecodeError> {
         let k = self.bytes("key")?;
         if k.len() > MAX_KEY_LEN {
             return Err(DecodeError::Invalid {
@@ -477,14 +524,14 @@ impl<'a> Reader<'a> {
         }
         Ok(k)
     }
-    fn id(&mut self) -> Result<ObjectId, DecodeError> {
+    pub(crate) fn id(&mut self) -> Result<ObjectId, DecodeError> {
         Ok(ObjectId(self.array::<OBJECT_ID_LEN>("object id")?))
     }
-    fn ids(&mut self) -> Result<Vec<ObjectId>, DecodeError> {
+    pub(crate) fn ids(&mut self) -> Result<Vec<ObjectId>, DecodeError> {
         let n = self.count(OBJECT_ID_LEN, "id count")?;
         (0..n).map(|_| self.id()).collect()
     }
-    fn err(&mut self) -> Result<ErrorReply, DecodeError> {
+    pub(crate) fn err(&mut self) -> Result<ErrorReply, DecodeError> {
         let raw = self.u16("error code")?;
         let code = ErrorCode::from_u16(raw).ok_or(DecodeError::Invalid {
             what: "error code",
@@ -495,14 +542,14 @@ impl<'a> Reader<'a> {
             message: self.string("error message")?,
         })
     }
-    fn view(&mut self) -> Result<ObjectView, DecodeError> {
+    pub(crate) fn view(&mut self) -> Result<ObjectView, DecodeError> {
         Ok(ObjectView {
             offset: self.u64("offset")?,
             data_size: self.u64("data size")?,
             meta_size: self.u64("meta size")?,
         })
     }
-    fn end(self) -> Result<(), DecodeError> {
+    pub(crate) fn end(self) -> Result<(), DecodeError> {
         if self.buf.is_empty() {
             Ok(())
         } else {
@@ -590,6 +637,19 @@ impl Request {
                 w = Writer::with_tag(16);
                 w.u64(*target_used);
             }
+            Request::GetRemote { timeout_ms, id } => {
+                w = Writer::with_tag(17);
+                w.u64(*timeout_ms);
+                w.id(id);
+            }
+            Request::Own { ids } => {
+                w = Writer::with_tag(18);
+                w.ids(ids);
+            }
+            Request::Free { ids } => {
+                w = Writer::with_tag(19);
+                w.ids(ids);
+            }
         }
         w.finish()
     }
@@ -639,6 +699,12 @@ impl Request {
             16 => Request::Spill {
                 target_used: r.u64("target")?,
             },
+            17 => Request::GetRemote {
+                timeout_ms: r.u64("timeout")?,
+                id: r.id()?,
+            },
+            18 => Request::Own { ids: r.ids()? },
+            19 => Request::Free { ids: r.ids()? },
             t => return Err(DecodeError::UnknownTag(t)),
         };
         r.end()?;
@@ -647,11 +713,14 @@ impl Request {
 
     /// Whether the worker answers this request.
     pub fn expects_reply(&self) -> bool {
-        !matches!(self, Request::Release { .. })
+        !matches!(
+            self,
+            Request::Release { .. } | Request::Own { .. } | Request::Free { .. }
+        )
     }
 }
 
-const STATS_FIELDS: usize = 16;
+const STATS_FIELDS: usize = 21;
 
 impl StoreStats {
     fn to_array(self) -> [u64; STATS_FIELDS] {
@@ -672,6 +741,11 @@ impl StoreStats {
             self.kv_keys,
             self.meta_bytes,
             self.waiters,
+            self.secondary,
+            self.pulls,
+            self.pull_joins,
+            self.pulled_bytes,
+            self.serves,
         ]
     }
     fn from_array(a: [u64; STATS_FIELDS]) -> Self {
@@ -692,6 +766,11 @@ impl StoreStats {
             kv_keys: a[13],
             meta_bytes: a[14],
             waiters: a[15],
+            secondary: a[16],
+            pulls: a[17],
+            pull_joins: a[18],
+            pulled_bytes: a[19],
+            serves: a[20],
         }
     }
 }
@@ -706,12 +785,14 @@ impl Response {
                 arena_size,
                 prefaulted,
                 client_id,
+                node_tag,
             } => {
                 w = Writer::with_tag(1);
                 w.u16(*version);
                 w.u64(*arena_size);
                 w.u8(u8::from(*prefaulted));
                 w.u64(*client_id);
+                w.u64(*node_tag);
             }
             Response::Ok => w = Writer::with_tag(2),
             Response::Created { offset } => {
@@ -795,6 +876,7 @@ impl Response {
                 arena_size: r.u64("arena size")?,
                 prefaulted: r.bool("prefaulted")?,
                 client_id: r.u64("client id")?,
+                node_tag: r.u64("node tag")?,
             },
             2 => Response::Ok,
             3 => Response::Created {
@@ -997,11 +1079,21 @@ mod tests {
             arb_bytes(MAX_KEY_LEN + 1).prop_map(|key| Request::KvDel { key }),
             arb_bytes(MAX_KEY_LEN + 1).prop_map(|key| Request::KvExists { key }),
             any::<u64>().prop_map(|target_used| Request::Spill { target_used }),
+            (any::<u64>(), arb_id())
+                .prop_map(|(timeout_ms, id)| Request::GetRemote { timeout_ms, id }),
+            proptest::collection::vec(arb_id(), 0..5).prop_map(|ids| Request::Own { ids }),
+            proptest::collection::vec(arb_id(), 0..5).prop_map(|ids| Request::Free { ids }),
         ]
     }
 
     fn arb_response() -> impl Strategy<Value = Response> {
-        let stats = proptest::array::uniform16(any::<u64>()).prop_map(StoreStats::from_array);
+        let stats = proptest::collection::vec(any::<u64>(), STATS_FIELDS)
+            .prop_map(|v| {
+                let mut a = [0u64; STATS_FIELDS];
+                a.copy_from_slice(&v);
+                a
+            })
+            .prop_map(StoreStats::from_array);
         let row = (arb_id(), any::<u64>(), any::<u64>(), 0u8..3, any::<u32>()).prop_map(
             |(id, data_size, meta_size, s, pins)| ObjectInfo {
                 id,
@@ -1016,14 +1108,22 @@ mod tests {
             },
         );
         prop_oneof![
-            (any::<u16>(), any::<u64>(), any::<bool>(), any::<u64>()).prop_map(
-                |(version, arena_size, prefaulted, client_id)| Response::Hello {
-                    version,
-                    arena_size,
-                    prefaulted,
-                    client_id
-                }
-            ),
+            (
+                any::<u16>(),
+                any::<u64>(),
+                any::<bool>(),
+                any::<u64>(),
+                any::<u64>()
+            )
+                .prop_map(|(version, arena_size, prefaulted, client_id, node_tag)| {
+                    Response::Hello {
+                        version,
+                        arena_size,
+                        prefaulted,
+                        client_id,
+                        node_tag,
+                    }
+                }),
             Just(Response::Ok),
             any::<u64>().prop_map(|offset| Response::Created { offset }),
             proptest::collection::vec(

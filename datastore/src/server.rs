@@ -14,14 +14,17 @@
 //! released and its unsealed objects aborted.
 
 use crate::fdpass;
+use crate::id::NodeTag;
 use crate::protocol::{
     read_frame, ErrorCode, ErrorReply, FrameError, Request, Response, MAX_REQUEST_FRAME,
     PROTOCOL_VERSION,
 };
 use crate::store::{ClientId, Store, StoreConfig};
+use crate::transfer::Node;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::io::{self, BufReader, Write};
+use std::net::SocketAddrV4;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -40,6 +43,9 @@ pub struct WorkerConfig {
     pub socket: PathBuf,
     /// The store.
     pub store: StoreConfig,
+    /// Where other nodes' data workers pull objects from (port 0 picks a
+    /// free port); `None` keeps this worker's objects on this node.
+    pub transfer: Option<SocketAddrV4>,
 }
 
 /// A handle that stops a running worker from another thread (or a signal
@@ -107,9 +113,12 @@ fn bind(path: &Path) -> io::Result<UnixListener> {
 /// serving it.
 pub struct Worker {
     store: Arc<Store>,
+    node: Arc<Node>,
+    transfer_addr: Option<SocketAddrV4>,
     socket: PathBuf,
     shutdown: Shutdown,
     accept: Option<std::thread::JoinHandle<()>>,
+    peers: Option<std::thread::JoinHandle<()>>,
     spiller: Option<std::thread::JoinHandle<()>>,
     conns: Arc<Mutex<HashMap<ClientId, UnixStream>>>,
 }
@@ -120,12 +129,38 @@ pub fn start(config: WorkerConfig, shutdown: Shutdown) -> io::Result<Worker> {
     // Bind first: a wrong or busy socket path fails before any memory is
     // reserved or any spill folder is touched.
     let listener = bind(&config.socket)?;
+    let peer_listener = match config.transfer.map(crate::transfer::bind).transpose() {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = std::fs::remove_file(&config.socket);
+            return Err(e);
+        }
+    };
     let store = match Store::new(config.store.clone()) {
         Ok(s) => Arc::new(s),
         Err(e) => {
             let _ = std::fs::remove_file(&config.socket);
             return Err(e);
         }
+    };
+    let epoch = NodeTag::fresh_epoch();
+    let tag = match &peer_listener {
+        Some((_, addr)) => NodeTag::new(*addr, epoch),
+        None => NodeTag(epoch as u64),
+    };
+    let node = Node::new(Arc::clone(&store), tag)?;
+    let transfer_addr = peer_listener.as_ref().map(|(_, a)| *a);
+    let peers = match peer_listener {
+        Some((l, _)) => {
+            let node = Arc::clone(&node);
+            let stop = shutdown.clone();
+            Some(
+                std::thread::Builder::new()
+                    .name("yr-peer-accept".into())
+                    .spawn(move || crate::transfer::serve(node, l, stop.fd.as_raw_fd()))?,
+            )
+        }
+        None => None,
     };
     listener.set_nonblocking(true)?;
     let conns: Arc<Mutex<HashMap<ClientId, UnixStream>>> = Arc::default();
@@ -136,18 +171,21 @@ pub fn start(config: WorkerConfig, shutdown: Shutdown) -> io::Result<Worker> {
             .spawn(move || store.run_spiller())?
     };
     let accept = {
-        let store = store.clone();
+        let node = node.clone();
         let conns = conns.clone();
         let stop = shutdown.clone();
         std::thread::Builder::new()
             .name("yr-accept".into())
-            .spawn(move || accept_loop(listener, store, conns, stop))?
+            .spawn(move || accept_loop(listener, node, conns, stop))?
     };
     Ok(Worker {
         store,
+        node,
+        transfer_addr,
         socket: config.socket,
         shutdown,
         accept: Some(accept),
+        peers,
         spiller: Some(spiller),
         conns,
     })
@@ -157,6 +195,16 @@ impl Worker {
     /// The store being served (for in-process tests and stats).
     pub fn store(&self) -> &Arc<Store> {
         &self.store
+    }
+
+    /// This node's cross-node side (tag, transfer counters).
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    /// The address other nodes pull from, if this worker has one.
+    pub fn transfer_addr(&self) -> Option<SocketAddrV4> {
+        self.transfer_addr
     }
 
     /// Blocks until the shutdown handle fires, then stops everything.
@@ -170,6 +218,9 @@ impl Worker {
     fn stop(&mut self) {
         self.shutdown.trigger();
         if let Some(h) = self.accept.take() {
+            let _ = h.join();
+        }
+        if let Some(h) = self.peers.take() {
             let _ = h.join();
         }
         self.store.shutdown();
@@ -195,7 +246,7 @@ impl Drop for Worker {
 pub fn run(
     config: WorkerConfig,
     shutdown: Shutdown,
-    on_ready: impl FnOnce(&Store) -> io::Result<()>,
+    on_ready: impl FnOnce(&Worker) -> io::Result<()>,
 ) -> io::Result<()> {
     let socket = config.socket.clone();
     let worker = start(config, shutdown)?;
@@ -205,9 +256,10 @@ pub fn run(
         arena_bytes = st.arena().size(),
         prefault = st.arena().prefaulted(),
         spill_engine = st.spill_engine().unwrap_or("disabled"),
+        transfer = %worker.node().tag(),
         "data worker ready"
     );
-    on_ready(st)?;
+    on_ready(&worker)?;
     worker.wait();
     tracing::info!("data worker stopped");
     Ok(())
@@ -215,7 +267,7 @@ pub fn run(
 
 fn accept_loop(
     listener: UnixListener,
-    store: Arc<Store>,
+    node: Arc<Node>,
     conns: Arc<Mutex<HashMap<ClientId, UnixStream>>>,
     stop: Shutdown,
 ) {
@@ -248,7 +300,7 @@ fn accept_loop(
         loop {
             match listener.accept() {
                 Ok((stream, _)) => {
-                    if let Err(e) = spawn_client(stream, &store, &conns) {
+                    if let Err(e) = spawn_client(stream, &node, &conns) {
                         tracing::warn!("cannot start client thread: {e}");
                     }
                 }
@@ -266,22 +318,24 @@ fn accept_loop(
 
 fn spawn_client(
     stream: UnixStream,
-    store: &Arc<Store>,
+    node: &Arc<Node>,
     conns: &Arc<Mutex<HashMap<ClientId, UnixStream>>>,
 ) -> io::Result<()> {
     stream.set_nonblocking(false)?;
-    let client = store.connect();
+    let client = node.store().connect();
     conns.lock().insert(client, stream.try_clone()?);
-    let store = store.clone();
+    let node = node.clone();
     let thread_conns = conns.clone();
     let r = std::thread::Builder::new()
         .name(format!("yr-client-{client}"))
         .spawn(move || {
-            if let Err(e) = serve(&store, client, stream) {
+            if let Err(e) = serve(&node, client, stream) {
                 tracing::debug!("client {client}: {e}");
             }
             thread_conns.lock().remove(&client);
-            store.disconnect(client);
+            // Pins go first, so a freed object is not kept by this client's pins.
+            node.store().disconnect(client);
+            node.disconnect(client);
         });
     if r.is_err() {
         // The thread never ran: undo the registration here.
@@ -297,7 +351,8 @@ fn error(code: ErrorCode, message: impl Into<String>) -> Response {
 }
 
 /// Serves one client until it leaves or misbehaves.
-fn serve(store: &Store, client: ClientId, stream: UnixStream) -> io::Result<()> {
+fn serve(node: &Node, client: ClientId, stream: UnixStream) -> io::Result<()> {
+    let store = node.store();
     let mut writer = stream.try_clone()?;
     let mut reader =
         BufReader::with_capacity(64 << 10, fdpass::SpinStream::new(stream, SPIN_BUDGET));
@@ -313,6 +368,7 @@ fn serve(store: &Store, client: ClientId, stream: UnixStream) -> io::Result<()> 
                 arena_size: store.arena().size(),
                 prefaulted: store.arena().prefaulted(),
                 client_id: client as u64,
+                node_tag: node.tag().0,
             };
             fdpass::send_with_fd(&writer, &hello.encode(), store.arena().raw_fd())?;
         }
@@ -362,7 +418,7 @@ fn serve(store: &Store, client: ClientId, stream: UnixStream) -> io::Result<()> 
                 continue;
             }
         };
-        if let Some(resp) = handle(store, client, req) {
+        if let Some(resp) = handle(node, client, req) {
             writer.write_all(&resp.encode())?;
         }
     }
@@ -376,7 +432,8 @@ fn frame_io(e: FrameError) -> io::Error {
 }
 
 /// Executes one request. `None` for requests without a reply.
-pub fn handle(store: &Store, client: ClientId, req: Request) -> Option<Response> {
+pub fn handle(node: &Node, client: ClientId, req: Request) -> Option<Response> {
+    let store = node.store();
     let ok_or = |r: Result<(), ErrorReply>| match r {
         Ok(()) => Response::Ok,
         Err(e) => Response::Error(e),
@@ -404,7 +461,28 @@ pub fn handle(store: &Store, client: ClientId, req: Request) -> Option<Response>
         Request::Abort { id } => ok_or(store.abort(client, id)),
         Request::Contains { id } => Response::Bool(store.contains(&id)),
         Request::List { limit } => Response::List(store.list(limit as usize)),
-        Request::Stats => Response::Stats(store.stats()),
+        Request::Stats => {
+            let mut s = store.stats();
+            let t = node.stats();
+            s.pulls = t.pulls;
+            s.pull_joins = t.pull_joins;
+            s.pulled_bytes = t.pulled_bytes;
+            s.serves = t.serves;
+            Response::Stats(s)
+        }
+        Request::GetRemote { timeout_ms, id } => Response::Objects(vec![node.get_remote(
+            client,
+            id,
+            Duration::from_millis(timeout_ms),
+        )]),
+        Request::Own { ids } => {
+            node.own(client, &ids);
+            return None;
+        }
+        Request::Free { ids } => {
+            node.free(client, &ids);
+            return None;
+        }
         Request::KvBind { key, id } => ok_or(store.kv_bind(&key, id)),
         Request::KvGet { key, timeout_ms } => {
             match store.kv_get(client, &key, Duration::from_millis(timeout_ms)) {

@@ -18,7 +18,10 @@
 //!   object while the spill path reads it (Spilling) or a restore writes it
 //!   (Restoring);
 //! - a sealed object's bytes never change; an object leaves the table only by
-//!   delete or abort, never by pressure: pressure moves it to disk.
+//!   delete or abort, never by pressure: pressure moves it to disk. The one
+//!   exception is a secondary copy (pulled from another node, whose primary
+//!   still holds the bytes): pressure evicts it, unpinned, before spilling
+//!   anything.
 //!
 //! Concurrency: one `parking_lot::Mutex` guards all tables. Disk I/O never
 //! happens under it: the spill path marks its victims Spilling, unlocks,
@@ -95,6 +98,9 @@ struct Entry {
     delete_pending: bool,
     /// Slab slot not in use.
     vacant: bool,
+    /// A copy pulled from another node: under pressure it is dropped, not
+    /// spilled, since the primary still has the bytes.
+    secondary: bool,
 }
 
 impl Entry {
@@ -430,6 +436,29 @@ impl Store {
         data_size: u64,
         meta_size: u64,
     ) -> Result<u64, ErrorReply> {
+        self.create_as(client, id, data_size, meta_size, false)
+    }
+
+    /// As [`Store::create`], for a secondary copy of an object whose primary
+    /// lives on another node: evicted rather than spilled under pressure.
+    pub fn create_secondary(
+        &self,
+        client: ClientId,
+        id: ObjectId,
+        data_size: u64,
+        meta_size: u64,
+    ) -> Result<u64, ErrorReply> {
+        self.create_as(client, id, data_size, meta_size, true)
+    }
+
+    fn create_as(
+        &self,
+        client: ClientId,
+        id: ObjectId,
+        data_size: u64,
+        meta_size: u64,
+        secondary: bool,
+    ) -> Result<u64, ErrorReply> {
         let total = data_size.saturating_add(meta_size);
         if meta_size > u32::MAX as u64 {
             return Err(err(
@@ -448,6 +477,7 @@ impl Store {
         }
         let mut g = self.inner.lock();
         let slot = self.create_locked(&mut g, client, id, data_size, meta_size as u32)?;
+        g.entries[slot as usize].secondary = secondary;
         let off = g.offset(slot);
         self.maybe_wake_spiller(&g);
         Ok(off)
@@ -485,6 +515,7 @@ impl Store {
                     state: State::Unsealed,
                     delete_pending: false,
                     vacant: false,
+                    secondary: false,
                 });
                 g.clients.entry(client).or_default().unsealed.insert(id);
                 return Ok(slot);
@@ -517,6 +548,9 @@ impl Store {
         credit: u64,
     ) -> Result<(), String> {
         if self.spill.is_none() {
+            if self.evict_secondaries(g, needed.saturating_add(needed / 8)) > 0 {
+                return Ok(());
+            }
             return Err("spilling is disabled (no spill folder)".into());
         }
         // Ask for a little more than needed: fragmentation means freed bytes
@@ -537,8 +571,13 @@ impl Store {
         target: u64,
         credit: u64,
     ) -> Result<u64, SpillError> {
+        // Copies whose primary lives elsewhere go first, and go for free.
+        let evicted = self.evict_secondaries(g, target);
+        if evicted >= target {
+            return Ok(evicted);
+        }
         let Some(spill) = &self.spill else {
-            return Ok(0);
+            return Ok(evicted);
         };
         self.flush_deferred_frees();
         // Victims in LRU order, skipping any that would not fit in the disk
@@ -558,7 +597,9 @@ impl Store {
             let e = &g.entries[cur as usize];
             let next = e.lru_next;
             let size = e.total();
-            if disk + size <= room {
+            if e.secondary {
+                // Left for the next eviction pass, never written to disk.
+            } else if disk + size <= room {
                 disk += size;
                 bytes += g.alloc.size(e.block);
                 victims.push(cur);
@@ -570,6 +611,7 @@ impl Store {
         }
         if victims.is_empty() {
             return match smallest_refused {
+                _ if evicted > 0 => Ok(evicted),
                 Some(requested) => Err(SpillError::LimitReached {
                     requested,
                     used: spill.used(),
@@ -595,7 +637,7 @@ impl Store {
                 .collect();
             spill.write_batch_with_credit(&slices, credit)
         });
-        let mut freed = 0;
+        let mut freed = evicted;
         match result {
             Ok(locs) => {
                 for (slot, loc) in victims.into_iter().zip(locs) {
@@ -640,6 +682,26 @@ impl Store {
                 Err(e)
             }
         }
+    }
+
+    /// Drops unpinned secondary copies, least recently used first, until
+    /// `target` bytes are freed or none is left in the first part of the LRU
+    /// list. Returns the bytes freed.
+    fn evict_secondaries(&self, g: &mut Inner, target: u64) -> u64 {
+        let mut freed = 0;
+        let mut cur = g.lru_head;
+        let mut scanned = 0;
+        while cur != NONE && freed < target && scanned < 4096 {
+            let e = &g.entries[cur as usize];
+            let next = e.lru_next;
+            if e.secondary {
+                freed += g.alloc.size(e.block);
+                self.free_object(g, cur);
+            }
+            scanned += 1;
+            cur = next;
+        }
+        freed
     }
 
     /// Spills until usage is at or below `target_used` bytes or nothing more
@@ -1231,6 +1293,9 @@ impl Store {
                     s.spilled_bytes += e.total();
                 }
                 _ => s.sealed += 1,
+            }
+            if e.secondary {
+                s.secondary += 1;
             }
             if e.pins > 0 {
                 s.pinned += 1;

@@ -40,6 +40,8 @@ pub struct DataWorker {
     pub socket: PathBuf,
     /// Its spill folder.
     pub spill_dir: PathBuf,
+    /// Where other workers pull from (when started with `--transfer-address`).
+    pub transfer: Option<String>,
     _stdout: BufReader<ChildStdout>,
     /// Keeps the folder alive as long as the worker.
     pub dir: tempfile::TempDir,
@@ -68,13 +70,23 @@ impl DataWorker {
         let mut line = String::new();
         out.read_line(&mut line).expect("read ready line");
         assert!(line.starts_with("ready"), "worker did not start: {line:?}");
+        let transfer = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("transfer="))
+            .map(str::to_string);
         DataWorker {
             child,
             socket,
             spill_dir,
+            transfer,
             _stdout: out,
             dir,
         }
+    }
+
+    /// Starts a worker that serves other workers on a free loopback port.
+    pub fn start_networked(shm_size: u64) -> DataWorker {
+        Self::start(shm_size, &["--transfer-address", "127.0.0.1:0"])
     }
 
     /// A new client connection.
@@ -113,4 +125,11 @@ pub fn bytes(len: usize, seed: u64) -> Vec<u8> {
             x as u8
         })
         .collect()
+}
+
+/// FNV-1a over the bytes: compares large buffers without printing them.
+pub fn checksum(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
+        (h ^ x as u64).wrapping_mul(0x0100_0000_01b3)
+    })
 }

@@ -1,0 +1,788 @@
+//! Objects across nodes: pulling copies from other data workers, and freeing
+//! every copy once the owner lets go.
+//!
+//! Each data worker listens for peers on a TCP port (its *transfer address*).
+//! An [`ObjectId`] starts with the [`NodeTag`] of the worker that holds its
+//! primary copy, so a worker that needs an object it lacks connects straight
+//! to that address and pulls it: one request, then the object's bytes in one
+//! stream, written by the sender from its arena mapping and read by the
+//! receiver straight into a freshly created object in its own arena (no
+//! intermediate buffer on either side). The copy is sealed as a *secondary*:
+//! under memory pressure the store drops it instead of spilling it.
+//!
+//! Ownership: a client that owns objects says so ([`Node::own`]); when it
+//! frees them or disconnects, this worker deletes its own copy and tells the
+//! primary's worker, which deletes the primary and tells every worker that
+//! pulled a copy (it records them as it serves pulls).
+//!
+//! Invariants:
+//! - concurrent gets of one missing object on one node share one pull
+//!   (`inflight`); a follower waits for the leader's outcome;
+//! - a pull never hangs: connecting and every read have deadlines, and a
+//!   dead or restarted primary gives [`ErrorCode::ObjectLost`] naming the
+//!   object and the node;
+//! - a failed pull leaves nothing behind (its unsealed object is aborted by
+//!   disconnecting the pull's store client);
+//! - a delete that arrives while this node is still pulling that object is
+//!   remembered and applied right after the pull seals it.
+//!
+//! Peer wire format: the connecting side first writes [`PEER_MAGIC`]; then
+//! frames as in [`crate::protocol`] (u32 length, tag, fields). Requests:
+//! `Pull{id, timeout_ms, requester_tag}` answered by `PullOk{data_size,
+//! meta_size}` plus the raw bytes, or `Error`; `Delete{ids}` answered by `Ok`.
+
+use crate::id::{NodeTag, ObjectId};
+use crate::protocol::{read_frame, DecodeError, ErrorCode, ErrorReply, Reader, Writer};
+use crate::store::{ClientId, Store};
+use parking_lot::{Condvar, Mutex};
+use std::collections::{HashMap, HashSet};
+use std::io::{self, BufReader, Read, Write};
+use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// First bytes a peer connection carries (protocol name and version).
+pub const PEER_MAGIC: &[u8; 4] = b"YRP1";
+/// How long connecting to a peer may take before its objects count as lost.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest silence allowed in the middle of a transfer.
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest peer request frame (a delete of many IDs).
+const MAX_PEER_FRAME: usize = 1 << 20;
+
+fn err(code: ErrorCode, message: impl Into<String>) -> ErrorReply {
+    ErrorReply::new(code, message)
+}
+
+enum PeerRequest {
+    Pull {
+        id: ObjectId,
+        timeout_ms: u64,
+        requester: NodeTag,
+    },
+    Delete {
+        ids: Vec<ObjectId>,
+    },
+}
+
+impl PeerRequest {
+    fn encode(&self) -> Vec<u8> {
+        match self {
+            PeerRequest::Pull {
+                id,
+                timeout_ms,
+                requester,
+            } => {
+                let mut w = Writer::with_tag(1);
+                w.id(id);
+                w.u64(*timeout_ms);
+                w.u64(requester.0);
+                w.finish()
+            }
+            PeerRequest::Delete { ids } => {
+                let mut w = Writer::with_tag(2);
+                w.ids(ids);
+                w.finish()
+            }
+        }
+    }
+
+    fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader { buf: body };
+        let req = match r.u8("tag")? {
+            1 => PeerRequest::Pull {
+                id: r.id()?,
+                timeout_ms: r.u64("timeout")?,
+                requester: NodeTag(r.u64("requester")?),
+            },
+            2 => PeerRequest::Delete { ids: r.ids()? },
+            t => return Err(DecodeError::UnknownTag(t)),
+        };
+        r.end()?;
+        Ok(req)
+    }
+}
+
+enum PeerResponse {
+    PullOk { data_size: u64, meta_size: u64 },
+    Ok,
+    Error(ErrorReply),
+}
+
+impl PeerResponse {
+    fn encode(&self) -> Vec<u8> {
+        match self {
+            PeerResponse::PullOk {
+                data_size,
+                meta_size,
+            } => {
+                let mut w = Writer::with_tag(1);
+                w.u64(*data_size);
+                w.u64(*meta_size);
+                w.finish()
+            }
+            PeerResponse::Ok => Writer::with_tag(2).finish(),
+            PeerResponse::Error(e) => {
+                let mut w = Writer::with_tag(3);
+                w.err(e);
+                w.finish()
+            }
+        }
+    }
+
+    fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader { buf: body };
+        let resp = match r.u8("tag")? {
+            1 => PeerResponse::PullOk {
+                data_size: r.u64("data size")?,
+                meta_size: r.u64("meta size")?,
+            },
+            2 => PeerResponse::Ok,
+            3 => PeerResponse::Error(r.err()?),
+            t => return Err(DecodeError::UnknownTag(t)),
+        };
+        r.end()?;
+        Ok(resp)
+    }
+}
+
+/// One pull in progress, shared by every getter of the object on this node.
+#[derive(Default)]
+struct Flight {
+    outcome: Mutex<Option<Result<(), ErrorReply>>>,
+    done: Condvar,
+    /// The owner freed the object while we were pulling it.
+    deleted: std::sync::atomic::AtomicBool,
+}
+
+/// Transfer counters, reported with the store's stats.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransferStats {
+    /// Pulls this node made (one per object fetched, however many getters).
+    pub pulls: u64,
+    /// Gets that joined a pull already in flight instead of starting one.
+    pub pull_joins: u64,
+    /// Bytes this node pulled.
+    pub pulled_bytes: u64,
+    /// Pulls this node served to others.
+    pub serves: u64,
+}
+
+/// This node's side of cross-node objects. Shared by the client threads and
+/// the peer server.
+pub struct Node {
+    store: Arc<Store>,
+    tag: NodeTag,
+    inflight: Mutex<HashMap<ObjectId, Arc<Flight>>>,
+    /// For our primaries: the nodes that pulled a copy.
+    holders: Mutex<HashMap<ObjectId, Vec<NodeTag>>>,
+    /// Objects each local client owns.
+    owned: Mutex<HashMap<ClientId, HashSet<ObjectId>>>,
+    /// Idle connections to peers, reused by later pulls and deletes.
+    pool: Mutex<HashMap<SocketAddrV4, Vec<TcpStream>>>,
+    deletes: crossbeam::channel::Sender<(NodeTag, Vec<ObjectId>)>,
+    pulls: AtomicU64,
+    pull_joins: AtomicU64,
+    pulled_bytes: AtomicU64,
+    serves: AtomicU64,
+}
+
+impl Node {
+    /// A node with the given tag over `store`; starts the thread that sends
+    /// deletes to other nodes.
+    pub fn new(store: Arc<Store>, tag: NodeTag) -> io::Result<Arc<Node>> {
+        let (tx, rx) = crossbeam::channel::unbounded::<(NodeTag, Vec<ObjectId>)>();
+        let node = Arc::new(Node {
+            store,
+            tag,
+            inflight: Mutex::default(),
+            holders: Mutex::default(),
+            owned: Mutex::default(),
+            pool: Mutex::default(),
+            deletes: tx,
+            pulls: AtomicU64::new(0),
+            pull_joins: AtomicU64::new(0),
+            pulled_bytes: AtomicU64::new(0),
+            serves: AtomicU64::new(0),
+        });
+        let weak = Arc::downgrade(&node);
+        std::thread::Builder::new()
+            .name("yr-peer-delete".into())
+            .spawn(move || {
+                // Ends when the node (the only sender) is dropped.
+                while let Ok((tag, mut ids)) = rx.recv() {
+                    // Batch whatever else is queued for the same node.
+                    let mut others = Vec::new();
+                    while let Ok((t, more)) = rx.try_recv() {
+                        if t == tag {
+                            ids.extend(more);
+                        } else {
+                            others.push((t, more));
+                        }
+                    }
+                    let Some(node) = weak.upgrade() else { return };
+                    node.send_delete(tag, &ids);
+                    for (t, more) in others {
+                        node.send_delete(t, &more);
+                    }
+                }
+            })?;
+        Ok(node)
+    }
+
+    /// This node's tag (the first bytes of the IDs of objects made here).
+    pub fn tag(&self) -> NodeTag {
+        self.tag
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Transfer counters.
+    pub fn stats(&self) -> TransferStats {
+        TransferStats {
+            pulls: self.pulls.load(Ordering::Relaxed),
+            pull_joins: self.pull_joins.load(Ordering::Relaxed),
+            pulled_bytes: self.pulled_bytes.load(Ordering::Relaxed),
+            serves: self.serves.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Pins an object for `client`, pulling it from its primary's node first
+    /// if this node has no copy.
+    pub fn get_remote(
+        &self,
+        client: ClientId,
+        id: ObjectId,
+        timeout: Duration,
+    ) -> Result<crate::protocol::ObjectView, ErrorReply> {
+        let tag = id.tag();
+        if tag == self.tag {
+            return self.get_local(client, id, timeout);
+        }
+        if tag.same_address(self.tag) {
+            return Err(err(
+                ErrorCode::ObjectLost,
+                format!(
+                    "object {id} is lost: it was made by an earlier run of this data worker \
+                     ({}), which has restarted since",
+                    self.tag
+                ),
+            ));
+        }
+        // At most two pulls: a fresh copy can be evicted by memory pressure
+        // between its seal and our pin.
+        for _ in 0..2 {
+            if self.store.contains(&id) {
+                match self.get_local(client, id, Duration::ZERO) {
+                    Err(e) if e.code == ErrorCode::NotFound => {}
+                    r => return r,
+                }
+            }
+            self.pull_shared(id, timeout)?;
+        }
+        self.get_local(client, id, Duration::ZERO)
+    }
+
+    fn get_local(
+        &self,
+        client: ClientId,
+        id: ObjectId,
+        timeout: Duration,
+    ) -> Result<crate::protocol::ObjectView, ErrorReply> {
+        self.store
+            .get(client, &[id], timeout)
+            .pop()
+            .unwrap_or_else(|| Err(err(ErrorCode::Internal, "empty get result")))
+    }
+
+    fn pull_shared(&self, id: ObjectId, timeout: Duration) -> Result<(), ErrorReply> {
+        let (flight, leader) = {
+            let mut m = self.inflight.lock();
+            match m.get(&id) {
+                Some(f) => (Arc::clone(f), false),
+                None => {
+                    let f = Arc::new(Flight::default());
+                    m.insert(id, Arc::clone(&f));
+                    (f, true)
+                }
+            }
+        };
+        if !leader {
+            self.pull_joins.fetch_add(1, Ordering::Relaxed);
+            let mut o = flight.outcome.lock();
+            // The leader's pull has deadlines on every step, so this ends.
+            while o.is_none() {
+                flight.done.wait(&mut o);
+            }
+            return o.clone().unwrap_or(Ok(()));
+        }
+        let r = self.pull(id, timeout, &flight);
+        *flight.outcome.lock() = Some(r.clone());
+        flight.done.notify_all();
+        self.inflight.lock().remove(&id);
+        if flight.deleted.load(Ordering::Acquire) {
+            let _ = self.store.delete(&[id]);
+        }
+        r
+    }
+
+    /// Takes a pooled connection to `addr` or opens a new one.
+    fn connect(&self, addr: SocketAddrV4) -> io::Result<(TcpStream, bool)> {
+        if let Some(c) = self.pool.lock().get_mut(&addr).and_then(|v| v.pop()) {
+            return Ok((c, true));
+        }
+        let s = TcpStream::connect_timeout(&SocketAddr::V4(addr), CONNECT_TIMEOUT)?;
+        s.set_nodelay(true)?;
+        (&s).write_all(PEER_MAGIC)?;
+        Ok((s, false))
+    }
+
+    fn give_back(&self, addr: SocketAddrV4, s: TcpStream) {
+        let mut pool = self.pool.lock();
+        let v = pool.entry(addr).or_default();
+        if v.len() < 8 {
+            v.push(s);
+        }
+    }
+
+    /// Sends one request and reads the reply header, retrying once on a
+    /// fresh connection when a pooled one turns out to be stale.
+    fn exchange(
+        &self,
+        addr: SocketAddrV4,
+        req: &PeerRequest,
+        wait: Duration,
+    ) -> io::Result<(BufReader<TcpStream>, PeerResponse)> {
+        let frame = req.encode();
+        loop {
+            let (s, pooled) = self.connect(addr)?;
+            let attempt = (|| {
+                s.set_read_timeout(Some(wait + IO_TIMEOUT))?;
+                s.set_write_timeout(Some(IO_TIMEOUT))?;
+                (&s).write_all(&frame)?;
+                // The reader buffers only the small header; the body is read
+                // through it, so nothing it buffered is lost.
+                let mut reader = BufReader::with_capacity(64, s);
+                let mut buf = Vec::new();
+                read_frame(&mut reader, &mut buf, MAX_PEER_FRAME).map_err(|e| match e {
+                    crate::protocol::FrameError::Io(e) => e,
+                    other => io::Error::new(io::ErrorKind::InvalidData, other.to_string()),
+                })?;
+                let resp = PeerResponse::decode(&buf)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                Ok((reader, resp))
+            })();
+            match attempt {
+                Err(_) if pooled => continue,
+                r => return r,
+            }
+        }
+    }
+
+    fn pull(&self, id: ObjectId, timeout: Duration, flight: &Flight) -> Result<(), ErrorReply> {
+        let tag = id.tag();
+        let Some(addr) = tag.addr() else {
+            return Err(err(
+                ErrorCode::ObjectLost,
+                format!(
+                    "object {id} is not on this node, and the node that made it has no transfer \
+                     address, so no other node can fetch it"
+                ),
+            ));
+        };
+        let lost = |what: String| {
+            err(
+                ErrorCode::ObjectLost,
+                format!("object {id} is lost: its node {addr} {what}"),
+            )
+        };
+        self.pulls.fetch_add(1, Ordering::Relaxed);
+        let req = PeerRequest::Pull {
+            id,
+            timeout_ms: timeout.as_millis().min(u64::MAX as u128) as u64,
+            requester: self.tag,
+        };
+        let (mut reader, resp) = self
+            .exchange(addr, &req, timeout)
+            .map_err(|e| lost(format!("cannot be reached ({e})")))?;
+        let (data_size, meta_size) = match resp {
+            PeerResponse::PullOk {
+                data_size,
+                meta_size,
+            } => (data_size, meta_size),
+            PeerResponse::Error(e) => return Err(e),
+            PeerResponse::Ok => {
+                return Err(err(
+                    ErrorCode::Internal,
+                    format!("node {addr} answered a pull of {id} with a bare Ok"),
+                ))
+            }
+        };
+        let total = data_size.saturating_add(meta_size);
+        let client = self.store.connect();
+        let result = (|| {
+            let off = match self
+                .store
+                .create_secondary(client, id, data_size, meta_size)
+            {
+                Ok(off) => off,
+                Err(e) if e.code == ErrorCode::AlreadyExists => {
+                    // Made here meanwhile (by a local put of the same ID);
+                    // the bytes in the stream are not needed. Dropping the
+                    // connection skips them.
+                    return Ok(false);
+                }
+                Err(e) => return Err(e),
+            };
+            if !self.store.arena().prefaulted() {
+                self.store.arena().populate_write(off, total);
+            }
+            // SAFETY: the block was just allocated for this unsealed object,
+            // created by `client`, which only this thread uses: nobody else
+            // reads or writes it until we seal it.
+            let dst = unsafe { self.store.arena().slice_mut(off, total) };
+            let mut got = 0usize;
+            while got < dst.len() {
+                match reader.read(&mut dst[got..]) {
+                    Ok(0) => {
+                        return Err(lost(format!(
+                            "closed the connection after {got} of {total} bytes of the transfer"
+                        )))
+                    }
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        return Err(lost(format!(
+                            "failed after {got} of {total} bytes of the transfer ({e})"
+                        )))
+                    }
+                }
+            }
+            self.store.seal(client, id)?;
+            Ok(true)
+        })();
+        // Aborts the unsealed object if the transfer failed.
+        self.store.disconnect(client);
+        match result {
+            Ok(true) => {
+                self.pulled_bytes.fetch_add(total, Ordering::Relaxed);
+                self.give_back(addr, reader.into_inner());
+                if flight.deleted.load(Ordering::Acquire) {
+                    let _ = self.store.delete(&[id]);
+                }
+                Ok(())
+            }
+            Ok(false) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Records that `client` owns `ids`.
+    pub fn own(&self, client: ClientId, ids: &[ObjectId]) {
+        self.owned
+            .lock()
+            .entry(client)
+            .or_default()
+            .extend(ids.iter().copied());
+    }
+
+    /// The owner `client` dropped `ids`: delete every copy everywhere.
+    pub fn free(&self, client: ClientId, ids: &[ObjectId]) {
+        if let Some(set) = self.owned.lock().get_mut(&client) {
+            for id in ids {
+                set.remove(id);
+            }
+        }
+        self.free_everywhere(ids);
+    }
+
+    /// A client left: everything it owned is freed.
+    pub fn disconnect(&self, client: ClientId) {
+        let owned = self.owned.lock().remove(&client);
+        if let Some(set) = owned {
+            let ids: Vec<ObjectId> = set.into_iter().collect();
+            if !ids.is_empty() {
+                tracing::debug!(
+                    "client {client} left owning {} objects; freeing them",
+                    ids.len()
+                );
+                self.free_everywhere(&ids);
+            }
+        }
+    }
+
+    /// Deletes the local copies of `ids` and tells the nodes holding the
+    /// others: for our primaries, every node that pulled a copy; for objects
+    /// made elsewhere, their primary's node (which tells its own pullers).
+    fn free_everywhere(&self, ids: &[ObjectId]) {
+        self.delete_here(ids);
+        let mut by_node: HashMap<NodeTag, Vec<ObjectId>> = HashMap::new();
+        {
+            let mut holders = self.holders.lock();
+            for id in ids {
+                if id.tag() == self.tag {
+                    for h in holders.remove(id).unwrap_or_default() {
+                        by_node.entry(h).or_default().push(*id);
+                    }
+                } else if id.tag().addr().is_some() {
+                    by_node.entry(id.tag()).or_default().push(*id);
+                }
+            }
+        }
+        for (tag, ids) in by_node {
+            let _ = self.deletes.send((tag, ids));
+        }
+    }
+
+    /// Deletes local copies; a copy still being pulled is deleted as soon as
+    /// its pull seals it.
+    fn delete_here(&self, ids: &[ObjectId]) {
+        {
+            let inflight = self.inflight.lock();
+            for id in ids {
+                if let Some(f) = inflight.get(id) {
+                    f.deleted.store(true, Ordering::Release);
+                }
+            }
+        }
+        let _ = self.store.delete(ids);
+    }
+
+    fn send_delete(&self, tag: NodeTag, ids: &[ObjectId]) {
+        let Some(addr) = tag.addr() else { return };
+        let req = PeerRequest::Delete { ids: ids.to_vec() };
+        match self.exchange(addr, &req, Duration::ZERO) {
+            Ok((reader, _)) => self.give_back(addr, reader.into_inner()),
+            // A node that is gone took its copies with it.
+            Err(e) => tracing::debug!("cannot tell {addr} to delete {} objects: {e}", ids.len()),
+        }
+    }
+
+    /// Serves one peer connection until it closes or misbehaves.
+    fn serve_peer(&self, stream: TcpStream) -> io::Result<()> {
+        stream.set_nodelay(true)?;
+        let mut magic = [0u8; 4];
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        (&stream).read_exact(&mut magic)?;
+        if &magic != PEER_MAGIC {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("not a yr peer (first bytes {magic:?})"),
+            ));
+        }
+        // Idle pooled connections may sit for long between requests.
+        stream.set_read_timeout(None)?;
+        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        let mut reader = BufReader::with_capacity(4096, stream.try_clone()?);
+        let mut writer = stream;
+        let client = self.store.connect();
+        let r = (|| -> io::Result<()> {
+            let mut buf = Vec::new();
+            loop {
+                match read_frame(&mut reader, &mut buf, MAX_PEER_FRAME) {
+                    Ok(()) => {}
+                    Err(crate::protocol::FrameError::Closed) => return Ok(()),
+                    Err(crate::protocol::FrameError::Io(e)) => return Err(e),
+                    Err(e) => {
+                        let reply = PeerResponse::Error(err(ErrorCode::BadRequest, e.to_string()));
+                        let _ = writer.write_all(&reply.encode());
+                        return Ok(());
+                    }
+                }
+                match PeerRequest::decode(&buf) {
+                    Ok(PeerRequest::Pull {
+                        id,
+                        timeout_ms,
+                        requester,
+                    }) => self.serve_pull(&mut writer, client, id, timeout_ms, requester)?,
+                    Ok(PeerRequest::Delete { ids }) => {
+                        self.delete_here(&ids);
+                        // Our primaries: pass the delete on to their copies.
+                        let ours: Vec<ObjectId> =
+                            ids.into_iter().filter(|id| id.tag() == self.tag).collect();
+                        self.free_everywhere(&ours);
+                        writer.write_all(&PeerResponse::Ok.encode())?;
+                    }
+                    Err(e) => {
+                        let reply = PeerResponse::Error(err(
+                            ErrorCode::BadRequest,
+                            format!("malformed peer request: {e}"),
+                        ));
+                        writer.write_all(&reply.encode())?;
+                    }
+                }
+            }
+        })();
+        self.store.disconnect(client);
+        r
+    }
+
+    fn serve_pull(
+        &self,
+        w: &mut TcpStream,
+        client: ClientId,
+        id: ObjectId,
+        timeout_ms: u64,
+        requester: NodeTag,
+    ) -> io::Result<()> {
+        let reply_err =
+            |w: &mut TcpStream, e: ErrorReply| w.write_all(&PeerResponse::Error(e).encode());
+        if id.tag() != self.tag {
+            let e = if id.tag().same_address(self.tag) {
+                err(
+                    ErrorCode::ObjectLost,
+                    format!(
+                        "object {id} is lost: it was made by an earlier run of the data worker at \
+                         {}, which has restarted since",
+                        self.tag
+                    ),
+                )
+            } else {
+                err(
+                    ErrorCode::NotFound,
+                    format!("object {id} does not belong to the node at {}", self.tag),
+                )
+            };
+            return reply_err(w, e);
+        }
+        // Record the copy before sending it, so a delete racing with this
+        // pull reaches the puller (which applies it after sealing).
+        if requester != self.tag && requester.addr().is_some() {
+            let mut h = self.holders.lock();
+            let v = h.entry(id).or_default();
+            if !v.contains(&requester) {
+                v.push(requester);
+            }
+        }
+        let view = match self.get_local(client, id, Duration::from_millis(timeout_ms)) {
+            Ok(v) => v,
+            Err(e) if e.code == ErrorCode::NotFound => {
+                return reply_err(
+                    w,
+                    err(
+                        ErrorCode::NotFound,
+                        format!(
+                            "object {id} is not on its node {} (it was freed, or never made)",
+                            self.tag
+                        ),
+                    ),
+                )
+            }
+            Err(e) => return reply_err(w, e),
+        };
+        self.serves.fetch_add(1, Ordering::Relaxed);
+        let total = view.data_size + view.meta_size;
+        let r = (|| {
+            w.write_all(
+                &PeerResponse::PullOk {
+                    data_size: view.data_size,
+                    meta_size: view.meta_size,
+                }
+                .encode(),
+            )?;
+            // SAFETY: the object is sealed and pinned by `client` until the
+            // release below, so its bytes neither change nor move.
+            let bytes = unsafe { self.store.arena().slice(view.offset, total) };
+            w.write_all(bytes)
+        })();
+        self.store.release(client, id);
+        r
+    }
+}
+
+/// Binds the peer listener. Port 0 picks a free port; the returned address
+/// is the one bound.
+pub fn bind(addr: SocketAddrV4) -> io::Result<(TcpListener, SocketAddrV4)> {
+    let l = TcpListener::bind(addr).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot bind the transfer port {addr}: {e}"),
+        )
+    })?;
+    let bound = match l.local_addr()? {
+        SocketAddr::V4(a) => a,
+        SocketAddr::V6(a) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("transfer address {a} is IPv6; node tags carry IPv4 addresses"),
+            ))
+        }
+    };
+    if bound.ip().is_unspecified() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "transfer address {bound} names no host: object IDs carry it, so give the \
+                 address other nodes reach this one at"
+            ),
+        ));
+    }
+    Ok((l, bound))
+}
+
+/// Accepts peers until `stop_fd` becomes readable; each peer gets a thread.
+pub fn serve(node: Arc<Node>, listener: TcpListener, stop_fd: std::os::fd::RawFd) {
+    if let Err(e) = listener.set_nonblocking(true) {
+        tracing::error!("transfer listener: {e}");
+        return;
+    }
+    let mut fds = [
+        libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: stop_fd,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    loop {
+        // SAFETY: fds is a live array of two initialised pollfd.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            tracing::error!("poll on transfer listener failed: {e}");
+            return;
+        }
+        if fds[1].revents != 0 {
+            return;
+        }
+        loop {
+            match listener.accept() {
+                Ok((stream, peer)) => {
+                    let node = Arc::clone(&node);
+                    let spawned =
+                        std::thread::Builder::new()
+                            .name("yr-peer".into())
+                            .spawn(move || {
+                                if stream.set_nonblocking(false).is_err() {
+                                    return;
+                                }
+                                if let Err(e) = node.serve_peer(stream) {
+                                    tracing::debug!("peer {peer}: {e}");
+                                }
+                            });
+                    if let Err(e) = spawned {
+                        tracing::warn!("cannot start a peer thread: {e}");
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::warn!("transfer accept failed: {e}");
+                    break;
+                }
+            }
+        }
+    }
+}

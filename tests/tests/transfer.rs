@@ -1,0 +1,216 @@
+//! Objects across nodes: two (or three) real data worker processes on
+//! loopback, pulling objects from each other over TCP, sharing pulls,
+//! freeing every copy when the owner lets go, and failing fast when the only
+//! holder is gone.
+
+use std::time::{Duration, Instant};
+use yr_datastore::{Client, ErrorCode, ObjectId, StoreStats};
+use yr_tests::{bytes, DataWorker};
+
+const MIB: u64 = 1 << 20;
+
+/// Polls `f` until it holds; frees travel between processes asynchronously.
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn stats(c: &Client) -> StoreStats {
+    c.stats().expect("stats")
+}
+
+#[test]
+fn a_remote_get_pulls_once_and_concurrent_gets_share_the_pull() {
+    let a = DataWorker::start_networked(256 * MIB);
+    let b = DataWorker::start_networked(256 * MIB);
+    let producer = a.client();
+    let id = producer.new_id();
+    assert_eq!(id.tag(), producer.node_tag(), "new IDs name their node");
+    // Created but not sealed: the pull waits at the primary, so every get on
+    // B arrives while the first one is in flight.
+    let data = bytes(32 * MIB as usize, 7);
+    let mut builder = producer.create(id, data.len(), 0).expect("create");
+    builder.data_mut().copy_from_slice(&data);
+    let getters: Vec<_> = (0..4)
+        .map(|_| {
+            let c = b.client();
+            std::thread::spawn(move || {
+                let g = c
+                    .get_remote(id, Duration::from_secs(60))
+                    .expect("remote get");
+                let range = c.mapping();
+                assert!(
+                    range.contains(&(g.as_ptr() as usize)),
+                    "view is not in B's arena"
+                );
+                yr_tests::checksum(&g)
+            })
+        })
+        .collect();
+    let watcher = b.client();
+    eventually("three gets joined the first pull", || {
+        stats(&watcher).pull_joins == 3
+    });
+    builder.seal().expect("seal");
+    let want = yr_tests::checksum(&data);
+    for g in getters {
+        assert_eq!(g.join().expect("getter"), want);
+    }
+    let sb = stats(&watcher);
+    assert_eq!(sb.pulls, 1, "one transfer for four gets");
+    assert_eq!(sb.pulled_bytes, 32 * MIB);
+    assert_eq!(sb.secondary, 1);
+    assert_eq!(stats(&producer).serves, 1);
+    // A later get on B is local: no new pull.
+    let again = watcher.get_remote(id, Duration::ZERO).expect("local copy");
+    assert_eq!(again.len(), data.len());
+    assert_eq!(stats(&watcher).pulls, 1);
+}
+
+#[test]
+fn freeing_an_owned_object_deletes_every_copy_on_every_node() {
+    let a = DataWorker::start_networked(128 * MIB);
+    let b = DataWorker::start_networked(128 * MIB);
+    let c = DataWorker::start_networked(128 * MIB);
+    let (ca, cb, cc) = (a.client(), b.client(), c.client());
+    let start = [stats(&ca).used, stats(&cb).used, stats(&cc).used];
+    // Primary on A; copies pulled to B and C; the owner is a client on B.
+    let x = ca.new_id();
+    ca.put(x, &bytes(4 * MIB as usize, 1)).expect("put");
+    drop(cb.get_remote(x, Duration::ZERO).expect("pull to B"));
+    drop(cc.get_remote(x, Duration::ZERO).expect("pull to C"));
+    let owner = b.client();
+    owner.own(&[x]);
+    owner.free(&[x]);
+    for (name, cl, used) in [
+        ("A", &ca, start[0]),
+        ("B", &cb, start[1]),
+        ("C", &cc, start[2]),
+    ] {
+        eventually(&format!("node {name} back to its starting usage"), || {
+            let s = stats(cl);
+            s.used == used && s.sealed == 0
+        });
+    }
+    // An owner that disconnects frees what it owned, here a primary on C
+    // with a copy on A.
+    let y = cc.new_id();
+    cc.put(y, &bytes(2 * MIB as usize, 2)).expect("put");
+    drop(ca.get_remote(y, Duration::ZERO).expect("pull to A"));
+    let owner = c.client();
+    owner.own(&[y]);
+    drop(owner);
+    eventually("y freed on C and A after its owner left", || {
+        stats(&cc).sealed == 0 && stats(&ca).sealed == 0
+    });
+    // A pinned copy outlives the free until its reader lets go.
+    let z = ca.new_id();
+    ca.put(z, b"pinned while freed").expect("put");
+    let view = cb.get_remote(z, Duration::ZERO).expect("pull z");
+    let owner = a.client();
+    owner.own(&[z]);
+    owner.free(&[z]);
+    eventually("z gone from A", || stats(&ca).sealed == 0);
+    assert_eq!(&view[..], b"pinned while freed", "a held view stays valid");
+    drop(view);
+    eventually("z gone from B once released", || stats(&cb).sealed == 0);
+}
+
+#[test]
+fn the_only_holder_dying_gives_object_lost_naming_object_and_node() {
+    let mut a = DataWorker::start_networked(64 * MIB);
+    let b = DataWorker::start_networked(64 * MIB);
+    let ca = a.client();
+    let x = ca.new_id();
+    ca.put(x, &bytes(MIB as usize, 3)).expect("put");
+    let addr = a.transfer.clone().expect("A has a transfer address");
+    drop(ca);
+    let _ = a.child.kill();
+    let _ = a.child.wait();
+    let cb = b.client();
+    let t = Instant::now();
+    let e = cb
+        .get_remote(x, Duration::from_secs(120))
+        .expect_err("the object is gone");
+    assert_eq!(e.code(), Some(ErrorCode::ObjectLost), "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains(&x.to_hex()), "names the object: {msg}");
+    assert!(msg.contains(&addr), "names the node {addr}: {msg}");
+    // Fails on the refused connection, not after the get's 120 s timeout.
+    assert!(
+        t.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        t.elapsed()
+    );
+
+    // A worker restarted on the same address does not have objects made by
+    // its earlier run, and says so.
+    let again = DataWorker::start(64 * MIB, &["--transfer-address", &addr]);
+    let e = cb
+        .get_remote(x, Duration::from_secs(120))
+        .expect_err("made by an earlier run");
+    assert_eq!(e.code(), Some(ErrorCode::ObjectLost), "{e}");
+    assert!(e.to_string().contains("earlier run"), "{e}");
+    drop(again);
+}
+
+#[test]
+fn pressure_evicts_secondary_copies_instead_of_spilling_them() {
+    let a = DataWorker::start_networked(256 * MIB);
+    let b = DataWorker::start_networked(64 * MIB);
+    let ca = a.client();
+    let cb = b.client();
+    let ids: Vec<ObjectId> = (0..4).map(|_| ca.new_id()).collect();
+    for (i, id) in ids.iter().enumerate() {
+        ca.put(*id, &bytes(24 * MIB as usize, i as u64))
+            .expect("put");
+    }
+    // 4 x 24 MiB through a 64 MiB arena: each pull must make room.
+    for (i, id) in ids.iter().enumerate() {
+        let g = cb.get_remote(*id, Duration::ZERO).expect("pull");
+        assert_eq!(
+            yr_tests::checksum(&g),
+            yr_tests::checksum(&bytes(24 * MIB as usize, i as u64))
+        );
+    }
+    let s = stats(&cb);
+    assert_eq!(s.spill_ops, 0, "secondary copies are never written to disk");
+    assert!(s.secondary <= 2, "older copies were evicted: {s:?}");
+    assert_eq!(s.pulls, 4);
+    // The primaries are untouched, and an evicted copy comes back on demand.
+    assert_eq!(stats(&ca).sealed, 4);
+    let g = cb.get_remote(ids[0], Duration::ZERO).expect("pull again");
+    assert_eq!(g.len(), 24 * MIB as usize);
+}
+
+#[test]
+fn a_worker_without_a_transfer_address_keeps_objects_local_and_says_so() {
+    let a = DataWorker::start(16 * MIB, &[]);
+    let b = DataWorker::start_networked(16 * MIB);
+    let ca = a.client();
+    let x = ca.new_id();
+    ca.put(x, b"local only").expect("put");
+    assert_eq!(
+        &ca.get_remote(x, Duration::ZERO).expect("local")[..],
+        b"local only"
+    );
+    let e = b
+        .client()
+        .get_remote(x, Duration::ZERO)
+        .expect_err("unreachable");
+    assert_eq!(e.code(), Some(ErrorCode::ObjectLost), "{e}");
+    assert!(e.to_string().contains("no transfer address"), "{e}");
+    // A peer port that is not a yr data worker is refused by the magic check,
+    // and the worker keeps serving.
+    let addr = b.transfer.clone().expect("transfer address");
+    let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+    use std::io::{Read, Write};
+    s.write_all(b"GET / HTTP/1.1\r\n\r\n").expect("write");
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    assert!(buf.is_empty(), "a stranger gets nothing back");
+    assert!(b.client().stats().is_ok());
+}
