@@ -599,6 +599,7 @@ pub fn start(a: StartArgs) -> Result<()> {
             .args(node_flags)
             .args(["--proxy", &proxy_address, "--data-socket"])
             .arg(&socket)
+            .args(["--data-transfer", &data_transfer])
             .arg("--work-dir")
             .arg(node_dir.join("work"));
         if let Some(c) = a.cpu {

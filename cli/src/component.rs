@@ -95,6 +95,10 @@ pub struct AgentArgs {
     /// This node's data worker socket, given to function processes.
     #[arg(long)]
     data_socket: PathBuf,
+    /// This node's data worker transfer address, published with the node so
+    /// drivers can send calls to where their data is.
+    #[arg(long)]
+    data_transfer: Option<String>,
     /// Folder for instances' code and logs.
     #[arg(long)]
     work_dir: PathBuf,
@@ -239,6 +243,7 @@ pub fn run(cmd: ComponentCmd) -> Result<()> {
                 node_id: a.node_id,
                 proxy_address: a.proxy,
                 data_socket: a.data_socket,
+                data_transfer: a.data_transfer.unwrap_or_default(),
                 work_dir: a.work_dir,
                 cpu_millis: a.cpu,
                 memory_mib: a.memory,

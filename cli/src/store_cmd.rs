@@ -107,7 +107,9 @@ pub fn run(cmd: StoreCmd) -> Result<()> {
                 "spilled_bytes": s.spilled_bytes, "spill_used": s.spill_used,
                 "spill_limit": s.spill_limit, "pinned": s.pinned, "clients": s.clients,
                 "spill_ops": s.spill_ops, "restore_ops": s.restore_ops,
-                "kv_keys": s.kv_keys, "meta_bytes": s.meta_bytes,
+                "kv_keys": s.kv_keys, "meta_bytes": s.meta_bytes, "waiters": s.waiters,
+                "secondary": s.secondary, "pulls": s.pulls, "pull_joins": s.pull_joins,
+                "pulled_bytes": s.pulled_bytes, "serves": s.serves,
             });
             writeln!(out, "{v}")?;
         }

@@ -43,6 +43,8 @@ pub struct AgentConfig {
     pub node_id: String,
     pub proxy_address: String,
     pub data_socket: PathBuf,
+    /// The data worker's transfer address (empty: objects stay on this node).
+    pub data_transfer: String,
     pub work_dir: PathBuf,
     pub cpu_millis: Option<u64>,
     pub memory_mib: Option<u64>,
@@ -275,15 +277,25 @@ fn node_record(config: &AgentConfig, hostname: &str) -> NodeRecord {
         proxy_address: config.proxy_address.clone(),
         agent_address: String::new(),
         data_socket: config.data_socket.display().to_string(),
+        data_transfer_address: config.data_transfer.clone(),
         total: Some(Resources {
             cpu_millis: cpu,
             memory_mib: mem,
             custom: config.custom.clone(),
         }),
-        labels: config.labels.clone(),
+        labels: {
+            // Every node can be named in a label affinity rule by its ID.
+            let mut l = config.labels.clone();
+            l.entry(NODE_LABEL.to_string())
+                .or_insert_with(|| config.node_id.clone());
+            l
+        },
         ..Default::default()
     }
 }
+
+/// The label every node carries with its node ID as value.
+pub const NODE_LABEL: &str = "yr.node";
 
 /// Reads the data worker's arena size and use (blocking; run off the async threads) over
 /// `conn`, connecting first if there is no connection yet or the last one failed. Kept across

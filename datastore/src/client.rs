@@ -764,6 +764,27 @@ impl ObjectBuilder {
     }
 
     /// The data buffer.
+    pub fn data(&self) -> &[u8] {
+        // SAFETY: as for data_mut; a shared borrow of our own unsealed block.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.client.inner.arena.base().add(self.offset),
+                self.data_size,
+            )
+        }
+    }
+
+    /// Length of the data part.
+    pub fn len(&self) -> usize {
+        self.data_size
+    }
+
+    /// Whether the data part is empty.
+    pub fn is_empty(&self) -> bool {
+        self.data_size == 0
+    }
+
+    /// The data buffer (shared memory), for writing.
     pub fn data_mut(&mut self) -> &mut [u8] {
         // SAFETY: the worker reserved this range for our unsealed object; no
         // one else reads or writes it until we seal.

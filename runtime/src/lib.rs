@@ -17,6 +17,12 @@
 //! order the proxy delivered them, on one thread that owns the state. A panicking handler fails
 //! that call with the panic message; the process keeps serving.
 
+pub mod remote;
+pub use remote::{
+    Actor, Args, Builder, Bytes, CallInfo, DriverObject, Error, InstanceHandle, NewObject, NodeInfo,
+    ObjectRef, Options, Task, TaskContext, Value, Yr,
+};
+
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, OnceLock};
