@@ -22,6 +22,9 @@ pub enum BenchCmd {
     /// The control plane: no-op calls per second through proxy and runtime on a one-node
     /// cluster, beside a bare gRPC echo.
     Invoke(crate::bench_invoke::InvokeArgs),
+    /// Data worker to data worker: an object pulled over loopback TCP, beside a raw TCP
+    /// stream of the same bytes.
+    Transfer(crate::bench_transfer::TransferArgs),
 }
 
 #[derive(Args)]
@@ -41,6 +44,7 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Store(a) => store(a),
         BenchCmd::Invoke(a) => crate::bench_invoke::run(a),
+        BenchCmd::Transfer(a) => crate::bench_transfer::run(a),
     }
 }
 

@@ -4,11 +4,15 @@
 //!    `yr start --worker`, each with `--ports auto` and its own session folder): etcd, function
 //!    master and scheduler, and per node a data worker, function proxy and function agent, all
 //!    separate processes.
-//! 2. Deploys the `hello` example with two instances (the scheduler spreads them over both
+//! 2. Runs the `pipeline` example as a driver on the master node: three stages (produce →
+//!    transform → reduce) pass 256 MiB arrays as object references; transform runs on the
+//!    worker node, so each round pulls the data across and back; every stage reports where it
+//!    ran and how fast.
+//! 3. Deploys the `hello` example with two instances (the scheduler spreads them over both
 //!    nodes) and calls it; deploys `counter`, creates a named instance and calls it in order.
-//! 3. Passes a large object between a producer and a consumer process through the master node's
+//! 4. Passes a large object between a producer and a consumer process through the master node's
 //!    data worker: the consumer blocks until it is sealed, then reads it in place.
-//! 4. Stops both nodes and checks that no process it started is left.
+//! 5. Stops both nodes and checks that no process it started is left.
 //!
 //! Every step prints the `yr` command it runs, so the demo doubles as a tutorial.
 
@@ -22,9 +26,12 @@ use yr_datastore::ObjectId;
 
 #[derive(Args)]
 pub struct DemoArgs {
-    /// Object size to pass between the processes.
+    /// Object size to pass between the processes and the pipeline's stages.
     #[arg(long, value_parser = size_arg, default_value = "256MiB")]
     size: u64,
+    /// Pipeline rounds.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
 }
 
 fn exe() -> Result<PathBuf> {
@@ -100,7 +107,8 @@ pub fn run(a: DemoArgs) -> Result<()> {
         master_dir.display().to_string(),
         worker_dir.display().to_string(),
     );
-    let shm = ((a.size * 2).max(512 << 20) >> 20).to_string() + "MiB";
+    // Room for a stage's input, its output and a pulled copy, per node.
+    let shm = ((a.size * 4).max(512 << 20) >> 20).to_string() + "MiB";
     let started = Instant::now();
 
     println!("== 1. a cluster of two nodes on this host");
@@ -115,7 +123,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
             &shm,
             "--prefault-shm",
             "--cpu",
-            "1000",
+            "2000",
             "--session-dir",
             &m,
         ],
@@ -140,9 +148,10 @@ pub fn run(a: DemoArgs) -> Result<()> {
             "--ports",
             "auto",
             "--shm-size",
-            "256MiB",
+            &shm,
+            "--prefault-shm",
             "--cpu",
-            "1000",
+            "2000",
             "--session-dir",
             &w,
         ],
@@ -150,13 +159,16 @@ pub fn run(a: DemoArgs) -> Result<()> {
     )?;
     nodes.0.push(w.clone());
 
-    println!("== 2. functions");
     let bin_dir = exe()?
         .parent()
         .map(Path::to_path_buf)
         .ok_or_else(|| anyhow!("yr has no folder"))?;
-    let (hello, counter) = (bin_dir.join("hello"), bin_dir.join("counter"));
-    for p in [&hello, &counter] {
+    let (hello, counter, pipeline) = (
+        bin_dir.join("hello"),
+        bin_dir.join("counter"),
+        bin_dir.join("pipeline"),
+    );
+    for p in [&hello, &counter, &pipeline] {
         if !p.exists() {
             bail!(
                 "{} is not built (cargo build --release --bins)",
@@ -164,6 +176,13 @@ pub fn run(a: DemoArgs) -> Result<()> {
             );
         }
     }
+    println!(
+        "== 2. a pipeline over both nodes: produce -> transform -> reduce, {} MiB per stage",
+        a.size >> 20
+    );
+    run_pipeline(&pipeline, &m, a.size, a.rounds)?;
+
+    println!("== 3. function services");
     let hello_s = hello.display().to_string();
     yr(
         &[
@@ -176,7 +195,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
             "--handler",
             "hello",
             "--cpu",
-            "600",
+            "1200",
             "--min-instances",
             "2",
             "--max-instances",
@@ -186,8 +205,8 @@ pub fn run(a: DemoArgs) -> Result<()> {
         ],
         true,
     )?;
-    // The scheduler brings the pool to its minimum, one instance per node (600m each does
-    // not fit twice in a 1000m node).
+    // The scheduler brings the pool to its minimum, one instance per node (1200m each does
+    // not fit twice in a 2000m node).
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let st = status(&m)?;
@@ -282,7 +301,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     }
 
     println!(
-        "== 3. a {} MiB object between two processes, through the master node's data worker",
+        "== 4. a {} MiB object between two processes, through the master node's data worker",
         a.size >> 20
     );
     let session: serde_json::Value =
@@ -293,7 +312,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         .to_string();
     pass_object(&socket, a.size)?;
 
-    println!("== 4. the cluster");
+    println!("== 5. the cluster");
     yr(&["status", "--session-dir", &m], true)?;
     let mut pids = session_pids(&master_dir)?;
     pids.extend(session_pids(&worker_dir)?);
@@ -319,6 +338,33 @@ pub fn run(a: DemoArgs) -> Result<()> {
         "== done in {:.1} s: both nodes stopped, no process left",
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// Runs the pipeline example as a driver of the master node's session, showing its output.
+fn run_pipeline(program: &Path, session: &str, size: u64, rounds: u32) -> Result<()> {
+    let size_arg = format!("{}MiB", size >> 20);
+    let rounds_arg = rounds.to_string();
+    println!(
+        "   $ YR_SESSION=<master session> {} --size {size_arg} --rounds {rounds_arg}",
+        program.display()
+    );
+    let out = Command::new(program)
+        .args(["--size", &size_arg, "--rounds", &rounds_arg])
+        .env("YR_SESSION", session)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {}", program.display()))?;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        println!("     {line}");
+    }
+    if !out.status.success() {
+        bail!(
+            "the pipeline failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     Ok(())
 }
 

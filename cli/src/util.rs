@@ -3,6 +3,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddrV4;
 use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Stdio};
 
@@ -16,6 +17,9 @@ pub fn size_arg(s: &str) -> Result<u64, String> {
 pub struct WorkerProcess {
     pub child: Child,
     _stdout: BufReader<ChildStdout>,
+    /// The peer transfer address from the ready line (`transfer=ADDR`),
+    /// when the worker was started with `--transfer-address`.
+    transfer: Option<SocketAddrV4>,
 }
 
 impl WorkerProcess {
@@ -50,10 +54,27 @@ impl WorkerProcess {
             let status = child.wait()?;
             bail!("data worker did not start ({status})");
         }
-        Ok(WorkerProcess {
+        let mut w = WorkerProcess {
             child,
             _stdout: reader,
-        })
+            transfer: None,
+        };
+        // On a bad address `w` drops here, which stops the worker.
+        if let Some(a) = line
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix("transfer="))
+        {
+            w.transfer =
+                Some(a.parse().with_context(|| {
+                    format!("data worker announced a bad transfer address {a:?}")
+                })?);
+        }
+        Ok(w)
+    }
+
+    /// The address other workers pull this worker's objects from, if it has one.
+    pub fn transfer_addr(&self) -> Option<SocketAddrV4> {
+        self.transfer
     }
 
     /// The worker's process ID.

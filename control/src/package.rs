@@ -224,6 +224,12 @@ fn copy_executable(file: &Path, code: &Path) -> Result<(), PackageError> {
             path: file.to_path_buf(),
         })?;
     let dest = code.join(name);
+    // A hard link is instant and as good as a copy: compilers and package
+    // managers replace a program by writing a new file, so the instance keeps
+    // running the bytes it started with. Across filesystems, copy.
+    if fs::hard_link(file, &dest).is_ok() {
+        return Ok(());
+    }
     // fs::copy carries the permission bits over, which keeps the x bit.
     fs::copy(file, &dest).map_err(|source| PackageError::Copy {
         from: file.to_path_buf(),

@@ -378,8 +378,10 @@ impl State {
                 })
                 .collect();
             if !local.is_empty() || !remote.is_empty() {
-                if (alive as u32) < function.max_instances {
-                    // Every instance is busy: grow the pool in the background.
+                // Every local instance is busy: grow the pool in the background. Busy is only
+                // known for local instances; a node with none forwards, and the scheduler grows
+                // the pool if the calls then queue up where the instances are.
+                if !local.is_empty() && (alive as u32) < function.max_instances {
                     let this = Arc::clone(self);
                     let f = function.name.clone();
                     tokio::spawn(async move {

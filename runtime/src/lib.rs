@@ -19,8 +19,8 @@
 
 pub mod remote;
 pub use remote::{
-    Actor, Args, Builder, Bytes, CallInfo, DriverObject, Error, InstanceHandle, NewObject, NodeInfo,
-    ObjectRef, Options, Task, TaskContext, Value, Yr,
+    Actor, Args, Builder, Bytes, CallInfo, DriverObject, Error, InstanceHandle, NewObject,
+    NodeInfo, ObjectRef, Options, Task, TaskContext, Value, Yr,
 };
 
 use std::collections::HashMap;

@@ -250,12 +250,8 @@ impl Args {
 
     /// Argument `i` decoded (it was passed with `arg` or `put`).
     pub fn get<T: DeserializeOwned>(&self, i: usize) -> Result<T, String> {
-        bincode::deserialize(self.bytes(i)?).map_err(|e| {
-            format!(
-                "argument {i} is not a {}: {e}",
-                std::any::type_name::<T>()
-            )
-        })
+        bincode::deserialize(self.bytes(i)?)
+            .map_err(|e| format!("argument {i} is not a {}: {e}", std::any::type_name::<T>()))
     }
 
     /// Argument `i` as a slice of plain numbers, in place (zero-copy).
@@ -282,8 +278,7 @@ fn run_task(
     f: impl FnOnce(&TaskContext, &Args) -> Result<Value, String>,
 ) -> HandlerResult {
     let t0 = Instant::now();
-    let spec =
-        TaskArgs::decode(payload).map_err(|e| format!("malformed task arguments: {e}"))?;
+    let spec = TaskArgs::decode(payload).map_err(|e| format!("malformed task arguments: {e}"))?;
     let tc = TaskContext { ctx };
     let mut items = Vec::with_capacity(spec.args.len());
     for (i, a) in spec.args.into_iter().enumerate() {
@@ -411,7 +406,9 @@ impl Builder {
     fn serve(self) -> ! {
         let mut app = App::new();
         for (name, f) in self.functions {
-            app = app.handler(&name, move |ctx, payload| run_task(ctx, payload, |tc, a| f(tc, a)));
+            app = app.handler(&name, move |ctx, payload| {
+                run_task(ctx, payload, |tc, a| f(tc, a))
+            });
         }
         for (name, make) in self.classes {
             app = app.class(&name, move |ctx| {
@@ -436,8 +433,9 @@ impl Builder {
                 file.display()
             ))
         })?;
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| Error::Connect(format!("{} is not a session file: {e}", file.display())))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+            Error::Connect(format!("{} is not a session file: {e}", file.display()))
+        })?;
         let field = |k: &str| {
             v.get(k)
                 .and_then(|x| x.as_str())
@@ -600,7 +598,11 @@ pub struct CallInfo {
 enum RefState {
     Pending,
     Inline(Arc<Vec<u8>>),
-    Object { id: ObjectId, size: u64, node_id: String },
+    Object {
+        id: ObjectId,
+        size: u64,
+        node_id: String,
+    },
     Failed(Error),
 }
 
@@ -734,6 +736,39 @@ impl Bytes {
     }
 }
 
+/// Keeps one instance handle's calls in submission order: each call takes
+/// a ticket when submitted and is sent only when the previous call's reply
+/// has come back (an instance runs its methods one at a time anyway).
+#[derive(Default)]
+struct Sequencer {
+    next_ticket: std::sync::atomic::AtomicU64,
+    turn: watch::Sender<u64>,
+}
+
+/// Held while a call is the instance's current one; lets the next go on drop.
+struct Turn(Arc<Sequencer>);
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        self.0.turn.send_modify(|t| *t += 1);
+    }
+}
+
+impl Sequencer {
+    fn ticket(&self) -> u64 {
+        self.next_ticket
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    async fn wait_turn(self: Arc<Self>, ticket: u64) -> Turn {
+        let mut rx = self.turn.subscribe();
+        // The sender lives in `self`, so the channel cannot close here.
+        let _ = rx.wait_for(|t| *t == ticket).await;
+        drop(rx);
+        Turn(self)
+    }
+}
+
 enum PendingArg {
     Value(Vec<u8>),
     Ref(ObjectRef),
@@ -747,6 +782,7 @@ pub struct Task<'a> {
     args: Vec<PendingArg>,
     opts: Options,
     encode_error: Option<String>,
+    order: Option<Arc<Sequencer>>,
 }
 
 impl Task<'_> {
@@ -838,11 +874,20 @@ impl Task<'_> {
         };
         let args = self.args;
         let opts = self.opts;
+        let order = self.order.map(|s| {
+            let t = s.ticket();
+            (s, t)
+        });
         let d2 = Arc::clone(&d);
         d.rt.spawn(async move {
+            let turn = match order {
+                Some((s, t)) => Some(s.wait_turn(t).await),
+                None => None,
+            };
             let r = d2
                 .run_call(&label, function, instance, method, &args, &opts)
                 .await;
+            drop(turn);
             // `args` (and the references in it) live until the call has ended.
             drop(args);
             match r {
@@ -928,10 +973,7 @@ impl Driver {
     }
 
     /// The proxy of the node whose data worker is at `addr`, if known.
-    async fn proxy_near(
-        &self,
-        addr: &str,
-    ) -> Option<ProxyClient<tonic::transport::Channel>> {
+    async fn proxy_near(&self, addr: &str) -> Option<ProxyClient<tonic::transport::Channel>> {
         let known = self.nodes.lock().get(addr).cloned();
         let (_, proxy) = match known {
             Some(n) => n,
@@ -1104,10 +1146,12 @@ pub struct InstanceHandle<'a> {
     yr: &'a Yr,
     function: String,
     name: String,
+    order: Arc<Sequencer>,
 }
 
 impl InstanceHandle<'_> {
-    /// A call of `method` on this instance (calls run one at a time, in order).
+    /// A call of `method` on this instance. Calls made through one handle
+    /// run one at a time, in the order they were submitted.
     pub fn method(&self, method: &str) -> Task<'_> {
         Task {
             yr: self.yr,
@@ -1116,6 +1160,7 @@ impl InstanceHandle<'_> {
             args: Vec::new(),
             opts: Options::default(),
             encode_error: None,
+            order: Some(Arc::clone(&self.order)),
         }
     }
 
@@ -1149,11 +1194,17 @@ impl Yr {
             args: Vec::new(),
             opts: Options::default(),
             encode_error: None,
+            order: None,
         }
     }
 
     /// Creates (or finds) the named stateful instance of `class`.
-    pub fn instance(&self, class: &str, name: &str, opts: Options) -> Result<InstanceHandle<'_>, Error> {
+    pub fn instance(
+        &self,
+        class: &str,
+        name: &str,
+        opts: Options,
+    ) -> Result<InstanceHandle<'_>, Error> {
         let function = self.d.variant(class, &opts)?;
         let mut master = self.d.master.clone();
         self.d
@@ -1170,6 +1221,7 @@ impl Yr {
             yr: self,
             function,
             name: name.to_string(),
+            order: Arc::default(),
         })
     }
 

@@ -233,6 +233,8 @@ pub struct Session {
     pub etcd_endpoints: Vec<String>,
     pub proxy_address: String,
     pub data_socket: PathBuf,
+    /// The data worker's transfer address (empty for sessions from before it existed).
+    pub data_transfer: String,
     pub components: Vec<Component>,
 }
 
@@ -308,6 +310,7 @@ impl Session {
             etcd_endpoints,
             proxy_address: str_field(&v, "proxy_address")?,
             data_socket: PathBuf::from(str_field(&v, "data_socket")?),
+            data_transfer: str_field(&v, "data_transfer").unwrap_or_default(),
             components,
         })
     }

@@ -109,8 +109,11 @@ fn parse_args() -> Result<Config, String> {
             other => return Err(format!("unknown argument {other:?} (try --help)")),
         }
     }
-    if c.bytes == 0 || c.bytes % 4 != 0 {
-        return Err(format!("--size must be a positive multiple of 4 bytes, not {}", c.bytes));
+    if c.bytes == 0 || !c.bytes.is_multiple_of(4) {
+        return Err(format!(
+            "--size must be a positive multiple of 4 bytes, not {}",
+            c.bytes
+        ));
     }
     if c.rounds == 0 {
         return Err("--rounds must be at least 1".into());
@@ -165,7 +168,11 @@ fn run(yr: &Yr, c: &Config) -> Result<(), Box<dyn std::error::Error>> {
             .arg(&(c.bytes, seed))
             .on_node(&here)
             .submit()?;
-        let b = yr.task("transform").arg_ref(&a).on_node(&elsewhere).submit()?;
+        let b = yr
+            .task("transform")
+            .arg_ref(&a)
+            .on_node(&elsewhere)
+            .submit()?;
         let r = yr.task("reduce").arg_ref(&b).on_node(&here).submit()?;
         let (sum, n): (u64, u64) = yr.get(&r, timeout)?;
         let wall = t0.elapsed();
@@ -179,7 +186,11 @@ fn run(yr: &Yr, c: &Config) -> Result<(), Box<dyn std::error::Error>> {
             )
             .into());
         }
-        let stages = [stage("produce", &a), stage("transform", &b), stage("reduce", &r)];
+        let stages = [
+            stage("produce", &a),
+            stage("transform", &b),
+            stage("reduce", &r),
+        ];
         walls.push(wall);
         if c.quiet {
             continue;
@@ -204,10 +215,17 @@ fn run(yr: &Yr, c: &Config) -> Result<(), Box<dyn std::error::Error>> {
                 })
             );
         } else {
-            println!("round {round}: {:.1} ms, {:.2} GB/s end to end, result checked", wall.as_secs_f64() * 1e3, gbps(c.bytes, wall));
+            println!(
+                "round {round}: {:.1} ms, {:.2} GB/s end to end, result checked",
+                wall.as_secs_f64() * 1e3,
+                gbps(c.bytes, wall)
+            );
             for s in &stages {
                 let moved = if s.fetch > Duration::from_micros(500) {
-                    format!(" (of which {:.1} ms fetching its input)", s.fetch.as_secs_f64() * 1e3)
+                    format!(
+                        " (of which {:.1} ms fetching its input)",
+                        s.fetch.as_secs_f64() * 1e3
+                    )
                 } else {
                     String::new()
                 };

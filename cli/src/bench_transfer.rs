@@ -1,0 +1,366 @@
+//! `yr bench transfer`: how fast one data worker pulls an object from another
+//! over TCP, against a raw TCP stream of the same bytes on the same machine.
+//!
+//! Two real data workers (prefaulted arenas, transfer ports on 127.0.0.1)
+//! run as child processes. The object is put into worker A; each run gets it
+//! through worker B (`get_remote`), which pulls it A→B over loopback, then
+//! deletes B's copy so the next run pulls again. The baseline, in the same
+//! run, is a std::net TCP connection between two threads of this process:
+//! the receiver asks with one byte (as a pull asks with one request), the
+//! sender writes the whole buffer, the receiver `read()`s it into a buffer of
+//! the same size touched beforehand (as B's arena is prefaulted). Baseline
+//! and transfer runs alternate, and which goes first alternates too, so
+//! machine noise hits both; each side has one warm-up run (connection setup,
+//! first faults) that is not counted.
+
+use crate::store_cmd::pattern;
+use crate::util::{size_arg, WorkerProcess};
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Args;
+use serde::Serialize;
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, Shutdown, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use yr_datastore::{Client, ObjectId};
+
+#[derive(Args)]
+pub struct TransferArgs {
+    /// Print one JSON object (for scripts) instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Size of the object pulled (and of the baseline stream).
+    #[arg(long, value_parser = size_arg, default_value = "256MiB")]
+    size: u64,
+    /// Timed runs of each side (after one warm-up each).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+}
+
+/// What the bench reports. Every field is printed, in JSON and in the table;
+/// a new figure is one more field here and one more line where it is built.
+#[derive(Serialize)]
+struct Report {
+    /// Object size / median pull time, in GB/s (1e9 bytes/s).
+    transfer_gbps: f64,
+    /// Object size / fastest pull time.
+    transfer_best_gbps: f64,
+    /// Median time of one `get_remote` that pulls the object, in ms.
+    transfer_p50_ms: f64,
+    /// Size / median time of the raw loopback TCP stream.
+    tcp_gbps: f64,
+    /// Size / fastest raw TCP stream.
+    tcp_best_gbps: f64,
+    /// Median time of one raw TCP stream, in ms.
+    tcp_p50_ms: f64,
+    /// transfer_gbps / tcp_gbps (the target is 0.7 or more).
+    transfer_vs_tcp: f64,
+    /// Bytes per run.
+    object_bytes: u64,
+    /// Timed runs of each side.
+    runs: usize,
+}
+
+/// How long one pull may take before the bench gives up.
+const PULL_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub fn run(a: TransferArgs) -> Result<()> {
+    if a.size == 0 {
+        bail!("--size must be greater than zero");
+    }
+    if a.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let size = usize::try_from(a.size)
+        .map_err(|_| anyhow!("--size {} does not fit in this machine's memory", a.size))?;
+    // Room for the object with a wide margin, so neither worker comes near
+    // its spill watermark.
+    let shm = a.size.saturating_mul(2).max(64 << 20);
+    // Two arenas, plus the baseline's send and receive buffers.
+    let need = shm
+        .saturating_mul(2)
+        .saturating_add(a.size.saturating_mul(2));
+    if let Some(avail) = mem_available() {
+        if need > avail {
+            bail!(
+                "--size {} needs about {} MiB of memory (two {} MiB arenas and two buffers \
+                 for the TCP baseline), but only {} MiB are available; pick a smaller --size",
+                a.size,
+                need >> 20,
+                shm >> 20,
+                avail >> 20
+            );
+        }
+    }
+    let log = |s: &str| {
+        if !a.json {
+            eprintln!("{s}");
+        }
+    };
+
+    let dir = tempfile::Builder::new()
+        .prefix("yr-bench-transfer-")
+        .tempdir()
+        .context("cannot create a temporary folder")?;
+    log(&format!(
+        "starting two data workers ({} MiB arenas, prefaulted)...",
+        shm >> 20
+    ));
+    let start = |name: &str| -> Result<(WorkerProcess, std::path::PathBuf)> {
+        let socket = dir.path().join(format!("{name}.sock"));
+        let w = WorkerProcess::start(
+            &socket,
+            shm,
+            &dir.path().join(format!("spill-{name}")),
+            &["--prefault", "--transfer-address", "127.0.0.1:0"],
+        )
+        .with_context(|| format!("data worker {name}"))?;
+        if w.transfer_addr().is_none() {
+            bail!("data worker {name} announced no transfer address");
+        }
+        Ok((w, socket))
+    };
+    let (worker_a, socket_a) = start("a")?;
+    let (worker_b, socket_b) = start("b")?;
+    let client_a = Client::connect_named(&socket_a, "yr-bench-transfer")
+        .context("cannot connect to data worker a")?;
+    let client_b = Client::connect_named(&socket_b, "yr-bench-transfer")
+        .context("cannot connect to data worker b")?;
+
+    log(&format!(
+        "putting a {} MiB object into worker a...",
+        size >> 20
+    ));
+    let src = Arc::new(pattern(size));
+    let id = client_a.new_id();
+    client_a
+        .put(id, &src)
+        .context("cannot put the object into worker a")?;
+
+    let mut tcp = TcpBaseline::start(Arc::clone(&src))?;
+    log(&format!(
+        "{} rounds of a pull a→b against a raw TCP stream (1 warm-up)...",
+        a.runs
+    ));
+    let (mut pulls, mut streams) = (Vec::with_capacity(a.runs), Vec::with_capacity(a.runs));
+    for round in 0..=a.runs {
+        let warm_up = round == 0;
+        let (p, s) = if round % 2 == 0 {
+            let s = tcp.run(warm_up)?;
+            (pull(&client_b, id, &src, warm_up)?, s)
+        } else {
+            let p = pull(&client_b, id, &src, warm_up)?;
+            (p, tcp.run(warm_up)?)
+        };
+        tracing::debug!(round, pull_ms = ms(p), tcp_ms = ms(s), "transfer round");
+        if !warm_up {
+            pulls.push(p);
+            streams.push(s);
+        }
+    }
+    tcp.stop()?;
+    client_a
+        .delete_one(id)
+        .context("cannot delete the object from worker a")?;
+    drop((client_a, client_b));
+    drop((worker_a, worker_b));
+
+    let gbps = |d: Duration| a.size as f64 / d.as_secs_f64() / 1e9;
+    let (pull_p50, pull_best) = (median(&mut pulls), best(&pulls));
+    let (tcp_p50, tcp_best) = (median(&mut streams), best(&streams));
+    let report = Report {
+        transfer_gbps: gbps(pull_p50),
+        transfer_best_gbps: gbps(pull_best),
+        transfer_p50_ms: ms(pull_p50),
+        tcp_gbps: gbps(tcp_p50),
+        tcp_best_gbps: gbps(tcp_best),
+        tcp_p50_ms: ms(tcp_p50),
+        transfer_vs_tcp: gbps(pull_p50) / gbps(tcp_p50),
+        object_bytes: a.size,
+        runs: a.runs,
+    };
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_table(&report)?;
+    }
+    Ok(())
+}
+
+/// One `get_remote` through worker B, timed; then B's copy is deleted so the
+/// next run pulls again. Checks that B really pulled (not a local hit) and,
+/// on the warm-up, that the bytes arrived intact.
+fn pull(client_b: &Client, id: ObjectId, src: &[u8], check: bool) -> Result<Duration> {
+    let before = client_b.stats().context("stats of worker b")?.pulled_bytes;
+    let t = Instant::now();
+    let g = client_b
+        .get_remote(id, PULL_TIMEOUT)
+        .with_context(|| format!("worker b cannot pull {id} from worker a"))?;
+    let d = t.elapsed();
+    if g.len() != src.len() {
+        bail!(
+            "worker b pulled {} bytes of a {}-byte object",
+            g.len(),
+            src.len()
+        );
+    }
+    if check && *g != *src {
+        bail!("the copy worker b pulled differs from the object put into worker a");
+    }
+    drop(g);
+    client_b
+        .delete_one(id)
+        .context("cannot delete worker b's copy")?;
+    let pulled = client_b
+        .stats()
+        .context("stats of worker b")?
+        .pulled_bytes
+        .saturating_sub(before);
+    if pulled != src.len() as u64 {
+        bail!(
+            "worker b pulled {pulled} bytes during a get of a {}-byte object; it was not a \
+             transfer (the copy from the last run was still there?)",
+            src.len()
+        );
+    }
+    Ok(d)
+}
+
+/// The raw TCP baseline: a loopback connection kept open across runs (as
+/// workers pool theirs), a sender thread that answers each one-byte request
+/// with the whole buffer, and a receive buffer touched once up front.
+struct TcpBaseline {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    src: Arc<Vec<u8>>,
+    sender: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl TcpBaseline {
+    fn start(src: Arc<Vec<u8>>) -> Result<Self> {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .context("cannot bind a loopback port for the TCP baseline")?;
+        let addr = listener.local_addr()?;
+        let data = Arc::clone(&src);
+        let sender = std::thread::Builder::new()
+            .name("yr-bench-tcp".into())
+            .spawn(move || -> io::Result<()> {
+                let (mut s, _) = listener.accept()?;
+                s.set_nodelay(true)?;
+                let mut req = [0u8; 1];
+                loop {
+                    match s.read(&mut req) {
+                        Ok(0) => return Ok(()),
+                        Ok(_) => s.write_all(&data)?,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            })
+            .context("cannot start the TCP baseline's sender thread")?;
+        let stream = TcpStream::connect(addr)
+            .with_context(|| format!("cannot connect to the TCP baseline at {addr}"))?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(PULL_TIMEOUT))?;
+        // A non-zero fill writes every page, so no run pays for first faults
+        // (vec![0; n] would leave them untouched).
+        let buf = vec![0xA5u8; src.len()];
+        Ok(TcpBaseline {
+            stream,
+            buf,
+            src,
+            sender: Some(sender),
+        })
+    }
+
+    /// One stream of the whole buffer, timed from the request to the last
+    /// byte read.
+    fn run(&mut self, check: bool) -> Result<Duration> {
+        let n = self.buf.len();
+        let t = Instant::now();
+        self.stream
+            .write_all(&[1])
+            .context("TCP baseline: cannot send the request")?;
+        let mut got = 0;
+        while got < n {
+            match self.stream.read(&mut self.buf[got..]) {
+                Ok(0) => bail!("TCP baseline: the sender closed after {got} of {n} bytes"),
+                Ok(k) => got += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("TCP baseline: read failed after {got} of {n} bytes")
+                    })
+                }
+            }
+        }
+        let d = t.elapsed();
+        if check && self.buf != *self.src {
+            bail!("TCP baseline: the bytes received differ from the bytes sent");
+        }
+        Ok(d)
+    }
+
+    /// Closes the connection and reports the sender's outcome.
+    fn stop(&mut self) -> Result<()> {
+        let _ = self.stream.shutdown(Shutdown::Both);
+        match self.sender.take().map(JoinHandle::join) {
+            None => Ok(()),
+            Some(Ok(r)) => r.context("TCP baseline sender"),
+            Some(Err(_)) => bail!("TCP baseline sender panicked"),
+        }
+    }
+}
+
+impl Drop for TcpBaseline {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+fn print_table(r: &Report) -> Result<()> {
+    let v = serde_json::to_value(r)?;
+    let fields = v
+        .as_object()
+        .ok_or_else(|| anyhow!("the report is not a JSON object"))?;
+    let width = fields.keys().map(String::len).max().unwrap_or(0);
+    for (k, v) in fields {
+        match v.as_f64() {
+            Some(x) if !(v.is_u64() || v.is_i64()) => println!("{k:<width$}  {x:>10.3}"),
+            _ => println!("{k:<width$}  {v:>10}"),
+        }
+    }
+    Ok(())
+}
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    match v.len() {
+        0 => Duration::ZERO,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2,
+    }
+}
+
+fn best(v: &[Duration]) -> Duration {
+    v.iter().copied().min().unwrap_or(Duration::ZERO)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// MemAvailable from /proc/meminfo, if it can be read.
+fn mem_available() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
