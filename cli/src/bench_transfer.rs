@@ -11,7 +11,15 @@
 //! the same size touched beforehand (as B's arena is prefaulted). Baseline
 //! and transfer runs alternate, and which goes first alternates too, so
 //! machine noise hits both; each side has one warm-up run (connection setup,
-//! first faults) that is not counted.
+//! first faults) that is not counted. `transfer_vs_tcp` is the median of the
+//! per-round ratios (each pair of runs saw the same machine load).
+//!
+//! Then the three-stage pipeline (`examples/pipeline`, built next to `yr`)
+//! runs on a real two-node cluster started on this host (`yr start --master`
+//! and `yr start --worker`, `--ports auto`): produce and reduce on one node,
+//! transform on the other, so each round moves the array across and back.
+//! `pipeline_gbps` is the array size over the median round's wall time, the
+//! first round (cold starts) excluded.
 
 use crate::store_cmd::pattern;
 use crate::util::{size_arg, WorkerProcess};
@@ -36,6 +44,9 @@ pub struct TransferArgs {
     /// Timed runs of each side (after one warm-up each).
     #[arg(long, default_value_t = 5)]
     runs: usize,
+    /// Skip the pipeline on a two-node cluster (only the two data workers).
+    #[arg(long)]
+    no_pipeline: bool,
 }
 
 /// What the bench reports. Every field is printed, in JSON and in the table;
@@ -54,8 +65,16 @@ struct Report {
     tcp_best_gbps: f64,
     /// Median time of one raw TCP stream, in ms.
     tcp_p50_ms: f64,
-    /// transfer_gbps / tcp_gbps (the target is 0.7 or more).
+    /// Median over rounds of (TCP time / pull time): the pull's speed
+    /// relative to raw TCP under the same load (the target is 0.7 or more).
     transfer_vs_tcp: f64,
+    /// Array size / median round time of the three-stage pipeline on two
+    /// nodes (absent with --no-pipeline).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pipeline_gbps: Option<f64>,
+    /// Median wall time of one pipeline round, in ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pipeline_p50_ms: Option<f64>,
     /// Bytes per run.
     object_bytes: u64,
     /// Timed runs of each side.
@@ -166,6 +185,19 @@ pub fn run(a: TransferArgs) -> Result<()> {
     drop((client_a, client_b));
     drop((worker_a, worker_b));
 
+    let mut ratios: Vec<f64> = pulls
+        .iter()
+        .zip(&streams)
+        .map(|(p, s)| s.as_secs_f64() / p.as_secs_f64().max(1e-9))
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    let ratio = ratios[ratios.len() / 2];
+    let pipeline = if a.no_pipeline {
+        None
+    } else {
+        log("running the three-stage pipeline on a two-node cluster...");
+        Some(pipeline_round(a.size, a.runs + 1)?)
+    };
     let gbps = |d: Duration| a.size as f64 / d.as_secs_f64() / 1e9;
     let (pull_p50, pull_best) = (median(&mut pulls), best(&pulls));
     let (tcp_p50, tcp_best) = (median(&mut streams), best(&streams));
@@ -176,7 +208,9 @@ pub fn run(a: TransferArgs) -> Result<()> {
         tcp_gbps: gbps(tcp_p50),
         tcp_best_gbps: gbps(tcp_best),
         tcp_p50_ms: ms(tcp_p50),
-        transfer_vs_tcp: gbps(pull_p50) / gbps(tcp_p50),
+        transfer_vs_tcp: ratio,
+        pipeline_gbps: pipeline.map(gbps),
+        pipeline_p50_ms: pipeline.map(ms),
         object_bytes: a.size,
         runs: a.runs,
     };
@@ -186,6 +220,109 @@ pub fn run(a: TransferArgs) -> Result<()> {
         print_table(&report)?;
     }
     Ok(())
+}
+
+/// Stops the bench's nodes however it ends (worker first).
+struct Nodes(Vec<String>);
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for d in self.0.iter().rev() {
+            let _ = crate::util::run_self(&["stop", "--force", "--session-dir", d]);
+        }
+    }
+}
+
+/// Runs the pipeline example for `rounds` rounds of `size`-byte arrays on a
+/// fresh two-node cluster; returns the median round time, the first excluded.
+fn pipeline_round(size: u64, rounds: usize) -> Result<Duration> {
+    let program = std::env::current_exe()
+        .context("cannot find the yr executable")?
+        .parent()
+        .map(|d| d.join("pipeline"))
+        .ok_or_else(|| anyhow!("yr has no folder"))?;
+    if !program.is_file() {
+        bail!(
+            "{} is not built (cargo build --release --bins), or pass --no-pipeline",
+            program.display()
+        );
+    }
+    if size % 4 != 0 {
+        bail!("the pipeline works on arrays of u32: --size must be a multiple of 4");
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("yr-bench-pipeline-")
+        .tempdir()
+        .context("cannot create a temporary folder")?;
+    let (m, w) = (
+        dir.path().join("master").display().to_string(),
+        dir.path().join("worker").display().to_string(),
+    );
+    let shm = format!("{}MiB", (size * 4).max(256 << 20) >> 20);
+    let mut nodes = Nodes(Vec::new());
+    let common = ["--ports", "auto", "--shm-size", &shm, "--prefault-shm"];
+    let mut args = vec!["start", "--master", "--session-dir", &m];
+    args.extend(common);
+    nodes.0.push(m.clone());
+    crate::util::run_self(&args)?;
+    let session: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("master/session.json"))
+            .context("the master node wrote no session")?,
+    )?;
+    let master = session["master_address"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no master address in the session"))?
+        .to_string();
+    let mut args = vec![
+        "start",
+        "--worker",
+        "--master-address",
+        &master,
+        "--session-dir",
+        &w,
+    ];
+    args.extend(common);
+    nodes.0.push(w.clone());
+    crate::util::run_self(&args)?;
+    let out = std::process::Command::new(&program)
+        .args([
+            "--json",
+            "--size",
+            &size.to_string(),
+            "--rounds",
+            &rounds.to_string(),
+        ])
+        .env("YR_SESSION", &m)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {}", program.display()))?;
+    if !out.status.success() {
+        bail!(
+            "the pipeline failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let mut walls = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("pipeline output {line:?}"))?;
+        if v["checked"] != true {
+            bail!("a pipeline round was not checked: {v}");
+        }
+        let wall = v["wall_ms"]
+            .as_f64()
+            .ok_or_else(|| anyhow!("pipeline output without wall_ms: {v}"))?;
+        walls.push(Duration::from_secs_f64(wall / 1e3));
+    }
+    if walls.len() != rounds {
+        bail!("the pipeline reported {} rounds of {rounds}", walls.len());
+    }
+    let mut timed = walls.split_off(1.min(walls.len()));
+    if timed.is_empty() {
+        timed = walls;
+    }
+    Ok(median(&mut timed))
 }
 
 /// One `get_remote` through worker B, timed; then B's copy is deleted so the

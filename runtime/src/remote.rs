@@ -392,10 +392,16 @@ impl Builder {
     /// In a function process (started by an agent): serves calls and exits
     /// the process when the proxy closes. In a driver: connects to the
     /// cluster named by `$YR_SESSION` (a session folder or its
-    /// `session.json`), else the newest session on this host.
+    /// `session.json`), else through the master at `$YR_MASTER_ADDRESS`,
+    /// else the newest session on this host.
     pub fn init(self) -> Result<Yr, Error> {
         if std::env::var_os("YR_INSTANCE_ID").is_some() {
             self.serve();
+        }
+        if std::env::var_os("YR_SESSION").is_none() {
+            if let Ok(master) = std::env::var("YR_MASTER_ADDRESS") {
+                return self.connect_master(&master);
+            }
         }
         let session = std::env::var_os("YR_SESSION")
             .map(PathBuf::from)
@@ -429,7 +435,7 @@ impl Builder {
         let text = std::fs::read_to_string(&file).map_err(|e| {
             Error::Connect(format!(
                 "cannot read the cluster session {} ({e}); start a cluster with `yr start \
-                 --master`, or set YR_SESSION to a session folder",
+                 --master`, or set YR_SESSION to a session folder (or YR_MASTER_ADDRESS)",
                 file.display()
             ))
         })?;
@@ -442,12 +448,57 @@ impl Builder {
                 .map(str::to_string)
                 .ok_or_else(|| Error::Connect(format!("{} has no {k}", file.display())))
         };
-        let (master, proxy, socket, node_id) = (
-            field("master_address")?,
-            field("proxy_address")?,
-            field("data_socket")?,
-            field("node_id")?,
-        );
+        self.connect_to(Endpoints {
+            master: field("master_address")?,
+            proxy: field("proxy_address")?,
+            socket: field("data_socket")?,
+            node_id: field("node_id")?,
+        })
+    }
+
+    /// Connects a driver through the master at `master` (host:port), to
+    /// the first live node on this host (its proxy and data worker).
+    pub fn connect_master(self, master: &str) -> Result<Yr, Error> {
+        let rt = driver_runtime()?;
+        let status = rt
+            .block_on(async {
+                let mut m = MasterClient::new(connect(master).await?);
+                m.status(Empty {})
+                    .await
+                    .map_err(|e| Error::Connect(format!("master {master}: {}", e.message())))
+            })?
+            .into_inner();
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default();
+        let node = status
+            .nodes
+            .iter()
+            .filter(|n| !status.dead_nodes.contains(&n.node_id))
+            .find(|n| n.hostname == host)
+            .ok_or_else(|| {
+                Error::Connect(format!(
+                    "the cluster of master {master} has no live node on this host ({host}); \
+                     a driver needs one for its data worker: run `yr start --worker \
+                     --master-address {master}` here"
+                ))
+            })?;
+        drop(rt);
+        self.connect_to(Endpoints {
+            master: master.to_string(),
+            proxy: node.proxy_address.clone(),
+            socket: node.data_socket.clone(),
+            node_id: node.node_id.clone(),
+        })
+    }
+
+    fn connect_to(self, e: Endpoints) -> Result<Yr, Error> {
+        let Endpoints {
+            master,
+            proxy,
+            socket,
+            node_id,
+        } = e;
         let exe = std::env::current_exe()
             .map_err(|e| Error::Connect(format!("cannot find this program's executable: {e}")))?;
         let stamp = std::fs::metadata(&exe)
@@ -460,12 +511,7 @@ impl Builder {
                 (m.len(), mt)
             })
             .map_err(|e| Error::Connect(format!("cannot read {}: {e}", exe.display())))?;
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("yr-driver")
-            .enable_all()
-            .build()
-            .map_err(|e| Error::Connect(format!("cannot start the driver's runtime: {e}")))?;
+        let rt = driver_runtime()?;
         let (master_client, proxy_client) = rt.block_on(async {
             Ok::<_, Error>((
                 MasterClient::new(connect(&master).await?)
@@ -498,6 +544,23 @@ impl Builder {
             }),
         })
     }
+}
+
+/// Where a driver connects.
+struct Endpoints {
+    master: String,
+    proxy: String,
+    socket: String,
+    node_id: String,
+}
+
+fn driver_runtime() -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("yr-driver")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Connect(format!("cannot start the driver's runtime: {e}")))
 }
 
 async fn connect(address: &str) -> Result<tonic::transport::Channel, Error> {
@@ -1401,5 +1464,121 @@ impl std::ops::Deref for DriverObject<'_> {
 impl std::ops::DerefMut for DriverObject<'_> {
     fn deref_mut(&mut self) -> &mut [u8] {
         self.b.data_mut()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn args_decode_inline_values_and_name_what_is_wrong() {
+        let args = Args {
+            items: vec![
+                ArgData::Inline(bincode::serialize(&(7u64, "x".to_string())).unwrap_or_default()),
+                ArgData::Inline(bytemuck::cast_slice::<u32, u8>(&[1, 2, 3]).to_vec()),
+            ],
+        };
+        assert_eq!(args.len(), 2);
+        assert_eq!(args.get::<(u64, String)>(0), Ok((7, "x".to_string())));
+        assert_eq!(args.slice::<u32>(1).map(|s| s.to_vec()), Ok(vec![1, 2, 3]));
+        assert!(!args.is_shared(0));
+        let missing = args.bytes(5).expect_err("out of range");
+        assert!(missing.contains("argument 5 is missing"), "{missing}");
+        let wrong = args.get::<String>(1).expect_err("not a string");
+        assert!(wrong.contains("argument 1"), "{wrong}");
+        // 12 bytes are not a whole number of u64s.
+        assert!(args.slice::<u64>(1).is_err());
+    }
+
+    #[test]
+    fn options_that_change_placement_change_the_deployed_variant() {
+        let base = Options::default();
+        let pinned = Options {
+            affinity: vec![(
+                AffinityKind::AffinityRequired,
+                "yr.node".into(),
+                vec!["a".into()],
+            )],
+            ..Default::default()
+        };
+        let bigger = Options {
+            cpu_millis: Some(2000),
+            ..Default::default()
+        };
+        // Retries and timeouts are per call, not per pool.
+        let retried = Options {
+            retries: Some(9),
+            timeout: Some(Duration::from_secs(1)),
+            ..Default::default()
+        };
+        let h = |o: &Options| o.variant_hash(42);
+        assert_ne!(h(&base), h(&pinned));
+        assert_ne!(h(&base), h(&bigger));
+        assert_eq!(h(&base), h(&retried));
+        assert_ne!(
+            base.variant_hash(1),
+            base.variant_hash(2),
+            "a rebuilt program gets new pools"
+        );
+    }
+
+    #[test]
+    fn results_decode_or_say_what_they_are() {
+        let id = ObjectId::random(5);
+        let r = TaskResult {
+            kind: Some(task_result::Kind::Object(ObjectRefMsg {
+                id: id.0.to_vec(),
+                size: 99,
+                node_id: "n1".into(),
+            })),
+            node_id: "n1".into(),
+            instance_id: "i1".into(),
+            elapsed_us: 1500,
+            fetch_us: 500,
+        };
+        let (state, info) = decode_result("f", &r.encode_to_vec()).expect("decodes");
+        assert!(matches!(state, RefState::Object { id: got, size: 99, .. } if got == id));
+        assert_eq!(info.elapsed, Duration::from_micros(1500));
+        assert_eq!(info.node_id, "n1");
+        let bad = TaskResult {
+            kind: Some(task_result::Kind::Object(ObjectRefMsg {
+                id: vec![1, 2, 3],
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        assert!(decode_result("f", &bad.encode_to_vec()).is_err());
+        let e = decode_result("f", b"\xff\xff not protobuf")
+            .err()
+            .map(|e| e.to_string());
+        assert!(e.is_some_and(|e| e.contains("not a task result")));
+    }
+
+    #[test]
+    fn a_sequencer_lets_calls_through_in_ticket_order() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let s = Arc::new(Sequencer::default());
+            let tickets: Vec<u64> = (0..4).map(|_| s.ticket()).collect();
+            let order = Arc::new(parking_lot::Mutex::new(Vec::new()));
+            let mut tasks = Vec::new();
+            // Spawned in reverse: each still waits for its turn.
+            for &t in tickets.iter().rev() {
+                let (s, order) = (Arc::clone(&s), Arc::clone(&order));
+                tasks.push(tokio::spawn(async move {
+                    let turn = s.wait_turn(t).await;
+                    order.lock().push(t);
+                    drop(turn);
+                }));
+            }
+            for t in tasks {
+                t.await.expect("task");
+            }
+            assert_eq!(*order.lock(), vec![0, 1, 2, 3]);
+        });
     }
 }

@@ -17,9 +17,17 @@ struct Driver {
 
 impl Driver {
     fn start(program: &str, args: &[&str], cluster: &Cluster) -> Driver {
+        let session = cluster.master().session_dir.display().to_string();
+        Self::start_with(program, args, ("YR_SESSION", &session))
+    }
+
+    /// As `start`, with the driver finding its cluster through `env`.
+    fn start_with(program: &str, args: &[&str], env: (&str, &str)) -> Driver {
         let mut child = Command::new(example(program))
             .args(args)
-            .env("YR_SESSION", &cluster.master().session_dir)
+            .env_remove("YR_SESSION")
+            .env_remove("YR_MASTER_ADDRESS")
+            .env(env.0, env.1)
             .env("YR_LOG", "warn")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -240,14 +248,22 @@ fn a_driver_that_exits_releases_everything_it_owned() {
 #[test]
 fn stateful_instances_keep_order_and_wait_returns_the_first_ready() {
     let cluster = Cluster::start(NodeOptions::default());
-    let d = Driver::start("yr-test-driver", &["actors"], &cluster);
+    // This driver finds its node through the master's address alone.
+    let d = Driver::start_with(
+        "yr-test-driver",
+        &["actors"],
+        ("YR_MASTER_ADDRESS", &cluster.master().master_address),
+    );
     let v = d.next();
     assert_eq!(v["totals"], serde_json::json!([1, 3, 6, 10, 15]), "{v}");
     assert_eq!(v["total"], 15);
     assert_eq!(v["calls"], 5);
     let unknown = v["unknown_method"].as_str().unwrap_or("");
     assert!(unknown.contains("no method \"nope\""), "{v}");
-    assert_eq!(v["first_ready"], 10, "the 10 ms call is ready first: {v}");
-    assert_eq!(v["pending"], 1);
+    assert_eq!(v["first_ready"], 10, "the ready value comes first: {v}");
+    assert_eq!(v["pending"], 1, "the 800 ms call is still running: {v}");
+    assert_eq!(v["all_ready"], 2, "waiting for both returns both: {v}");
+    assert_eq!(v["none_pending"], 0);
+    assert_eq!(v["slow"], 800);
     assert!(d.finish().success());
 }

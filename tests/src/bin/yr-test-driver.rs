@@ -151,14 +151,18 @@ fn run(yr: &Yr, args: &[String]) -> Result<(), Error> {
             let unknown = yr
                 .get::<i64>(&c.method("nope").submit()?, T)
                 .map_err(|e| e.to_string());
-            let slow = yr.task("nap").arg(&1500u64).submit()?;
-            let fast = yr.task("nap").arg(&10u64).submit()?;
+            // A value that is ready at once beside a call that takes a while.
+            let slow = yr.task("nap").arg(&800u64).submit()?;
+            let fast = yr.put(&10u64)?;
             let (ready, pending) = yr.wait(&[slow.clone(), fast.clone()], 1, T);
             let first: u64 = yr.get(&ready[0], T)?;
+            let (all, none) = yr.wait(&[slow.clone(), fast], 2, T);
+            let slow_value: u64 = yr.get(&slow, T)?;
             line(serde_json::json!({
                 "totals": totals, "total": total, "calls": calls,
                 "unknown_method": unknown.err(),
                 "first_ready": first, "pending": pending.len(),
+                "all_ready": all.len(), "none_pending": none.len(), "slow": slow_value,
             }));
             c.kill()?;
         }
