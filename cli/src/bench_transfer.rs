@@ -247,7 +247,7 @@ fn pipeline_round(size: u64, rounds: usize) -> Result<Duration> {
             program.display()
         );
     }
-    if size % 4 != 0 {
+    if !size.is_multiple_of(4) {
         bail!("the pipeline works on arrays of u32: --size must be a multiple of 4");
     }
     let dir = tempfile::Builder::new()
