@@ -1334,9 +1334,16 @@ impl Yr {
         let t0 = Instant::now();
         match self.wait_one(r, timeout)? {
             RefState::Inline(v) => Ok(Bytes::Inline(v)),
-            RefState::Object { id, .. } => {
+            RefState::Object { id, node_id, .. } => {
                 let left = timeout.saturating_sub(t0.elapsed());
-                let g = self.d.store.get_remote(id, left).map_err(store_err)?;
+                let g = self
+                    .d
+                    .store
+                    .get_remote(id, left)
+                    .map_err(|e| match store_err(e) {
+                        Error::ObjectLost(m) => Error::ObjectLost(format!("{m} (node {node_id})")),
+                        other => other,
+                    })?;
                 Ok(Bytes::Shared(g))
             }
             RefState::Failed(e) => Err(e),
