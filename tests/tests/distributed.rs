@@ -220,6 +220,11 @@ fn an_object_whose_only_node_died_fails_fast_with_object_lost() {
         "took {:?}",
         t.elapsed()
     );
+    let get = v["get"]["message"].as_str().unwrap_or("");
+    assert!(
+        get.contains(&worker.node_id),
+        "get names the node ID: {get}"
+    );
     assert!(d.finish().success());
 }
 
