@@ -555,6 +555,13 @@ struct Endpoints {
 }
 
 fn driver_runtime() -> Result<tokio::runtime::Runtime, Error> {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        return Err(Error::Connect(
+            "a yr_runtime driver runs its own runtime and blocks: connect it from a plain \
+             thread (or tokio::task::spawn_blocking), not from an async task"
+                .into(),
+        ));
+    }
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("yr-driver")
@@ -973,6 +980,20 @@ impl Task<'_> {
 }
 
 impl Driver {
+    /// Runs `f` on the driver's runtime from the caller's (blocking) thread.
+    /// Refused inside an async context, where blocking would stall (or, in
+    /// tokio, panic): call the driver from `spawn_blocking` or a plain thread.
+    fn block_on<F: std::future::Future>(&self, f: F) -> Result<F::Output, Error> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(Error::Connect(
+                "yr_runtime's driver calls block; they cannot run on an async task (use \
+                 tokio::task::spawn_blocking or a plain thread)"
+                    .into(),
+            ));
+        }
+        Ok(self.rt.block_on(f))
+    }
+
     /// The deployed name of `function` under `opts`, deploying it on first use.
     fn variant(&self, function: &str, opts: &Options) -> Result<String, Error> {
         if !self.registered.contains(function) {
@@ -1025,12 +1046,11 @@ impl Driver {
             ..Default::default()
         };
         let mut master = self.master.clone();
-        self.rt
-            .block_on(master.deploy(DeployRequest {
-                spec: Some(spec),
-                ..Default::default()
-            }))
-            .map_err(|e| Error::Deploy(format!("deploying {function}: {}", e.message())))?;
+        self.block_on(master.deploy(DeployRequest {
+            spec: Some(spec),
+            ..Default::default()
+        }))?
+        .map_err(|e| Error::Deploy(format!("deploying {function}: {}", e.message())))?;
         self.deployed.lock().insert(name.clone());
         Ok(name)
     }
@@ -1237,11 +1257,10 @@ impl InstanceHandle<'_> {
         let mut master = self.yr.d.master.clone();
         self.yr
             .d
-            .rt
             .block_on(master.kill_instance(InstanceRef {
                 name: self.name.clone(),
                 ..Default::default()
-            }))
+            }))?
             .map(|_| ())
             .map_err(|e| Error::Deploy(format!("killing {}: {}", self.name, e.message())))
     }
@@ -1271,14 +1290,13 @@ impl Yr {
         let function = self.d.variant(class, &opts)?;
         let mut master = self.d.master.clone();
         self.d
-            .rt
             .block_on(master.create_instance(CreateInstanceRequest {
                 function: function.clone(),
                 name: name.to_string(),
                 stateful: true,
                 wait_ms: 60_000,
                 ..Default::default()
-            }))
+            }))?
             .map_err(|e| Error::Deploy(format!("creating {class} {name:?}: {}", e.message())))?;
         Ok(InstanceHandle {
             yr: self,
@@ -1323,8 +1341,7 @@ impl Yr {
 
     fn wait_one(&self, r: &ObjectRef, timeout: Duration) -> Result<RefState, Error> {
         self.d
-            .rt
-            .block_on(async { tokio::time::timeout(timeout, r.ready()).await })
+            .block_on(async { tokio::time::timeout(timeout, r.ready()).await })?
             .map_err(|_| Error::Timeout(format!("{r:?} not ready after {timeout:?}")))
     }
 
@@ -1369,10 +1386,10 @@ impl Yr {
         refs: &[ObjectRef],
         num: usize,
         timeout: Duration,
-    ) -> (Vec<ObjectRef>, Vec<ObjectRef>) {
+    ) -> Result<(Vec<ObjectRef>, Vec<ObjectRef>), Error> {
         let num = num.min(refs.len());
-        let deadline = tokio::time::Instant::now() + timeout;
-        self.d.rt.block_on(async {
+        self.d.block_on(async {
+            let deadline = tokio::time::Instant::now() + timeout;
             let mut pending: Vec<ObjectRef> = Vec::new();
             let mut ready: Vec<ObjectRef> = Vec::new();
             for r in refs {
@@ -1416,8 +1433,7 @@ impl Yr {
         let mut master = self.d.master.clone();
         let status = self
             .d
-            .rt
-            .block_on(master.status(Empty {}))
+            .block_on(master.status(Empty {}))?
             .map_err(|e| Error::Connect(format!("cluster status: {}", e.message())))?
             .into_inner();
         let mut nodes: Vec<NodeInfo> = status
@@ -1560,6 +1576,16 @@ mod tests {
             .err()
             .map(|e| e.to_string());
         assert!(e.is_some_and(|e| e.contains("not a task result")));
+    }
+
+    #[test]
+    fn connecting_from_an_async_task_is_an_error_not_a_panic() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let r = rt.block_on(async { Builder::new("t").connect_master("127.0.0.1:1") });
+        let e = r.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("not from an async task"), "{e}");
     }
 
     #[test]

@@ -106,7 +106,7 @@ fn run(yr: &Yr, args: &[String]) -> Result<(), Error> {
                 .arg(&(1u64 << 20))
                 .on_node(&node)
                 .submit()?;
-            yr.wait(std::slice::from_ref(&obj), 1, T);
+            yr.wait(std::slice::from_ref(&obj), 1, T)?;
             line(serde_json::json!({"ready": true, "id": obj.id().map(|i| i.to_hex())}));
             wait_for_stdin();
             let got = yr.get_bytes(&obj, T).map(|b| b.len());
@@ -154,9 +154,9 @@ fn run(yr: &Yr, args: &[String]) -> Result<(), Error> {
             // A value that is ready at once beside a call that takes a while.
             let slow = yr.task("nap").arg(&800u64).submit()?;
             let fast = yr.put(&10u64)?;
-            let (ready, pending) = yr.wait(&[slow.clone(), fast.clone()], 1, T);
+            let (ready, pending) = yr.wait(&[slow.clone(), fast.clone()], 1, T)?;
             let first: u64 = yr.get(&ready[0], T)?;
-            let (all, none) = yr.wait(&[slow.clone(), fast], 2, T);
+            let (all, none) = yr.wait(&[slow.clone(), fast], 2, T)?;
             let slow_value: u64 = yr.get(&slow, T)?;
             line(serde_json::json!({
                 "totals": totals, "total": total, "calls": calls,
