@@ -42,6 +42,9 @@ pub struct Session {
     pub meta_url: Option<String>,
     pub proxy_address: String,
     pub data_socket: PathBuf,
+    /// The file holding the REST access token (mode 0600; master nodes).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
     /// Where other nodes' data workers pull this node's objects from.
     #[serde(default)]
     pub data_transfer: String,
@@ -90,6 +93,13 @@ pub struct StartArgs {
     /// Stop stateless instances idle this long (ms), down to each function's minimum (master).
     #[arg(long, default_value_t = 60_000)]
     idle_timeout_ms: u64,
+    /// Address every service of this node listens on. The default keeps the node reachable
+    /// from this host only; another address is announced with a warning.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: std::net::Ipv4Addr,
+    /// Largest REST request body (master).
+    #[arg(long, value_parser = crate::util::size_arg, default_value = "64MiB")]
+    max_body: u64,
 }
 
 #[derive(Args)]
@@ -445,6 +455,20 @@ pub fn start(a: StartArgs) -> Result<()> {
     std::fs::create_dir_all(dir.join("logs"))
         .with_context(|| format!("cannot create {}", dir.display()))?;
     let dir = dir.canonicalize()?;
+    let bind = a.bind;
+    if bind.is_unspecified() {
+        bail!(
+            "--bind {bind} names no host: other nodes need an address to reach this one at \
+             (object IDs and node records carry it); give this host's address"
+        );
+    }
+    if !bind.is_loopback() {
+        eprintln!(
+            "warning: yr services of this node listen on {bind}, reachable from other hosts. REST \
+             routes require the access token, but the gRPC ports, etcd and the data transfer port \
+             have no authentication: only bind an address on a network you trust."
+        );
+    }
     let exe = std::env::current_exe().context("cannot find the yr executable")?;
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
@@ -482,8 +506,8 @@ pub fn start(a: StartArgs) -> Result<()> {
                         anyhow!("etcd is not installed (Debian: apt-get install etcd-server), or pass --etcd-endpoints")
                     })?;
                     let (cp, pp) = (port(32379)?, port(32380)?);
-                    let client = format!("http://127.0.0.1:{cp}");
-                    let peer = format!("http://127.0.0.1:{pp}");
+                    let client = format!("http://{bind}:{cp}");
+                    let peer = format!("http://{bind}:{pp}");
                     let mut cmd = Command::new(etcd);
                     cmd.arg("--name")
                         .arg("yr")
@@ -511,7 +535,7 @@ pub fn start(a: StartArgs) -> Result<()> {
             };
             let mut cmd = component("function-master");
             cmd.arg("--listen")
-                .arg(format!("127.0.0.1:{}", port(22770)?))
+                .arg(format!("{bind}:{}", port(22770)?))
                 .args(["--etcd", &endpoints.join(",")]);
             let master = start_component("function-master", cmd)?;
             let addr = master.address.clone();
@@ -539,10 +563,26 @@ pub fn start(a: StartArgs) -> Result<()> {
         };
         let etcd = etcd_endpoints.join(",");
         let mut meta_url = None;
+        let token_file = if a.master {
+            Some(write_token(&dir)?)
+        } else {
+            None
+        };
+        let max_body = a.max_body.to_string();
+        let rest_flags: Vec<std::ffi::OsString> = match &token_file {
+            Some(t) => vec![
+                "--token-file".into(),
+                t.into(),
+                "--max-body".into(),
+                max_body.clone().into(),
+            ],
+            None => Vec::new(),
+        };
         if a.master {
             let mut cmd = component("meta-service");
+            cmd.args(&rest_flags);
             cmd.arg("--listen")
-                .arg(format!("127.0.0.1:{}", port(31182)?))
+                .arg(format!("{bind}:{}", port(31182)?))
                 .args(["--upstream", &master_address]);
             let meta = start_component("meta-service", cmd)?;
             meta_url = Some(format!("http://{}", meta.address));
@@ -564,7 +604,7 @@ pub fn start(a: StartArgs) -> Result<()> {
             cmd.arg("--prefault");
         }
         cmd.arg("--transfer-address")
-            .arg(format!("127.0.0.1:{}", port(31501)?));
+            .arg(format!("{bind}:{}", port(31501)?));
         let data_worker = start_component("data-worker", cmd)?;
         let data_transfer = data_worker.address.clone();
         started.push(data_worker);
@@ -578,7 +618,7 @@ pub fn start(a: StartArgs) -> Result<()> {
         ];
         let mut cmd = component("function-proxy");
         cmd.arg("--listen")
-            .arg(format!("127.0.0.1:{}", port(22772)?))
+            .arg(format!("{bind}:{}", port(22772)?))
             .args(node_flags);
         let proxy = start_component("function-proxy", cmd)?;
         let proxy_address = proxy.address.clone();
@@ -586,8 +626,9 @@ pub fn start(a: StartArgs) -> Result<()> {
         let mut frontend_url = None;
         if a.master {
             let mut cmd = component("frontend");
+            cmd.args(&rest_flags);
             cmd.arg("--listen")
-                .arg(format!("127.0.0.1:{}", port(8888)?))
+                .arg(format!("{bind}:{}", port(8888)?))
                 .args(["--upstream", &proxy_address]);
             let frontend = start_component("frontend", cmd)?;
             frontend_url = Some(format!("http://{}", frontend.address));
@@ -595,7 +636,7 @@ pub fn start(a: StartArgs) -> Result<()> {
         }
         let mut cmd = component("function-agent");
         cmd.arg("--listen")
-            .arg(format!("127.0.0.1:{}", port(58866)?))
+            .arg(format!("{bind}:{}", port(58866)?))
             .args(node_flags)
             .args(["--proxy", &proxy_address, "--data-socket"])
             .arg(&socket)
@@ -629,6 +670,7 @@ pub fn start(a: StartArgs) -> Result<()> {
             meta_url,
             proxy_address,
             data_socket: socket,
+            token_file,
             data_transfer,
             components: Vec::new(),
             created_unix_ms: now_ms(),
@@ -669,6 +711,13 @@ pub fn start(a: StartArgs) -> Result<()> {
     if let (Some(f), Some(m)) = (&session.frontend_url, &session.meta_url) {
         writeln!(out, "  REST    frontend {f}  meta service {m}")?;
     }
+    if let Some(t) = &session.token_file {
+        writeln!(
+            out,
+            "  token   {} (send it as Authorization: Bearer <token>)",
+            t.display()
+        )?;
+    }
     if a.master {
         writeln!(out, "To add a worker node, run on it:")?;
         writeln!(
@@ -678,6 +727,27 @@ pub fn start(a: StartArgs) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// Generates the cluster's REST access token (256 bits from the kernel's random source) into
+/// `DIR/token`, readable by this user only; returns its path.
+fn write_token(dir: &Path) -> Result<PathBuf> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut raw = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut raw))
+        .context("cannot read /dev/urandom for the access token")?;
+    let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let path = dir.join("token");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    writeln!(f, "{token}")?;
+    Ok(path)
 }
 
 fn wait_for_node(s: &Session) -> Result<()> {

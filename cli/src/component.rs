@@ -35,6 +35,32 @@ pub struct RestArgs {
     /// The function master (meta service) or this node's proxy (frontend), host:port.
     #[arg(long)]
     upstream: String,
+    /// File holding the access token every route but /healthz requires. Without it the
+    /// service is open to anyone who can reach it.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Largest request body accepted.
+    #[arg(long, value_parser = size_arg, default_value = "64MiB")]
+    max_body: u64,
+}
+
+impl RestArgs {
+    fn config(&self) -> Result<yr_control::rest::RestConfig> {
+        let token = match &self.token_file {
+            Some(p) => Some(yr_control::rest::read_token(p)?),
+            None => {
+                eprintln!(
+                    "warning: no --token-file: every REST route is open to anyone who can reach {}",
+                    self.listen
+                );
+                None
+            }
+        };
+        Ok(yr_control::rest::RestConfig {
+            token,
+            max_body: usize::try_from(self.max_body).unwrap_or(usize::MAX),
+        })
+    }
 }
 
 fn endpoints(s: &str) -> Vec<String> {
@@ -201,12 +227,18 @@ pub fn run(cmd: ComponentCmd) -> Result<()> {
             };
             yr_control::master::run(config, sd, ready).await
         }),
-        ComponentCmd::MetaService(a) => run_async("meta service", |sd, ready| async move {
-            yr_control::rest::run_meta(a.listen, &a.upstream, sd, ready).await
-        }),
-        ComponentCmd::Frontend(a) => run_async("frontend", |sd, ready| async move {
-            yr_control::rest::run_frontend(a.listen, &a.upstream, sd, ready).await
-        }),
+        ComponentCmd::MetaService(a) => {
+            let config = a.config()?;
+            run_async("meta service", |sd, ready| async move {
+                yr_control::rest::run_meta(a.listen, &a.upstream, config, sd, ready).await
+            })
+        }
+        ComponentCmd::Frontend(a) => {
+            let config = a.config()?;
+            run_async("frontend", |sd, ready| async move {
+                yr_control::rest::run_frontend(a.listen, &a.upstream, config, sd, ready).await
+            })
+        }
         ComponentCmd::FunctionScheduler(a) => {
             run_async("function scheduler", |sd, ready| async move {
                 let config = yr_control::scheduler::SchedulerConfig {

@@ -17,13 +17,40 @@ struct Reply {
     body: String,
 }
 
-fn http(base: &str, method: &str, path: &str, body: &str) -> Reply {
-    let host = base.trim_start_matches("http://");
+/// One of the REST services, with the token it is called with (if any).
+struct Svc {
+    url: String,
+    token: Option<String>,
+}
+
+impl Svc {
+    fn without_token(&self) -> Svc {
+        Svc {
+            url: self.url.clone(),
+            token: None,
+        }
+    }
+
+    fn with_token(&self, t: &str) -> Svc {
+        Svc {
+            url: self.url.clone(),
+            token: Some(t.to_string()),
+        }
+    }
+}
+
+fn http(svc: &Svc, method: &str, path: &str, body: &str) -> Reply {
+    let host = svc.url.trim_start_matches("http://");
+    let auth = svc
+        .token
+        .as_ref()
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let mut s = TcpStream::connect(host).unwrap_or_else(|e| panic!("connect {host}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(60)))
         .expect("timeout");
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).expect("send");
@@ -53,11 +80,57 @@ fn register_and_invoke_over_rest() {
         &std::fs::read_to_string(c.master().session_dir.join("session.json")).expect("session"),
     )
     .expect("session JSON");
-    let meta = session["meta_url"].as_str().expect("meta_url").to_string();
-    let front = session["frontend_url"]
+    let token_file = session["token_file"]
         .as_str()
-        .expect("frontend_url")
+        .expect("token_file")
         .to_string();
+    let token = std::fs::read_to_string(&token_file)
+        .expect("token")
+        .trim()
+        .to_string();
+    let meta = Svc {
+        url: session["meta_url"].as_str().expect("meta_url").to_string(),
+        token: Some(token.clone()),
+    };
+    let front = Svc {
+        url: session["frontend_url"]
+            .as_str()
+            .expect("frontend_url")
+            .to_string(),
+        token: Some(token.clone()),
+    };
+
+    // Security by default: the token file is this user's only, every route but /healthz wants
+    // the token, a wrong one is refused the same way, and neither reveals the route.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&token_file)
+        .expect("token file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "token file mode {mode:o}");
+    assert_eq!(token.len(), 64, "256 bits in hex");
+    for svc in [&meta, &front] {
+        assert_eq!(
+            http(&svc.without_token(), "GET", "/healthz", "").status,
+            200
+        );
+        for who in [svc.without_token(), svc.with_token("not-the-token")] {
+            for (method, path) in [
+                ("GET", "/serverless/v1/functions"),
+                ("POST", "/invocations/default/svc/0@svc@hello/"),
+                ("GET", "/no/such/route"),
+            ] {
+                let r = http(&who, method, path, "{}");
+                assert_eq!(r.status, 401, "{method} {path}: {}", r.body);
+                assert!(
+                    r.headers.contains("www-authenticate: bearer"),
+                    "{}",
+                    r.headers
+                );
+                assert!(r.headers.contains("application/problem+json"));
+            }
+        }
+    }
 
     assert_eq!(http(&meta, "GET", "/healthz", "").status, 200);
     assert_eq!(http(&front, "GET", "/healthz", "").status, 200);

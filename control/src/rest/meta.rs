@@ -1,0 +1,314 @@
+//! The meta service: function management at openYuanrong's `/serverless/v1/functions` paths,
+//! turned into the master's Deploy/List/Delete calls. It keeps no state of its own: function
+//! metadata lives in etcd, written by the master, so a registered function can be invoked at once.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use yr_proto::master_client::MasterClient;
+use yr_proto::*;
+
+use super::{
+    body_or_problem, finish, from_status, healthz, name_from_urn, not_found, parse_body, urn,
+    Problem, RestConfig, TENANT,
+};
+
+#[derive(Clone)]
+struct Meta {
+    master: MasterClient<tonic::transport::Channel>,
+}
+
+fn num(v: &Value, field: &str) -> Result<Option<u64>, Problem> {
+    match v.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(|| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                1001,
+                format!("{field}: {n} is not a non-negative integer"),
+            )
+        }),
+        // openYuanrong clients send some counts as strings.
+        Some(Value::String(s)) => s.trim().parse().map(Some).map_err(|_| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                1001,
+                format!("{field}: {s:?} is not a non-negative integer"),
+            )
+        }),
+        Some(other) => Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            1001,
+            format!("{field}: {other} is not a number"),
+        )),
+    }
+}
+
+fn string_map(v: &Value, field: &str) -> Result<HashMap<String, String>, Problem> {
+    match v.get(field) {
+        None | Some(Value::Null) => Ok(HashMap::new()),
+        Some(Value::Object(m)) => m
+            .iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => Ok((k.clone(), s.clone())),
+                other => Ok((k.clone(), other.to_string())),
+            })
+            .collect(),
+        Some(_) => Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            1001,
+            format!("{field}: must be an object of strings"),
+        )),
+    }
+}
+
+fn text(v: &Value, field: &str) -> Result<String, Problem> {
+    match v.get(field) {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(_) => Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            1001,
+            format!("{field}: must be a string"),
+        )),
+    }
+}
+
+/// An openYuanrong function registration body as a spec.
+fn spec_from_body(body: &Value, name_override: Option<&str>) -> Result<FunctionSpec, Problem> {
+    if !body.is_object() {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            1001,
+            "the body must be a JSON object",
+        ));
+    }
+    let name = match name_override {
+        Some(n) => n.to_string(),
+        None => text(body, "name")?,
+    };
+    if name.is_empty() {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            1001,
+            "name: is required",
+        ));
+    }
+    let custom = match body.get("customResources") {
+        None | Some(Value::Null) => HashMap::new(),
+        Some(Value::Object(m)) => m
+            .iter()
+            .map(|(k, v)| {
+                let n = match v {
+                    Value::Number(n) => n.as_f64(),
+                    Value::String(s) => s.parse().ok(),
+                    _ => None,
+                };
+                n.map(|n| (k.clone(), n)).ok_or_else(|| {
+                    Problem::new(
+                        StatusCode::BAD_REQUEST,
+                        1001,
+                        format!("customResources.{k}: {v} is not a number"),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                1001,
+                "customResources: must be an object of numbers",
+            ))
+        }
+    };
+    let timeout_s = num(body, "timeout")?.unwrap_or(900).min(8_640_000);
+    Ok(FunctionSpec {
+        name,
+        version: String::new(),
+        runtime: text(body, "runtime")?,
+        code_path: text(body, "codePath")?,
+        entrypoint: text(body, "entrypoint")?,
+        handler: text(body, "handler")?,
+        resources: Some(Resources {
+            cpu_millis: num(body, "cpu")?.unwrap_or(0),
+            memory_mib: num(body, "memory")?.unwrap_or(0),
+            custom,
+        }),
+        min_instances: num(body, "minInstance")?.unwrap_or(0) as u32,
+        max_instances: num(body, "maxInstance")?.unwrap_or(0) as u32,
+        concurrency: num(body, "concurrentNum")?.unwrap_or(0) as u32,
+        timeout_ms: (timeout_s * 1000).min(u32::MAX as u64) as u32,
+        env: string_map(body, "environment")?,
+        max_retries: 3,
+        description: text(body, "description")?,
+        kind: text(body, "kind")?,
+        ..Default::default()
+    })
+}
+
+fn function_json(f: &FunctionSpec) -> Value {
+    let r = f.resources.clone().unwrap_or_default();
+    json!({
+        "id": urn(&f.name, &f.version),
+        "name": f.name,
+        "functionVersionUrn": urn(&f.name, &f.version),
+        "functionUrn": format!("sn:cn:yrk:{TENANT}:function:{}", f.name),
+        "versionNumber": f.version,
+        "revisionId": f.revision.to_string(),
+        "runtime": f.runtime,
+        "handler": f.handler,
+        "kind": if f.kind.is_empty() { "faas" } else { &f.kind },
+        "cpu": r.cpu_millis,
+        "memory": r.memory_mib,
+        "customResources": r.custom,
+        "timeout": f.timeout_ms / 1000,
+        "minInstance": f.min_instances,
+        "maxInstance": f.max_instances,
+        "concurrentNum": f.concurrency,
+        "environment": f.env,
+        "codePath": f.code_path,
+        "description": f.description,
+        "tenantId": TENANT,
+        "created": f.created_unix_ms,
+    })
+}
+
+/// Deploys `spec` through the master and answers with openYuanrong's success shape.
+async fn deploy(m: &Meta, spec: FunctionSpec, create_only: bool) -> Result<Json<Value>, Problem> {
+    let r = m
+        .master
+        .clone()
+        .deploy(DeployRequest {
+            spec: Some(spec),
+            create_only,
+            update_only: !create_only,
+        })
+        .await
+        .map_err(from_status)?
+        .into_inner();
+    let f = r.spec.unwrap_or_default();
+    Ok(Json(
+        json!({"code": 0, "message": "SUCCESS", "function": function_json(&f)}),
+    ))
+}
+
+type Body = Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>;
+
+async fn register(State(m): State<Meta>, body: Body) -> Result<Json<Value>, Problem> {
+    let body = body_or_problem(body)?;
+    deploy(&m, spec_from_body(&parse_body(&body)?, None)?, true).await
+}
+
+async fn update(
+    State(m): State<Meta>,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<Json<Value>, Problem> {
+    let body = body_or_problem(body)?;
+    let name = name_from_urn(&name)?;
+    deploy(&m, spec_from_body(&parse_body(&body)?, Some(&name))?, false).await
+}
+
+async fn list(State(m): State<Meta>) -> Result<Json<Value>, Problem> {
+    let mut fs = m
+        .master
+        .clone()
+        .list_functions(Empty {})
+        .await
+        .map_err(from_status)?
+        .into_inner()
+        .functions;
+    fs.sort_by(|a, b| a.name.cmp(&b.name));
+    let total = fs.len();
+    Ok(Json(json!({
+        "code": 0,
+        "message": "SUCCESS",
+        "functions": fs.iter().map(function_json).collect::<Vec<_>>(),
+        "pageInfo": {"pageIndex": 1, "pageSize": total, "total": total},
+    })))
+}
+
+async fn get_one(State(m): State<Meta>, Path(name): Path<String>) -> Result<Json<Value>, Problem> {
+    let name = name_from_urn(&name)?;
+    let fs = m
+        .master
+        .clone()
+        .list_functions(Empty {})
+        .await
+        .map_err(from_status)?
+        .into_inner()
+        .functions;
+    let f = fs.iter().find(|f| f.name == name).ok_or_else(|| {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            1015,
+            format!("function {name:?} does not exist"),
+        )
+    })?;
+    Ok(Json(
+        json!({"code": 0, "message": "SUCCESS", "function": function_json(f)}),
+    ))
+}
+
+async fn delete(State(m): State<Meta>, Path(name): Path<String>) -> Result<Json<Value>, Problem> {
+    let name = name_from_urn(&name)?;
+    m.master
+        .clone()
+        .delete_function(FunctionRef { name })
+        .await
+        .map_err(from_status)?;
+    Ok(Json(json!({"code": 0, "message": "SUCCESS"})))
+}
+
+pub fn router(master: MasterClient<tonic::transport::Channel>, config: &RestConfig) -> Router {
+    let r = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/serverless/v1/functions", post(register).get(list))
+        .route(
+            "/serverless/v1/functions/{name}",
+            get(get_one).put(update).delete(delete),
+        )
+        .fallback(not_found)
+        .with_state(Meta { master });
+    finish(r, config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn registration_bodies() {
+        let b = json!({"name": "0@svc@f", "cpu": 300, "memory": "128", "minInstance": "1",
+            "maxInstance": 4, "concurrentNum": "8", "timeout": 5, "codePath": "/x",
+            "environment": {"A": "1"}, "customResources": {"gpu": "1"}});
+        let Ok(s) = spec_from_body(&b, None) else {
+            panic!("a valid body was refused");
+        };
+        assert_eq!(
+            (
+                s.min_instances,
+                s.max_instances,
+                s.concurrency,
+                s.timeout_ms
+            ),
+            (1, 4, 8, 5000)
+        );
+        assert_eq!(
+            s.resources.as_ref().map(|r| (r.cpu_millis, r.memory_mib)),
+            Some((300, 128))
+        );
+        assert_eq!(s.env.get("A").map(String::as_str), Some("1"));
+        let bad = spec_from_body(&json!({"name": "f", "cpu": "lots"}), None).expect_err("invalid");
+        assert!(bad.detail.contains("cpu") && bad.code == 1001);
+        assert!(spec_from_body(&json!([1]), None).is_err());
+        assert!(spec_from_body(&json!({"cpu": 1}), None)
+            .err()
+            .is_some_and(|p| p.detail.contains("name")));
+    }
+}

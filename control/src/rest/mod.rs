@@ -1,0 +1,323 @@
+//! The two HTTP services: the meta service (function management, default port 31182) and the
+//! frontend (invocation, default port 8888), with openYuanrong's paths and response shapes.
+//!
+//! Both are thin: the meta service turns requests into the master's Deploy/List/Delete calls, the
+//! frontend into an Invoke on this node's proxy. Neither keeps state of its own.
+//!
+//! Errors are RFC 9457 `application/problem+json` with openYuanrong's numeric `code` as an
+//! extension member; a function's own error is not a platform error (502 with the function's
+//! message, code 2002). Request bodies are bounded ([`MAX_BODY`]).
+//!
+//! Layout: [`meta`] (function management), [`frontend`] (invocation); this module holds what
+//! both share: problem+json errors, the access-token check, body limits and the server loop.
+//!
+//! Security: every route but `/healthz` requires `Authorization: Bearer <token>` when the
+//! service has a token (`yr start` always gives one); the comparison takes the same time
+//! whatever the bytes.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use serde_json::{json, Value};
+use yr_proto::master_client::MasterClient;
+use yr_proto::proxy_client::ProxyClient;
+
+use crate::Shutdown;
+
+pub mod frontend;
+pub mod meta;
+
+/// Largest request body either service accepts by default (`--max-body`).
+pub const MAX_BODY: usize = 64 << 20;
+
+/// What both services run with.
+#[derive(Clone, Debug, Default)]
+pub struct RestConfig {
+    /// The access token every route but `/healthz` requires; `None` leaves the service open
+    /// (only for tests and explicit opt-out: `yr start` always sets one).
+    pub token: Option<String>,
+    /// Largest request body accepted (0: [`MAX_BODY`]).
+    pub max_body: usize,
+}
+
+impl RestConfig {
+    fn max_body(&self) -> usize {
+        if self.max_body == 0 {
+            MAX_BODY
+        } else {
+            self.max_body
+        }
+    }
+}
+
+/// Reads a token file (one line; surrounding whitespace ignored), refusing an empty one.
+pub fn read_token(path: &std::path::Path) -> Result<String> {
+    let t = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read the token file {}: {e}", path.display()))?;
+    let t = t.trim().to_string();
+    if t.is_empty() {
+        anyhow::bail!("the token file {} is empty", path.display());
+    }
+    Ok(t)
+}
+
+/// Equality that takes the same time wherever the first difference is (the length is not secret).
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a
+        .iter()
+        .zip(b)
+        .fold(0u8, |acc, (x, y)| acc | std::hint::black_box(x ^ y));
+    diff == 0
+}
+
+/// Whether `authorization` (the header's value) carries `token`.
+pub fn authorized(authorization: Option<&[u8]>, token: &str) -> bool {
+    let Some(v) = authorization else {
+        return false;
+    };
+    let Some(given) = v
+        .strip_prefix(b"Bearer ")
+        .or_else(|| v.strip_prefix(b"bearer "))
+    else {
+        return false;
+    };
+    same_bytes(given.trim_ascii(), token.as_bytes())
+}
+
+async fn require_token(State(token): State<Arc<str>>, req: Request, next: Next) -> Response {
+    if req.uri().path() == "/healthz" {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    if authorized(given, &token) {
+        return next.run(req).await;
+    }
+    let detail = if given.is_none() {
+        "this route needs `Authorization: Bearer <token>`; the token is in the file named by \
+         token_file in the cluster's session.json"
+    } else {
+        "the access token is wrong"
+    };
+    let mut r = Problem::new(StatusCode::UNAUTHORIZED, 1001, detail).into_response();
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer realm=\"yr\""),
+    );
+    r
+}
+
+/// Adds what every service shares: the token check and the body limit.
+pub(crate) fn finish(router: Router, config: &RestConfig) -> Router {
+    let router = router.layer(axum::extract::DefaultBodyLimit::max(config.max_body()));
+    match &config.token {
+        Some(t) => router.layer(axum::middleware::from_fn_with_state(
+            Arc::<str>::from(t.as_str()),
+            require_token,
+        )),
+        None => router,
+    }
+}
+
+/// A body that exceeded the limit (or broke off), as problem+json rather than axum's plain text.
+pub(crate) fn body_or_problem(
+    b: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<axum::body::Bytes, Problem> {
+    b.map_err(|e| {
+        let status = e.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            Problem::new(
+                status,
+                1001,
+                format!("the request body is over the limit: {e}"),
+            )
+        } else {
+            Problem::new(status, 1001, format!("cannot read the request body: {e}"))
+        }
+    })
+}
+/// The tenant of every function until tenants exist.
+pub const TENANT: &str = "default";
+
+/// A platform error, rendered as problem+json.
+pub struct Problem {
+    status: StatusCode,
+    code: u32,
+    detail: String,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, code: u32, detail: impl Into<String>) -> Problem {
+        Problem {
+            status,
+            code,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "type": format!("https://yr.dev/errors/{}", self.code),
+            "title": self.status.canonical_reason().unwrap_or("error"),
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+            "code": self.code,
+            "message": self.detail,
+        });
+        (
+            self.status,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            body.to_string(),
+        )
+            .into_response()
+    }
+}
+
+/// Maps a master error onto HTTP status and openYuanrong code.
+fn from_status(s: tonic::Status) -> Problem {
+    use tonic::Code;
+    let (status, code) = match s.code() {
+        Code::InvalidArgument => (StatusCode::BAD_REQUEST, 1001),
+        Code::NotFound => (StatusCode::NOT_FOUND, 1015),
+        Code::AlreadyExists => (StatusCode::BAD_REQUEST, 4101),
+        Code::ResourceExhausted => (StatusCode::SERVICE_UNAVAILABLE, 1002),
+        Code::DeadlineExceeded => (StatusCode::GATEWAY_TIMEOUT, 3002),
+        Code::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, 3002),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, 3003),
+    };
+    Problem::new(status, code, s.message())
+}
+
+/// `sn:cn:yrk:{tenant}:function:{name}:{version}`.
+pub fn urn(name: &str, version: &str) -> String {
+    format!("sn:cn:yrk:{TENANT}:function:{name}:{version}")
+}
+
+/// The function name in a URN, or the argument itself if it is a plain name.
+pub fn name_from_urn(s: &str) -> Result<String, Problem> {
+    if !s.starts_with("sn:") {
+        return Ok(s.to_string());
+    }
+    let parts: Vec<&str> = s.split(':').collect();
+    match parts.as_slice() {
+        ["sn", _, _, _, "function", name, _] | ["sn", _, _, _, "function", name] => {
+            Ok(name.to_string())
+        }
+        _ => Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            1001,
+            format!("functionVersionURN {s:?} is not sn:cn:yrk:TENANT:function:NAME:VERSION"),
+        )),
+    }
+}
+
+pub(crate) fn parse_body(bytes: &[u8]) -> Result<Value, Problem> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            1001,
+            format!("the body is not valid JSON: {e}"),
+        )
+    })
+}
+
+pub(crate) async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+pub(crate) async fn not_found() -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, 1001, "no such route")
+}
+
+async fn serve(
+    listen: std::net::SocketAddr,
+    router: Router,
+    shutdown: Shutdown,
+    on_ready: impl FnOnce(std::net::SocketAddr),
+) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    on_ready(listener.local_addr()?);
+    // Small replies must not wait for the client's delayed ACK (see `crate::incoming`).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {e}");
+        }
+    });
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.wait_owned())
+        .await?;
+    Ok(())
+}
+
+/// Runs the meta service until `shutdown`.
+pub async fn run_meta(
+    listen: std::net::SocketAddr,
+    master_address: &str,
+    config: RestConfig,
+    shutdown: Shutdown,
+    on_ready: impl FnOnce(std::net::SocketAddr),
+) -> Result<()> {
+    let master = MasterClient::new(crate::channel(master_address)?);
+    serve(listen, meta::router(master, &config), shutdown, on_ready).await
+}
+
+/// Runs the frontend until `shutdown`.
+pub async fn run_frontend(
+    listen: std::net::SocketAddr,
+    proxy_address: &str,
+    config: RestConfig,
+    shutdown: Shutdown,
+    on_ready: impl FnOnce(std::net::SocketAddr),
+) -> Result<()> {
+    let proxy = ProxyClient::new(crate::channel(proxy_address)?)
+        .max_decoding_message_size(crate::proxy::MAX_MESSAGE)
+        .max_encoding_message_size(crate::proxy::MAX_MESSAGE);
+    serve(listen, frontend::router(proxy, &config), shutdown, on_ready).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urns() {
+        assert_eq!(
+            urn("0@svc@hello", "latest"),
+            "sn:cn:yrk:default:function:0@svc@hello:latest"
+        );
+        assert_eq!(
+            name_from_urn("sn:cn:yrk:default:function:0@svc@hello:latest")
+                .ok()
+                .as_deref(),
+            Some("0@svc@hello")
+        );
+        assert_eq!(name_from_urn("hello").ok().as_deref(), Some("hello"));
+        assert!(name_from_urn("sn:cn:yrk:x").is_err());
+    }
+
+    #[test]
+    fn bearer_tokens() {
+        assert!(authorized(Some(b"Bearer s3cret"), "s3cret"));
+        assert!(authorized(Some(b"Bearer  s3cret "), "s3cret"));
+        assert!(!authorized(Some(b"Bearer s3cres"), "s3cret"));
+        assert!(!authorized(Some(b"Bearer s3cret2"), "s3cret"));
+        assert!(!authorized(Some(b"Basic s3cret"), "s3cret"));
+        assert!(!authorized(Some(b"s3cret"), "s3cret"));
+        assert!(!authorized(None, "s3cret"));
+        assert!(!authorized(Some(b"Bearer "), "s3cret"));
+    }
+}
