@@ -11,6 +11,7 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use yr_datastore::Client;
 
 pub mod cluster;
+pub mod http;
 
 /// Path of the `yr` binary under test.
 pub fn yr_bin() -> PathBuf {

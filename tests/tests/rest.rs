@@ -5,73 +5,8 @@
 //! The HTTP client is a few lines over `TcpStream` (HTTP/1.1, `Connection: close`), so the test
 //! sees exactly the bytes on the wire.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::Duration;
-
 use yr_tests::cluster::{example, Cluster, NodeOptions};
-
-struct Reply {
-    status: u16,
-    headers: String,
-    body: String,
-}
-
-/// One of the REST services, with the token it is called with (if any).
-struct Svc {
-    url: String,
-    token: Option<String>,
-}
-
-impl Svc {
-    fn without_token(&self) -> Svc {
-        Svc {
-            url: self.url.clone(),
-            token: None,
-        }
-    }
-
-    fn with_token(&self, t: &str) -> Svc {
-        Svc {
-            url: self.url.clone(),
-            token: Some(t.to_string()),
-        }
-    }
-}
-
-fn http(svc: &Svc, method: &str, path: &str, body: &str) -> Reply {
-    let host = svc.url.trim_start_matches("http://");
-    let auth = svc
-        .token
-        .as_ref()
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let mut s = TcpStream::connect(host).unwrap_or_else(|e| panic!("connect {host}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(60)))
-        .expect("timeout");
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).expect("send");
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).expect("read reply");
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {raw:?}"));
-    Reply {
-        status,
-        headers: head.to_ascii_lowercase(),
-        body: body.to_string(),
-    }
-}
-
-fn json(r: &Reply) -> serde_json::Value {
-    serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.body))
-}
+use yr_tests::http::{http, json, Svc};
 
 #[test]
 fn register_and_invoke_over_rest() {
