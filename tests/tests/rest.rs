@@ -159,9 +159,83 @@ fn register_and_invoke_over_rest() {
     );
     assert_eq!((r.status, json(&r)["code"].as_u64()), (400, Some(1001)));
 
-    // Delete: then it is gone.
+    // Versions: publishing freezes the current definition as 1, then 2; each is listed, paged,
+    // fetched and invoked by its URN, and deleted on its own.
+    let versions = "/serverless/v1/functions/0@svc@hello/versions";
+    for n in ["1", "2"] {
+        let r = http(&meta, "POST", versions, r#"{"description":"frozen"}"#);
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(json(&r)["function"]["versionNumber"], n);
+        assert_eq!(json(&r)["function"]["name"], "0@svc@hello");
+    }
+    let r = http(&meta, "GET", versions, "");
+    let listed: Vec<String> = json(&r)["functions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .map(|f| f["versionNumber"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(listed, ["latest", "1", "2"]);
+    let r = http(
+        &meta,
+        "GET",
+        &format!("{versions}?pageSize=1&pageIndex=2"),
+        "",
+    );
+    let v = json(&r);
+    assert_eq!(v["functions"][0]["versionNumber"], "1", "{v}");
+    assert_eq!(v["pageInfo"]["total"], 3);
+    assert_eq!(v["pageInfo"]["pageSize"], 1);
+    let r = http(&meta, "GET", &format!("{versions}?pageSize=0"), "");
+    assert_eq!((r.status, json(&r)["code"].as_u64()), (400, Some(1001)));
+    assert!(r.body.contains("pageSize"), "{}", r.body);
+    let r = http(
+        &meta,
+        "GET",
+        "/serverless/v1/functions/0@svc@hello?versionNumber=2",
+        "",
+    );
+    assert_eq!(
+        json(&r)["function"]["functionVersionUrn"],
+        "sn:cn:yrk:default:function:0@svc@hello:2"
+    );
+    let r = http(
+        &front,
+        "POST",
+        "/serverless/v1/functions/sn:cn:yrk:default:function:0@svc@hello:1/invocations",
+        "v1",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.body.starts_with("hi, v1 (from 0@svc@hello@v1-"),
+        "{}",
+        r.body
+    );
+    // The function list shows functions, not their versions.
+    let r = http(&meta, "GET", "/serverless/v1/functions", "");
+    assert_eq!(json(&r)["pageInfo"]["total"], 1);
+    let r = http(
+        &meta,
+        "DELETE",
+        "/serverless/v1/functions/0@svc@hello?versionNumber=1",
+        "",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = http(&meta, "GET", versions, "");
+    assert_eq!(json(&r)["pageInfo"]["total"], 2);
+    let r = http(
+        &meta,
+        "POST",
+        "/serverless/v1/functions",
+        &body.replace("0@svc@hello", "0@svc@x@v3"),
+    );
+    assert_eq!((r.status, json(&r)["code"].as_u64()), (400, Some(1001)));
+
+    // Delete: then it is gone, with every version.
     let r = http(&meta, "DELETE", "/serverless/v1/functions/0@svc@hello", "");
     assert_eq!(r.status, 200, "{}", r.body);
     let r = http(&front, "POST", &path, "again");
+    assert_eq!(r.status, 404, "{}", r.body);
+    let r = http(&meta, "GET", versions, "");
     assert_eq!(r.status, 404, "{}", r.body);
 }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -13,9 +13,42 @@ use yr_proto::master_client::MasterClient;
 use yr_proto::*;
 
 use super::{
-    body_or_problem, finish, from_status, healthz, name_from_urn, not_found, parse_body, urn,
-    Problem, RestConfig, TENANT,
+    body_or_problem, finish, from_status, healthz, name_from_urn, not_found, parse_body,
+    split_version, urn, version_name, Problem, RestConfig, TENANT,
 };
+
+type Params = Query<HashMap<String, String>>;
+
+/// A positive integer query parameter, with a default.
+fn param(q: &HashMap<String, String>, key: &str, default: u64, max: u64) -> Result<u64, Problem> {
+    match q.get(key) {
+        None => Ok(default),
+        Some(v) => match v.trim().parse::<u64>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                1001,
+                format!("{key}: {v:?} must be a whole number from 1 to {max}"),
+            )),
+        },
+    }
+}
+
+/// One page of `items` and openYuanrong's pageInfo. Without pageSize, one page holds all.
+fn page(items: Vec<Value>, q: &HashMap<String, String>) -> Result<Value, Problem> {
+    let total = items.len();
+    let size = param(q, "pageSize", total.max(1) as u64, 10_000)? as usize;
+    let index = param(q, "pageIndex", 1, u32::MAX as u64)? as usize;
+    let items: Vec<Value> = items
+        .into_iter()
+        .skip((index - 1).saturating_mul(size))
+        .take(size)
+        .collect();
+    Ok(json!({
+        "functions": items,
+        "pageInfo": {"pageIndex": index, "pageSize": size, "total": total},
+    }))
+}
 
 #[derive(Clone)]
 struct Meta {
@@ -152,12 +185,15 @@ fn spec_from_body(body: &Value, name_override: Option<&str>) -> Result<FunctionS
 
 fn function_json(f: &FunctionSpec) -> Value {
     let r = f.resources.clone().unwrap_or_default();
+    // A published version is deployed as `NAME@vN`; clients see NAME and version N.
+    let (name, published) = split_version(&f.name);
+    let version = published.map_or_else(|| f.version.clone(), |n| n.to_string());
     json!({
-        "id": urn(&f.name, &f.version),
-        "name": f.name,
-        "functionVersionUrn": urn(&f.name, &f.version),
-        "functionUrn": format!("sn:cn:yrk:{TENANT}:function:{}", f.name),
-        "versionNumber": f.version,
+        "id": urn(name, &version),
+        "name": name,
+        "functionVersionUrn": urn(name, &version),
+        "functionUrn": format!("sn:cn:yrk:{TENANT}:function:{name}"),
+        "versionNumber": version,
         "revisionId": f.revision.to_string(),
         "runtime": f.runtime,
         "handler": f.handler,
@@ -200,7 +236,18 @@ type Body = Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>;
 
 async fn register(State(m): State<Meta>, body: Body) -> Result<Json<Value>, Problem> {
     let body = body_or_problem(body)?;
-    deploy(&m, spec_from_body(&parse_body(&body)?, None)?, true).await
+    let spec = spec_from_body(&parse_body(&body)?, None)?;
+    if split_version(&spec.name).1.is_some() {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            1001,
+            format!(
+                "name: {:?} ends like a published version (@v<number>), which is reserved",
+                spec.name
+            ),
+        ));
+    }
+    deploy(&m, spec, true).await
 }
 
 async fn update(
@@ -210,10 +257,17 @@ async fn update(
 ) -> Result<Json<Value>, Problem> {
     let body = body_or_problem(body)?;
     let name = name_from_urn(&name)?;
+    if split_version(&name).1.is_some() {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            1001,
+            "a published version cannot be changed; update the function and publish again",
+        ));
+    }
     deploy(&m, spec_from_body(&parse_body(&body)?, Some(&name))?, false).await
 }
 
-async fn list(State(m): State<Meta>) -> Result<Json<Value>, Problem> {
+async fn all_functions(m: &Meta) -> Result<Vec<FunctionSpec>, Problem> {
     let mut fs = m
         .master
         .clone()
@@ -223,45 +277,170 @@ async fn list(State(m): State<Meta>) -> Result<Json<Value>, Problem> {
         .into_inner()
         .functions;
     fs.sort_by(|a, b| a.name.cmp(&b.name));
-    let total = fs.len();
-    Ok(Json(json!({
-        "code": 0,
-        "message": "SUCCESS",
-        "functions": fs.iter().map(function_json).collect::<Vec<_>>(),
-        "pageInfo": {"pageIndex": 1, "pageSize": total, "total": total},
-    })))
+    Ok(fs)
 }
 
-async fn get_one(State(m): State<Meta>, Path(name): Path<String>) -> Result<Json<Value>, Problem> {
-    let name = name_from_urn(&name)?;
-    let fs = m
-        .master
-        .clone()
-        .list_functions(Empty {})
-        .await
-        .map_err(from_status)?
-        .into_inner()
-        .functions;
-    let f = fs.iter().find(|f| f.name == name).ok_or_else(|| {
-        Problem::new(
-            StatusCode::NOT_FOUND,
-            1015,
-            format!("function {name:?} does not exist"),
-        )
-    })?;
+fn missing(name: &str) -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        1015,
+        format!("function {name:?} does not exist"),
+    )
+}
+
+/// The function `name` and its published versions, latest first, then by version number.
+fn versions_of<'a>(fs: &'a [FunctionSpec], name: &str) -> Vec<&'a FunctionSpec> {
+    let mut v: Vec<&FunctionSpec> = fs
+        .iter()
+        .filter(|f| {
+            let (base, version) = split_version(&f.name);
+            f.name == name || (base == name && version.is_some())
+        })
+        .collect();
+    v.sort_by_key(|f| split_version(&f.name).1.unwrap_or(0));
+    v
+}
+
+async fn list(State(m): State<Meta>, Query(q): Params) -> Result<Json<Value>, Problem> {
+    let fs = all_functions(&m).await?;
+    let latest: Vec<Value> = fs
+        .iter()
+        .filter(|f| split_version(&f.name).1.is_none())
+        .map(function_json)
+        .collect();
+    let mut v = page(latest, &q)?;
+    v["code"] = json!(0);
+    v["message"] = json!("SUCCESS");
+    Ok(Json(v))
+}
+
+/// The deployed name `versionNumber` selects (none or `latest`: the function itself).
+fn selected(name: &str, q: &HashMap<String, String>) -> Result<String, Problem> {
+    match q.get("versionNumber").map(|v| v.trim()) {
+        None | Some("") | Some("latest") => Ok(name.to_string()),
+        Some(v) => v
+            .parse::<u32>()
+            .map(|n| version_name(name, n))
+            .map_err(|_| {
+                Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    1001,
+                    format!("versionNumber: {v:?} is neither latest nor a number"),
+                )
+            }),
+    }
+}
+
+async fn get_one(
+    State(m): State<Meta>,
+    Path(name): Path<String>,
+    Query(q): Params,
+) -> Result<Json<Value>, Problem> {
+    let name = selected(&name_from_urn(&name)?, &q)?;
+    let fs = all_functions(&m).await?;
+    let f = fs
+        .iter()
+        .find(|f| f.name == name)
+        .ok_or_else(|| missing(&name))?;
     Ok(Json(
         json!({"code": 0, "message": "SUCCESS", "function": function_json(f)}),
     ))
 }
 
-async fn delete(State(m): State<Meta>, Path(name): Path<String>) -> Result<Json<Value>, Problem> {
+async fn delete(
+    State(m): State<Meta>,
+    Path(name): Path<String>,
+    Query(q): Params,
+) -> Result<Json<Value>, Problem> {
     let name = name_from_urn(&name)?;
-    m.master
-        .clone()
-        .delete_function(FunctionRef { name })
-        .await
-        .map_err(from_status)?;
+    let targets: Vec<String> = if q.contains_key("versionNumber") {
+        vec![selected(&name, &q)?]
+    } else {
+        // The function and every published version of it.
+        let fs = all_functions(&m).await?;
+        let v: Vec<String> = versions_of(&fs, &name)
+            .into_iter()
+            .map(|f| f.name.clone())
+            .collect();
+        if v.is_empty() {
+            return Err(missing(&name));
+        }
+        v
+    };
+    for t in targets {
+        m.master
+            .clone()
+            .delete_function(FunctionRef { name: t })
+            .await
+            .map_err(from_status)?;
+    }
     Ok(Json(json!({"code": 0, "message": "SUCCESS"})))
+}
+
+/// Publishes the function's current definition as the next numbered version.
+async fn publish(
+    State(m): State<Meta>,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<Json<Value>, Problem> {
+    let body = body_or_problem(body)?;
+    let name = name_from_urn(&name)?;
+    let description = if body.is_empty() {
+        None
+    } else {
+        let v = parse_body(&body)?;
+        match v.get("description") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(d)) => Some(d.clone()),
+            Some(_) => {
+                return Err(Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    1001,
+                    "description: must be a string",
+                ))
+            }
+        }
+    };
+    let fs = all_functions(&m).await?;
+    let current = fs
+        .iter()
+        .find(|f| f.name == name)
+        .ok_or_else(|| missing(&name))?;
+    let next = versions_of(&fs, &name)
+        .iter()
+        .filter_map(|f| split_version(&f.name).1)
+        .max()
+        .unwrap_or(0)
+        + 1;
+    let mut spec = current.clone();
+    spec.name = version_name(&name, next);
+    spec.version = next.to_string();
+    spec.created_unix_ms = 0;
+    spec.revision = 0;
+    if let Some(d) = description {
+        spec.description = d;
+    }
+    deploy(&m, spec, true).await
+}
+
+async fn list_versions(
+    State(m): State<Meta>,
+    Path(name): Path<String>,
+    Query(q): Params,
+) -> Result<Json<Value>, Problem> {
+    let name = name_from_urn(&name)?;
+    let fs = all_functions(&m).await?;
+    let v: Vec<Value> = versions_of(&fs, &name)
+        .into_iter()
+        .map(function_json)
+        .collect();
+    if v.is_empty() {
+        return Err(missing(&name));
+    }
+    let mut out = page(v, &q)?;
+    out["code"] = json!(0);
+    out["message"] = json!("SUCCESS");
+    Ok(Json(out))
 }
 
 pub fn router(master: MasterClient<tonic::transport::Channel>, config: &RestConfig) -> Router {
@@ -271,6 +450,10 @@ pub fn router(master: MasterClient<tonic::transport::Channel>, config: &RestConf
         .route(
             "/serverless/v1/functions/{name}",
             get(get_one).put(update).delete(delete),
+        )
+        .route(
+            "/serverless/v1/functions/{name}/versions",
+            post(publish).get(list_versions),
         )
         .fallback(not_found)
         .with_state(Meta { master });

@@ -205,16 +205,45 @@ pub fn urn(name: &str, version: &str) -> String {
     format!("sn:cn:yrk:{TENANT}:function:{name}:{version}")
 }
 
-/// The function name in a URN, or the argument itself if it is a plain name.
+/// The deployed name of a function's published version `n`: a frozen copy, invocable and
+/// scaled on its own. Names ending in `@v<digits>` are therefore reserved.
+pub fn version_name(name: &str, n: u32) -> String {
+    format!("{name}@v{n}")
+}
+
+/// Splits a deployed name into the function's name and its published version, if any.
+pub fn split_version(deployed: &str) -> (&str, Option<u32>) {
+    if let Some((base, v)) = deployed.rsplit_once("@v") {
+        if !base.is_empty() && !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+            if let Ok(n) = v.parse() {
+                return (base, Some(n));
+            }
+        }
+    }
+    (deployed, None)
+}
+
+/// The deployed function a URN names (its published version when the URN names a number), or
+/// the argument itself if it is a plain name.
 pub fn name_from_urn(s: &str) -> Result<String, Problem> {
     if !s.starts_with("sn:") {
         return Ok(s.to_string());
     }
     let parts: Vec<&str> = s.split(':').collect();
     match parts.as_slice() {
-        ["sn", _, _, _, "function", name, _] | ["sn", _, _, _, "function", name] => {
+        ["sn", _, _, _, "function", name] | ["sn", _, _, _, "function", name, "latest" | ""] => {
             Ok(name.to_string())
         }
+        ["sn", _, _, _, "function", name, version] => match version.parse::<u32>() {
+            Ok(n) => Ok(version_name(name, n)),
+            Err(_) => Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                1001,
+                format!(
+                    "functionVersionURN {s:?}: version {version:?} is neither latest nor a number"
+                ),
+            )),
+        },
         _ => Err(Problem::new(
             StatusCode::BAD_REQUEST,
             1001,
@@ -306,6 +335,16 @@ mod tests {
             Some("0@svc@hello")
         );
         assert_eq!(name_from_urn("hello").ok().as_deref(), Some("hello"));
+        assert_eq!(
+            name_from_urn("sn:cn:yrk:default:function:0@svc@hello:3")
+                .ok()
+                .as_deref(),
+            Some("0@svc@hello@v3")
+        );
+        assert!(name_from_urn("sn:cn:yrk:default:function:f:beta").is_err());
+        assert_eq!(split_version("0@svc@hello@v3"), ("0@svc@hello", Some(3)));
+        assert_eq!(split_version("0@svc@hello"), ("0@svc@hello", None));
+        assert_eq!(split_version("a@vx"), ("a@vx", None));
         assert!(name_from_urn("sn:cn:yrk:x").is_err());
     }
 
