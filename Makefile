@@ -3,10 +3,14 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: demo test deps build lint unit bench bench-store fuzz clean
+.PHONY: demo test deps test-deps build lint unit bench bench-store fuzz clean
 
 deps:
 	@./scripts/install-deps.sh
+
+## What only the tests need besides: schemathesis for the REST schema test.
+test-deps:
+	@./scripts/install-deps.sh --test
 
 build: deps
 	$(CARGO) build --release --bins
@@ -16,7 +20,7 @@ demo: build
 	./target/release/yr demo
 
 ## Every test: formatting, lints, unit, property and integration tests.
-test: deps lint unit
+test: test-deps lint unit
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -2,7 +2,16 @@
 # Installs what `make demo` and `make test` need and is missing, on Debian
 # or Ubuntu: apt packages (with sudo when not root). The Rust toolchain is
 # assumed (rustup); cargo-nextest is used when present.
+#
+# With --test, also what only the tests need: schemathesis (from PyPI, in a
+# virtual environment under $YR_TOOLS, default ~/.cache/yr), which the REST
+# schema test runs against the live services.
 set -euo pipefail
+
+for_tests=0
+[ "${1:-}" = "--test" ] && for_tests=1
+tools="${YR_TOOLS:-$HOME/.cache/yr}"
+schemathesis_version=4.32.5
 
 need=()
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
@@ -10,6 +19,10 @@ command -v cc >/dev/null 2>&1 || need+=(gcc)
 command -v make >/dev/null 2>&1 || need+=(make)
 # The cluster's metadata store: yr start runs a real etcd.
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+if [ $for_tests -eq 1 ] && [ ! -x "$tools/venv/bin/st" ]; then
+  command -v python3 >/dev/null 2>&1 || need+=(python3)
+  python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
+fi
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
@@ -26,4 +39,12 @@ fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "error: cargo not found: install Rust with rustup (https://rustup.rs) and retry" >&2
   exit 1
+fi
+
+if [ $for_tests -eq 1 ] && [ ! -x "$tools/venv/bin/st" ]; then
+  echo "installing schemathesis $schemathesis_version into $tools/venv"
+  mkdir -p "$tools"
+  rm -rf "$tools/venv"
+  python3 -m venv "$tools/venv"
+  "$tools/venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$schemathesis_version"
 fi

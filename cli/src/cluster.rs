@@ -629,7 +629,9 @@ pub fn start(a: StartArgs) -> Result<()> {
             cmd.args(&rest_flags);
             cmd.arg("--listen")
                 .arg(format!("{bind}:{}", port(8888)?))
-                .args(["--upstream", &proxy_address]);
+                .args(["--upstream", &proxy_address])
+                .arg("--data-socket")
+                .arg(&socket);
             let frontend = start_component("frontend", cmd)?;
             frontend_url = Some(format!("http://{}", frontend.address));
             started.push(frontend);

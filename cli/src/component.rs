@@ -42,6 +42,10 @@ pub struct RestArgs {
     /// Largest request body accepted.
     #[arg(long, value_parser = size_arg, default_value = "64MiB")]
     max_body: u64,
+    /// This node's data worker socket (frontend only): serves the /datasystem/v1 object and
+    /// KV routes. Without it those routes answer 503.
+    #[arg(long)]
+    data_socket: Option<PathBuf>,
 }
 
 impl RestArgs {
@@ -59,6 +63,8 @@ impl RestArgs {
         Ok(yr_control::rest::RestConfig {
             token,
             max_body: usize::try_from(self.max_body).unwrap_or(usize::MAX),
+            data_socket: self.data_socket.clone(),
+            ..Default::default()
         })
     }
 }

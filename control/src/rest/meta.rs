@@ -455,6 +455,10 @@ pub fn router(master: MasterClient<tonic::transport::Channel>, config: &RestConf
             "/serverless/v1/functions/{name}/versions",
             post(publish).get(list_versions),
         )
+        .route(
+            "/openapi.json",
+            get(|| async { Json(super::openapi::meta()) }),
+        )
         .fallback(not_found)
         .with_state(Meta { master });
     finish(r, config)

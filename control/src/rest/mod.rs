@@ -8,8 +8,12 @@
 //! extension member; a function's own error is not a platform error (502 with the function's
 //! message, code 2002). Request bodies are bounded ([`MAX_BODY`]).
 //!
-//! Layout: [`meta`] (function management), [`frontend`] (invocation); this module holds what
-//! both share: problem+json errors, the access-token check, body limits and the server loop.
+//! Layout: [`meta`] (function management), [`frontend`] (invocation), [`data`] (the
+//! frontend's `/datasystem/v1` object and KV proxy to this node's data worker), [`metrics`]
+//! (`/metrics`, Prometheus text format); this module holds what all share: problem+json
+//! errors, the access-token check, body limits, metrics and the server loop. Every route
+//! goes through [`finish`] (or, for routes merged into a finished router, [`layers`]), so
+//! every route is counted, bounded and, but `/healthz`, behind the token.
 //!
 //! Security: every route but `/healthz` requires `Authorization: Bearer <token>` when the
 //! service has a token (`yr start` always gives one); the comparison takes the same time
@@ -29,8 +33,11 @@ use yr_proto::proxy_client::ProxyClient;
 
 use crate::Shutdown;
 
+pub mod data;
 pub mod frontend;
 pub mod meta;
+pub mod metrics;
+pub mod openapi;
 
 /// Largest request body either service accepts by default (`--max-body`).
 pub const MAX_BODY: usize = 64 << 20;
@@ -43,6 +50,11 @@ pub struct RestConfig {
     pub token: Option<String>,
     /// Largest request body accepted (0: [`MAX_BODY`]).
     pub max_body: usize,
+    /// This node's data worker socket (frontend only), behind `/datasystem/v1`; without one
+    /// those routes answer 503.
+    pub data_socket: Option<std::path::PathBuf>,
+    /// The counters `/metrics` reports (clones share them).
+    pub metrics: metrics::Metrics,
 }
 
 impl RestConfig {
@@ -117,16 +129,30 @@ async fn require_token(State(token): State<Arc<str>>, req: Request, next: Next) 
     r
 }
 
-/// Adds what every service shares: the token check and the body limit.
+/// Adds what every service shares: `/metrics`, then [`layers`].
 pub(crate) fn finish(router: Router, config: &RestConfig) -> Router {
+    let router = router.route(
+        "/metrics",
+        axum::routing::get(metrics::serve).with_state(config.metrics.clone()),
+    );
+    layers(router, config)
+}
+
+/// Wraps every route of `router` (and its fallback) in the body limit, the token check and,
+/// outermost so that refusals are counted too, the metrics.
+pub(crate) fn layers(router: Router, config: &RestConfig) -> Router {
     let router = router.layer(axum::extract::DefaultBodyLimit::max(config.max_body()));
-    match &config.token {
+    let router = match &config.token {
         Some(t) => router.layer(axum::middleware::from_fn_with_state(
             Arc::<str>::from(t.as_str()),
             require_token,
         )),
         None => router,
-    }
+    };
+    router.layer(axum::middleware::from_fn_with_state(
+        config.metrics.clone(),
+        metrics::track,
+    ))
 }
 
 /// A body that exceeded the limit (or broke off), as problem+json rather than axum's plain text.
@@ -315,7 +341,8 @@ pub async fn run_frontend(
     let proxy = ProxyClient::new(crate::channel(proxy_address)?)
         .max_decoding_message_size(crate::proxy::MAX_MESSAGE)
         .max_encoding_message_size(crate::proxy::MAX_MESSAGE);
-    serve(listen, frontend::router(proxy, &config), shutdown, on_ready).await
+    let router = layers(data::routes(&config), &config).merge(frontend::router(proxy, &config));
+    serve(listen, router, shutdown, on_ready).await
 }
 
 #[cfg(test)]
