@@ -19,6 +19,8 @@ command -v cc >/dev/null 2>&1 || need+=(gcc)
 command -v make >/dev/null 2>&1 || need+=(make)
 # The cluster's metadata store: yr start runs a real etcd.
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+# The demo runs the README's REST examples with curl.
+command -v curl >/dev/null 2>&1 || need+=(curl)
 if [ $for_tests -eq 1 ] && [ ! -x "$tools/venv/bin/st" ]; then
   command -v python3 >/dev/null 2>&1 || need+=(python3)
   python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)

@@ -12,7 +12,9 @@
 //!    nodes) and calls it; deploys `counter`, creates a named instance and calls it in order.
 //! 4. Passes a large object between a producer and a consumer process through the master node's
 //!    data worker: the consumer blocks until it is sealed, then reads it in place.
-//! 5. Stops both nodes and checks that no process it started is left.
+//! 5. Runs the README's REST examples (`examples/rest/try.sh`, curl) against the cluster:
+//!    register, call sync and async, the Lambda and OpenFaaS aliases, and two errors.
+//! 6. Stops both nodes and checks that no process it started is left.
 //!
 //! Every step prints the `yr` command it runs, so the demo doubles as a tutorial.
 
@@ -312,7 +314,10 @@ pub fn run(a: DemoArgs) -> Result<()> {
         .to_string();
     pass_object(&socket, a.size)?;
 
-    println!("== 5. the cluster");
+    println!("== 5. the REST gateway, with curl (examples/rest/try.sh, as in the README)");
+    run_rest_examples(&m, &hello)?;
+
+    println!("== 6. the cluster");
     yr(&["status", "--session-dir", &m], true)?;
     let mut pids = session_pids(&master_dir)?;
     pids.extend(session_pids(&worker_dir)?);
@@ -338,6 +343,37 @@ pub fn run(a: DemoArgs) -> Result<()> {
         "== done in {:.1} s: both nodes stopped, no process left",
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// Runs the README's curl examples against the master node's REST services.
+fn run_rest_examples(session: &str, hello: &Path) -> Result<()> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/rest/try.sh");
+    if !script.is_file() {
+        println!("   (skipped: {} is not here)", script.display());
+        return Ok(());
+    }
+    let out = Command::new("bash")
+        .arg(&script)
+        .env("YR_SESSION", session)
+        .env("HELLO", hello)
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run bash for the REST examples")?;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if line.starts_with('$') {
+            println!("   {line}");
+        } else {
+            println!("     {line}");
+        }
+    }
+    if !out.status.success() {
+        bail!(
+            "the REST examples failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     Ok(())
 }
 

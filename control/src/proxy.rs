@@ -327,8 +327,28 @@ impl State {
         r
     }
 
+    /// The function's spec from the mirror, or from etcd itself when the mirror has not seen it
+    /// yet: a function registered a moment ago (by a driver or the meta service) must be
+    /// invocable at once, before the watch event reaches this proxy.
+    async fn function(&self, name: &str) -> Option<FunctionSpec> {
+        if let Some(f) = self.functions.snapshot().get(name) {
+            return Some(f.clone());
+        }
+        match self
+            .meta
+            .get::<FunctionSpec>(&etcd::function_key(name))
+            .await
+        {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::debug!(function = name, "etcd lookup failed: {e}");
+                None
+            }
+        }
+    }
+
     async fn invoke(self: &Arc<Self>, req: InvokeRequest) -> InvokeReply {
-        let Some(function) = self.functions.snapshot().get(&req.function).cloned() else {
+        let Some(function) = self.function(&req.function).await else {
             return fail(
                 ErrorKind::ErrorNotFound,
                 format!("function {:?} is not deployed", req.function),
