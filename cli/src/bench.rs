@@ -25,6 +25,9 @@ pub enum BenchCmd {
     /// Data worker to data worker: an object pulled over loopback TCP, beside a raw TCP
     /// stream of the same bytes.
     Transfer(crate::bench_transfer::TransferArgs),
+    /// The REST frontend: no-op calls per second over keep-alive HTTP/1.1 on a one-node
+    /// cluster, beside a bare axum handler.
+    Rest(crate::bench_rest::RestArgs),
 }
 
 #[derive(Args)]
@@ -45,17 +48,18 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Store(a) => store(a),
         BenchCmd::Invoke(a) => crate::bench_invoke::run(a),
         BenchCmd::Transfer(a) => crate::bench_transfer::run(a),
+        BenchCmd::Rest(a) => crate::bench_rest::run(a),
     }
 }
 
 const BIG: usize = 64 << 20;
 const SMALL: usize = 1 << 10;
 
-fn median(v: &mut [f64]) -> f64 {
+pub(crate) fn median(v: &mut [f64]) -> f64 {
     percentile(v, 0.5)
 }
 
-fn percentile(v: &mut [f64], p: f64) -> f64 {
+pub(crate) fn percentile(v: &mut [f64], p: f64) -> f64 {
     if v.is_empty() {
         return 0.0;
     }

@@ -135,24 +135,31 @@ impl Drop for ClusterGuard {
     }
 }
 
-pub fn run(a: InvokeArgs) -> Result<()> {
-    let log = |s: &str| {
-        if !a.json {
-            eprintln!("{s}");
-        }
-    };
+/// A one-node cluster in a temporary folder, for the benches: stopped, then its folder
+/// removed, when dropped.
+pub(crate) struct OneNode {
+    // Declared first, so dropped first: the cluster stops before its folder goes.
+    _guard: ClusterGuard,
+    _tmp: tempfile::TempDir,
+    /// The node's session folder (`--session-dir`).
+    pub dir: PathBuf,
+    pub session: crate::cluster::Session,
+    /// The `hello` example function, built next to this executable.
+    pub hello: PathBuf,
+}
+
+/// Starts a one-node cluster (`yr start --master --ports auto`) in a new temporary folder named
+/// `prefix...`, after checking that the `hello` example is built.
+pub(crate) fn start_one_node(prefix: &str) -> Result<OneNode> {
     let exe = std::env::current_exe()?;
     let hello = exe
         .parent()
         .map(|d| d.join("hello"))
         .filter(|p| p.exists())
         .ok_or_else(|| anyhow!("the example function `hello` is not built next to {} (cargo build --release --bins)", exe.display()))?;
-    let tmp = tempfile::Builder::new()
-        .prefix("yr-bench-invoke-")
-        .tempdir()?;
+    let tmp = tempfile::Builder::new().prefix(prefix).tempdir()?;
     let dir = tmp.path().join("session");
     let dir_s = dir.display().to_string();
-    log("starting a one-node cluster...");
     yr(&[
         "start",
         "--master",
@@ -163,10 +170,28 @@ pub fn run(a: InvokeArgs) -> Result<()> {
         "--shm-size",
         "64MiB",
     ])?;
-    let _guard = ClusterGuard(dir.clone());
+    let guard = ClusterGuard(dir.clone());
     let session: crate::cluster::Session = serde_json::from_str(
         &std::fs::read_to_string(dir.join("session.json")).context("session.json")?,
     )?;
+    Ok(OneNode {
+        _guard: guard,
+        _tmp: tmp,
+        dir,
+        session,
+        hello,
+    })
+}
+
+pub fn run(a: InvokeArgs) -> Result<()> {
+    let log = |s: &str| {
+        if !a.json {
+            eprintln!("{s}");
+        }
+    };
+    log("starting a one-node cluster...");
+    let node = start_one_node("yr-bench-invoke-")?;
+    let (session, dir_s) = (&node.session, node.dir.display().to_string());
     let conc = a.instance_concurrency.to_string();
     yr(&[
         "function",
@@ -176,7 +201,7 @@ pub fn run(a: InvokeArgs) -> Result<()> {
         "--name",
         "noop",
         "--code",
-        &hello.display().to_string(),
+        &node.hello.display().to_string(),
         "--handler",
         "echo",
         "--min-instances",

@@ -8,6 +8,7 @@
 
 mod bench;
 mod bench_invoke;
+mod bench_rest;
 mod bench_transfer;
 mod cluster;
 mod component;
