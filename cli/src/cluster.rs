@@ -620,22 +620,19 @@ pub fn start(a: StartArgs) -> Result<()> {
         cmd.arg("--listen")
             .arg(format!("{bind}:{}", port(22772)?))
             .args(node_flags);
+        // The master node's REST frontend runs inside its proxy: calls skip a gRPC hop.
+        let mut frontend_url = None;
+        if a.master {
+            let listen = format!("{bind}:{}", port(8888)?);
+            cmd.args(["--frontend-listen", &listen])
+                .args(&rest_flags)
+                .arg("--data-socket")
+                .arg(&socket);
+            frontend_url = Some(format!("http://{listen}"));
+        }
         let proxy = start_component("function-proxy", cmd)?;
         let proxy_address = proxy.address.clone();
         started.push(proxy);
-        let mut frontend_url = None;
-        if a.master {
-            let mut cmd = component("frontend");
-            cmd.args(&rest_flags);
-            cmd.arg("--listen")
-                .arg(format!("{bind}:{}", port(8888)?))
-                .args(["--upstream", &proxy_address])
-                .arg("--data-socket")
-                .arg(&socket);
-            let frontend = start_component("frontend", cmd)?;
-            frontend_url = Some(format!("http://{}", frontend.address));
-            started.push(frontend);
-        }
         let mut cmd = component("function-agent");
         cmd.arg("--listen")
             .arg(format!("{bind}:{}", port(58866)?))

@@ -35,6 +35,13 @@ pub struct RestArgs {
     /// The function master (meta service) or this node's proxy (frontend), host:port.
     #[arg(long)]
     upstream: String,
+    #[command(flatten)]
+    rest: RestFlags,
+}
+
+/// What configures a REST service, whichever process hosts it.
+#[derive(Args)]
+pub struct RestFlags {
     /// File holding the access token every route but /healthz requires. Without it the
     /// service is open to anyone who can reach it.
     #[arg(long)]
@@ -48,14 +55,13 @@ pub struct RestArgs {
     data_socket: Option<PathBuf>,
 }
 
-impl RestArgs {
-    fn config(&self) -> Result<yr_control::rest::RestConfig> {
+impl RestFlags {
+    fn config(&self, listen: std::net::SocketAddr) -> Result<yr_control::rest::RestConfig> {
         let token = match &self.token_file {
             Some(p) => Some(yr_control::rest::read_token(p)?),
             None => {
                 eprintln!(
-                    "warning: no --token-file: every REST route is open to anyone who can reach {}",
-                    self.listen
+                    "warning: no --token-file: every REST route is open to anyone who can reach {listen}"
                 );
                 None
             }
@@ -109,6 +115,12 @@ pub struct ProxyArgs {
     /// This node's ID.
     #[arg(long)]
     node_id: String,
+    /// Also serve this node's REST frontend here, calling this proxy in-process (one network
+    /// hop less than a separate `frontend` component).
+    #[arg(long)]
+    frontend_listen: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    rest: RestFlags,
 }
 
 #[derive(Args)]
@@ -234,13 +246,13 @@ pub fn run(cmd: ComponentCmd) -> Result<()> {
             yr_control::master::run(config, sd, ready).await
         }),
         ComponentCmd::MetaService(a) => {
-            let config = a.config()?;
+            let config = a.rest.config(a.listen)?;
             run_async("meta service", |sd, ready| async move {
                 yr_control::rest::run_meta(a.listen, &a.upstream, config, sd, ready).await
             })
         }
         ComponentCmd::Frontend(a) => {
-            let config = a.config()?;
+            let config = a.rest.config(a.listen)?;
             run_async("frontend", |sd, ready| async move {
                 yr_control::rest::run_frontend(a.listen, &a.upstream, config, sd, ready).await
             })
@@ -257,15 +269,22 @@ pub fn run(cmd: ComponentCmd) -> Result<()> {
                 yr_control::scheduler::run(config, sd, || ready(none)).await
             })
         }
-        ComponentCmd::FunctionProxy(a) => run_async("function proxy", |sd, ready| async move {
-            let config = yr_control::proxy::ProxyConfig {
-                listen: a.listen,
-                etcd_endpoints: endpoints(&a.etcd),
-                master_address: a.master,
-                node_id: a.node_id,
+        ComponentCmd::FunctionProxy(a) => {
+            let frontend = match a.frontend_listen {
+                Some(l) => Some((l, a.rest.config(l)?)),
+                None => None,
             };
-            yr_control::proxy::run(config, sd, ready).await
-        }),
+            run_async("function proxy", |sd, ready| async move {
+                let config = yr_control::proxy::ProxyConfig {
+                    listen: a.listen,
+                    etcd_endpoints: endpoints(&a.etcd),
+                    master_address: a.master,
+                    node_id: a.node_id,
+                    frontend,
+                };
+                yr_control::proxy::run(config, sd, ready).await
+            })
+        }
         ComponentCmd::FunctionAgent(a) => run_async("function agent", |sd, ready| async move {
             let mut custom = std::collections::HashMap::new();
             for (k, v) in a.resources {

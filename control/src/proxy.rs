@@ -46,6 +46,8 @@ pub struct ProxyConfig {
     pub etcd_endpoints: Vec<String>,
     pub master_address: String,
     pub node_id: String,
+    /// Also serve this node's REST frontend, calling this proxy in-process.
+    pub frontend: Option<(std::net::SocketAddr, crate::rest::RestConfig)>,
 }
 
 struct LocalInstance {
@@ -752,6 +754,16 @@ pub async fn run(
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let addr = listener.local_addr()?;
+    // Bound before announcing readiness, so a busy frontend port fails the start.
+    let frontend = match &config.frontend {
+        Some((listen, rest)) => Some((
+            tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {listen} (frontend): {e}"))?,
+            rest.clone(),
+        )),
+        None => None,
+    };
     let state = Arc::new(State {
         config,
         meta,
@@ -765,6 +777,19 @@ pub async fn run(
         creating: Mutex::new(HashMap::new()),
         pools: Default::default(),
     });
+    if let Some((listener, rest)) = frontend {
+        let st = Arc::clone(&state);
+        let upstream = crate::rest::frontend::Upstream::Local(Arc::new(move |req| {
+            let st = Arc::clone(&st);
+            Box::pin(async move { st.invoke(req).await })
+        }));
+        let sd = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::rest::serve_frontend_on(listener, upstream, rest, sd).await {
+                tracing::error!("frontend stopped: {e:#}");
+            }
+        });
+    }
     on_ready(addr);
     tonic::transport::Server::builder()
         .tcp_nodelay(true)

@@ -306,6 +306,14 @@ async fn serve(
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
     on_ready(listener.local_addr()?);
+    serve_listener(listener, router, shutdown).await
+}
+
+async fn serve_listener(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: Shutdown,
+) -> Result<()> {
     // Small replies must not wait for the client's delayed ACK (see `crate::incoming`).
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         if let Err(e) = tcp.set_nodelay(true) {
@@ -330,7 +338,16 @@ pub async fn run_meta(
     serve(listen, meta::router(master, &config), shutdown, on_ready).await
 }
 
-/// Runs the frontend until `shutdown`.
+/// HTTP/2 connections from a separate frontend to its proxy (measured: one connection's task
+/// is the frontend's busiest lock under load).
+const PROXY_CONNECTIONS: usize = 4;
+
+/// The frontend's whole router (invocation, data routes, shared layers) over `upstream`.
+pub fn frontend_app(upstream: frontend::Upstream, config: &RestConfig) -> Router {
+    layers(data::routes(config), config).merge(frontend::router(upstream, config))
+}
+
+/// Runs a frontend of its own until `shutdown`, calling the proxy at `proxy_address`.
 pub async fn run_frontend(
     listen: std::net::SocketAddr,
     proxy_address: &str,
@@ -338,11 +355,25 @@ pub async fn run_frontend(
     shutdown: Shutdown,
     on_ready: impl FnOnce(std::net::SocketAddr),
 ) -> Result<()> {
-    let proxy = ProxyClient::new(crate::channel(proxy_address)?)
-        .max_decoding_message_size(crate::proxy::MAX_MESSAGE)
-        .max_encoding_message_size(crate::proxy::MAX_MESSAGE);
-    let router = layers(data::routes(&config), &config).merge(frontend::router(proxy, &config));
-    serve(listen, router, shutdown, on_ready).await
+    let proxies = (0..PROXY_CONNECTIONS)
+        .map(|_| {
+            Ok(ProxyClient::new(crate::channel(proxy_address)?)
+                .max_decoding_message_size(crate::proxy::MAX_MESSAGE)
+                .max_encoding_message_size(crate::proxy::MAX_MESSAGE))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let app = frontend_app(frontend::Upstream::grpc(proxies), &config);
+    serve(listen, app, shutdown, on_ready).await
+}
+
+/// Serves a frontend on `listener` until `shutdown` (for a proxy that hosts its node's frontend).
+pub async fn serve_frontend_on(
+    listener: tokio::net::TcpListener,
+    upstream: frontend::Upstream,
+    config: RestConfig,
+    shutdown: Shutdown,
+) -> Result<()> {
+    serve_listener(listener, frontend_app(upstream, &config), shutdown).await
 }
 
 #[cfg(test)]
