@@ -301,6 +301,34 @@ fn session_dir(arg: &SessionArg) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(SESSIONS_ROOT).join("latest"))
 }
 
+#[derive(Args)]
+pub struct TokenArgs {
+    #[command(flatten)]
+    session: SessionArg,
+    /// Print the whole header line, `Authorization: Bearer <token>`.
+    #[arg(long)]
+    header: bool,
+}
+
+/// Prints the REST access token of the session's cluster.
+pub fn token(a: TokenArgs) -> Result<()> {
+    let s = load_session(&a.session)?;
+    let file = s.token_file.ok_or_else(|| {
+        anyhow!(
+            "the session of node {} has no token file: the token lives in the master node's \
+             session (pass its folder with --session-dir)",
+            s.node_id
+        )
+    })?;
+    let t = yr_control::rest::read_token(&file)?;
+    if a.header {
+        println!("Authorization: Bearer {t}");
+    } else {
+        println!("{t}");
+    }
+    Ok(())
+}
+
 pub fn load_session(arg: &SessionArg) -> Result<Session> {
     let dir = session_dir(arg);
     let path = dir.join("session.json");

@@ -48,6 +48,9 @@ enum Cmd {
     Stop(cluster::StopArgs),
     /// Nodes, functions and instances of the cluster.
     Status(cluster::StatusArgs),
+    /// The cluster's REST access token (from the master node's session), for scripts:
+    /// `curl -H "$(yr token --header)" ...`.
+    Token(cluster::TokenArgs),
     /// Manage functions.
     #[command(subcommand)]
     Function(cluster::FunctionCmd),
@@ -75,6 +78,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Start(a) => cluster::start(a),
         Cmd::Stop(a) => cluster::stop(a),
         Cmd::Status(a) => cluster::status(a),
+        Cmd::Token(a) => cluster::token(a),
         Cmd::Function(c) => cluster::function(c),
         Cmd::Invoke(a) => cluster::invoke(a),
         Cmd::Instance(c) => cluster::instance(c),

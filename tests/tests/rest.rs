@@ -44,6 +44,11 @@ fn register_and_invoke_over_rest() {
         .mode();
     assert_eq!(mode & 0o777, 0o600, "token file mode {mode:o}");
     assert_eq!(token.len(), 64, "256 bits in hex");
+    // The CLI reads it from the session itself.
+    let out = c.yr(&["token"]).expect_ok("yr token");
+    assert_eq!(out.stdout.trim(), token);
+    let out = c.yr(&["token", "--header"]).expect_ok("yr token --header");
+    assert_eq!(out.stdout.trim(), format!("Authorization: Bearer {token}"));
     for svc in [&meta, &front] {
         assert_eq!(
             http(&svc.without_token(), "GET", "/healthz", "").status,
