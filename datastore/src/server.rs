@@ -271,14 +271,35 @@ fn accept_loop(
     conns: Arc<Mutex<HashMap<ClientId, UnixStream>>>,
     stop: Shutdown,
 ) {
+    let stop_fd = stop.fd.as_raw_fd();
+    poll_accept(listener.as_raw_fd(), stop_fd, "data worker socket", || {
+        accept_all(
+            || listener.accept(),
+            |(stream, _)| {
+                if let Err(e) = spawn_client(stream, &node, &conns) {
+                    tracing::warn!("cannot start client thread: {e}");
+                }
+            },
+        )
+    });
+}
+
+/// Sleeps in poll(2) until `listen_fd` has connections or `stop_fd` fires; on connections runs
+/// `drain` (which accepts them all), on stop returns. A failed poll is logged and ends the loop.
+pub(crate) fn poll_accept(
+    listen_fd: std::os::fd::RawFd,
+    stop_fd: std::os::fd::RawFd,
+    what: &str,
+    mut drain: impl FnMut(),
+) {
     let mut fds = [
         libc::pollfd {
-            fd: listener.as_raw_fd(),
+            fd: listen_fd,
             events: libc::POLLIN,
             revents: 0,
         },
         libc::pollfd {
-            fd: stop.fd.as_raw_fd(),
+            fd: stop_fd,
             events: libc::POLLIN,
             revents: 0,
         },
@@ -291,26 +312,27 @@ fn accept_loop(
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
             }
-            tracing::error!("poll on data worker socket failed: {e}");
+            tracing::error!("poll on {what} failed: {e}");
             return;
         }
         if fds[1].revents != 0 {
             return;
         }
-        loop {
-            match listener.accept() {
-                Ok((stream, _)) => {
-                    if let Err(e) = spawn_client(stream, &node, &conns) {
-                        tracing::warn!("cannot start client thread: {e}");
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    // EMFILE and friends: log, let the next poll retry.
-                    tracing::warn!("accept failed: {e}");
-                    break;
-                }
+        drain();
+    }
+}
+
+/// Accepts from a non-blocking listener until it has nothing pending, handing each connection
+/// to `each`. Errors such as EMFILE are logged; the next poll retries.
+pub(crate) fn accept_all<S>(mut accept: impl FnMut() -> io::Result<S>, mut each: impl FnMut(S)) {
+    loop {
+        match accept() {
+            Ok(s) => each(s),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                return;
             }
         }
     }

@@ -731,58 +731,25 @@ pub fn serve(node: Arc<Node>, listener: TcpListener, stop_fd: std::os::fd::RawFd
         tracing::error!("transfer listener: {e}");
         return;
     }
-    let mut fds = [
-        libc::pollfd {
-            fd: listener.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: stop_fd,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    loop {
-        // SAFETY: fds is a live array of two initialised pollfd.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if rc < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            tracing::error!("poll on transfer listener failed: {e}");
-            return;
-        }
-        if fds[1].revents != 0 {
-            return;
-        }
-        loop {
-            match listener.accept() {
-                Ok((stream, peer)) => {
-                    let node = Arc::clone(&node);
-                    let spawned =
-                        std::thread::Builder::new()
-                            .name("yr-peer".into())
-                            .spawn(move || {
-                                if stream.set_nonblocking(false).is_err() {
-                                    return;
-                                }
-                                if let Err(e) = node.serve_peer(stream) {
-                                    tracing::debug!("peer {peer}: {e}");
-                                }
-                            });
-                    if let Err(e) = spawned {
-                        tracing::warn!("cannot start a peer thread: {e}");
-                    }
+    crate::server::poll_accept(listener.as_raw_fd(), stop_fd, "transfer listener", || {
+        crate::server::accept_all(
+            || listener.accept(),
+            |(stream, peer)| {
+                let node = Arc::clone(&node);
+                let spawned = std::thread::Builder::new()
+                    .name("yr-peer".into())
+                    .spawn(move || {
+                        if stream.set_nonblocking(false).is_err() {
+                            return;
+                        }
+                        if let Err(e) = node.serve_peer(stream) {
+                            tracing::debug!("peer {peer}: {e}");
+                        }
+                    });
+                if let Err(e) = spawned {
+                    tracing::warn!("cannot start a peer thread: {e}");
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    tracing::warn!("transfer accept failed: {e}");
-                    break;
-                }
-            }
-        }
-    }
+            },
+        )
+    });
 }

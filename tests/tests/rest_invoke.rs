@@ -8,44 +8,14 @@
 //! replies with its instance ID; a non-number is the function's own error), the latter as a pool
 //! of exactly two single-call instances.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use yr_tests::cluster::{example, Cluster, NodeOptions};
-use yr_tests::http::{http, json, services, Reply, Svc};
+use yr_tests::http::{http, http_with, json, services, Reply, Svc};
 
 /// Like [`http`], with extra request headers.
 fn call(svc: &Svc, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
-    let host = svc.url.trim_start_matches("http://");
-    let mut head = String::new();
-    if let Some(t) = &svc.token {
-        head.push_str(&format!("Authorization: Bearer {t}\r\n"));
-    }
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    let mut s = TcpStream::connect(host).unwrap_or_else(|e| panic!("connect {host}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(60)))
-        .expect("timeout");
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{head}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).expect("send");
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).expect("read reply");
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {raw:?}"));
-    Reply {
-        status,
-        headers: head.to_ascii_lowercase(),
-        body: body.to_string(),
-    }
+    http_with(svc, method, path, headers, body)
 }
 
 /// A response header's value (names lower-case).
