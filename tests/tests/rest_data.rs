@@ -327,6 +327,32 @@ fn objects_and_keys_over_rest() {
         .expect("the object is in the data worker");
     assert_eq!(checksum(&view), checksum(&big));
     drop(view);
+    // Deleting: gone for the frontend and the data worker; deleting again is 404.
+    let gone = put(&front, b"short-lived");
+    let r = send(
+        &front,
+        "DELETE",
+        &format!("/datasystem/v1/obj/del?id={gone}"),
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let parsed_gone = yr_datastore::ObjectId::from_hex(&gone).expect("hex id");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.contains(parsed_gone).expect("contains") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the delete never reached the store"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(get_obj(&front, &gone).status, 404);
+    let r = send(
+        &front,
+        "POST",
+        &format!("/datasystem/v1/obj/del?id={gone}"),
+        b"",
+    );
+    assert_eq!(r.status, 404, "{}", String::from_utf8_lossy(&r.body));
     // An empty object, and a chunked upload (no Content-Length) of 3 MiB in odd pieces.
     let empty_id = put(&front, b"");
     expect_bytes(&get_obj(&front, &empty_id), b"", "empty object");

@@ -4,6 +4,7 @@
 //! - `POST /datasystem/v1/obj/put[?id=<48 hex digits>]`: the body is the object's bytes;
 //!   answers `{"id": "<hex>", "size": n}`. Without `id` the object gets a fresh ID naming this
 //!   node, so any node's frontend can fetch it.
+//! - `POST|DELETE /datasystem/v1/obj/del?id=<hex>`: deletes the object on every node;
 //! - `GET|POST /datasystem/v1/obj/get?id=<hex>[&timeoutMs=]`: the bytes
 //!   (`application/octet-stream`), pulled from the node the ID names when it is not here.
 //! - `POST /datasystem/v1/kv/set?key=K` (the body is the value), `GET|POST
@@ -529,6 +530,31 @@ async fn obj_get(State(d): State<Data>, uri: Uri) -> Result<Response, Problem> {
     Ok(octets(view, lease))
 }
 
+/// Deletes an object on every node that holds a copy (the primary's data worker passes the
+/// delete on to the nodes that pulled it). An object this node made and no longer has is 404.
+async fn obj_del(State(d): State<Data>, uri: Uri) -> Result<Response, Problem> {
+    let store = d.store()?;
+    let id = Params::of(&uri)?.required_id()?;
+    blocking(move || {
+        store
+            .call(|c| {
+                if id.tag() == c.node_tag() && !c.contains(id)? {
+                    return Err(yr_datastore::Error::Store(
+                        yr_datastore::protocol::ErrorReply::new(
+                            yr_datastore::ErrorCode::NotFound,
+                            format!("object {id} not found"),
+                        ),
+                    ));
+                }
+                c.free(&[id]);
+                Ok(())
+            })
+            .map_err(|e| store_problem(&format!("cannot delete object {id}"), &e, &store.socket))
+    })
+    .await?;
+    Ok(Json(json!({"id": id.to_hex(), "deleted": true})).into_response())
+}
+
 type BodyBytes = Result<Bytes, axum::extract::rejection::BytesRejection>;
 
 async fn kv_set(State(d): State<Data>, uri: Uri, body: BodyBytes) -> Result<Response, Problem> {
@@ -590,6 +616,7 @@ pub fn routes(config: &RestConfig) -> Router {
     Router::new()
         .route("/datasystem/v1/obj/put", post(obj_put))
         .route("/datasystem/v1/obj/get", get(obj_get).post(obj_get))
+        .route("/datasystem/v1/obj/del", post(obj_del).delete(obj_del))
         .route("/datasystem/v1/kv/set", post(kv_set))
         .route("/datasystem/v1/kv/get", get(kv_get).post(kv_get))
         .route("/datasystem/v1/kv/del", post(kv_del).delete(kv_del))

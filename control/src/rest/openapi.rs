@@ -554,6 +554,17 @@ pub fn frontend() -> Value {
     for m in ["post", "delete"] {
         add(
             &mut d,
+            "/datasystem/v1/obj/del",
+            m,
+            json!({
+                "summary": "delete an object on every node that holds it",
+                "parameters": [id()], "responses": stored(),
+            }),
+        );
+    }
+    for m in ["post", "delete"] {
+        add(
+            &mut d,
             "/datasystem/v1/kv/del",
             m,
             json!({
