@@ -125,21 +125,11 @@ async fn drive(
 
 use crate::util::run_self as yr;
 
-/// Stops the bench's cluster however the bench ends.
-struct ClusterGuard(PathBuf);
-
-impl Drop for ClusterGuard {
-    fn drop(&mut self) {
-        let dir = self.0.display().to_string();
-        let _ = yr(&["stop", "--force", "--session-dir", &dir]);
-    }
-}
-
 /// A one-node cluster in a temporary folder, for the benches: stopped, then its folder
 /// removed, when dropped.
 pub(crate) struct OneNode {
     // Declared first, so dropped first: the cluster stops before its folder goes.
-    _guard: ClusterGuard,
+    _guard: crate::util::Nodes,
     _tmp: tempfile::TempDir,
     /// The node's session folder (`--session-dir`).
     pub dir: PathBuf,
@@ -170,7 +160,7 @@ pub(crate) fn start_one_node(prefix: &str) -> Result<OneNode> {
         "--shm-size",
         "64MiB",
     ])?;
-    let guard = ClusterGuard(dir.clone());
+    let guard = crate::util::Nodes(vec![dir_s]);
     let session: crate::cluster::Session = serde_json::from_str(
         &std::fs::read_to_string(dir.join("session.json")).context("session.json")?,
     )?;

@@ -22,7 +22,7 @@
 //! first round (cold starts) excluded.
 
 use crate::store_cmd::pattern;
-use crate::util::{size_arg, WorkerProcess};
+use crate::util::{size_arg, Nodes, WorkerProcess};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use serde::Serialize;
@@ -220,17 +220,6 @@ pub fn run(a: TransferArgs) -> Result<()> {
         print_table(&report)?;
     }
     Ok(())
-}
-
-/// Stops the bench's nodes however it ends (worker first).
-struct Nodes(Vec<String>);
-
-impl Drop for Nodes {
-    fn drop(&mut self) {
-        for d in self.0.iter().rev() {
-            let _ = crate::util::run_self(&["stop", "--force", "--session-dir", d]);
-        }
-    }
 }
 
 /// Runs the pipeline example for `rounds` rounds of `size`-byte arrays on a

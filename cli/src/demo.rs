@@ -18,7 +18,7 @@
 //!
 //! Every step prints the `yr` command it runs, so the demo doubles as a tutorial.
 
-use crate::util::size_arg;
+use crate::util::{size_arg, Nodes};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -79,17 +79,6 @@ fn status(dir: &str) -> Result<serde_json::Value> {
         &["status", "--json", "--session-dir", dir],
         false,
     )?)?)
-}
-
-/// Stops the demo's nodes however the demo ends (worker first).
-struct Nodes(Vec<String>);
-
-impl Drop for Nodes {
-    fn drop(&mut self) {
-        for d in self.0.iter().rev() {
-            let _ = yr(&["stop", "--force", "--session-dir", d], false);
-        }
-    }
 }
 
 fn session_pids(dir: &Path) -> Result<Vec<u64>> {

@@ -126,3 +126,15 @@ pub fn run_self(args: &[&str]) -> Result<String> {
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// The session folders of nodes this command started: each is stopped (`yr stop --force`),
+/// last started first, however the command ends. Clear it after a clean stop.
+pub struct Nodes(pub Vec<String>);
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for d in self.0.iter().rev() {
+            let _ = run_self(&["stop", "--force", "--session-dir", d]);
+        }
+    }
+}

@@ -321,10 +321,12 @@ impl Node {
             }
             return o.clone().unwrap_or(Ok(()));
         }
-        let r = self.pull(id, timeout, &flight);
+        let r = self.pull(id, timeout);
         *flight.outcome.lock() = Some(r.clone());
         flight.done.notify_all();
         self.inflight.lock().remove(&id);
+        // A delete that came while the pull ran found no sealed copy to delete; once the flight
+        // is out of `inflight`, later deletes find the copy itself.
         if flight.deleted.load(Ordering::Acquire) {
             let _ = self.store.delete(&[id]);
         }
@@ -384,7 +386,7 @@ impl Node {
         }
     }
 
-    fn pull(&self, id: ObjectId, timeout: Duration, flight: &Flight) -> Result<(), ErrorReply> {
+    fn pull(&self, id: ObjectId, timeout: Duration) -> Result<(), ErrorReply> {
         let tag = id.tag();
         let Some(addr) = tag.addr() else {
             return Err(err(
@@ -472,9 +474,6 @@ impl Node {
             Ok(true) => {
                 self.pulled_bytes.fetch_add(total, Ordering::Relaxed);
                 self.give_back(addr, reader.into_inner());
-                if flight.deleted.load(Ordering::Acquire) {
-                    let _ = self.store.delete(&[id]);
-                }
                 Ok(())
             }
             Ok(false) => Ok(()),

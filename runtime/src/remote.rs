@@ -131,9 +131,10 @@ pub struct TaskContext<'a> {
 }
 
 impl TaskContext<'_> {
-    /// The node this call runs on.
-    pub fn node_id(&self) -> String {
-        std::env::var("YR_NODE_ID").unwrap_or_default()
+    /// The node this call runs on (the agent sets it once for the process).
+    pub fn node_id(&self) -> &'static str {
+        static NODE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        NODE.get_or_init(|| std::env::var("YR_NODE_ID").unwrap_or_default())
     }
 
     /// The function instance running this call.
@@ -311,18 +312,18 @@ fn run_task(
             task_result::Kind::Object(ObjectRefMsg {
                 id: id.0.to_vec(),
                 size: b.len() as u64,
-                node_id: tc.node_id(),
+                node_id: tc.node_id().to_string(),
             })
         }
         Value::Object { id, size } => task_result::Kind::Object(ObjectRefMsg {
             id: id.0.to_vec(),
             size,
-            node_id: tc.node_id(),
+            node_id: tc.node_id().to_string(),
         }),
     };
     Ok(TaskResult {
         kind: Some(kind),
-        node_id: tc.node_id(),
+        node_id: tc.node_id().to_string(),
         instance_id: ctx.instance_id().to_string(),
         elapsed_us: t0.elapsed().as_micros() as u64,
         fetch_us: fetch.as_micros() as u64,
@@ -448,12 +449,15 @@ impl Builder {
                 .map(str::to_string)
                 .ok_or_else(|| Error::Connect(format!("{} has no {k}", file.display())))
         };
-        self.connect_to(Endpoints {
-            master: field("master_address")?,
-            proxy: field("proxy_address")?,
-            socket: field("data_socket")?,
-            node_id: field("node_id")?,
-        })
+        self.connect_to(
+            driver_runtime()?,
+            Endpoints {
+                master: field("master_address")?,
+                proxy: field("proxy_address")?,
+                socket: field("data_socket")?,
+                node_id: field("node_id")?,
+            },
+        )
     }
 
     /// Connects a driver through the master at `master` (host:port), to
@@ -483,16 +487,18 @@ impl Builder {
                      --master-address {master}` here"
                 ))
             })?;
-        drop(rt);
-        self.connect_to(Endpoints {
-            master: master.to_string(),
-            proxy: node.proxy_address.clone(),
-            socket: node.data_socket.clone(),
-            node_id: node.node_id.clone(),
-        })
+        self.connect_to(
+            rt,
+            Endpoints {
+                master: master.to_string(),
+                proxy: node.proxy_address.clone(),
+                socket: node.data_socket.clone(),
+                node_id: node.node_id.clone(),
+            },
+        )
     }
 
-    fn connect_to(self, e: Endpoints) -> Result<Yr, Error> {
+    fn connect_to(self, rt: tokio::runtime::Runtime, e: Endpoints) -> Result<Yr, Error> {
         let Endpoints {
             master,
             proxy,
@@ -511,7 +517,6 @@ impl Builder {
                 (m.len(), mt)
             })
             .map_err(|e| Error::Connect(format!("cannot read {}: {e}", exe.display())))?;
-        let rt = driver_runtime()?;
         let (master_client, proxy_client) = rt.block_on(async {
             Ok::<_, Error>((
                 MasterClient::new(connect(&master).await?)

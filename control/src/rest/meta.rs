@@ -34,7 +34,7 @@ fn param(q: &HashMap<String, String>, key: &str, default: u64, max: u64) -> Resu
     }
 }
 
-/// One page of `items` and openYuanrong's pageInfo. Without pageSize, one page holds all.
+/// A success reply with one page of `items` and openYuanrong's pageInfo. Without pageSize, one page holds all.
 fn page(items: Vec<Value>, q: &HashMap<String, String>) -> Result<Value, Problem> {
     let total = items.len();
     let size = param(q, "pageSize", total.max(1) as u64, 10_000)? as usize;
@@ -45,6 +45,8 @@ fn page(items: Vec<Value>, q: &HashMap<String, String>) -> Result<Value, Problem
         .take(size)
         .collect();
     Ok(json!({
+        "code": 0,
+        "message": "SUCCESS",
         "functions": items,
         "pageInfo": {"pageIndex": index, "pageSize": size, "total": total},
     }))
@@ -308,10 +310,7 @@ async fn list(State(m): State<Meta>, Query(q): Params) -> Result<Json<Value>, Pr
         .filter(|f| split_version(&f.name).1.is_none())
         .map(function_json)
         .collect();
-    let mut v = page(latest, &q)?;
-    v["code"] = json!(0);
-    v["message"] = json!("SUCCESS");
-    Ok(Json(v))
+    Ok(Json(page(latest, &q)?))
 }
 
 /// The deployed name `versionNumber` selects (none or `latest`: the function itself).
@@ -437,10 +436,7 @@ async fn list_versions(
     if v.is_empty() {
         return Err(missing(&name));
     }
-    let mut out = page(v, &q)?;
-    out["code"] = json!(0);
-    out["message"] = json!("SUCCESS");
-    Ok(Json(out))
+    Ok(Json(page(v, &q)?))
 }
 
 pub fn router(master: MasterClient<tonic::transport::Channel>, config: &RestConfig) -> Router {
