@@ -44,13 +44,6 @@ impl Proxy for Echo {
             ..Default::default()
         }))
     }
-    type ServeStream = tokio_stream::wrappers::ReceiverStream<Result<ProxyMessage, Status>>;
-    async fn serve(
-        &self,
-        _: Request<tonic::Streaming<InstanceMessage>>,
-    ) -> Result<Response<Self::ServeStream>, Status> {
-        Err(Status::unimplemented("echo baseline"))
-    }
     async fn load(&self, _: Request<Empty>) -> Result<Response<LoadReport>, Status> {
         Ok(Response::new(LoadReport::default()))
     }

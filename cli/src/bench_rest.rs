@@ -9,7 +9,7 @@
 //! A call goes client → frontend → proxy (gRPC) → function process and back.
 //!
 //! The baseline, measured in the same run with the same clients and concurrency, is a bare axum
-//! handler in this process (on its own two-thread runtime, as the frontend has) that answers
+//! handler in this process (on its own runtime, one thread per core: tokio's default) that answers
 //! the same request with the same body and the same response headers: what one HTTP hop costs
 //! on this machine with nothing behind it. The two alternate in rounds, so that the machine's
 //! noise falls on both; the rates reported are the medians of the rounds.
@@ -370,9 +370,8 @@ pub fn run(a: RestArgs) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    // The baseline server's own runtime, as the frontend process has one of two threads.
+    // The baseline server's own runtime, with tokio's default of a thread per core.
     let server_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
         .thread_name("yr-bench-bare")
         .enable_all()
         .build()?;
@@ -445,7 +444,9 @@ pub fn run(a: RestArgs) -> Result<()> {
         ));
         for round in 0..ROUNDS {
             // Which goes first alternates too.
-            if round % 2 == 0 {
+            if std::env::var_os("YR_REST_ONLY").is_some() {
+                rest.round(slice, true).await?;
+            } else if round % 2 == 0 {
                 bare.round(slice, true).await?;
                 rest.round(slice, true).await?;
             } else {

@@ -644,10 +644,13 @@ pub fn start(a: StartArgs) -> Result<()> {
             "--node-id",
             &node_id,
         ];
+        let instance_socket = node_dir.join("proxy.sock");
         let mut cmd = component("function-proxy");
         cmd.arg("--listen")
             .arg(format!("{bind}:{}", port(22772)?))
-            .args(node_flags);
+            .args(node_flags)
+            .arg("--instance-socket")
+            .arg(&instance_socket);
         // The master node's REST frontend runs inside its proxy: calls skip a gRPC hop.
         let mut frontend_url = None;
         if a.master {
@@ -665,7 +668,9 @@ pub fn start(a: StartArgs) -> Result<()> {
         cmd.arg("--listen")
             .arg(format!("{bind}:{}", port(58866)?))
             .args(node_flags)
-            .args(["--proxy", &proxy_address, "--data-socket"])
+            .args(["--proxy", &proxy_address, "--proxy-socket"])
+            .arg(&instance_socket)
+            .arg("--data-socket")
             .arg(&socket)
             .args(["--data-transfer", &data_transfer])
             .arg("--work-dir")

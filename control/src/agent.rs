@@ -42,6 +42,8 @@ pub struct AgentConfig {
     pub master_address: String,
     pub node_id: String,
     pub proxy_address: String,
+    /// The proxy's instance socket, where function processes take their calls.
+    pub proxy_socket: std::path::PathBuf,
     pub data_socket: PathBuf,
     /// The data worker's transfer address (empty: objects stay on this node).
     pub data_transfer: String,
@@ -134,6 +136,7 @@ impl State {
             .env("YR_HANDLER", &function.handler)
             .env("YR_NODE_ID", &self.config.node_id)
             .env("YR_PROXY_ADDRESS", &self.config.proxy_address)
+            .env("YR_PROXY_SOCKET", &self.config.proxy_socket)
             .env("YR_MASTER_ADDRESS", &self.config.master_address)
             .env("YR_DATA_SOCKET", &self.config.data_socket)
             .env("YR_INSTANCE_DIR", &dir)

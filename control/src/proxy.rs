@@ -1,8 +1,9 @@
 //! The function proxy, one per node: the door through which every call reaches an instance.
 //!
-//! Function processes on this node connect to it (`Serve`, a bidirectional stream) and receive
-//! their calls over that stream. Callers anywhere send `Invoke`; the proxy delivers to a local
-//! instance, or forwards to the proxy of the node that runs the chosen instance.
+//! Function processes on this node connect to its instance socket (a Unix socket carrying the
+//! frames of [`yr_proto::frame`]) and receive their calls there. Callers anywhere send `Invoke`
+//! (gRPC); the proxy delivers to a local instance, or forwards to the proxy of the node that runs
+//! the chosen instance.
 //!
 //! Invariants:
 //! - Each local instance has `concurrency` calls in flight at most. A stateless call that finds
@@ -23,10 +24,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, Mutex, Semaphore};
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::StreamExt;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status};
+use yr_proto::frame;
 use yr_proto::master_client::MasterClient;
 use yr_proto::proxy_client::ProxyClient;
 use yr_proto::proxy_server::{Proxy, ProxyServer};
@@ -39,13 +42,21 @@ use crate::Shutdown;
 pub const QUEUE_BOUND: usize = 1024;
 
 /// Largest call or reply on the wire. Large data belongs in the data worker, passed by ID.
-pub const MAX_MESSAGE: usize = 256 << 20;
+pub const MAX_MESSAGE: usize = frame::MAX_PAYLOAD;
+
+/// How long a new connection on the instance socket has to say which instance it is.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Frames smaller than this are gathered into one write; larger ones are written on their own.
+const BATCH: usize = 64 << 10;
 
 pub struct ProxyConfig {
     pub listen: std::net::SocketAddr,
     pub etcd_endpoints: Vec<String>,
     pub master_address: String,
     pub node_id: String,
+    /// The Unix socket this node's function processes connect to (mode 0600).
+    pub instance_socket: std::path::PathBuf,
     /// Also serve this node's REST frontend, calling this proxy in-process.
     pub frontend: Option<(std::net::SocketAddr, crate::rest::RestConfig)>,
 }
@@ -53,7 +64,8 @@ pub struct ProxyConfig {
 struct LocalInstance {
     id: String,
     function: String,
-    tx: mpsc::Sender<Result<ProxyMessage, Status>>,
+    /// Encoded frames for the instance's socket.
+    tx: mpsc::Sender<Vec<u8>>,
     pending: std::sync::Mutex<HashMap<u64, oneshot::Sender<CallResult>>>,
     permits: Semaphore,
     concurrency: u32,
@@ -212,9 +224,16 @@ impl State {
         let _permit = permit;
         let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
         let call_id = self.next_call.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        if let Ok(mut p) = inst.pending.lock() {
-            p.insert(call_id, tx);
+        if req.payload.len() > MAX_MESSAGE {
+            return fail(
+                ErrorKind::ErrorInternal,
+                format!(
+                    "a call of {} bytes to {} is over the {MAX_MESSAGE}-byte limit; put large \
+                     data in the data worker and pass its ID",
+                    req.payload.len(),
+                    function.name
+                ),
+            );
         }
         let call = ProxyMessage {
             msg: Some(proxy_message::Msg::Call(Call {
@@ -225,7 +244,18 @@ impl State {
                 method: req.method.clone(),
             })),
         };
-        if inst.tx.send(Ok(call)).await.is_err() {
+        let call = match frame::to_frame(&call) {
+            Ok(f) => f,
+            Err(e) => return fail(ErrorKind::ErrorInternal, format!("{}: {e}", function.name)),
+        };
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut p) = inst.pending.lock() {
+            p.insert(call_id, tx);
+        }
+        if inst.tx.send(call).await.is_err() {
+            if let Ok(mut p) = inst.pending.lock() {
+                p.remove(&call_id);
+            }
             return fail(
                 ErrorKind::ErrorInstanceFatal,
                 format!("instance {} exited", inst.id),
@@ -569,37 +599,38 @@ impl State {
         }
     }
 
-    async fn serve_instance(
-        self: Arc<Self>,
-        mut input: Streaming<InstanceMessage>,
-    ) -> Result<ReceiverStream<Result<ProxyMessage, Status>>, Status> {
-        let hello = match input.next().await {
-            Some(Ok(InstanceMessage {
+    /// One function process's connection, from its hello to its end: registers the instance,
+    /// then delivers replies to the calls waiting for them until the socket closes.
+    async fn serve_instance(self: Arc<Self>, stream: UnixStream) {
+        let (rd, mut wr) = stream.into_split();
+        let mut rd = BufReader::with_capacity(BATCH, rd);
+        let mut buf = Vec::new();
+        let hello = match tokio::time::timeout(
+            HELLO_TIMEOUT,
+            read_frame::<InstanceMessage>(&mut rd, &mut buf),
+        )
+        .await
+        {
+            Ok(Ok(Some(InstanceMessage {
                 msg: Some(instance_message::Msg::Hello(h)),
-            })) => h,
-            _ => return Err(Status::invalid_argument("first message must be hello")),
-        };
-        let record = match self.instances.snapshot().get(&hello.instance_id).cloned() {
-            Some(r) => r,
-            None => self
-                .meta
-                .get::<InstanceRecord>(&etcd::instance_key(&hello.instance_id))
+            }))) => h,
+            Ok(Ok(Some(_))) => return refuse(&mut wr, "the first frame must be a hello").await,
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => return refuse(&mut wr, &format!("bad hello: {e}")).await,
+            Err(_) => {
+                return refuse(
+                    &mut wr,
+                    &format!("no hello within {} s", HELLO_TIMEOUT.as_secs()),
+                )
                 .await
-                .map_err(|e| Status::internal(format!("{e:#}")))?
-                .ok_or_else(|| {
-                    Status::not_found(format!("unknown instance {}", hello.instance_id))
-                })?,
+            }
         };
-        let function = match self.functions.snapshot().get(&record.function).cloned() {
-            Some(f) => f,
-            None => self
-                .meta
-                .get::<FunctionSpec>(&etcd::function_key(&record.function))
-                .await
-                .map_err(|e| Status::internal(format!("{e:#}")))?
-                .ok_or_else(|| {
-                    Status::not_found(format!("unknown function {}", record.function))
-                })?,
+        let (record, function) = match self.instance_and_function(&hello.instance_id).await {
+            Ok(rf) => rf,
+            Err(why) => {
+                tracing::warn!(instance = %hello.instance_id, pid = hello.pid, "refused: {why}");
+                return refuse(&mut wr, &why).await;
+            }
         };
         let (tx, rx) = mpsc::channel(1024);
         let concurrency = if record.stateful {
@@ -610,7 +641,7 @@ impl State {
         let inst = Arc::new(LocalInstance {
             id: record.instance_id.clone(),
             function: record.function.clone(),
-            tx: tx.clone(),
+            tx,
             pending: std::sync::Mutex::new(HashMap::new()),
             permits: Semaphore::new(concurrency as usize),
             concurrency,
@@ -626,9 +657,11 @@ impl State {
                 name: record.name.clone(),
             })),
         };
-        tx.send(Ok(config))
-            .await
-            .map_err(|_| Status::cancelled("instance went away"))?;
+        match frame::to_frame(&config) {
+            Ok(f) if wr.write_all(&f).await.is_ok() => {}
+            _ => return,
+        }
+        tokio::spawn(write_frames(wr, rx));
         if let Ok(mut l) = self.locals.write() {
             l.insert(inst.id.clone(), Arc::clone(&inst));
         }
@@ -647,37 +680,159 @@ impl State {
         if let Err(e) = master.report_instance(ev).await {
             tracing::warn!(instance = %inst.id, "cannot report RUNNING: {}", e.message());
         }
-        let this = Arc::clone(&self);
-        tokio::spawn(async move {
-            while let Some(msg) = input.next().await {
-                match msg {
-                    Ok(InstanceMessage {
-                        msg: Some(instance_message::Msg::Result(r)),
-                    }) => {
-                        let waiter = inst
-                            .pending
-                            .lock()
-                            .ok()
-                            .and_then(|mut p| p.remove(&r.call_id));
-                        if let Some(w) = waiter {
-                            let _ = w.send(r);
-                        }
+        loop {
+            match read_frame::<InstanceMessage>(&mut rd, &mut buf).await {
+                Ok(Some(InstanceMessage {
+                    msg: Some(instance_message::Msg::Result(r)),
+                })) => {
+                    let waiter = inst
+                        .pending
+                        .lock()
+                        .ok()
+                        .and_then(|mut p| p.remove(&r.call_id));
+                    if let Some(w) = waiter {
+                        let _ = w.send(r);
                     }
-                    Ok(_) => {}
-                    Err(_) => break,
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(instance = %inst.id, "dropping the instance's connection: {e}");
+                    break;
                 }
             }
-            if let Ok(mut l) = this.locals.write() {
-                l.remove(&inst.id);
+        }
+        if let Ok(mut l) = self.locals.write() {
+            l.remove(&inst.id);
+        }
+        inst.permits.close();
+        // Dropping the senders fails every call still waiting on this instance.
+        if let Ok(mut p) = inst.pending.lock() {
+            p.clear();
+        }
+        tracing::info!(instance = %inst.id, "instance disconnected");
+    }
+
+    /// The record of a connecting instance and its function's spec, from the mirrors or etcd.
+    async fn instance_and_function(
+        &self,
+        instance_id: &str,
+    ) -> Result<(InstanceRecord, FunctionSpec), String> {
+        let record = match self.instances.snapshot().get(instance_id).cloned() {
+            Some(r) => r,
+            None => self
+                .meta
+                .get::<InstanceRecord>(&etcd::instance_key(instance_id))
+                .await
+                .map_err(|e| format!("cannot look instance {instance_id} up: {e:#}"))?
+                .ok_or_else(|| format!("unknown instance {instance_id}"))?,
+        };
+        let function = match self.functions.snapshot().get(&record.function).cloned() {
+            Some(f) => f,
+            None => self
+                .meta
+                .get::<FunctionSpec>(&etcd::function_key(&record.function))
+                .await
+                .map_err(|e| format!("cannot look function {} up: {e:#}", record.function))?
+                .ok_or_else(|| format!("unknown function {}", record.function))?,
+        };
+        Ok((record, function))
+    }
+}
+
+/// Reads one frame from an instance's socket (see [`frame::read`]).
+async fn read_frame<M: prost::Message + Default>(
+    rd: &mut BufReader<OwnedReadHalf>,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<M>> {
+    let mut head = [0u8; 4];
+    // A clean close is one between frames: the first byte of a head does not come.
+    match rd.read(&mut head[..1]).await? {
+        0 => return Ok(None),
+        _ => rd.read_exact(&mut head[1..]).await?,
+    };
+    let len = frame::body_len(head)?;
+    buf.clear();
+    buf.resize(len, 0);
+    rd.read_exact(buf).await?;
+    frame::decode(buf).map(Some)
+}
+
+/// Tells a connecting process why it is not served, then closes (best effort: it may be gone).
+async fn refuse(wr: &mut OwnedWriteHalf, why: &str) {
+    let msg = ProxyMessage {
+        msg: Some(proxy_message::Msg::Refused(why.to_string())),
+    };
+    if let Ok(f) = frame::to_frame(&msg) {
+        let _ = wr.write_all(&f).await;
+    }
+}
+
+/// Writes an instance's frames as they come, gathering the small ones that are ready together
+/// into one write. Ends when the instance's sender is dropped or its socket breaks.
+async fn write_frames(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<u8>>) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(f) = next.take() {
+            if f.len() >= BATCH {
+                if !batch.is_empty() && wr.write_all(&batch).await.is_err() {
+                    return;
+                }
+                batch.clear();
+                if wr.write_all(&f).await.is_err() {
+                    return;
+                }
+            } else {
+                batch.extend_from_slice(&f);
             }
-            inst.permits.close();
-            // Dropping the senders fails every call still waiting on this instance.
-            if let Ok(mut p) = inst.pending.lock() {
-                p.clear();
+            if batch.len() < BATCH {
+                next = rx.try_recv().ok();
             }
-            tracing::info!(instance = %inst.id, "instance disconnected");
-        });
-        Ok(ReceiverStream::new(rx))
+        }
+        if !batch.is_empty() && wr.write_all(&batch).await.is_err() {
+            return;
+        }
+        batch.clear();
+    }
+}
+
+/// Binds the instance socket at `path`: a file left by an earlier proxy is replaced, one that a
+/// live proxy answers on is not. Only this user may connect (mode 0600).
+fn bind_instance_socket(path: &std::path::Path) -> Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!(
+                "another proxy serves the instance socket {}; stop it or choose another path",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .map_err(|e| anyhow::anyhow!("cannot replace {}: {e}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| anyhow::anyhow!("cannot restrict {}: {e}", path.display()))?;
+    Ok(listener)
+}
+
+/// Accepts function processes' connections until `shutdown`.
+async fn accept_instances(state: Arc<State>, listener: UnixListener, shutdown: Shutdown) {
+    loop {
+        tokio::select! {
+            conn = listener.accept() => match conn {
+                Ok((stream, _)) => {
+                    tokio::spawn(Arc::clone(&state).serve_instance(stream));
+                }
+                Err(e) => {
+                    tracing::warn!("instance socket: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.wait() => return,
+        }
     }
 }
 
@@ -688,8 +843,6 @@ impl Proxy for Service {
     async fn invoke(&self, req: Request<InvokeRequest>) -> Result<Response<InvokeReply>, Status> {
         Ok(Response::new(self.0.invoke(req.into_inner()).await))
     }
-
-    type ServeStream = ReceiverStream<Result<ProxyMessage, Status>>;
 
     async fn load(&self, _: Request<Empty>) -> Result<Response<LoadReport>, Status> {
         let now = etcd::now_ms();
@@ -730,14 +883,6 @@ impl Proxy for Service {
             instances,
         }))
     }
-
-    async fn serve(
-        &self,
-        req: Request<Streaming<InstanceMessage>>,
-    ) -> Result<Response<Self::ServeStream>, Status> {
-        let s = Arc::clone(&self.0).serve_instance(req.into_inner()).await?;
-        Ok(Response::new(s))
-    }
 }
 
 /// Runs the proxy until `shutdown`; `on_ready` gets the bound address.
@@ -754,6 +899,8 @@ pub async fn run(
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let addr = listener.local_addr()?;
+    let instance_listener = bind_instance_socket(&config.instance_socket)?;
+    let instance_socket = config.instance_socket.clone();
     // Bound before announcing readiness, so a busy frontend port fails the start.
     let frontend = match &config.frontend {
         Some((listen, rest)) => Some((
@@ -790,8 +937,13 @@ pub async fn run(
             }
         });
     }
+    tokio::spawn(accept_instances(
+        Arc::clone(&state),
+        instance_listener,
+        shutdown.clone(),
+    ));
     on_ready(addr);
-    tonic::transport::Server::builder()
+    let served = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(
             ProxyServer::new(Service(state))
@@ -799,6 +951,8 @@ pub async fn run(
                 .max_encoding_message_size(MAX_MESSAGE),
         )
         .serve_with_incoming_shutdown(crate::incoming(listener), shutdown.wait_owned())
-        .await?;
+        .await;
+    let _ = std::fs::remove_file(&instance_socket);
+    served?;
     Ok(())
 }

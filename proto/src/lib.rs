@@ -11,3 +11,5 @@ pub mod v1 {
 }
 
 pub use v1::*;
+
+pub mod frame;

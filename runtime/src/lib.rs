@@ -2,9 +2,9 @@
 //!
 //! A function executable registers named handlers (bytes in, bytes out) and stateful instance
 //! classes, then calls [`App::run`]. The agent starts it with the environment that says which
-//! instance it is and where its node's proxy and data worker are; `run` connects to the proxy,
-//! learns which handler (or class) this instance serves, and answers calls until the proxy goes
-//! away.
+//! instance it is and where its node's proxy and data worker are; `run` connects to the proxy's
+//! instance socket (frames of [`yr_proto::frame`]), learns which handler (or class) this instance
+//! serves, and answers calls until the proxy goes away.
 //!
 //! ```no_run
 //! yr_runtime::App::new()
@@ -27,9 +27,10 @@ use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, OnceLock};
 
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::StreamExt;
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+
+use yr_proto::frame;
 use yr_proto::proxy_client::ProxyClient;
 use yr_proto::*;
 
@@ -50,8 +51,15 @@ pub struct Context {
     function: String,
     data_socket: String,
     store: OnceLock<Result<yr_datastore::client::Client, String>>,
+    proxy_address: String,
+    /// A runtime and a gRPC client of the proxy, made on the first [`Context::invoke`]: a
+    /// function that calls no other function runs no async machinery at all.
+    invoker: OnceLock<Result<Invoker, String>>,
+}
+
+struct Invoker {
+    rt: tokio::runtime::Runtime,
     proxy: ProxyClient<tonic::transport::Channel>,
-    rt: tokio::runtime::Handle,
 }
 
 impl Context {
@@ -74,15 +82,45 @@ impl Context {
             .map_err(|e| e.clone())
     }
 
+    fn invoker(&self) -> Result<&Invoker, String> {
+        self.invoker
+            .get_or_init(|| {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name("yr-invoke")
+                    .enable_all()
+                    .build()
+                    .map_err(|e| format!("cannot start the invocation runtime: {e}"))?;
+                let endpoint = tonic::transport::Endpoint::from_shared(format!(
+                    "http://{}",
+                    self.proxy_address
+                ))
+                .map_err(|e| format!("proxy address {:?}: {e}", self.proxy_address))?
+                .tcp_nodelay(true);
+                // Connects on first use, inside the runtime.
+                let channel = {
+                    let _in_rt = rt.enter();
+                    endpoint.connect_lazy()
+                };
+                let proxy = ProxyClient::new(channel)
+                    .max_decoding_message_size(frame::MAX_PAYLOAD + (1 << 20))
+                    .max_encoding_message_size(frame::MAX_PAYLOAD + (1 << 20));
+                Ok(Invoker { rt, proxy })
+            })
+            .as_ref()
+            .map_err(|e| e.clone())
+    }
+
     /// Calls another function (any instance) and waits for its reply.
     pub fn invoke(&self, function: &str, payload: &[u8]) -> HandlerResult {
-        let mut proxy = self.proxy.clone();
+        let invoker = self.invoker()?;
+        let mut proxy = invoker.proxy.clone();
         let req = InvokeRequest {
             function: function.to_string(),
             payload: payload.to_vec(),
             ..Default::default()
         };
-        let r = self
+        let r = invoker
             .rt
             .block_on(proxy.invoke(req))
             .map_err(|e| format!("invoke {function}: {}", e.message()))?
@@ -100,6 +138,46 @@ impl Context {
 pub struct App {
     handlers: HashMap<String, Handler>,
     classes: HashMap<String, Factory>,
+}
+
+/// The proxy's end of the instance socket, shared by the threads that send replies. A reply is
+/// written by the thread that computed it, whole, under the lock: no hand-off to a writer
+/// thread (each hand-off is a wake-up), and frames never interleave.
+struct Replies {
+    socket: parking_lot::Mutex<UnixStream>,
+}
+
+impl Replies {
+    /// Sends a call's outcome. A reply over the frame limit becomes an error reply saying so;
+    /// a broken socket is left to the reading loop, which ends the process when it sees it.
+    fn send(&self, call_id: u64, r: HandlerResult) {
+        let (payload, error) = match r {
+            Ok(p) if p.len() > frame::MAX_PAYLOAD => (
+                Vec::new(),
+                format!(
+                    "the reply of {} bytes is over the {}-byte limit; put large results in the \
+                     data worker and return their IDs",
+                    p.len(),
+                    frame::MAX_PAYLOAD
+                ),
+            ),
+            Ok(p) => (p, String::new()),
+            Err(e) => (Vec::new(), if e.is_empty() { "error".into() } else { e }),
+        };
+        let msg = InstanceMessage {
+            msg: Some(instance_message::Msg::Result(CallResult {
+                call_id,
+                payload,
+                error,
+            })),
+        };
+        let mut out = Vec::new();
+        if let Err(e) = frame::encode(&msg, &mut out) {
+            eprintln!("yr function process: cannot encode the reply to call {call_id}: {e}");
+            return;
+        }
+        let _ = self.socket.lock().write_all(&out);
+    }
 }
 
 impl App {
@@ -130,7 +208,7 @@ impl App {
         self
     }
 
-    /// Serves calls until the proxy closes the stream; exits the process with an error message
+    /// Serves calls until the proxy closes the socket; exits the process with an error message
     /// if the environment or the connection is wrong (the agent reports it with stderr's tail).
     pub fn run(self) -> ! {
         let code = match self.serve() {
@@ -150,75 +228,53 @@ impl App {
             })
         };
         let instance_id = env("YR_INSTANCE_ID")?;
+        let socket_path = env("YR_PROXY_SOCKET")?;
         let proxy_address = env("YR_PROXY_ADDRESS")?;
         let data_socket = std::env::var("YR_DATA_SOCKET").unwrap_or_default();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?;
-        rt.block_on(self.serve_async(instance_id, proxy_address, data_socket))
-    }
-
-    async fn serve_async(
-        self,
-        instance_id: String,
-        proxy_address: String,
-        data_socket: String,
-    ) -> anyhow::Result<()> {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{proxy_address}"))?
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot reach the proxy at {proxy_address}: {e}"))?;
-        let mut proxy = ProxyClient::new(channel)
-            .max_decoding_message_size(256 << 20)
-            .max_encoding_message_size(256 << 20);
-        let (out_tx, out_rx) = mpsc::channel::<InstanceMessage>(1024);
+        let socket = UnixStream::connect(&socket_path).map_err(|e| {
+            anyhow::anyhow!("cannot reach the proxy's instance socket {socket_path}: {e}")
+        })?;
         let mut names: Vec<String> = self.handlers.keys().cloned().collect();
         names.extend(self.classes.keys().cloned());
-        out_tx
-            .send(InstanceMessage {
-                msg: Some(instance_message::Msg::Hello(InstanceHello {
-                    instance_id: instance_id.clone(),
-                    handlers: names,
-                    pid: std::process::id(),
-                })),
-            })
-            .await?;
-        let mut input = proxy
-            .serve(ReceiverStream::new(out_rx))
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!("the proxy refused instance {instance_id}: {}", e.message())
-            })?
-            .into_inner();
-        let config = match input.next().await {
-            Some(Ok(ProxyMessage {
-                msg: Some(proxy_message::Msg::Config(c)),
-            })) => c,
-            other => anyhow::bail!("expected the instance's configuration, got {other:?}"),
+        let hello = InstanceMessage {
+            msg: Some(instance_message::Msg::Hello(InstanceHello {
+                instance_id: instance_id.clone(),
+                handlers: names,
+                pid: std::process::id(),
+            })),
+        };
+        (&socket)
+            .write_all(&frame::to_frame(&hello)?)
+            .map_err(|e| anyhow::anyhow!("cannot greet the proxy at {socket_path}: {e}"))?;
+        let replies = Arc::new(Replies {
+            socket: parking_lot::Mutex::new(socket.try_clone()?),
+        });
+        let mut input = std::io::BufReader::with_capacity(64 << 10, socket);
+        let mut buf = Vec::new();
+        let mut next = || -> anyhow::Result<Option<proxy_message::Msg>> {
+            match frame::read::<ProxyMessage>(&mut input, &mut buf) {
+                Ok(m) => Ok(m.and_then(|m| m.msg)),
+                Err(e) => anyhow::bail!("the proxy connection broke: {e}"),
+            }
+        };
+        let config = match next()? {
+            Some(proxy_message::Msg::Config(c)) => c,
+            Some(proxy_message::Msg::Refused(why)) => {
+                anyhow::bail!("the proxy refused instance {instance_id}: {why}")
+            }
+            None => anyhow::bail!(
+                "the proxy closed the connection before configuring instance {instance_id}"
+            ),
+            Some(other) => anyhow::bail!("expected the instance's configuration, got {other:?}"),
         };
         let ctx = Arc::new(Context {
             instance_id,
             function: config.function.clone(),
             data_socket,
             store: OnceLock::new(),
-            proxy: proxy.clone(),
-            rt: tokio::runtime::Handle::current(),
+            proxy_address,
+            invoker: OnceLock::new(),
         });
-        let reply = |call_id: u64, r: HandlerResult| {
-            let (payload, error) = match r {
-                Ok(p) => (p, String::new()),
-                Err(e) => (Vec::new(), if e.is_empty() { "error".into() } else { e }),
-            };
-            InstanceMessage {
-                msg: Some(instance_message::Msg::Result(CallResult {
-                    call_id,
-                    payload,
-                    error,
-                })),
-            }
-        };
         // A stateful instance: one thread owns the state and takes calls in order.
         let stateful_tx = if config.stateful {
             let factory = self.classes.get(&config.handler).cloned().ok_or_else(|| {
@@ -230,7 +286,7 @@ impl App {
             })?;
             let (tx, rx) = std::sync::mpsc::channel::<Call>();
             let ctx2 = Arc::clone(&ctx);
-            let out = out_tx.clone();
+            let out = Arc::clone(&replies);
             let mut state = factory(&ctx).map_err(|e| {
                 anyhow::anyhow!("creating the {} instance failed: {e}", config.handler)
             })?;
@@ -242,9 +298,7 @@ impl App {
                             state.call(&ctx2, &call.method, &call.payload)
                         }))
                         .unwrap_or_else(|p| Err(panic_message(p)));
-                        if out.blocking_send(reply(call.call_id, r)).is_err() {
-                            return;
-                        }
+                        out.send(call.call_id, r);
                     }
                 })?;
             Some(tx)
@@ -259,13 +313,9 @@ impl App {
             None
         };
         let workers = Workers::new();
-        while let Some(msg) = input.next().await {
-            let msg = match msg {
-                Ok(m) => m,
-                Err(e) => anyhow::bail!("the proxy connection broke: {}", e.message()),
-            };
-            match msg.msg {
-                Some(proxy_message::Msg::Call(call)) => {
+        while let Some(msg) = next()? {
+            match msg {
+                proxy_message::Msg::Call(call) => {
                     if let Some(tx) = &stateful_tx {
                         tx.send(call)
                             .map_err(|_| anyhow::anyhow!("the instance thread has stopped"))?;
@@ -273,7 +323,7 @@ impl App {
                     }
                     let handler = self.handlers.get(&call.handler).cloned();
                     let ctx = Arc::clone(&ctx);
-                    let out = out_tx.clone();
+                    let out = Arc::clone(&replies);
                     workers.run(Box::new(move || {
                         let r = match handler {
                             Some(h) => std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -282,11 +332,14 @@ impl App {
                             .unwrap_or_else(|p| Err(panic_message(p))),
                             None => Err(format!("no handler {:?}", call.handler)),
                         };
-                        let _ = out.blocking_send(reply(call.call_id, r));
+                        out.send(call.call_id, r);
                     }))?;
                 }
-                Some(proxy_message::Msg::Shutdown(_)) => return Ok(()),
-                _ => {}
+                proxy_message::Msg::Shutdown(_) => return Ok(()),
+                proxy_message::Msg::Refused(why) => {
+                    anyhow::bail!("the proxy dropped this instance: {why}")
+                }
+                proxy_message::Msg::Config(_) => {}
             }
         }
         Ok(())
