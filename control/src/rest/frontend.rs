@@ -142,7 +142,7 @@ impl Upstream {
     }
 }
 
-#[derive(Clone)]
+/// The routes' shared state, behind one `Arc`: axum clones the state for every request.
 struct Front {
     upstream: Upstream,
     results: Arc<Results>,
@@ -847,7 +847,7 @@ fn pending(id: &str, style: Style, status: StatusCode) -> Response {
 }
 
 /// Admits the call to the result store, starts it on a task of its own, and answers 202.
-fn start_async(front: &Front, inv: Invocation) -> Response {
+fn start_async(front: &Arc<Front>, inv: Invocation) -> Response {
     let id = inv.request_id.clone();
     let style = inv.style;
     if let Err(refused) = front.results.admit(&id, inv.payload.len()) {
@@ -858,7 +858,7 @@ fn start_async(front: &Front, inv: Invocation) -> Response {
         id: id.clone(),
         done: false,
     };
-    let front2 = front.clone();
+    let front2 = Arc::clone(front);
     tokio::spawn(async move {
         let resp = run(&front2, inv).await;
         completion.finish(Stored::from_response(resp).await);
@@ -866,7 +866,7 @@ fn start_async(front: &Front, inv: Invocation) -> Response {
     pending(&id, style, StatusCode::ACCEPTED)
 }
 
-async fn dispatch(front: &Front, inv: Invocation, asynchronous: bool) -> Response {
+async fn dispatch(front: &Arc<Front>, inv: Invocation, asynchronous: bool) -> Response {
     if asynchronous {
         start_async(front, inv)
     } else {
@@ -893,7 +893,7 @@ fn is_async(headers: &HeaderMap) -> Result<bool, Problem> {
 }
 
 async fn invoke_named(
-    front: &Front,
+    front: &Arc<Front>,
     function: String,
     headers: &HeaderMap,
     body: Body,
@@ -909,7 +909,7 @@ async fn invoke_named(
 }
 
 async fn invoke_urn(
-    State(f): State<Front>,
+    State(f): State<Arc<Front>>,
     Path(urn): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -921,7 +921,7 @@ async fn invoke_urn(
 }
 
 async fn invoke_short(
-    State(f): State<Front>,
+    State(f): State<Arc<Front>>,
     Path((_tenant, _namespace, function)): Path<(String, String, String)>,
     headers: HeaderMap,
     body: Body,
@@ -929,7 +929,7 @@ async fn invoke_short(
     invoke_named(&f, function, &headers, body).await
 }
 
-async fn async_result(State(f): State<Front>, Path(id): Path<String>) -> Response {
+async fn async_result(State(f): State<Arc<Front>>, Path(id): Path<String>) -> Response {
     match f.results.get(&id) {
         Lookup::Done(stored) => stored.response(),
         Lookup::Running => {
@@ -1071,7 +1071,7 @@ async fn exists(front: &Front, function: &str) -> Result<bool, Response> {
 }
 
 async fn lambda(
-    State(f): State<Front>,
+    State(f): State<Arc<Front>>,
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -1118,7 +1118,7 @@ async fn lambda(
 // ------------------------------------------------------------------ OpenFaaS
 
 async fn openfaas_sync(
-    State(f): State<Front>,
+    State(f): State<Arc<Front>>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -1130,7 +1130,7 @@ async fn openfaas_sync(
 }
 
 async fn openfaas_async(
-    State(f): State<Front>,
+    State(f): State<Arc<Front>>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -1177,7 +1177,7 @@ pub fn router(upstream: Upstream, config: &RestConfig) -> Router {
             get(|| async { axum::Json(super::openapi::frontend()) }),
         )
         .fallback(not_found)
-        .with_state(front);
+        .with_state(Arc::new(front));
     finish(r, config)
 }
 

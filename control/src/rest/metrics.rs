@@ -28,7 +28,6 @@ use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, IntoResponseParts, Response, ResponseParts};
 
 /// Upper bounds (seconds) of the latency histograms' buckets; `+Inf` is implied.
@@ -251,27 +250,35 @@ impl Metrics {
     }
 }
 
-/// The middleware: times the request and counts its response.
-pub(crate) async fn track(State(m): State<Metrics>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string());
-    let method = req.method().clone();
-    let start = Instant::now();
-    let resp = next.run(req).await;
-    let function = resp
-        .extensions()
-        .get::<FunctionLabel>()
-        .map(|f| f.0.as_str());
-    m.record(
-        route.as_deref().unwrap_or(UNMATCHED_ROUTE),
-        &method,
-        resp.status(),
-        start.elapsed(),
-        function,
-    );
-    resp
+/// One request's measurement: started before it is handled, recorded with its response.
+pub(crate) struct Timer {
+    route: Option<MatchedPath>,
+    method: Method,
+    start: Instant,
+}
+
+impl Timer {
+    pub(crate) fn start(req: &Request) -> Timer {
+        Timer {
+            route: req.extensions().get::<MatchedPath>().cloned(),
+            method: req.method().clone(),
+            start: Instant::now(),
+        }
+    }
+
+    pub(crate) fn record(self, m: &Metrics, resp: &Response) {
+        let function = resp
+            .extensions()
+            .get::<FunctionLabel>()
+            .map(|f| f.0.as_str());
+        m.record(
+            self.route.as_ref().map_or(UNMATCHED_ROUTE, |r| r.as_str()),
+            &self.method,
+            resp.status(),
+            self.start.elapsed(),
+            function,
+        );
+    }
 }
 
 /// `GET /metrics`.

@@ -104,17 +104,8 @@ pub fn authorized(authorization: Option<&[u8]>, token: &str) -> bool {
     same_bytes(given.trim_ascii(), token.as_bytes())
 }
 
-async fn require_token(State(token): State<Arc<str>>, req: Request, next: Next) -> Response {
-    if req.uri().path() == "/healthz" {
-        return next.run(req).await;
-    }
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .map(|v| v.as_bytes());
-    if authorized(given, &token) {
-        return next.run(req).await;
-    }
+/// Why a request without the right token is refused, as the 401 the client sees.
+fn unauthorized(given: Option<&[u8]>) -> Response {
     let detail = if given.is_none() {
         "this route needs `Authorization: Bearer <token>`; the token is in the file named by \
          token_file in the cluster's session.json"
@@ -129,6 +120,36 @@ async fn require_token(State(token): State<Arc<str>>, req: Request, next: Next) 
     r
 }
 
+/// What the outermost middleware needs: the service's metrics and, when it has one, its token.
+#[derive(Clone)]
+struct Gate {
+    metrics: metrics::Metrics,
+    token: Option<Arc<str>>,
+}
+
+/// The outermost middleware, one layer for two jobs (each axum middleware layer costs a boxed
+/// service clone per request): checks the token on every route but `/healthz`, and times and
+/// counts every response, refusals included.
+async fn gate(State(g): State<Gate>, req: Request, next: Next) -> Response {
+    let timer = metrics::Timer::start(&req);
+    let resp = match &g.token {
+        Some(token) if req.uri().path() != "/healthz" => {
+            let given = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .map(|v| v.as_bytes());
+            if authorized(given, token) {
+                next.run(req).await
+            } else {
+                unauthorized(given)
+            }
+        }
+        _ => next.run(req).await,
+    };
+    timer.record(&g.metrics, &resp);
+    resp
+}
+
 /// Adds what every service shares: `/metrics`, then [`layers`].
 pub(crate) fn finish(router: Router, config: &RestConfig) -> Router {
     let router = router.route(
@@ -138,21 +159,15 @@ pub(crate) fn finish(router: Router, config: &RestConfig) -> Router {
     layers(router, config)
 }
 
-/// Wraps every route of `router` (and its fallback) in the body limit, the token check and,
-/// outermost so that refusals are counted too, the metrics.
+/// Wraps every route of `router` (and its fallback) in the body limit and the [`gate`]: the
+/// token check, and the metrics that count refusals too.
 pub(crate) fn layers(router: Router, config: &RestConfig) -> Router {
     let router = router.layer(axum::extract::DefaultBodyLimit::max(config.max_body()));
-    let router = match &config.token {
-        Some(t) => router.layer(axum::middleware::from_fn_with_state(
-            Arc::<str>::from(t.as_str()),
-            require_token,
-        )),
-        None => router,
+    let gate_state = Gate {
+        metrics: config.metrics.clone(),
+        token: config.token.as_deref().map(Arc::<str>::from),
     };
-    router.layer(axum::middleware::from_fn_with_state(
-        config.metrics.clone(),
-        metrics::track,
-    ))
+    router.layer(axum::middleware::from_fn_with_state(gate_state, gate))
 }
 
 /// A body that exceeded the limit (or broke off), as problem+json rather than axum's plain text.
