@@ -327,19 +327,7 @@ fn store(a: StoreArgs) -> Result<()> {
         }
         next = end;
     }
-    // Settled: the allocator hands memory freed while the table grew (its old arrays) back to
-    // the OS after a short delay (mimalloc's purge), so the first reading can hold garbage that
-    // is about to go. Read until a reading is no lower than the one before (at most 2 s).
-    let mut after = rss_anon(worker.pid())?;
-    let settle = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < settle {
-        std::thread::sleep(Duration::from_millis(100));
-        let now = rss_anon(worker.pid())?;
-        if now >= after {
-            break;
-        }
-        after = now;
-    }
+    let after = rss_anon(worker.pid())?;
     let meta_stats = client.stats()?;
     let meta_per_object = after.saturating_sub(before) as f64 / n_meta.max(1) as f64;
     let table_per_object = meta_stats.meta_bytes as f64 / meta_stats.sealed.max(1) as f64;
