@@ -252,14 +252,26 @@ impl State {
         if let Ok(mut p) = inst.pending.lock() {
             p.insert(call_id, tx);
         }
-        if inst.tx.send(call).await.is_err() {
+        // Bounded by the deadline too: a process that stopped reading its socket fills the
+        // queue to it, and the call must still end.
+        let sent = tokio::time::timeout_at(deadline, inst.tx.send(call)).await;
+        if !matches!(sent, Ok(Ok(()))) {
             if let Ok(mut p) = inst.pending.lock() {
                 p.remove(&call_id);
             }
-            return fail(
-                ErrorKind::ErrorInstanceFatal,
-                format!("instance {} exited", inst.id),
-            );
+            return match sent {
+                Err(_) => fail(
+                    ErrorKind::ErrorTimeout,
+                    format!(
+                        "instance {} of {} did not take the call within {timeout:?}",
+                        inst.id, function.name
+                    ),
+                ),
+                _ => fail(
+                    ErrorKind::ErrorInstanceFatal,
+                    format!("instance {} exited", inst.id),
+                ),
+            };
         }
         let outcome = tokio::time::timeout_at(deadline, rx).await;
         match outcome {
