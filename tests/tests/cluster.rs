@@ -433,6 +433,8 @@ fn stop_leaves_nothing_behind() {
             );
         }
         assert!(s.data_socket.exists(), "{}", s.data_socket.display());
+        let instance_socket = s.session_dir.join("node").join("proxy.sock");
+        assert!(instance_socket.exists(), "{}", instance_socket.display());
         per_node.push(procs);
     }
     assert!(
@@ -468,6 +470,12 @@ fn stop_leaves_nothing_behind() {
             !s.data_socket.exists(),
             "the data worker's socket {} is left behind",
             s.data_socket.display()
+        );
+        let instance_socket = s.session_dir.join("node").join("proxy.sock");
+        assert!(
+            !instance_socket.exists(),
+            "the proxy's instance socket {} is left behind",
+            instance_socket.display()
         );
         assert!(
             !s.session_dir.join("session.json").exists(),
