@@ -201,10 +201,19 @@ where
     F: FnOnce(yr_control::Shutdown, Box<dyn FnOnce(std::net::SocketAddr) + Send>) -> Fut,
     Fut: std::future::Future<Output = Result<()>>,
 {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(component_threads()?)
-        .enable_all()
-        .build()?;
+    let threads = component_threads()?;
+    // One thread: tokio's single-threaded scheduler, without the work-stealing one's
+    // bookkeeping (this thread runs every task; blocking work still goes to the blocking pool).
+    let rt = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()?
+    };
     let shutdown = yr_control::Shutdown::new();
     rt.block_on(async {
         let s = shutdown.clone();
