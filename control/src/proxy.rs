@@ -116,7 +116,14 @@ struct State {
     /// One cold start or scale-up in flight per function.
     creating: Mutex<HashMap<String, Arc<Creation>>>,
     pools: std::sync::Mutex<HashMap<String, Arc<Pool>>>,
+    /// The functions mirror's snapshot and the specs calls took from it (see `function`).
+    specs: std::sync::Mutex<FunctionCache>,
 }
+
+type FunctionCache = (
+    Arc<HashMap<String, FunctionSpec>>,
+    HashMap<String, Arc<FunctionSpec>>,
+);
 
 fn fail(kind: ErrorKind, msg: impl Into<String>) -> InvokeReply {
     InvokeReply {
@@ -374,16 +381,29 @@ impl State {
     /// The function's spec from the mirror, or from etcd itself when the mirror has not seen it
     /// yet: a function registered a moment ago (by a driver or the meta service) must be
     /// invocable at once, before the watch event reaches this proxy.
-    async fn function(&self, name: &str) -> Option<FunctionSpec> {
-        if let Some(f) = self.functions.snapshot().get(name) {
-            return Some(f.clone());
+    /// The spec of `name`: shared from the mirror (copied once per change of the mirror, not
+    /// once per call), else read from etcd for a function the watch has not delivered yet.
+    async fn function(&self, name: &str) -> Option<Arc<FunctionSpec>> {
+        let snapshot = self.functions.snapshot();
+        if let Ok(mut cache) = self.specs.lock() {
+            if !Arc::ptr_eq(&cache.0, &snapshot) {
+                *cache = (Arc::clone(&snapshot), HashMap::new());
+            }
+            if let Some(f) = cache.1.get(name) {
+                return Some(Arc::clone(f));
+            }
+            if let Some(f) = snapshot.get(name) {
+                let f = Arc::new(f.clone());
+                cache.1.insert(name.to_string(), Arc::clone(&f));
+                return Some(f);
+            }
         }
         match self
             .meta
             .get::<FunctionSpec>(&etcd::function_key(name))
             .await
         {
-            Ok(f) => f,
+            Ok(f) => f.map(Arc::new),
             Err(e) => {
                 tracing::debug!(function = name, "etcd lookup failed: {e}");
                 None
@@ -906,6 +926,7 @@ pub async fn run(
     let meta = Meta::connect(&config.etcd_endpoints).await?;
     let instances = Mirror::start(meta.clone(), etcd::INSTANCES).await?;
     let functions = Mirror::start(meta.clone(), etcd::FUNCTIONS).await?;
+    let specs = std::sync::Mutex::new((functions.snapshot(), HashMap::new()));
     let master = MasterClient::new(crate::channel(&config.master_address)?);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -935,6 +956,7 @@ pub async fn run(
         rr: AtomicUsize::new(0),
         creating: Mutex::new(HashMap::new()),
         pools: Default::default(),
+        specs,
     });
     if let Some((listener, rest)) = frontend {
         let st = Arc::clone(&state);
