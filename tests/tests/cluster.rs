@@ -8,8 +8,8 @@
 //! (required, anti, and the refusal when no node matches); a stateless pool growing to its
 //! maximum under load and shrinking back to its minimum when idle; restarts of crashed or killed
 //! instances up to the retry limit, then FATAL with the crash's stderr; a function master killed
-//! and restarted that rebuilds its state from etcd; and that `yr stop` leaves no process or
-//! socket behind.
+//! and restarted that rebuilds its state from etcd; that `yr stop` leaves no process or
+//! socket behind; and that a component refuses a bad `YR_COMPONENT_THREADS` by name.
 //!
 //! How: [`yr_tests::cluster::Cluster`] starts nodes in a temporary folder with `--ports auto`
 //! and a 64 MiB arena, so these tests run in parallel; every wait polls `yr status --json` for a
@@ -1050,4 +1050,26 @@ fn a_dead_nodes_instances_move_to_a_live_node() {
         .call("counter", "mover", "add", "4")
         .expect_ok("add 4 after the move");
     assert_eq!(out.stdout.trim(), "4", "{out}");
+}
+
+#[test]
+fn a_bad_component_thread_count_is_refused_by_name() {
+    let out = std::process::Command::new(yr_tests::yr_bin())
+        .args([
+            "component",
+            "meta-service",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "127.0.0.1:1",
+        ])
+        .env("YR_COMPONENT_THREADS", "many")
+        .output()
+        .expect("run yr");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("YR_COMPONENT_THREADS=\"many\" is not a positive number of threads"),
+        "{stderr}"
+    );
 }
