@@ -40,7 +40,7 @@ struct Echo;
 impl Proxy for Echo {
     async fn invoke(&self, req: Request<InvokeRequest>) -> Result<Response<InvokeReply>, Status> {
         Ok(Response::new(InvokeReply {
-            payload: req.into_inner().payload,
+            payload: req.into_inner().payload.to_vec(),
             ..Default::default()
         }))
     }
@@ -200,7 +200,7 @@ pub fn run(a: InvokeArgs) -> Result<()> {
         .build()?;
     let req = InvokeRequest {
         function: "noop".into(),
-        payload: b"ping".to_vec(),
+        payload: axum::body::Bytes::from_static(b"ping"),
         ..Default::default()
     };
     let (yr_m, base) = rt.block_on(async {

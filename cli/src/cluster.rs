@@ -1148,7 +1148,7 @@ pub fn invoke(a: InvokeArgs) -> Result<()> {
     let req = InvokeRequest {
         function: a.name.clone(),
         instance: a.instance.clone().unwrap_or_default(),
-        payload,
+        payload: payload.into(),
         timeout_ms: a.timeout_ms.unwrap_or(0),
         method: a.method.clone().unwrap_or_default(),
         ..Default::default()

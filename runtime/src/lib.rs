@@ -117,7 +117,7 @@ impl Context {
         let mut proxy = invoker.proxy.clone();
         let req = InvokeRequest {
             function: function.to_string(),
-            payload: payload.to_vec(),
+            payload: prost::bytes::Bytes::copy_from_slice(payload),
             ..Default::default()
         };
         let r = invoker

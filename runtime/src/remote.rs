@@ -1130,7 +1130,8 @@ impl Driver {
             }
         }
         let mut proxy = proxy.unwrap_or_else(|| self.local_proxy.clone());
-        let payload = msg.encode_to_vec();
+        // Shared by the attempts: a retry sends the same buffer again.
+        let payload = prost::bytes::Bytes::from(msg.encode_to_vec());
         let retries = if instance.is_some() {
             0
         } else {

@@ -596,7 +596,8 @@ fn parse_session(headers: &HeaderMap) -> Result<Option<SessionHeader>, Problem> 
 /// One call, validated, ready to go to the proxy.
 struct Invocation {
     function: String,
-    payload: Vec<u8>,
+    /// The request's body as received (shared, not copied, by every attempt).
+    payload: Bytes,
     session: Option<SessionHeader>,
     request_id: String,
     style: Style,
@@ -635,23 +636,18 @@ fn prepare(
     let session = parse_session(headers)?;
     Ok(Invocation {
         function,
-        payload: payload.to_vec(),
+        payload,
         session,
         request_id: uuid::Uuid::new_v4().to_string(),
         style,
     })
 }
 
-async fn send(
-    front: &Front,
-    inv: &Invocation,
-    instance: String,
-    payload: Vec<u8>,
-) -> Result<InvokeReply, Problem> {
+async fn send(front: &Front, inv: &Invocation, instance: String) -> Result<InvokeReply, Problem> {
     let req = InvokeRequest {
         function: inv.function.clone(),
         instance,
-        payload,
+        payload: inv.payload.clone(),
         request_id: inv.request_id.clone(),
         ..Default::default()
     };
@@ -670,10 +666,9 @@ fn kind_of(r: &InvokeReply) -> ErrorKind {
 }
 
 /// Sends the call, to its session's instance when it has one.
-async fn invoke(front: &Front, inv: &mut Invocation) -> Result<InvokeReply, Problem> {
+async fn invoke(front: &Front, inv: &Invocation) -> Result<InvokeReply, Problem> {
     let Some(session) = inv.session.clone() else {
-        let payload = std::mem::take(&mut inv.payload);
-        return send(front, inv, String::new(), payload).await;
+        return send(front, inv, String::new()).await;
     };
     let binding = front
         .sessions
@@ -689,7 +684,7 @@ async fn invoke(front: &Front, inv: &mut Invocation) -> Result<InvokeReply, Prob
             Some(instance) => {
                 // Bound: later calls need not wait for this one.
                 drop(bound);
-                let r = send(front, inv, instance.clone(), inv.payload.clone()).await?;
+                let r = send(front, inv, instance.clone()).await?;
                 match kind_of(&r) {
                     // Gone before the call reached it (stopped when idle, or no longer
                     // running): nothing ran, so invoking afresh is safe.
@@ -714,8 +709,7 @@ async fn invoke(front: &Front, inv: &mut Invocation) -> Result<InvokeReply, Prob
             None => {
                 // Keeps the lock while the first call runs: the session's other calls wait to
                 // learn its instance instead of each choosing one.
-                let payload = std::mem::take(&mut inv.payload);
-                let r = send(front, inv, String::new(), payload).await?;
+                let r = send(front, inv, String::new()).await?;
                 if !r.instance_id.is_empty() {
                     *bound = Some(r.instance_id.clone());
                 }
@@ -817,8 +811,8 @@ fn with_ids(mut resp: Response, id: &str, style: Style) -> Response {
 }
 
 /// Runs the call to its end and renders the outcome.
-async fn run(front: &Front, mut inv: Invocation) -> Response {
-    let resp = match invoke(front, &mut inv).await {
+async fn run(front: &Front, inv: Invocation) -> Response {
+    let resp = match invoke(front, &inv).await {
         Ok(r) => render(inv.style, r),
         Err(p) => p.into_response(),
     };
@@ -898,11 +892,23 @@ async fn invoke_named(
     headers: &HeaderMap,
     body: Body,
 ) -> Response {
-    let asynchronous = match is_async(headers) {
-        Ok(a) => a,
-        Err(p) => return p.into_response(),
-    };
-    match prepare(function, headers, body, Style::Yr) {
+    match is_async(headers) {
+        Ok(asynchronous) => call_as(front, function, headers, body, Style::Yr, asynchronous).await,
+        Err(p) => p.into_response(),
+    }
+}
+
+/// Takes a call the way the route's convention `style` has it and runs it (in the background
+/// when `asynchronous`).
+async fn call_as(
+    front: &Arc<Front>,
+    function: String,
+    headers: &HeaderMap,
+    body: Body,
+    style: Style,
+    asynchronous: bool,
+) -> Response {
+    match prepare(function, headers, body, style) {
         Ok(inv) => dispatch(front, inv, asynchronous).await,
         Err(p) => p.into_response(),
     }
@@ -1123,10 +1129,7 @@ async fn openfaas_sync(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match prepare(name, &headers, body, Style::OpenFaas) {
-        Ok(inv) => run(&f, inv).await,
-        Err(p) => p.into_response(),
-    }
+    call_as(&f, name, &headers, body, Style::OpenFaas, false).await
 }
 
 async fn openfaas_async(
@@ -1135,10 +1138,7 @@ async fn openfaas_async(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match prepare(name, &headers, body, Style::OpenFaas) {
-        Ok(inv) => start_async(&f, inv),
-        Err(p) => p.into_response(),
-    }
+    call_as(&f, name, &headers, body, Style::OpenFaas, true).await
 }
 
 /// The frontend's routes, calling through `upstream`.
