@@ -8,8 +8,9 @@
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use yr_runtime::session::Session;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use serde_json::json;
 use tonic::{Request, Response, Status};
@@ -126,7 +127,7 @@ pub(crate) struct OneNode {
     _tmp: tempfile::TempDir,
     /// The node's session folder (`--session-dir`).
     pub dir: PathBuf,
-    pub session: crate::cluster::Session,
+    pub session: Session,
     /// The `hello` example function, built next to this executable.
     pub hello: PathBuf,
 }
@@ -154,9 +155,7 @@ pub(crate) fn start_one_node(prefix: &str) -> Result<OneNode> {
         "64MiB",
     ])?;
     let guard = crate::util::Nodes(vec![dir_s]);
-    let session: crate::cluster::Session = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("session.json")).context("session.json")?,
-    )?;
+    let session = Session::load(&dir)?;
     Ok(OneNode {
         _guard: guard,
         _tmp: tmp,

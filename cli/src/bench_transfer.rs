@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use yr_datastore::{Client, ObjectId};
+use yr_runtime::session::Session;
 
 #[derive(Args)]
 pub struct TransferArgs {
@@ -254,14 +255,7 @@ fn pipeline_round(size: u64, rounds: usize) -> Result<Duration> {
     args.extend(common);
     nodes.0.push(m.clone());
     crate::util::run_self(&args)?;
-    let session: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.path().join("master/session.json"))
-            .context("the master node wrote no session")?,
-    )?;
-    let master = session["master_address"]
-        .as_str()
-        .ok_or_else(|| anyhow!("no master address in the session"))?
-        .to_string();
+    let master = Session::load(&dir.path().join("master"))?.master_address;
     let mut args = vec![
         "start",
         "--worker",

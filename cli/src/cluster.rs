@@ -15,42 +15,12 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use yr_proto::master_client::MasterClient;
 use yr_proto::proxy_client::ProxyClient;
 use yr_proto::*;
 
-pub const SESSIONS_ROOT: &str = "/tmp/yr_sessions";
-
-#[derive(Serialize, Deserialize, Clone, Debug)]
-pub struct ComponentInfo {
-    pub name: String,
-    pub pid: u32,
-    pub address: String,
-    pub log: PathBuf,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug)]
-pub struct Session {
-    pub role: String,
-    pub session_dir: PathBuf,
-    pub node_id: String,
-    pub master_address: String,
-    pub etcd_endpoints: Vec<String>,
-    /// The REST frontend and meta service (master nodes only).
-    pub frontend_url: Option<String>,
-    pub meta_url: Option<String>,
-    pub proxy_address: String,
-    pub data_socket: PathBuf,
-    /// The file holding the REST access token (mode 0600; master nodes).
-    #[serde(default)]
-    pub token_file: Option<PathBuf>,
-    /// Where other nodes' data workers pull this node's objects from.
-    #[serde(default)]
-    pub data_transfer: String,
-    pub components: Vec<ComponentInfo>,
-    pub created_unix_ms: u64,
-}
+pub use yr_runtime::session::{ComponentInfo, Session, SESSIONS_ROOT};
 
 #[derive(Args)]
 pub struct StartArgs {
@@ -298,7 +268,7 @@ use yr_control::etcd::now_ms;
 fn session_dir(arg: &SessionArg) -> PathBuf {
     arg.session_dir
         .clone()
-        .unwrap_or_else(|| PathBuf::from(SESSIONS_ROOT).join("latest"))
+        .unwrap_or_else(yr_runtime::session::latest)
 }
 
 #[derive(Args)]
@@ -330,15 +300,7 @@ pub fn token(a: TokenArgs) -> Result<()> {
 }
 
 pub fn load_session(arg: &SessionArg) -> Result<Session> {
-    let dir = session_dir(arg);
-    let path = dir.join("session.json");
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "no yr session at {} (start one with `yr start --master`, or pass --session-dir)",
-            dir.display()
-        )
-    })?;
-    serde_json::from_str(&text).with_context(|| format!("{} is not a session file", path.display()))
+    Ok(Session::load(&session_dir(arg))?)
 }
 
 fn rt() -> Result<tokio::runtime::Runtime> {
@@ -473,7 +435,7 @@ pub fn start(a: StartArgs) -> Result<()> {
             PathBuf::from(SESSIONS_ROOT).join(stamp)
         }
     };
-    if dir.join("session.json").exists() {
+    if dir.join(yr_runtime::session::SESSION_FILE).exists() {
         bail!(
             "{} already holds a session; stop it first (`yr stop --session-dir {}`) or choose another folder",
             dir.display(),
@@ -719,10 +681,9 @@ pub fn start(a: StartArgs) -> Result<()> {
         }
     };
     session.components = started;
-    let json = serde_json::to_string_pretty(&session)?;
-    std::fs::write(dir.join("session.json"), json)?;
+    session.save(&dir)?;
     if a.session_dir.is_none() {
-        let latest = PathBuf::from(SESSIONS_ROOT).join("latest");
+        let latest = yr_runtime::session::latest();
         let _ = std::fs::remove_file(&latest);
         let _ = std::os::unix::fs::symlink(&dir, &latest);
     }
@@ -903,8 +864,8 @@ pub fn stop(a: StopArgs) -> Result<()> {
         }
     }
     let _ = std::fs::remove_file(&s.data_socket);
-    std::fs::remove_file(s.session_dir.join("session.json"))?;
-    let latest = PathBuf::from(SESSIONS_ROOT).join("latest");
+    std::fs::remove_file(s.session_dir.join(yr_runtime::session::SESSION_FILE))?;
+    let latest = yr_runtime::session::latest();
     if std::fs::read_link(&latest).ok().as_deref() == Some(s.session_dir.as_path()) {
         let _ = std::fs::remove_file(&latest);
     }

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use yr_datastore::ObjectId;
+use yr_runtime::session::Session;
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -82,12 +83,8 @@ fn status(dir: &str) -> Result<serde_json::Value> {
 }
 
 fn session_pids(dir: &Path) -> Result<Vec<u64>> {
-    let s: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("session.json"))?)?;
-    Ok(s["components"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|c| c["pid"].as_u64()).collect())
-        .unwrap_or_default())
+    let s = Session::load(dir)?;
+    Ok(s.components.iter().map(|c| u64::from(c.pid)).collect())
 }
 
 pub fn run(a: DemoArgs) -> Result<()> {
@@ -121,15 +118,8 @@ pub fn run(a: DemoArgs) -> Result<()> {
         true,
     )?;
     nodes.0.push(m.clone());
-    let master_address = status(&m).ok().and(
-        serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(
-            master_dir.join("session.json"),
-        )?)?["master_address"]
-            .as_str()
-            .map(str::to_string),
-    );
-    let master_address =
-        master_address.ok_or_else(|| anyhow!("no master address in the session"))?;
+    status(&m)?;
+    let master_address = Session::load(&master_dir)?.master_address;
     yr(
         &[
             "start",
@@ -295,12 +285,10 @@ pub fn run(a: DemoArgs) -> Result<()> {
         "== 4. a {} MiB object between two processes, through the master node's data worker",
         a.size >> 20
     );
-    let session: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(master_dir.join("session.json"))?)?;
-    let socket = session["data_socket"]
-        .as_str()
-        .ok_or_else(|| anyhow!("no data socket in the session"))?
-        .to_string();
+    let socket = Session::load(&master_dir)?
+        .data_socket
+        .to_string_lossy()
+        .into_owned();
     pass_object(&socket, a.size)?;
 
     println!("== 5. the REST gateway, with curl (examples/rest/try.sh, as in the README)");

@@ -18,6 +18,7 @@
 //! that call with the panic message; the process keeps serving.
 
 pub mod remote;
+pub mod session;
 pub use remote::{
     Actor, Args, Builder, Bytes, CallInfo, DriverObject, Error, InstanceHandle, NewObject,
     NodeInfo, ObjectRef, Options, Task, TaskContext, Value, Yr,

@@ -406,7 +406,7 @@ impl Builder {
         }
         let session = std::env::var_os("YR_SESSION")
             .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/tmp/yr_sessions/latest"));
+            .unwrap_or_else(crate::session::latest);
         self.connect(session)
     }
 
@@ -428,34 +428,15 @@ impl Builder {
     /// Connects a driver to the cluster of the session at `session` (a
     /// session folder or its `session.json`).
     pub fn connect(self, session: PathBuf) -> Result<Yr, Error> {
-        let file = if session.is_dir() {
-            session.join("session.json")
-        } else {
-            session
-        };
-        let text = std::fs::read_to_string(&file).map_err(|e| {
-            Error::Connect(format!(
-                "cannot read the cluster session {} ({e}); start a cluster with `yr start \
-                 --master`, or set YR_SESSION to a session folder (or YR_MASTER_ADDRESS)",
-                file.display()
-            ))
-        })?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-            Error::Connect(format!("{} is not a session file: {e}", file.display()))
-        })?;
-        let field = |k: &str| {
-            v.get(k)
-                .and_then(|x| x.as_str())
-                .map(str::to_string)
-                .ok_or_else(|| Error::Connect(format!("{} has no {k}", file.display())))
-        };
+        let s =
+            crate::session::Session::load(&session).map_err(|e| Error::Connect(e.to_string()))?;
         self.connect_to(
             driver_runtime()?,
             Endpoints {
-                master: field("master_address")?,
-                proxy: field("proxy_address")?,
-                socket: field("data_socket")?,
-                node_id: field("node_id")?,
+                master: s.master_address,
+                proxy: s.proxy_address,
+                socket: s.data_socket.to_string_lossy().into_owned(),
+                node_id: s.node_id,
             },
         )
     }

@@ -215,28 +215,9 @@ impl NodeOptions {
 }
 
 /// One component process of a node, from `session.json`.
-#[derive(Clone, Debug)]
-pub struct Component {
-    pub name: String,
-    pub pid: u32,
-    pub address: String,
-    pub log: PathBuf,
-}
-
+pub use yr_runtime::session::ComponentInfo as Component;
 /// A node's `session.json`, as `yr start` wrote it.
-#[derive(Clone, Debug)]
-pub struct Session {
-    pub role: String,
-    pub session_dir: PathBuf,
-    pub node_id: String,
-    pub master_address: String,
-    pub etcd_endpoints: Vec<String>,
-    pub proxy_address: String,
-    pub data_socket: PathBuf,
-    /// The data worker's transfer address (empty for sessions from before it existed).
-    pub data_transfer: String,
-    pub components: Vec<Component>,
-}
+pub use yr_runtime::session::Session;
 
 fn field<'a>(v: &'a Value, key: &str) -> Result<&'a Value, String> {
     v.get(key).ok_or_else(|| format!("field {key:?} missing"))
@@ -269,59 +250,6 @@ fn array_field<'a>(v: &'a Value, key: &str) -> Result<&'a Vec<Value>, String> {
     field(v, key)?
         .as_array()
         .ok_or_else(|| format!("field {key:?} is not an array"))
-}
-
-impl Session {
-    /// Reads `DIR/session.json`.
-    pub fn load(dir: &Path) -> Result<Session, String> {
-        let path = dir.join("session.json");
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        Session::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
-    }
-
-    /// Parses the text of a `session.json`.
-    pub fn parse(text: &str) -> Result<Session, String> {
-        let v: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
-        let components = array_field(&v, "components")?
-            .iter()
-            .map(|c| {
-                Ok(Component {
-                    name: str_field(c, "name")?,
-                    pid: u32_field(c, "pid")?,
-                    address: str_field(c, "address")?,
-                    log: PathBuf::from(str_field(c, "log")?),
-                })
-            })
-            .collect::<Result<Vec<_>, String>>()?;
-        let etcd_endpoints = array_field(&v, "etcd_endpoints")?
-            .iter()
-            .map(|e| {
-                e.as_str()
-                    .map(str::to_owned)
-                    .ok_or_else(|| "an etcd endpoint is not a string".to_string())
-            })
-            .collect::<Result<Vec<_>, String>>()?;
-        Ok(Session {
-            role: str_field(&v, "role")?,
-            session_dir: PathBuf::from(str_field(&v, "session_dir")?),
-            node_id: str_field(&v, "node_id")?,
-            master_address: str_field(&v, "master_address")?,
-            etcd_endpoints,
-            proxy_address: str_field(&v, "proxy_address")?,
-            data_socket: PathBuf::from(str_field(&v, "data_socket")?),
-            data_transfer: str_field(&v, "data_transfer").unwrap_or_default(),
-            components,
-        })
-    }
-
-    /// The pid of the component called `name`.
-    pub fn pid_of(&self, name: &str) -> Option<u32> {
-        self.components
-            .iter()
-            .find(|c| c.name == name)
-            .map(|c| c.pid)
-    }
 }
 
 /// One node in `yr status --json`.
