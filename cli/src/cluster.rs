@@ -934,7 +934,7 @@ pub fn status(a: StatusArgs) -> Result<()> {
             "  {:<28} {:<10} {:<9} node {:<20} pid {:<7} cpu {:>4}m  rss {:>4} MiB  {}{}",
             i.instance_id,
             i.function,
-            yr_control::master::state_name(i.state),
+            yr_control::lifecycle::state_name(i.state),
             i.node_id,
             i.pid,
             i.cpu_millis_used,
@@ -974,7 +974,7 @@ fn status_json(st: &ClusterStatus) -> serde_json::Value {
         })).collect::<Vec<_>>(),
         "instances": st.instances.iter().map(|i| serde_json::json!({
             "instance_id": i.instance_id, "function": i.function, "name": i.name,
-            "stateful": i.stateful, "state": yr_control::master::state_name(i.state),
+            "stateful": i.stateful, "state": yr_control::lifecycle::state_name(i.state),
             "node_id": i.node_id, "pid": i.pid, "restarts": i.restarts, "error": i.error,
             "cpu_millis_used": i.cpu_millis_used, "memory_bytes_used": i.memory_bytes_used,
         })).collect::<Vec<_>>(),
@@ -1170,7 +1170,7 @@ pub fn instance(cmd: InstanceCmd) -> Result<()> {
             println!(
                 "{} {} on node {}",
                 i.instance_id,
-                yr_control::master::state_name(i.state),
+                yr_control::lifecycle::state_name(i.state),
                 i.node_id
             );
             Ok(())

@@ -25,7 +25,10 @@ use yr_proto::master_client::MasterClient;
 use yr_proto::*;
 
 use crate::etcd::{self, Meta};
-use crate::{package, procstat, Shutdown};
+use crate::Shutdown;
+
+pub mod package;
+pub mod procstat;
 
 /// Lifetime of the node's registration without keep-alives.
 pub const LEASE_TTL: i64 = 6;

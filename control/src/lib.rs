@@ -3,11 +3,10 @@
 //! entry; `yr component NAME` runs one as its own process.
 
 pub mod agent;
+pub mod error;
 pub mod etcd;
+pub mod lifecycle;
 pub mod master;
-pub mod package;
-pub mod placement;
-pub mod procstat;
 pub mod proxy;
 pub mod rest;
 pub mod scheduler;

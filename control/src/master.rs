@@ -22,7 +22,10 @@ use yr_proto::master_server::{Master, MasterServer};
 use yr_proto::*;
 
 use crate::etcd::{self, Meta, Mirror};
-use crate::placement::{self, Demand};
+use crate::lifecycle::{is_terminal, state_name};
+use placement::Demand;
+
+pub mod placement;
 use crate::Shutdown;
 
 /// How long a create waits for resources and for the instance to come up, unless told.
@@ -54,10 +57,6 @@ pub struct MasterState {
     /// Held from choosing a node until the choice is recorded, so that two placements at once
     /// cannot both count the same free resources.
     placing: Mutex<()>,
-}
-
-pub fn is_terminal(s: i32) -> bool {
-    s == InstanceState::Exited as i32 || s == InstanceState::Fatal as i32
 }
 
 fn status_of(e: anyhow::Error) -> Status {
@@ -727,12 +726,6 @@ impl MasterState {
             instances,
         })
     }
-}
-
-pub fn state_name(s: i32) -> &'static str {
-    InstanceState::try_from(s)
-        .map(|s| s.as_str_name())
-        .unwrap_or("UNKNOWN")
 }
 
 /// Fills defaults and checks a function spec; the error names the field.

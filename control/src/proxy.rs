@@ -448,7 +448,7 @@ impl State {
                 .filter(|r| {
                     r.function == function.name
                         && !r.stateful
-                        && !crate::master::is_terminal(r.state)
+                        && !crate::lifecycle::is_terminal(r.state)
                 })
                 .count();
             let remote: Vec<&InstanceRecord> = instances
@@ -584,7 +584,7 @@ impl State {
                 .find(|r| {
                     r.name == key
                         && r.function == function.name
-                        && !crate::master::is_terminal(r.state)
+                        && !crate::lifecycle::is_terminal(r.state)
                 })
                 .and_then(|r| locals.get(&r.instance_id).cloned())
         });
@@ -608,7 +608,7 @@ impl State {
                 instances
                     .values()
                     .filter(|r| r.name == key && r.function == function.name)
-                    .max_by_key(|r| (!crate::master::is_terminal(r.state), r.updated_unix_ms))
+                    .max_by_key(|r| (!crate::lifecycle::is_terminal(r.state), r.updated_unix_ms))
             });
         match record {
             None => fail(
@@ -625,7 +625,7 @@ impl State {
                 format!(
                     "instance {} is {}, not RUNNING",
                     r.instance_id,
-                    crate::master::state_name(r.state)
+                    crate::lifecycle::state_name(r.state)
                 ),
             ),
         }

@@ -23,7 +23,7 @@ use yr_proto::proxy_client::ProxyClient;
 use yr_proto::*;
 
 use crate::etcd::{self, Meta, Mirror};
-use crate::master::is_terminal;
+use crate::lifecycle::is_terminal;
 use crate::Shutdown;
 
 /// How often the pools are checked.

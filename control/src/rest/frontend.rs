@@ -734,6 +734,10 @@ fn platform_error(kind: ErrorKind, detail: String) -> Response {
         }
         ErrorKind::ErrorInstanceFatal => problem(StatusCode::BAD_GATEWAY, 1007),
         // Neither success nor a function error reaches here; anything else is the platform's.
+        ErrorKind::ErrorMaxInstances => problem(StatusCode::SERVICE_UNAVAILABLE, 1002),
+        ErrorKind::ErrorInvalidArgument => problem(StatusCode::BAD_REQUEST, 1001),
+        ErrorKind::ErrorUnavailable => problem(StatusCode::SERVICE_UNAVAILABLE, 3003),
+        ErrorKind::ErrorObjectLost => problem(StatusCode::NOT_FOUND, 4004),
         ErrorKind::ErrorInternal | ErrorKind::ErrorNone | ErrorKind::ErrorFunction => {
             problem(StatusCode::INTERNAL_SERVER_ERROR, 3003)
         }

@@ -17,7 +17,7 @@ pub struct Demand {
 }
 
 fn terminal(r: &InstanceRecord) -> bool {
-    crate::master::is_terminal(r.state)
+    crate::lifecycle::is_terminal(r.state)
 }
 
 /// Resources reserved on `node` by its non-terminal instances.
