@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod error;
 pub mod etcd;
+pub mod function;
 pub mod lifecycle;
 pub mod master;
 pub mod proxy;

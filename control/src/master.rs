@@ -731,22 +731,7 @@ impl MasterState {
 /// Fills defaults and checks a function spec; the error names the field.
 pub fn normalize_spec(mut spec: FunctionSpec) -> Result<FunctionSpec, Status> {
     let bad = |field: &str, why: String| Status::invalid_argument(format!("{field}: {why}"));
-    // '@' admits openYuanrong's function-service names (`0@service@func`).
-    if spec.name.is_empty()
-        || spec.name.len() > 128
-        || !spec
-            .name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '@')
-    {
-        return Err(bad(
-            "name",
-            format!(
-                "{:?} must be 1-128 characters of a-z, A-Z, 0-9, '-', '_' or '@'",
-                spec.name
-            ),
-        ));
-    }
+    crate::function::check_name(&spec.name)?;
     if spec.version.is_empty() {
         spec.version = "latest".into();
     }
