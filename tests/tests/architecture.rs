@@ -84,7 +84,13 @@ fn references(text: &str, here: &[String]) -> Vec<Vec<String>> {
                 }
             } else {
                 let mut p = base.clone();
-                p.extend(path_segments(rest));
+                for seg in path_segments(rest) {
+                    if seg == "super" {
+                        p.pop();
+                    } else {
+                        p.push(seg);
+                    }
+                }
                 out.push(p);
             }
         }
