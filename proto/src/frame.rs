@@ -111,7 +111,7 @@ mod tests {
             msg: Some(instance_message::Msg::Result(CallResult {
                 call_id,
                 payload: payload.to_vec(),
-                error: String::new(),
+                ..Default::default()
             })),
         }
     }

@@ -67,6 +67,12 @@ fn kind(e: &Error) -> &'static str {
         Error::Deploy(_) => "Deploy",
         Error::Codec(_) => "Codec",
         Error::Store(_) => "Store",
+        // A function process's start-up errors; a driver never sees them.
+        Error::NotStartedByAgent(_)
+        | Error::InstanceSocket(_)
+        | Error::NotRegistered { .. }
+        | Error::InstanceInit { .. }
+        | Error::Threads(_) => "FunctionProcess",
     }
 }
 

@@ -1,0 +1,300 @@
+//! The function-process SDK: a registry of handlers and classes, and the loop that serves the
+//! proxy's calls on its instance socket.
+//!
+//! The agent starts a function executable with the environment that says which instance it is
+//! and where its node's proxy and data worker are. [`App::run`] connects to the proxy's instance
+//! socket (frames of [`yr_proto::frame`]), says hello with the names it registers, learns from
+//! the proxy's configuration which handler (or class) this instance serves, and answers calls
+//! until the proxy goes away. [`reply`] writes the answers; [`workers`] runs stateless calls.
+//!
+//! Invariants: a stateless handler may run on several threads at once (the function's
+//! concurrency, enforced by the proxy); a stateful instance's methods run one at a time, in the
+//! order the proxy delivered them, on one thread that owns the state. A panicking handler fails
+//! that call with the panic message; the process keeps serving. A reply's error kind is decided
+//! here, in the process that knows it (see [`Failure`]), and travels typed to the caller.
+
+mod reply;
+mod workers;
+
+pub(crate) use reply::{Failure, Reply};
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use yr_proto::frame;
+use yr_proto::{
+    instance_message, proxy_message, Call, InstanceHello, InstanceMessage, ProxyMessage,
+};
+
+use crate::context::Context;
+use crate::error::Error;
+use reply::Replies;
+use workers::Workers;
+
+/// What a handler returns: the reply's bytes, or an error message for the caller.
+pub type HandlerResult = Result<Vec<u8>, String>;
+
+/// A stateful instance: created once per instance, then called method by method, in order.
+pub trait Instance: Send {
+    /// Runs one method on the instance's state.
+    fn call(&mut self, ctx: &Context, method: &str, input: &[u8]) -> HandlerResult;
+}
+
+/// A stateful instance as the serve loop drives it: a user's [`Instance`], or the runtime's
+/// own adapter for `Builder` classes, which can fail a call with a kind other than the
+/// function's own error.
+pub(crate) trait Stateful: Send {
+    /// Runs one method.
+    fn call(&mut self, ctx: &Context, method: &str, input: &[u8]) -> Reply;
+}
+
+struct UserInstance<I>(I);
+
+impl<I: Instance> Stateful for UserInstance<I> {
+    fn call(&mut self, ctx: &Context, method: &str, input: &[u8]) -> Reply {
+        self.0.call(ctx, method, input).map_err(Failure::function)
+    }
+}
+
+type Handler = Arc<dyn Fn(&Context, &[u8]) -> Reply + Send + Sync>;
+type Factory = Arc<dyn Fn(&Context) -> Result<Box<dyn Stateful>, String> + Send + Sync>;
+
+/// The function process's registry of handlers and classes.
+#[derive(Default)]
+pub struct App {
+    handlers: HashMap<String, Handler>,
+    classes: HashMap<String, Factory>,
+}
+
+impl App {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A stateless handler.
+    pub fn handler(
+        self,
+        name: &str,
+        f: impl Fn(&Context, &[u8]) -> HandlerResult + Send + Sync + 'static,
+    ) -> Self {
+        self.typed_handler(name, move |ctx, input| {
+            f(ctx, input).map_err(Failure::function)
+        })
+    }
+
+    /// A stateful class: `make` builds one instance's state when the instance starts.
+    pub fn class<I: Instance + 'static>(
+        self,
+        name: &str,
+        make: impl Fn(&Context) -> Result<I, String> + Send + Sync + 'static,
+    ) -> Self {
+        self.typed_class(name, move |ctx| {
+            make(ctx).map(|i| Box::new(UserInstance(i)) as Box<dyn Stateful>)
+        })
+    }
+
+    /// A stateless handler whose failures carry their kind.
+    pub(crate) fn typed_handler(
+        mut self,
+        name: &str,
+        f: impl Fn(&Context, &[u8]) -> Reply + Send + Sync + 'static,
+    ) -> Self {
+        self.handlers.insert(name.to_string(), Arc::new(f));
+        self
+    }
+
+    /// A stateful class whose calls' failures carry their kind.
+    pub(crate) fn typed_class(
+        mut self,
+        name: &str,
+        make: impl Fn(&Context) -> Result<Box<dyn Stateful>, String> + Send + Sync + 'static,
+    ) -> Self {
+        self.classes.insert(name.to_string(), Arc::new(make));
+        self
+    }
+
+    /// Serves calls until the proxy closes the socket; exits the process with an error message
+    /// if the environment or the connection is wrong (the agent reports it with stderr's tail).
+    pub fn run(self) -> ! {
+        let code = match self.serve() {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("yr function process: {e}");
+                1
+            }
+        };
+        std::process::exit(code)
+    }
+
+    fn serve(self) -> Result<(), Error> {
+        let env = |k: &'static str| std::env::var(k).map_err(|_| Error::NotStartedByAgent(k));
+        let instance_id = env("YR_INSTANCE_ID")?;
+        let socket_path = env("YR_PROXY_SOCKET")?;
+        let proxy_address = env("YR_PROXY_ADDRESS")?;
+        let data_socket = std::env::var("YR_DATA_SOCKET").unwrap_or_default();
+        let socket = UnixStream::connect(&socket_path).map_err(|e| {
+            Error::InstanceSocket(format!(
+                "cannot reach the proxy's instance socket {socket_path}: {e}"
+            ))
+        })?;
+        let mut names: Vec<String> = self.handlers.keys().cloned().collect();
+        names.extend(self.classes.keys().cloned());
+        let hello = InstanceMessage {
+            msg: Some(instance_message::Msg::Hello(InstanceHello {
+                instance_id: instance_id.clone(),
+                handlers: names,
+                pid: std::process::id(),
+            })),
+        };
+        let greet = |e: std::io::Error| {
+            Error::InstanceSocket(format!("cannot greet the proxy at {socket_path}: {e}"))
+        };
+        (&socket)
+            .write_all(&frame::to_frame(&hello).map_err(greet)?)
+            .map_err(greet)?;
+        let replies = Arc::new(Replies::new(socket.try_clone().map_err(greet)?));
+        let mut input = std::io::BufReader::with_capacity(64 << 10, socket);
+        let mut buf = Vec::new();
+        let mut next = || -> Result<Option<proxy_message::Msg>, Error> {
+            match frame::read::<ProxyMessage>(&mut input, &mut buf) {
+                Ok(m) => Ok(m.and_then(|m| m.msg)),
+                Err(e) => Err(Error::InstanceSocket(format!(
+                    "the proxy connection broke: {e}"
+                ))),
+            }
+        };
+        let config = match next()? {
+            Some(proxy_message::Msg::Config(c)) => c,
+            Some(proxy_message::Msg::Refused(why)) => {
+                return Err(Error::InstanceSocket(format!(
+                    "the proxy refused instance {instance_id}: {why}"
+                )))
+            }
+            None => {
+                return Err(Error::InstanceSocket(format!(
+                    "the proxy closed the connection before configuring instance {instance_id}"
+                )))
+            }
+            Some(other) => {
+                return Err(Error::InstanceSocket(format!(
+                    "expected the instance's configuration, got {other:?}"
+                )))
+            }
+        };
+        let ctx = Arc::new(Context::new(
+            instance_id,
+            config.function.clone(),
+            data_socket,
+            proxy_address,
+        ));
+        // A stateful instance: one thread owns the state and takes calls in order.
+        let stateful_tx = if config.stateful {
+            let factory =
+                self.classes
+                    .get(&config.handler)
+                    .cloned()
+                    .ok_or_else(|| Error::NotRegistered {
+                        what: "class",
+                        name: config.handler.clone(),
+                        known: sorted(self.classes.keys()),
+                    })?;
+            let (tx, rx) = std::sync::mpsc::channel::<Call>();
+            let ctx2 = Arc::clone(&ctx);
+            let out = Arc::clone(&replies);
+            let mut state = factory(&ctx).map_err(|message| Error::InstanceInit {
+                class: config.handler.clone(),
+                message,
+            })?;
+            std::thread::Builder::new()
+                .name("yr-instance".into())
+                .spawn(move || {
+                    for call in rx {
+                        let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                            state.call(&ctx2, &call.method, &call.payload)
+                        }))
+                        .unwrap_or_else(|p| Err(Failure::function(panic_message(p))));
+                        out.send(call.call_id, r);
+                    }
+                })
+                .map_err(|e| Error::Threads(format!("cannot start the instance's thread: {e}")))?;
+            Some(tx)
+        } else {
+            if !self.handlers.contains_key(&config.handler) {
+                return Err(Error::NotRegistered {
+                    what: "handler",
+                    name: config.handler.clone(),
+                    known: sorted(self.handlers.keys()),
+                });
+            }
+            None
+        };
+        let workers = Workers::new();
+        while let Some(msg) = next()? {
+            match msg {
+                proxy_message::Msg::Call(call) => {
+                    if let Some(tx) = &stateful_tx {
+                        tx.send(call).map_err(|_| {
+                            Error::Threads("the instance thread has stopped".into())
+                        })?;
+                        continue;
+                    }
+                    let handler = self.handlers.get(&call.handler).cloned();
+                    let ctx = Arc::clone(&ctx);
+                    let out = Arc::clone(&replies);
+                    workers.run(Box::new(move || {
+                        let r = match handler {
+                            Some(h) => std::panic::catch_unwind(AssertUnwindSafe(|| {
+                                h(&ctx, &call.payload)
+                            }))
+                            .unwrap_or_else(|p| Err(Failure::function(panic_message(p)))),
+                            None => {
+                                Err(Failure::function(format!("no handler {:?}", call.handler)))
+                            }
+                        };
+                        out.send(call.call_id, r);
+                    }))?;
+                }
+                proxy_message::Msg::Shutdown(_) => return Ok(()),
+                proxy_message::Msg::Refused(why) => {
+                    return Err(Error::InstanceSocket(format!(
+                        "the proxy dropped this instance: {why}"
+                    )))
+                }
+                proxy_message::Msg::Config(_) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+fn sorted<'a>(names: impl Iterator<Item = &'a String>) -> Vec<String> {
+    let mut v: Vec<String> = names.cloned().collect();
+    v.sort();
+    v
+}
+
+fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    let msg = p
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    format!("handler panicked: {msg}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_becomes_the_calls_error_message() {
+        let p = std::panic::catch_unwind(|| panic!("boom {}", 7)).expect_err("panics");
+        assert_eq!(panic_message(p), "handler panicked: boom 7");
+        let p = std::panic::catch_unwind(|| std::panic::panic_any(3u8)).expect_err("panics");
+        assert_eq!(panic_message(p), "handler panicked: unknown panic");
+    }
+}
