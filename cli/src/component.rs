@@ -279,7 +279,7 @@ pub fn run(cmd: ComponentCmd) -> Result<()> {
                 etcd_endpoints: endpoints(&a.etcd),
                 advertise: String::new(),
             };
-            yr_control::master::run(config, sd, ready).await
+            Ok(yr_control::master::run(config, sd, ready).await?)
         }),
         ComponentCmd::MetaService(a) => {
             let config = a.rest.config(a.listen)?;
@@ -302,7 +302,7 @@ pub fn run(cmd: ComponentCmd) -> Result<()> {
                 };
                 // The scheduler serves nothing; its ready line carries no address.
                 let none = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
-                yr_control::scheduler::run(config, sd, || ready(none)).await
+                Ok(yr_control::scheduler::run(config, sd, || ready(none)).await?)
             })
         }
         ComponentCmd::FunctionProxy(a) => {
@@ -345,7 +345,7 @@ pub fn run(cmd: ComponentCmd) -> Result<()> {
                 labels: a.labels.into_iter().collect(),
                 custom,
             };
-            yr_control::agent::run(config, sd, ready).await
+            Ok(yr_control::agent::run(config, sd, ready).await?)
         }),
     }
 }

@@ -11,20 +11,26 @@
 //!   tail of stderr) when the process ended on its own. The agent never restarts anything itself;
 //!   the master decides.
 //! - Stopping the agent stops every function process it started.
+//!
+//! [`package`] turns a function's code into the process's folder; [`procstat`] measures the node
+//! and its processes from `/proc`. A start request's function enters as a checked
+//! [`crate::function::Spec`]; failures leave typed ([`crate::error::Error`]), bad code or a bad
+//! entrypoint as an invalid argument naming `code_path` or `entrypoint`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
 use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
 use yr_proto::agent_server::{Agent, AgentServer};
 use yr_proto::master_client::MasterClient;
 use yr_proto::*;
 
+use crate::error::{Error, Result};
 use crate::etcd::{self, Meta};
+use crate::function::Spec;
 use crate::Shutdown;
 
 pub mod package;
@@ -39,21 +45,33 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How much of a crashed process's stderr goes into the error callers see.
 const STDERR_TAIL: usize = 2048;
 
+/// How an agent is started.
 pub struct AgentConfig {
+    /// Where it serves gRPC (port 0: any free port).
     pub listen: std::net::SocketAddr,
+    /// The etcd cluster it registers the node in.
     pub etcd_endpoints: Vec<String>,
+    /// The master it reports instances to.
     pub master_address: String,
+    /// This node's ID.
     pub node_id: String,
+    /// This node's proxy (gRPC).
     pub proxy_address: String,
     /// The proxy's instance socket, where function processes take their calls.
     pub proxy_socket: std::path::PathBuf,
+    /// This node's data worker socket.
     pub data_socket: PathBuf,
     /// The data worker's transfer address (empty: objects stay on this node).
     pub data_transfer: String,
+    /// Where instance folders go (`instances/<id>/`).
     pub work_dir: PathBuf,
+    /// The node's cpu to offer (default: what it has).
     pub cpu_millis: Option<u64>,
+    /// The node's memory to offer (default: what it has).
     pub memory_mib: Option<u64>,
+    /// The node's labels, for affinity rules.
     pub labels: HashMap<String, String>,
+    /// Custom resources the node offers ("gpu": 1).
     pub custom: HashMap<String, f64>,
 }
 
@@ -91,7 +109,7 @@ fn signal(pid: u32, sig: i32) {
 }
 
 impl State {
-    async fn start(&self, instance: InstanceRecord, function: FunctionSpec) -> Result<u32, Status> {
+    async fn start(&self, instance: InstanceRecord, function: Spec) -> Result<u32> {
         let id = instance.instance_id.clone();
         if let Some(r) = self.running.lock().await.get(&id) {
             if !r.done.load(std::sync::atomic::Ordering::SeqCst) {
@@ -99,37 +117,36 @@ impl State {
             }
         }
         let dir = self.config.work_dir.join("instances").join(&id);
-        let bad = |what: &str, e: &dyn std::fmt::Display| {
-            Status::failed_precondition(format!("instance {id}: {what}: {e}"))
+        let io = |what: String| {
+            let id = id.clone();
+            move |e| Error::io(format!("instance {id}: {what}"), e)
         };
-        std::fs::create_dir_all(&dir).map_err(|e| bad(&format!("create {}", dir.display()), &e))?;
+        std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
         // A restart reuses the instance's folder: unpack its code afresh.
         let old_code = dir.join("code");
         if old_code.exists() {
             std::fs::remove_dir_all(&old_code)
-                .map_err(|e| bad(&format!("remove {}", old_code.display()), &e))?;
+                .map_err(io(format!("remove {}", old_code.display())))?;
         }
         let code_dir = {
             let code = PathBuf::from(&function.code_path);
             let dir = dir.clone();
             tokio::task::spawn_blocking(move || package::prepare(&code, &dir))
                 .await
-                .map_err(|e| bad("prepare code", &e))?
-                .map_err(|e| bad("prepare code", &e))?
+                .map_err(|e| Error::Internal(format!("instance {id}: preparing code: {e}")))??
         };
-        let exe = package::find_entrypoint(&code_dir, &function.entrypoint)
-            .map_err(|e| bad("entrypoint", &e))?;
+        let exe = package::find_entrypoint(&code_dir, &function.entrypoint)?;
         let stdout = std::fs::File::options()
             .create(true)
             .append(true)
             .open(dir.join("stdout.log"))
-            .map_err(|e| bad("open stdout.log", &e))?;
+            .map_err(io("open stdout.log".into()))?;
         let stderr_path = dir.join("stderr.log");
         let stderr = std::fs::File::options()
             .create(true)
             .append(true)
             .open(&stderr_path)
-            .map_err(|e| bad("open stderr.log", &e))?;
+            .map_err(io("open stderr.log".into()))?;
         let stderr_start = stderr.metadata().map(|m| m.len()).unwrap_or(0);
         let mut cmd = tokio::process::Command::new(&exe);
         cmd.current_dir(&code_dir)
@@ -158,7 +175,7 @@ impl State {
                     attempts += 1;
                     tokio::time::sleep(Duration::from_millis(5 * attempts)).await;
                 }
-                Err(e) => return Err(bad(&format!("start {}", exe.display()), &e)),
+                Err(e) => return Err(io(format!("start {}", exe.display()))(e)),
             }
         };
         let pid = child.id().unwrap_or(0);
@@ -188,7 +205,7 @@ impl State {
             let ev = if asked {
                 InstanceEvent {
                     instance_id: id.clone(),
-                    state: InstanceState::Exited as i32,
+                    state: InstanceState::Exited.into(),
                     ..Default::default()
                 }
             } else {
@@ -196,7 +213,7 @@ impl State {
                 tracing::warn!(instance = %id, "function process exited on its own ({how})");
                 InstanceEvent {
                     instance_id: id.clone(),
-                    state: InstanceState::Failed as i32,
+                    state: InstanceState::Failed.into(),
                     error: if tail.is_empty() {
                         format!("process {pid} exited ({how})")
                     } else {
@@ -206,7 +223,7 @@ impl State {
                 }
             };
             if let Err(e) = master.report_instance(ev).await {
-                tracing::warn!(instance = %id, "cannot report exit: {}", e.message());
+                tracing::warn!(instance = %id, "cannot report exit: {}", Error::from_status(e));
             }
         });
         Ok(pid)
@@ -252,11 +269,11 @@ impl Agent for Service {
         let r = req.into_inner();
         let instance = r
             .instance
-            .ok_or_else(|| Status::invalid_argument("instance: missing"))?;
+            .ok_or_else(|| Error::invalid("instance", "missing"))?;
         let function = r
             .function
-            .ok_or_else(|| Status::invalid_argument("function: missing"))?;
-        let pid = self.0.start(instance, function).await?;
+            .ok_or_else(|| Error::invalid("function", "missing"))?;
+        let pid = self.0.start(instance, Spec::try_from(function)?).await?;
         Ok(Response::new(StartInstanceReply { pid }))
     }
 
@@ -378,7 +395,7 @@ async fn register(state: Arc<State>, meta: Meta, agent_address: String, shutdown
                 .put_leased(&etcd::node_key(&state.config.node_id), &rec, lease)
                 .await
             {
-                tracing::warn!("cannot update the node record: {e:#}");
+                tracing::warn!("cannot update the node record: {e}");
                 continue 'lease;
             }
             // Per-instance usage goes to the master with the instance's other news.
@@ -401,7 +418,7 @@ async fn register(state: Arc<State>, meta: Meta, agent_address: String, shutdown
                 // NEW means "no change of state": this is a usage report only.
                 let ev = InstanceEvent {
                     instance_id: id,
-                    state: InstanceState::New as i32,
+                    state: InstanceState::New.into(),
                     cpu_millis_used: cpu.max(1),
                     memory_bytes_used: s.rss_bytes,
                     ..Default::default()
@@ -427,11 +444,7 @@ async fn register(state: Arc<State>, meta: Meta, agent_address: String, shutdown
                     // Leaving, not dying: the master stops listing this node once its
                     // registration goes.
                     let _ = meta
-                        .delete(&format!(
-                            "{}{}",
-                            crate::master::KNOWN_NODES,
-                            state.config.node_id
-                        ))
+                        .delete(&etcd::known_node_key(&state.config.node_id))
                         .await;
                     let _ = client.lease_revoke(lease).await;
                     return;
@@ -448,13 +461,15 @@ pub async fn run(
     on_ready: impl FnOnce(std::net::SocketAddr),
 ) -> Result<()> {
     std::fs::create_dir_all(config.work_dir.join("instances"))
-        .with_context(|| format!("cannot create {}", config.work_dir.display()))?;
+        .map_err(|e| Error::io(format!("cannot create {}", config.work_dir.display()), e))?;
     let meta = Meta::connect(&config.etcd_endpoints).await?;
     let master = MasterClient::new(crate::channel(&config.master_address)?);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-    let addr = listener.local_addr()?;
+        .map_err(|e| Error::io(format!("cannot listen on {}", config.listen), e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::io("the bound address", e))?;
     let state = Arc::new(State {
         config,
         master,
@@ -467,11 +482,13 @@ pub async fn run(
         shutdown.clone(),
     ));
     on_ready(addr);
-    tonic::transport::Server::builder()
+    // Processes are stopped even if serving failed: none may outlive the agent.
+    let served = tonic::transport::Server::builder()
         .add_service(AgentServer::new(Service(Arc::clone(&state))))
         .serve_with_incoming_shutdown(crate::incoming(listener), shutdown.clone().wait_owned())
-        .await?;
+        .await
+        .map_err(|e| Error::Internal(format!("serving gRPC on {addr}: {e}")));
     state.stop_all().await;
     let _ = reg.await;
-    Ok(())
+    served
 }

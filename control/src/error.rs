@@ -25,6 +25,11 @@ pub enum Error {
     /// The named function, instance or object does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// Something to be created exists already (a function registered again with `create_only`).
+    /// Its kind is [`ErrorKind::ErrorInvalidArgument`] (the caller must change the request); over
+    /// gRPC it travels as the code `ALREADY_EXISTS`, which is how it is told apart.
+    #[error("{0}")]
+    AlreadyExists(String),
     /// The function already runs as many instances as its `max_instances` allows.
     #[error("{0}")]
     MaxInstances(String),
@@ -52,6 +57,12 @@ pub enum Error {
     /// etcd answered with an error.
     #[error("etcd: {0}")]
     Etcd(#[from] etcd_client::Error),
+    /// An etcd request failed; `request` says which ("put /yr/instances/f-1").
+    #[error("etcd {request}: {source}")]
+    EtcdRequest {
+        request: String,
+        source: etcd_client::Error,
+    },
     /// A local file or socket operation failed; `context` says which.
     #[error("{context}: {source}")]
     Io {
@@ -72,6 +83,14 @@ impl Error {
         }
     }
 
+    /// An [`Error::EtcdRequest`] saying which request failed.
+    pub fn etcd(request: impl Into<String>, source: etcd_client::Error) -> Error {
+        Error::EtcdRequest {
+            request: request.into(),
+            source,
+        }
+    }
+
     /// An [`Error::Io`] saying what was being done.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Error {
         Error::Io {
@@ -83,7 +102,9 @@ impl Error {
     /// The wire kind of this error, as an `InvokeReply` or an [`ErrorDetail`] carries it.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::InvalidArgument { .. } => ErrorKind::ErrorInvalidArgument,
+            Error::InvalidArgument { .. } | Error::AlreadyExists(_) => {
+                ErrorKind::ErrorInvalidArgument
+            }
             Error::NotFound(_) => ErrorKind::ErrorNotFound,
             Error::MaxInstances(_) => ErrorKind::ErrorMaxInstances,
             Error::InsufficientResources(_) => ErrorKind::ErrorInsufficientResources,
@@ -92,7 +113,9 @@ impl Error {
             Error::InstanceFatal(_) => ErrorKind::ErrorInstanceFatal,
             Error::Function(_) => ErrorKind::ErrorFunction,
             Error::ObjectLost(_) => ErrorKind::ErrorObjectLost,
-            Error::Unavailable(_) | Error::Etcd(_) => ErrorKind::ErrorUnavailable,
+            Error::Unavailable(_) | Error::Etcd(_) | Error::EtcdRequest { .. } => {
+                ErrorKind::ErrorUnavailable
+            }
             Error::Io { .. } | Error::Internal(_) => ErrorKind::ErrorInternal,
         }
     }
@@ -123,6 +146,9 @@ impl Error {
 
     /// The gRPC status code for this error's kind.
     pub fn code(&self) -> Code {
+        if let Error::AlreadyExists(_) = self {
+            return Code::AlreadyExists;
+        }
         match self.kind() {
             ErrorKind::ErrorInvalidArgument => Code::InvalidArgument,
             ErrorKind::ErrorNotFound | ErrorKind::ErrorObjectLost => Code::NotFound,
@@ -139,7 +165,7 @@ impl Error {
     /// This error as a gRPC status: its code, its message, and its kind in the details.
     pub fn to_status(&self) -> Status {
         let detail = ErrorDetail {
-            kind: self.kind() as i32,
+            kind: self.kind().into(),
         };
         Status::with_details(self.code(), self.to_string(), detail.encode_to_vec().into())
     }
@@ -147,6 +173,9 @@ impl Error {
     /// The error a peer component sent: its kind from the status details when the peer is yr,
     /// else from the status code alone.
     pub fn from_status(status: Status) -> Error {
+        if status.code() == Code::AlreadyExists {
+            return Error::AlreadyExists(status.message().to_string());
+        }
         let sent = Some(status.details())
             .filter(|d| !d.is_empty())
             .and_then(|d| ErrorDetail::decode(d).ok())
@@ -184,6 +213,7 @@ mod tests {
         vec![
             Error::invalid("cpu", "must be positive"),
             Error::NotFound("no function f".into()),
+            Error::AlreadyExists("the function name f already exists".into()),
             Error::MaxInstances("f runs 2 of 2".into()),
             Error::InsufficientResources("no node fits".into()),
             Error::Timeout("not running after 30s".into()),
@@ -214,6 +244,15 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::ErrorTimeout);
         let e = Error::from_status(Status::unknown("?"));
         assert_eq!(e.kind(), ErrorKind::ErrorInternal);
+    }
+
+    #[test]
+    fn already_exists_keeps_its_code() {
+        let s = Error::AlreadyExists("f exists".into()).to_status();
+        assert_eq!(s.code(), Code::AlreadyExists);
+        assert!(matches!(Error::from_status(s), Error::AlreadyExists(_)));
+        let plain = Error::from_status(Status::already_exists("taken"));
+        assert!(matches!(plain, Error::AlreadyExists(_)), "{plain:?}");
     }
 
     #[test]

@@ -7,19 +7,24 @@
 //! - `/yr/instances/<instance_id>`: [`InstanceRecord`], written only by the master, so that a
 //!   record never goes backwards because two writers raced.
 //! - `/yr/names/<function>/<name>`: the instance ID of a named (stateful) instance.
+//! - `/yr/known-nodes/<node_id>`: empty; every node the master has seen, so that a node whose
+//!   registration lapsed shows as dead rather than unknown. A node that leaves gracefully deletes
+//!   its own key first.
 //!
 //! Everything the master acknowledges to a caller is in etcd before the reply, which is what lets
 //! a restarted master rebuild its state from here alone.
 
-use anyhow::{Context, Result};
 use etcd_client::{Client, GetOptions, PutOptions};
 use prost::Message;
 use yr_proto::{FunctionSpec, InstanceRecord, NodeRecord};
+
+use crate::error::{Error, Result};
 
 pub const NODES: &str = "/yr/nodes/";
 pub const FUNCTIONS: &str = "/yr/functions/";
 pub const INSTANCES: &str = "/yr/instances/";
 pub const NAMES: &str = "/yr/names/";
+pub const KNOWN_NODES: &str = "/yr/known-nodes/";
 
 pub fn node_key(id: &str) -> String {
     format!("{NODES}{id}")
@@ -32,6 +37,9 @@ pub fn instance_key(id: &str) -> String {
 }
 pub fn name_key(function: &str, name: &str) -> String {
     format!("{NAMES}{function}/{name}")
+}
+pub fn known_node_key(id: &str) -> String {
+    format!("{KNOWN_NODES}{id}")
 }
 
 /// A cheap-to-clone handle on etcd with typed helpers.
@@ -48,11 +56,11 @@ impl Meta {
             .with_timeout(std::time::Duration::from_secs(10));
         let mut client = Client::connect(endpoints, Some(opts))
             .await
-            .with_context(|| format!("cannot connect to etcd at {}", endpoints.join(",")))?;
+            .map_err(|e| Error::etcd(format!("connect to {}", endpoints.join(",")), e))?;
         client
             .status()
             .await
-            .with_context(|| format!("etcd at {} does not answer", endpoints.join(",")))?;
+            .map_err(|e| Error::etcd(format!("status of {}", endpoints.join(",")), e))?;
         Ok(Meta { client })
     }
 
@@ -65,7 +73,7 @@ impl Meta {
             .clone()
             .put(key, msg.encode_to_vec(), None)
             .await
-            .with_context(|| format!("etcd put {key}"))?;
+            .map_err(|e| Error::etcd(format!("put {key}"), e))?;
         Ok(())
     }
 
@@ -78,7 +86,7 @@ impl Meta {
                 Some(PutOptions::new().with_lease(lease)),
             )
             .await
-            .with_context(|| format!("etcd put {key}"))?;
+            .map_err(|e| Error::etcd(format!("put {key}"), e))?;
         Ok(())
     }
 
@@ -87,7 +95,7 @@ impl Meta {
             .clone()
             .put(key, value, None)
             .await
-            .with_context(|| format!("etcd put {key}"))?;
+            .map_err(|e| Error::etcd(format!("put {key}"), e))?;
         Ok(())
     }
 
@@ -97,7 +105,7 @@ impl Meta {
             .clone()
             .get(key, None)
             .await
-            .with_context(|| format!("etcd get {key}"))?;
+            .map_err(|e| Error::etcd(format!("get {key}"), e))?;
         Ok(r.kvs()
             .first()
             .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
@@ -109,11 +117,11 @@ impl Meta {
             .clone()
             .get(key, None)
             .await
-            .with_context(|| format!("etcd get {key}"))?;
+            .map_err(|e| Error::etcd(format!("get {key}"), e))?;
         match r.kvs().first() {
-            Some(kv) => Ok(Some(
-                M::decode(kv.value()).with_context(|| format!("corrupt record at {key}"))?,
-            )),
+            Some(kv) => Ok(Some(M::decode(kv.value()).map_err(|e| {
+                Error::Internal(format!("corrupt record at {key}: {e}"))
+            })?)),
             None => Ok(None),
         }
     }
@@ -126,7 +134,7 @@ impl Meta {
             .clone()
             .get(prefix, Some(GetOptions::new().with_prefix()))
             .await
-            .with_context(|| format!("etcd list {prefix}"))?;
+            .map_err(|e| Error::etcd(format!("list {prefix}"), e))?;
         let mut out = Vec::with_capacity(r.kvs().len());
         for kv in r.kvs() {
             match M::decode(kv.value()) {
@@ -139,12 +147,32 @@ impl Meta {
         Ok(out)
     }
 
+    /// The keys under `prefix`, without the prefix (values are not read).
+    pub async fn keys(&self, prefix: &str) -> Result<Vec<String>> {
+        let r = self
+            .client
+            .clone()
+            .get(
+                prefix,
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            )
+            .await
+            .map_err(|e| Error::etcd(format!("list {prefix}"), e))?;
+        Ok(r.kvs()
+            .iter()
+            .map(|kv| {
+                let key = String::from_utf8_lossy(kv.key());
+                key.get(prefix.len()..).unwrap_or_default().to_string()
+            })
+            .collect())
+    }
+
     pub async fn delete(&self, key: &str) -> Result<()> {
         self.client
             .clone()
             .delete(key, None)
             .await
-            .with_context(|| format!("etcd delete {key}"))?;
+            .map_err(|e| Error::etcd(format!("delete {key}"), e))?;
         Ok(())
     }
 
@@ -182,7 +210,7 @@ impl<M: Message + Default + Clone + Send + Sync + 'static> Mirror<M> {
             let mut rev = rev;
             loop {
                 if let Err(e) = follow(&meta, prefix, rev, &tx).await {
-                    tracing::warn!(prefix, "etcd watch ended: {e:#}; reloading");
+                    tracing::warn!(prefix, "etcd watch ended: {e}; reloading");
                 }
                 if tx.is_closed() {
                     return;
@@ -193,7 +221,7 @@ impl<M: Message + Default + Clone + Send + Sync + 'static> Mirror<M> {
                         rev = r;
                         let _ = tx.send(std::sync::Arc::new(map));
                     }
-                    Err(e) => tracing::warn!(prefix, "etcd reload failed: {e:#}"),
+                    Err(e) => tracing::warn!(prefix, "etcd reload failed: {e}"),
                 }
             }
         });
@@ -225,7 +253,7 @@ async fn load<M: Message + Default>(
         .client()
         .get(prefix, Some(GetOptions::new().with_prefix()))
         .await
-        .with_context(|| format!("etcd list {prefix}"))?;
+        .map_err(|e| Error::etcd(format!("list {prefix}"), e))?;
     let rev = r.header().map(|h| h.revision()).unwrap_or(0);
     let mut map = std::collections::HashMap::new();
     for kv in r.kvs() {
@@ -250,10 +278,17 @@ async fn follow<M: Message + Default + Clone>(
         .client()
         .watch(prefix, Some(opts))
         .await
-        .with_context(|| format!("etcd watch {prefix}"))?;
-    while let Some(resp) = stream.message().await? {
+        .map_err(|e| Error::etcd(format!("watch {prefix}"), e))?;
+    while let Some(resp) = stream
+        .message()
+        .await
+        .map_err(|e| Error::etcd(format!("watch {prefix}"), e))?
+    {
         if resp.canceled() {
-            anyhow::bail!("watch canceled: {}", resp.cancel_reason());
+            return Err(Error::Unavailable(format!(
+                "etcd watch {prefix} canceled: {}",
+                resp.cancel_reason()
+            )));
         }
         if resp.events().is_empty() {
             continue;
@@ -278,5 +313,7 @@ async fn follow<M: Message + Default + Clone>(
             return Ok(());
         }
     }
-    anyhow::bail!("watch stream closed")
+    Err(Error::Unavailable(format!(
+        "etcd watch {prefix}: stream closed"
+    )))
 }

@@ -1,6 +1,17 @@
-//! The control plane: function master, function proxy, function agent (with its runtime
-//! manager) and their shared pieces. Each component is a library module with an async `run`
-//! entry; `yr component NAME` runs one as its own process.
+//! The control plane, organised by service. Each service is a library module with an async
+//! `run` entry; `yr component NAME` runs one as its own process.
+//!
+//! - [`master`]: the function master, the only writer of instance records: deploys functions,
+//!   places instances ([`master::placement`]) and applies the lifecycle's decisions.
+//! - [`scheduler`]: keeps each function's pool between its minimum and maximum.
+//! - [`proxy`]: one per node; routes calls to instances and hosts the instance socket.
+//! - [`agent`]: one per node; registers the node, starts and stops function processes
+//!   ([`agent::package`] unpacks their code, [`agent::procstat`] measures them).
+//! - [`rest`]: the HTTP side: frontend (calls), meta (functions), data, openapi, metrics.
+//!
+//! Shared pieces, which import no service: [`etcd`] (key layout and typed access), [`error`]
+//! (the one error type and its gRPC mapping), [`lifecycle`] (the pure instance state machine)
+//! and [`function`] (the function-name rule and validated specs).
 
 pub mod agent;
 pub mod error;
@@ -21,10 +32,12 @@ pub struct Shutdown {
 }
 
 impl Shutdown {
+    /// A signal not yet set.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Sets the signal and wakes everyone waiting for it.
     pub fn trigger(&self) {
         self.inner
             .0
@@ -32,6 +45,7 @@ impl Shutdown {
         self.inner.1.notify_waiters();
     }
 
+    /// Whether the signal has been set.
     pub fn is_set(&self) -> bool {
         self.inner.0.load(std::sync::atomic::Ordering::SeqCst)
     }
@@ -47,15 +61,16 @@ impl Shutdown {
         }
     }
 
+    /// [`Shutdown::wait`] on an owned handle, for APIs that take a `'static` future.
     pub async fn wait_owned(self) {
         self.wait().await
     }
 }
 
 /// A gRPC channel to `address` (host:port) that connects on first use.
-pub fn channel(address: &str) -> anyhow::Result<tonic::transport::Channel> {
+pub fn channel(address: &str) -> error::Result<tonic::transport::Channel> {
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|e| anyhow::anyhow!("bad address {address:?}: {e}"))?
+        .map_err(|e| error::Error::invalid("address", format!("{address:?}: {e}")))?
         .connect_timeout(std::time::Duration::from_secs(3))
         .tcp_nodelay(true);
     Ok(endpoint.connect_lazy())

@@ -12,25 +12,32 @@
 //!
 //! It never writes instance records itself: every change goes through the master, the records'
 //! only writer. Stateful (named) instances are never touched: they live until terminated.
+//! What counts as a pool's instance, and how long to pause after a failed create, are the
+//! lifecycle's rules ([`lifecycle::in_pool`], [`lifecycle::next_backoff`]); [`decide`] is the
+//! scheduler's own pure rule.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
 use yr_proto::master_client::MasterClient;
 use yr_proto::proxy_client::ProxyClient;
 use yr_proto::*;
 
+use crate::error::{Error, Result};
 use crate::etcd::{self, Meta, Mirror};
-use crate::lifecycle::is_terminal;
+use crate::function::Spec;
+use crate::lifecycle;
 use crate::Shutdown;
 
 /// How often the pools are checked.
 pub const TICK: Duration = Duration::from_millis(500);
 
+/// How a scheduler is started.
 pub struct SchedulerConfig {
+    /// The etcd cluster it reads nodes, functions and instances from.
     pub etcd_endpoints: Vec<String>,
+    /// The master it asks to create and stop instances.
     pub master_address: String,
     /// An instance idle this long may be stopped (down to `min_instances`).
     pub idle_timeout: Duration,
@@ -43,27 +50,26 @@ struct Scheduler {
     functions: Mirror<FunctionSpec>,
     instances: Mirror<InstanceRecord>,
     proxies: HashMap<String, ProxyClient<tonic::transport::Channel>>,
-    /// Functions whose last create failed: no new attempt before the instant, and the pause
-    /// doubles on each further failure (up to [`MAX_BACKOFF`]), so a pool whose minimum cannot
-    /// be met does not pile up FATAL records and log lines twice a second.
+    /// Functions whose last create failed: no new attempt before the instant; the pause is
+    /// [`lifecycle::next_backoff`] of the one before.
     backoff: Arc<Mutex<HashMap<String, (Instant, Duration)>>>,
 }
-
-const FIRST_BACKOFF: Duration = Duration::from_secs(2);
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// What to do with one function's pool, from its state: a pure function, unit-tested.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Action {
+    /// Create this many instances.
     Create(u32),
+    /// Stop these instances (IDs), the longest idle first.
     Stop(Vec<String>),
+    /// Leave the pool as it is.
     Nothing,
 }
 
 /// `alive`: the function's non-terminal stateless instances; `load`: what proxies said about
 /// those that are connected.
 pub fn decide(
-    f: &FunctionSpec,
+    f: &Spec,
     alive: &[&InstanceRecord],
     load: &HashMap<String, InstanceLoad>,
     idle_timeout: Duration,
@@ -74,7 +80,7 @@ pub fn decide(
     }
     let running: Vec<&InstanceRecord> = alive
         .iter()
-        .filter(|r| r.state == InstanceState::Running as i32)
+        .filter(|r| lifecycle::state_of(r) == InstanceState::Running)
         .copied()
         .collect();
     let starting = alive.len() - running.len();
@@ -138,6 +144,13 @@ impl Scheduler {
         let load = self.loads().await;
         let instances = self.instances.snapshot();
         for f in self.functions.snapshot().values() {
+            let f = match Spec::try_from(f.clone()) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(function = %f.name, "skipping an invalid spec: {e}");
+                    continue;
+                }
+            };
             let paused = self
                 .backoff
                 .lock()
@@ -146,9 +159,9 @@ impl Scheduler {
                 .unwrap_or(false);
             let alive: Vec<&InstanceRecord> = instances
                 .values()
-                .filter(|r| r.function == f.name && !r.stateful && !is_terminal(r.state))
+                .filter(|r| lifecycle::in_pool(r, &f.name))
                 .collect();
-            match decide(f, &alive, &load, self.config.idle_timeout) {
+            match decide(&f, &alive, &load, self.config.idle_timeout) {
                 Action::Create(_) if paused => {}
                 Action::Create(k) => {
                     for _ in 0..k {
@@ -173,15 +186,14 @@ impl Scheduler {
                                     b.remove(&name);
                                 }
                                 Err(e) => {
-                                    let pause = b
-                                        .get(&name)
-                                        .map_or(FIRST_BACKOFF, |(_, p)| (*p * 2).min(MAX_BACKOFF));
+                                    let pause =
+                                        lifecycle::next_backoff(b.get(&name).map(|(_, p)| *p));
                                     b.insert(name.clone(), (Instant::now() + pause, pause));
                                     tracing::warn!(
                                         function = %name,
                                         retry_in = ?pause,
                                         "cannot grow the pool: {}",
-                                        e.message()
+                                        Error::from_status(e)
                                     );
                                 }
                             }
@@ -193,12 +205,15 @@ impl Scheduler {
                     for id in ids {
                         tracing::info!(function = %f.name, instance = %id, "stopping an idle instance");
                         let mut m = self.master.clone();
-                        let _ = m
+                        if let Err(e) = m
                             .kill_instance(InstanceRef {
-                                instance_id: id,
+                                instance_id: id.clone(),
                                 name: String::new(),
                             })
-                            .await;
+                            .await
+                        {
+                            tracing::warn!(instance = %id, "cannot stop: {}", Error::from_status(e));
+                        }
                     }
                 }
                 Action::Nothing => {}
@@ -240,19 +255,21 @@ pub async fn run(
 mod tests {
     use super::*;
 
-    fn spec(min: u32, max: u32) -> FunctionSpec {
-        FunctionSpec {
+    fn spec(min: u32, max: u32) -> Spec {
+        Spec::try_from(FunctionSpec {
             name: "f".into(),
+            code_path: "/srv/f".into(),
             min_instances: min,
             max_instances: max,
             ..Default::default()
-        }
+        })
+        .expect("a valid spec")
     }
     fn inst(id: &str, state: InstanceState) -> InstanceRecord {
         InstanceRecord {
             instance_id: id.into(),
             function: "f".into(),
-            state: state as i32,
+            state: state.into(),
             ..Default::default()
         }
     }

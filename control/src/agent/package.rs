@@ -49,26 +49,37 @@ const S_IFLNK: u32 = 0o120_000;
 /// Where a function's code comes from, as decided by [`classify`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CodeSource {
+    /// A directory, used in place.
     Dir(PathBuf),
+    /// A single executable file, copied into the code folder.
     Executable(PathBuf),
+    /// A `.tar.gz` / `.tgz` archive, unpacked into the code folder.
     TarGz(PathBuf),
+    /// A `.zip` archive, unpacked into the code folder.
     Zip(PathBuf),
 }
 
+/// Why a function's code could not be prepared or its entrypoint found.
 #[derive(Debug, thiserror::Error)]
 pub enum PackageError {
+    /// The code path does not exist.
     #[error("code path {} does not exist", path.display())]
     NotFound { path: PathBuf },
+    /// The code path is something other than a directory or a regular file.
     #[error("code path {} is neither a directory nor a regular file", path.display())]
     UnsupportedSource { path: PathBuf },
+    /// The instance's code folder exists already; it is never reused (something may have
+    /// been planted there).
     #[error("instance code folder {} already exists; refusing to reuse it", path.display())]
     CodeDirExists { path: PathBuf },
+    /// A file operation on `path` failed.
     #[error("I/O error on {}: {source}", path.display())]
     Io {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
+    /// Copying a single-executable source into the code folder failed.
     #[error("copying {} to {} failed: {source}", from.display(), to.display())]
     Copy {
         from: PathBuf,
@@ -76,31 +87,65 @@ pub enum PackageError {
         #[source]
         source: io::Error,
     },
+    /// The archive does not decode (truncated, not an archive, bad checksum).
     #[error("archive {} is corrupt or unreadable: {detail}", archive.display())]
     Corrupt { archive: PathBuf, detail: String },
+    /// An archive entry would escape the code folder or is of a refused type.
     #[error("archive {}: entry {entry:?} refused: {reason}", archive.display())]
     UnsafeEntry {
         archive: PathBuf,
         entry: String,
         reason: String,
     },
+    /// The archive unpacks to more than the byte limit.
     #[error("archive {} unpacks to more than {limit} bytes", archive.display())]
     TooLarge { archive: PathBuf, limit: u64 },
+    /// The archive has more entries than the limit.
     #[error("archive {} has more than {limit} entries", archive.display())]
     TooManyEntries { archive: PathBuf, limit: u64 },
+    /// The entrypoint given is not a plain relative path inside the code folder.
     #[error("entrypoint {entrypoint:?} is invalid: {reason}")]
     InvalidEntrypoint {
         entrypoint: String,
         reason: &'static str,
     },
+    /// The entrypoint's file is missing, not a regular file, not executable or outside the
+    /// code folder.
     #[error("entrypoint {}: {reason}", path.display())]
     BadEntrypoint { path: PathBuf, reason: &'static str },
+    /// No entrypoint was given and the code folder does not have exactly one executable to
+    /// guess.
     #[error(
         "no entrypoint given and {} has {found} executable files at top level \
          (exactly one is required to guess); an entrypoint is needed",
         dir.display()
     )]
     EntrypointNeeded { dir: PathBuf, found: usize },
+}
+
+/// As the agent reports it: bad code is an invalid `code_path`, a bad entrypoint an invalid
+/// `entrypoint` (the function's deployer must fix either); file trouble on the node is I/O.
+impl From<PackageError> for crate::error::Error {
+    fn from(e: PackageError) -> crate::error::Error {
+        use crate::error::Error;
+        match e {
+            PackageError::Io { path, source } => Error::io(path.display().to_string(), source),
+            PackageError::Copy { from, to, source } => Error::io(
+                format!("copying {} to {}", from.display(), to.display()),
+                source,
+            ),
+            PackageError::CodeDirExists { .. } => Error::Internal(e.to_string()),
+            PackageError::InvalidEntrypoint { .. }
+            | PackageError::BadEntrypoint { .. }
+            | PackageError::EntrypointNeeded { .. } => Error::invalid("entrypoint", e.to_string()),
+            PackageError::NotFound { .. }
+            | PackageError::UnsupportedSource { .. }
+            | PackageError::Corrupt { .. }
+            | PackageError::UnsafeEntry { .. }
+            | PackageError::TooLarge { .. }
+            | PackageError::TooManyEntries { .. } => Error::invalid("code_path", e.to_string()),
+        }
+    }
 }
 
 fn io_err(path: &Path, source: io::Error) -> PackageError {

@@ -21,16 +21,20 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Instant;
 
+/// Why a sample could not be taken.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcError {
+    /// The process (pid) exited while, or before, being sampled.
     #[error("process {0} is gone")]
     Gone(u32),
+    /// A `/proc` file could not be read for another reason.
     #[error("failed to read {}: {source}", path.display())]
     Io {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
+    /// A `/proc` file's text is not what Linux writes there.
     #[error("could not parse {}: {detail}", path.display())]
     Parse { path: PathBuf, detail: String },
 }

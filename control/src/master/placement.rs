@@ -1,5 +1,7 @@
 //! Where an instance goes: a pure function of the live nodes, the instance records and the
-//! demand, so it is unit-tested without a cluster.
+//! demand, so it is unit-tested without a cluster. It knows the lifecycle only through
+//! [`crate::lifecycle::ended`] (ended instances hold no resources) and never calls back into the
+//! master.
 //!
 //! Order of decisions: hard filters first (resources fit, required label affinity, anti-affinity),
 //! then a score: preferred affinity, then the caller's node ("local first"), then — when asked to
@@ -7,17 +9,19 @@
 
 use std::collections::HashMap;
 
-use yr_proto::{
-    AffinityKind, InstanceRecord, LabelAffinity, NodeRecord, Resources, SchedulingOptions,
-};
+use yr_proto::{AffinityKind, InstanceRecord, NodeRecord, Resources};
 
+use crate::error::Error;
+use crate::function::Scheduling;
+use crate::lifecycle::ended;
+
+/// What an instance asks of its node.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Demand {
+    /// What it reserves there.
     pub resources: Resources,
-    pub scheduling: SchedulingOptions,
-}
-
-fn terminal(r: &InstanceRecord) -> bool {
-    crate::lifecycle::is_terminal(r.state)
+    /// Where it may and would rather go.
+    pub scheduling: Scheduling,
 }
 
 /// Resources reserved on `node` by its non-terminal instances.
@@ -27,7 +31,7 @@ pub fn used_on<'a>(
 ) -> Resources {
     let mut used = Resources::default();
     for r in instances {
-        if r.node_id != node || terminal(r) {
+        if r.node_id != node || ended(r) {
             continue;
         }
         if let Some(res) = &r.resources {
@@ -62,13 +66,7 @@ fn fits(free: &Resources, want: &Resources) -> bool {
             .all(|(k, v)| free.custom.get(k).copied().unwrap_or(0.0) + 1e-9 >= *v)
 }
 
-fn matches(a: &LabelAffinity, labels: &HashMap<String, String>) -> bool {
-    match labels.get(&a.key) {
-        Some(v) => a.values.is_empty() || a.values.iter().any(|x| x == v),
-        None => false,
-    }
-}
-
+/// `r` as people read it: "cpu 600m, memory 64 MiB, gpu 1".
 pub fn describe(r: &Resources) -> String {
     let mut s = format!("cpu {}m, memory {} MiB", r.cpu_millis, r.memory_mib);
     let mut custom: Vec<_> = r.custom.iter().collect();
@@ -79,13 +77,14 @@ pub fn describe(r: &Resources) -> String {
     s
 }
 
-/// The best node for `demand`, or why none fits (naming what was asked and the largest node).
+/// The best node for `demand`, or [`Error::InsufficientResources`] saying why none fits (naming
+/// what was asked and the largest node, or the label rules no node satisfies).
 pub fn choose(
     nodes: &HashMap<String, NodeRecord>,
     instances: &HashMap<String, InstanceRecord>,
     function: &str,
     demand: &Demand,
-) -> Result<NodeRecord, String> {
+) -> Result<NodeRecord, Error> {
     let want = &demand.resources;
     let aff = &demand.scheduling.affinity;
     let mut best: Option<(i64, u64, &NodeRecord)> = None;
@@ -105,12 +104,12 @@ pub fn choose(
         }
         let required_ok = aff
             .iter()
-            .filter(|a| a.kind == AffinityKind::AffinityRequired as i32)
-            .all(|a| matches(a, &node.labels));
+            .filter(|a| a.kind == AffinityKind::AffinityRequired)
+            .all(|a| a.matches(&node.labels));
         let anti_ok = !aff
             .iter()
-            .filter(|a| a.kind == AffinityKind::AffinityAnti as i32)
-            .any(|a| matches(a, &node.labels));
+            .filter(|a| a.kind == AffinityKind::AffinityAnti)
+            .any(|a| a.matches(&node.labels));
         if !required_ok || !anti_ok {
             fit_but_labels += 1;
             continue;
@@ -119,13 +118,13 @@ pub fn choose(
         score += 1000
             * aff
                 .iter()
-                .filter(|a| a.kind == AffinityKind::AffinityPreferred as i32)
-                .filter(|a| matches(a, &node.labels))
+                .filter(|a| a.kind == AffinityKind::AffinityPreferred)
+                .filter(|a| a.matches(&node.labels))
                 .count() as i64;
         if demand.scheduling.spread {
             let same = instances
                 .values()
-                .filter(|r| r.node_id == node.node_id && r.function == function && !terminal(r))
+                .filter(|r| r.node_id == node.node_id && r.function == function && !ended(r))
                 .count() as i64;
             score -= 10 * same;
         } else if node.node_id == demand.scheduling.preferred_node {
@@ -145,9 +144,9 @@ pub fn choose(
     if fit_but_labels > 0 {
         let rules: Vec<String> = aff
             .iter()
-            .filter(|a| a.kind != AffinityKind::AffinityPreferred as i32)
+            .filter(|a| a.kind != AffinityKind::AffinityPreferred)
             .map(|a| {
-                let kind = if a.kind == AffinityKind::AffinityAnti as i32 {
+                let kind = if a.kind == AffinityKind::AffinityAnti {
                     "anti"
                 } else {
                     "required"
@@ -159,11 +158,11 @@ pub fn choose(
                 }
             })
             .collect();
-        return Err(format!(
+        return Err(Error::InsufficientResources(format!(
             "insufficient resources: {fit_but_labels} node(s) have room for {} but none satisfies the label affinity {}",
             describe(want),
             rules.join(", ")
-        ));
+        )));
     }
     let asked = describe(want);
     let affinity = if aff.is_empty() {
@@ -171,19 +170,28 @@ pub fn choose(
     } else {
         format!(" with {} label affinity rule(s)", aff.len())
     };
-    Err(match largest {
+    Err(Error::InsufficientResources(match largest {
         None => format!("insufficient resources: asked {asked}{affinity}, but no node is alive"),
         Some((n, f)) => format!(
             "insufficient resources: asked {asked}{affinity}; the largest node, {}, has {} free",
             n.node_id,
             describe(&f)
         ),
-    })
+    }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::function::Affinity;
+
+    /// The message of an [`Error::InsufficientResources`]; any other error fails the test.
+    fn refusal(e: Error) -> String {
+        match e {
+            Error::InsufficientResources(m) => m,
+            other => panic!("not a refusal for resources: {other:?}"),
+        }
+    }
 
     fn node(id: &str, cpu: u64, mem: u64, labels: &[(&str, &str)]) -> NodeRecord {
         NodeRecord {
@@ -206,7 +214,7 @@ mod tests {
             instance_id: id.into(),
             node_id: node.into(),
             function: f.into(),
-            state: yr_proto::InstanceState::Running as i32,
+            state: yr_proto::InstanceState::Running.into(),
             resources: Some(Resources {
                 cpu_millis: cpu,
                 memory_mib: 10,
@@ -216,14 +224,14 @@ mod tests {
         }
     }
 
-    fn demand(cpu: u64, aff: Vec<LabelAffinity>, spread: bool, local: &str) -> Demand {
+    fn demand(cpu: u64, aff: Vec<Affinity>, spread: bool, local: &str) -> Demand {
         Demand {
             resources: Resources {
                 cpu_millis: cpu,
                 memory_mib: 10,
                 custom: Default::default(),
             },
-            scheduling: SchedulingOptions {
+            scheduling: Scheduling {
                 affinity: aff,
                 spread,
                 preferred_node: local.into(),
@@ -268,7 +276,7 @@ mod tests {
                 .node_id,
             "a"
         );
-        let e = choose(&nodes, &insts, "f", &demand(3000, vec![], false, "")).unwrap_err();
+        let e = refusal(choose(&nodes, &insts, "f", &demand(3000, vec![], false, "")).unwrap_err());
         assert!(
             e.contains("asked cpu 3000m") && e.contains("largest node, a, has cpu 2000m"),
             "{e}"
@@ -282,14 +290,14 @@ mod tests {
             ("b", node("b", 4000, 1000, &[("zone", "y"), ("gpu", "1")])),
         ]);
         let none = HashMap::new();
-        let req = |k: i32, key: &str, vals: &[&str]| LabelAffinity {
+        let req = |k: AffinityKind, key: &str, vals: &[&str]| Affinity {
             kind: k,
             key: key.into(),
             values: vals.iter().map(|s| s.to_string()).collect(),
         };
-        let r = AffinityKind::AffinityRequired as i32;
-        let p = AffinityKind::AffinityPreferred as i32;
-        let a = AffinityKind::AffinityAnti as i32;
+        let r = AffinityKind::AffinityRequired;
+        let p = AffinityKind::AffinityPreferred;
+        let a = AffinityKind::AffinityAnti;
         assert_eq!(
             choose(
                 &nodes,
@@ -329,7 +337,7 @@ mod tests {
             "f",
             &demand(100, vec![req(r, "zone", &["z"])], false, "")
         )
-        .is_err_and(|e| e.contains("none satisfies the label affinity required:zone=z")));
+        .is_err_and(|e| refusal(e).contains("none satisfies the label affinity required:zone=z")));
     }
 
     #[test]
@@ -352,13 +360,15 @@ mod tests {
 
     #[test]
     fn no_nodes_says_so() {
-        let e = choose(
-            &HashMap::new(),
-            &HashMap::new(),
-            "f",
-            &demand(1, vec![], false, ""),
-        )
-        .unwrap_err();
+        let e = refusal(
+            choose(
+                &HashMap::new(),
+                &HashMap::new(),
+                "f",
+                &demand(1, vec![], false, ""),
+            )
+            .unwrap_err(),
+        );
         assert!(e.contains("no node is alive"), "{e}");
     }
 }

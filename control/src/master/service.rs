@@ -1,0 +1,66 @@
+//! The master's gRPC surface: each call unwraps its request, asks [`MasterState`], and sends
+//! errors as statuses that carry their kind ([`crate::error::Error::to_status`]).
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use yr_proto::master_server::Master;
+use yr_proto::*;
+
+use super::state::MasterState;
+
+/// The gRPC service over the master's state.
+pub(super) struct Service(pub(super) Arc<MasterState>);
+
+#[tonic::async_trait]
+impl Master for Service {
+    async fn deploy(&self, req: Request<DeployRequest>) -> Result<Response<DeployReply>, Status> {
+        Ok(Response::new(self.0.deploy(req.into_inner()).await?))
+    }
+
+    async fn delete_function(&self, req: Request<FunctionRef>) -> Result<Response<Empty>, Status> {
+        self.0.delete_function(&req.into_inner().name).await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn list_functions(&self, _: Request<Empty>) -> Result<Response<FunctionList>, Status> {
+        Ok(Response::new(FunctionList {
+            functions: self.0.functions().await?,
+        }))
+    }
+
+    async fn create_instance(
+        &self,
+        req: Request<CreateInstanceRequest>,
+    ) -> Result<Response<InstanceReply>, Status> {
+        let r = self.0.create_instance(req.into_inner()).await?;
+        Ok(Response::new(InstanceReply { instance: Some(r) }))
+    }
+
+    async fn kill_instance(&self, req: Request<InstanceRef>) -> Result<Response<Empty>, Status> {
+        let r = req.into_inner();
+        let key = if r.instance_id.is_empty() {
+            r.name
+        } else {
+            r.instance_id
+        };
+        self.0.kill_instance(&key).await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn status(&self, _: Request<Empty>) -> Result<Response<ClusterStatus>, Status> {
+        Ok(Response::new(self.0.status().await?))
+    }
+
+    async fn report_instance(
+        &self,
+        req: Request<InstanceEvent>,
+    ) -> Result<Response<Empty>, Status> {
+        self.0.report(req.into_inner()).await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn info(&self, _: Request<Empty>) -> Result<Response<ClusterInfo>, Status> {
+        Ok(Response::new(self.0.info.clone()))
+    }
+}
