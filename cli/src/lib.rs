@@ -11,6 +11,8 @@ pub mod bench_rest;
 pub mod bench_transfer;
 pub mod cluster;
 pub mod component;
+pub mod config;
+pub mod defaults;
 pub mod demo;
 pub mod store_cmd;
 pub mod util;
