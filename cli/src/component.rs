@@ -1,58 +1,102 @@
 //! `yr component NAME`: run one component in the foreground until SIGTERM
 //! or SIGINT.
+//!
+//! Settings come in two steps. A component's `*Args` struct is what a user writes: its flags, and
+//! the same fields under the same names (kebab-case) in a serde settings file, each default
+//! given once (a `defaults` constant or a function beside the struct). `validate` turns it into
+//! the runtime config its library takes (`yr_control::master::MasterConfig`, ...) and names the
+//! field of anything it refuses. Once a component serves, it prints one `ready ...` line on
+//! stdout (`ready address=ADDR`, the data worker `ready socket=PATH [transfer=ADDR]`): `yr start`,
+//! the benches and the tests wait for that line instead of polling.
 
+use crate::config::{self, ConfigError};
+use crate::defaults::{self, name, port};
 use crate::util::size_arg;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
+use serde::{Deserialize, Serialize};
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use yr_datastore::spill::SpillConfig;
 use yr_datastore::{Shutdown, StoreConfig, WorkerConfig};
 
-#[derive(Subcommand)]
+#[derive(Subcommand, Debug, PartialEq)]
 pub enum ComponentCmd {
     /// The data worker: this node's shared-memory object store.
+    #[command(name = name::DATA_WORKER)]
     DataWorker(DataWorkerArgs),
     /// The function master: topology, placement, instance lifecycle.
+    #[command(name = name::FUNCTION_MASTER)]
     FunctionMaster(MasterArgs),
     /// The function scheduler: keeps stateless functions' pools between min and max.
+    #[command(name = name::FUNCTION_SCHEDULER)]
     FunctionScheduler(SchedulerArgs),
     /// The function proxy: this node's door for calls to instances.
+    #[command(name = name::FUNCTION_PROXY)]
     FunctionProxy(ProxyArgs),
     /// The function agent and runtime manager: this node's function processes.
+    #[command(name = name::FUNCTION_AGENT)]
     FunctionAgent(AgentArgs),
     /// The meta service: function management over REST.
+    #[command(name = name::META_SERVICE)]
     MetaService(RestArgs),
     /// The frontend: function invocation over REST.
+    #[command(name = name::FRONTEND)]
     Frontend(RestArgs),
 }
 
-#[derive(Args)]
+#[derive(Args, Serialize, Deserialize, Debug, PartialEq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct RestArgs {
     /// Address to listen on.
     #[arg(long)]
-    listen: std::net::SocketAddr,
+    listen: SocketAddr,
     /// The function master (meta service) or this node's proxy (frontend), host:port.
     #[arg(long)]
     upstream: String,
+    /// In a settings file, a `[rest]` table.
     #[command(flatten)]
+    #[serde(default)]
     rest: RestFlags,
 }
 
+impl RestArgs {
+    /// Checks what needs no I/O; the token file is read by [`RestFlags::config`].
+    fn validate(self) -> Result<RestArgs, ConfigError> {
+        Ok(RestArgs {
+            upstream: config::required("upstream", self.upstream)?,
+            ..self
+        })
+    }
+}
+
 /// What configures a REST service, whichever process hosts it.
-#[derive(Args)]
+#[derive(Args, Serialize, Deserialize, Debug, PartialEq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct RestFlags {
     /// File holding the access token every route but /healthz requires. Without it the
     /// service is open to anyone who can reach it.
     #[arg(long)]
     token_file: Option<PathBuf>,
     /// Largest request body accepted.
-    #[arg(long, value_parser = size_arg, default_value = "64MiB")]
+    #[arg(long, value_parser = size_arg, default_value = defaults::MAX_BODY)]
+    #[serde(default = "config::default_max_body", with = "config::size")]
     max_body: u64,
     /// This node's data worker socket (frontend only): serves the /datasystem/v1 object and
     /// KV routes. Without it those routes answer 503.
     #[arg(long)]
     data_socket: Option<PathBuf>,
+}
+
+impl Default for RestFlags {
+    fn default() -> Self {
+        RestFlags {
+            token_file: None,
+            max_body: config::default_max_body(),
+            data_socket: None,
+        }
+    }
 }
 
 impl RestFlags {
@@ -75,38 +119,77 @@ impl RestFlags {
     }
 }
 
-fn endpoints(s: &str) -> Vec<String> {
-    s.split(',')
-        .map(|e| e.trim().to_string())
-        .filter(|e| !e.is_empty())
-        .collect()
+fn master_listen() -> SocketAddr {
+    defaults::local(port::FUNCTION_MASTER)
 }
 
-#[derive(Args)]
+fn proxy_listen() -> SocketAddr {
+    defaults::local(port::FUNCTION_PROXY)
+}
+
+fn agent_listen() -> SocketAddr {
+    defaults::local(port::FUNCTION_AGENT)
+}
+
+fn idle_timeout_ms() -> u64 {
+    defaults::IDLE_TIMEOUT_MS
+}
+
+#[derive(Args, Serialize, Deserialize, Debug, PartialEq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct MasterArgs {
     /// Address to listen on (port 0: any free port).
-    #[arg(long, default_value = "127.0.0.1:22770")]
-    listen: std::net::SocketAddr,
+    #[arg(long, default_value_t = master_listen())]
+    #[serde(default = "master_listen")]
+    listen: SocketAddr,
     /// etcd endpoints, comma-separated.
     #[arg(long)]
     etcd: String,
 }
 
-#[derive(Args)]
+impl MasterArgs {
+    fn validate(self) -> Result<yr_control::master::MasterConfig, ConfigError> {
+        Ok(yr_control::master::MasterConfig {
+            listen: self.listen,
+            etcd_endpoints: config::endpoints("etcd", &self.etcd)?,
+            advertise: String::new(),
+        })
+    }
+}
+
+#[derive(Args, Serialize, Deserialize, Debug, PartialEq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct SchedulerArgs {
+    /// etcd endpoints, comma-separated.
     #[arg(long)]
     etcd: String,
+    /// The function master's address (host:port).
     #[arg(long)]
     master: String,
     /// Stop instances idle this long (milliseconds), down to each function's minimum.
-    #[arg(long, default_value_t = 60_000)]
+    #[arg(long, default_value_t = idle_timeout_ms())]
+    #[serde(default = "idle_timeout_ms")]
     idle_timeout_ms: u64,
 }
 
-#[derive(Args)]
+impl SchedulerArgs {
+    fn validate(self) -> Result<yr_control::scheduler::SchedulerConfig, ConfigError> {
+        Ok(yr_control::scheduler::SchedulerConfig {
+            etcd_endpoints: config::endpoints("etcd", &self.etcd)?,
+            master_address: config::required("master", self.master)?,
+            idle_timeout: std::time::Duration::from_millis(self.idle_timeout_ms),
+        })
+    }
+}
+
+#[derive(Args, Serialize, Deserialize, Debug, PartialEq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct ProxyArgs {
-    #[arg(long, default_value = "127.0.0.1:22772")]
-    listen: std::net::SocketAddr,
+    /// Address to listen on (port 0: any free port).
+    #[arg(long, default_value_t = proxy_listen())]
+    #[serde(default = "proxy_listen")]
+    listen: SocketAddr,
+    /// etcd endpoints, comma-separated.
     #[arg(long)]
     etcd: String,
     /// The function master's address (host:port).
@@ -122,19 +205,42 @@ pub struct ProxyArgs {
     /// Also serve this node's REST frontend here, calling this proxy in-process (one network
     /// hop less than a separate `frontend` component).
     #[arg(long)]
-    frontend_listen: Option<std::net::SocketAddr>,
+    frontend_listen: Option<SocketAddr>,
+    /// The frontend's settings (with --frontend-listen); in a settings file, a `[rest]` table.
     #[command(flatten)]
+    #[serde(default)]
     rest: RestFlags,
 }
 
-#[derive(Args)]
+impl ProxyArgs {
+    /// The proxy's own config; the frontend it may host beside it is wired where the process
+    /// starts both (`frontend` is left empty here).
+    fn validate(self) -> Result<yr_control::proxy::ProxyConfig, ConfigError> {
+        Ok(yr_control::proxy::ProxyConfig {
+            listen: self.listen,
+            etcd_endpoints: config::endpoints("etcd", &self.etcd)?,
+            master_address: config::required("master", self.master)?,
+            node_id: config::required("node-id", self.node_id)?,
+            instance_socket: self.instance_socket,
+            frontend: None,
+        })
+    }
+}
+
+#[derive(Args, Serialize, Deserialize, Debug, PartialEq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct AgentArgs {
-    #[arg(long, default_value = "127.0.0.1:58866")]
-    listen: std::net::SocketAddr,
+    /// Address to listen on (port 0: any free port).
+    #[arg(long, default_value_t = agent_listen())]
+    #[serde(default = "agent_listen")]
+    listen: SocketAddr,
+    /// etcd endpoints, comma-separated.
     #[arg(long)]
     etcd: String,
+    /// The function master's address (host:port).
     #[arg(long)]
     master: String,
+    /// This node's ID.
     #[arg(long)]
     node_id: String,
     /// This node's proxy (host:port), given to function processes.
@@ -160,17 +266,34 @@ pub struct AgentArgs {
     #[arg(long)]
     memory: Option<u64>,
     /// Node labels, key=value, repeatable.
-    #[arg(long = "label", value_parser = key_value)]
-    labels: Vec<(String, String)>,
+    #[arg(long = "label")]
+    #[serde(default, rename = "label")]
+    labels: Vec<String>,
     /// Custom resources, name=amount, repeatable.
-    #[arg(long = "resource", value_parser = key_value)]
-    resources: Vec<(String, String)>,
+    #[arg(long = "resource")]
+    #[serde(default, rename = "resource")]
+    resources: Vec<String>,
 }
 
-fn key_value(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("{s:?} is not key=value")),
+impl AgentArgs {
+    fn validate(self) -> Result<yr_control::agent::AgentConfig, ConfigError> {
+        Ok(yr_control::agent::AgentConfig {
+            listen: self.listen,
+            etcd_endpoints: config::endpoints("etcd", &self.etcd)?,
+            master_address: config::required("master", self.master)?,
+            node_id: config::required("node-id", self.node_id)?,
+            proxy_address: config::required("proxy", self.proxy)?,
+            proxy_socket: self.proxy_socket,
+            data_socket: self.data_socket,
+            data_transfer: self.data_transfer.unwrap_or_default(),
+            work_dir: self.work_dir,
+            cpu_millis: self.cpu,
+            memory_mib: self.memory,
+            labels: config::key_values("label", &self.labels)?
+                .into_iter()
+                .collect(),
+            custom: config::amounts("resource", &self.resources)?,
+        })
     }
 }
 
@@ -241,28 +364,42 @@ where
     })
 }
 
-#[derive(Args)]
+fn high_watermark() -> f64 {
+    0.9
+}
+
+fn low_watermark() -> f64 {
+    0.8
+}
+
+#[derive(Args, Serialize, Deserialize, Debug, PartialEq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct DataWorkerArgs {
     /// Unix socket clients connect to.
     #[arg(long)]
     socket: PathBuf,
     /// Shared-memory arena size (default: a third of the machine's memory).
     #[arg(long, value_parser = size_arg)]
+    #[serde(default, with = "config::size::option")]
     shm_size: Option<u64>,
     /// Folder for spill files (created if missing).
     #[arg(long)]
     spill_dir: PathBuf,
     /// Most disk space spill files may use (default: unbounded).
     #[arg(long, value_parser = size_arg)]
+    #[serde(default, with = "config::size::option")]
     spill_limit: Option<u64>,
     /// Allocate and map the whole arena at start.
     #[arg(long)]
+    #[serde(default)]
     prefault: bool,
     /// Start spilling above this fraction of the arena.
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = high_watermark())]
+    #[serde(default = "high_watermark")]
     high_watermark: f64,
     /// Spill down to this fraction of the arena.
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = low_watermark())]
+    #[serde(default = "low_watermark")]
     low_watermark: f64,
     /// Address other nodes' data workers pull objects from (IPv4:port;
     /// port 0 picks a free one). Without it, objects stay on this node.
@@ -273,33 +410,29 @@ pub struct DataWorkerArgs {
 pub fn run(cmd: ComponentCmd) -> Result<()> {
     match cmd {
         ComponentCmd::DataWorker(a) => data_worker(a),
-        ComponentCmd::FunctionMaster(a) => run_async("function master", |sd, ready| async move {
-            let config = yr_control::master::MasterConfig {
-                listen: a.listen,
-                etcd_endpoints: endpoints(&a.etcd),
-                advertise: String::new(),
-            };
-            Ok(yr_control::master::run(config, sd, ready).await?)
-        }),
+        ComponentCmd::FunctionMaster(a) => {
+            let config = a.validate()?;
+            run_async("function master", |sd, ready| async move {
+                Ok(yr_control::master::run(config, sd, ready).await?)
+            })
+        }
         ComponentCmd::MetaService(a) => {
+            let a = a.validate()?;
             let config = a.rest.config(a.listen)?;
             run_async("meta service", |sd, ready| async move {
                 yr_control::rest::run_meta(a.listen, &a.upstream, config, sd, ready).await
             })
         }
         ComponentCmd::Frontend(a) => {
+            let a = a.validate()?;
             let config = a.rest.config(a.listen)?;
             run_async("frontend", |sd, ready| async move {
                 yr_control::rest::run_frontend(a.listen, &a.upstream, config, sd, ready).await
             })
         }
         ComponentCmd::FunctionScheduler(a) => {
+            let config = a.validate()?;
             run_async("function scheduler", |sd, ready| async move {
-                let config = yr_control::scheduler::SchedulerConfig {
-                    etcd_endpoints: endpoints(&a.etcd),
-                    master_address: a.master,
-                    idle_timeout: std::time::Duration::from_millis(a.idle_timeout_ms),
-                };
                 // The scheduler serves nothing; its ready line carries no address.
                 let none = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
                 Ok(yr_control::scheduler::run(config, sd, || ready(none)).await?)
@@ -310,43 +443,20 @@ pub fn run(cmd: ComponentCmd) -> Result<()> {
                 Some(l) => Some((l, a.rest.config(l)?)),
                 None => None,
             };
+            let config = yr_control::proxy::ProxyConfig {
+                frontend,
+                ..a.validate()?
+            };
             run_async("function proxy", |sd, ready| async move {
-                let config = yr_control::proxy::ProxyConfig {
-                    listen: a.listen,
-                    etcd_endpoints: endpoints(&a.etcd),
-                    master_address: a.master,
-                    node_id: a.node_id,
-                    instance_socket: a.instance_socket,
-                    frontend,
-                };
                 yr_control::proxy::run(config, sd, ready).await
             })
         }
-        ComponentCmd::FunctionAgent(a) => run_async("function agent", |sd, ready| async move {
-            let mut custom = std::collections::HashMap::new();
-            for (k, v) in a.resources {
-                let n: f64 = v
-                    .parse()
-                    .map_err(|_| anyhow::anyhow!("--resource {k}={v}: {v:?} is not a number"))?;
-                custom.insert(k, n);
-            }
-            let config = yr_control::agent::AgentConfig {
-                listen: a.listen,
-                etcd_endpoints: endpoints(&a.etcd),
-                master_address: a.master,
-                node_id: a.node_id,
-                proxy_address: a.proxy,
-                proxy_socket: a.proxy_socket,
-                data_socket: a.data_socket,
-                data_transfer: a.data_transfer.unwrap_or_default(),
-                work_dir: a.work_dir,
-                cpu_millis: a.cpu,
-                memory_mib: a.memory,
-                labels: a.labels.into_iter().collect(),
-                custom,
-            };
-            Ok(yr_control::agent::run(config, sd, ready).await?)
-        }),
+        ComponentCmd::FunctionAgent(a) => {
+            let config = a.validate()?;
+            run_async("function agent", |sd, ready| async move {
+                Ok(yr_control::agent::run(config, sd, ready).await?)
+            })
+        }
     }
 }
 
@@ -404,4 +514,257 @@ fn data_worker(a: DataWorkerArgs) -> Result<()> {
     })
     .with_context(|| format!("data worker on {}", a.socket.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Yr {
+        #[command(subcommand)]
+        cmd: ComponentCmd,
+    }
+
+    fn flags(args: &[&str]) -> ComponentCmd {
+        match Yr::try_parse_from(std::iter::once("yr").chain(args.iter().copied())) {
+            Ok(y) => y.cmd,
+            Err(e) => panic!("{args:?}: {e}"),
+        }
+    }
+
+    fn file<T: serde::de::DeserializeOwned>(text: &str) -> T {
+        match toml::from_str(text) {
+            Ok(t) => t,
+            Err(e) => panic!("{text}: {e}"),
+        }
+    }
+
+    /// A settings file with only the required fields means what a command line with only the
+    /// required flags means: both take their defaults from the same place.
+    #[test]
+    fn files_and_flags_share_their_defaults() {
+        let cases = [
+            (
+                flags(&["data-worker", "--socket", "/s", "--spill-dir", "/sp"]),
+                ComponentCmd::DataWorker(file("socket = '/s'\nspill-dir = '/sp'")),
+            ),
+            (
+                flags(&["function-master", "--etcd", "http://e:1"]),
+                ComponentCmd::FunctionMaster(file("etcd = 'http://e:1'")),
+            ),
+            (
+                flags(&["function-scheduler", "--etcd", "e", "--master", "m"]),
+                ComponentCmd::FunctionScheduler(file("etcd = 'e'\nmaster = 'm'")),
+            ),
+            (
+                flags(&[
+                    "function-proxy",
+                    "--etcd",
+                    "e",
+                    "--master",
+                    "m",
+                    "--node-id",
+                    "n",
+                    "--instance-socket",
+                    "/i",
+                ]),
+                ComponentCmd::FunctionProxy(file(
+                    "etcd = 'e'\nmaster = 'm'\nnode-id = 'n'\ninstance-socket = '/i'",
+                )),
+            ),
+            (
+                flags(&[
+                    "function-agent",
+                    "--etcd",
+                    "e",
+                    "--master",
+                    "m",
+                    "--node-id",
+                    "n",
+                    "--proxy",
+                    "p",
+                    "--proxy-socket",
+                    "/ps",
+                    "--data-socket",
+                    "/ds",
+                    "--work-dir",
+                    "/w",
+                ]),
+                ComponentCmd::FunctionAgent(file(
+                    "etcd = 'e'\nmaster = 'm'\nnode-id = 'n'\nproxy = 'p'\nproxy-socket = '/ps'\n\
+                     data-socket = '/ds'\nwork-dir = '/w'",
+                )),
+            ),
+            (
+                flags(&["meta-service", "--listen", "127.0.0.1:1", "--upstream", "u"]),
+                ComponentCmd::MetaService(file("listen = '127.0.0.1:1'\nupstream = 'u'")),
+            ),
+            (
+                flags(&["frontend", "--listen", "127.0.0.1:1", "--upstream", "u"]),
+                ComponentCmd::Frontend(file("listen = '127.0.0.1:1'\nupstream = 'u'")),
+            ),
+        ];
+        for (from_flags, from_file) in cases {
+            assert_eq!(from_flags, from_file);
+        }
+    }
+
+    #[test]
+    fn files_name_settings_as_the_flags_do() {
+        let from_flags = flags(&[
+            "function-proxy",
+            "--etcd",
+            "e",
+            "--master",
+            "m",
+            "--node-id",
+            "n",
+            "--instance-socket",
+            "/i",
+            "--frontend-listen",
+            "127.0.0.1:9",
+            "--max-body",
+            "1KiB",
+        ]);
+        let from_file = ComponentCmd::FunctionProxy(file(
+            "etcd = 'e'\nmaster = 'm'\nnode-id = 'n'\ninstance-socket = '/i'\n\
+             frontend-listen = '127.0.0.1:9'\n[rest]\nmax-body = '1KiB'",
+        ));
+        assert_eq!(from_flags, from_file);
+        let ComponentCmd::FunctionAgent(a) = flags(&[
+            "function-agent",
+            "--etcd",
+            "e",
+            "--master",
+            "m",
+            "--node-id",
+            "n",
+            "--proxy",
+            "p",
+            "--proxy-socket",
+            "/ps",
+            "--data-socket",
+            "/ds",
+            "--work-dir",
+            "/w",
+            "--label",
+            "zone=a",
+            "--resource",
+            "gpu=2",
+        ]) else {
+            panic!("not the agent");
+        };
+        let f: AgentArgs = file(
+            "etcd = 'e'\nmaster = 'm'\nnode-id = 'n'\nproxy = 'p'\nproxy-socket = '/ps'\n\
+             data-socket = '/ds'\nwork-dir = '/w'\nlabel = ['zone=a']\nresource = ['gpu=2']",
+        );
+        assert_eq!(a, f);
+        assert!(
+            toml::from_str::<MasterArgs>("etcd = 'e'\nlisten-on = '127.0.0.1:1'").is_err(),
+            "an unknown key is refused"
+        );
+    }
+
+    #[test]
+    fn the_standard_ports_are_the_defaults() {
+        let ComponentCmd::FunctionMaster(m) = flags(&["function-master", "--etcd", "e"]) else {
+            panic!("not the master");
+        };
+        assert_eq!(m.listen.to_string(), "127.0.0.1:22770");
+        let config = m.validate().expect("valid");
+        assert_eq!(config.etcd_endpoints, ["e"]);
+        assert_eq!(proxy_listen().port(), 22772);
+        assert_eq!(agent_listen().port(), 58866);
+    }
+
+    fn agent(extra: &[&str]) -> AgentArgs {
+        let mut args = vec![
+            "function-agent",
+            "--etcd",
+            "http://e:1,http://e:2",
+            "--master",
+            "m:1",
+            "--node-id",
+            "n",
+            "--proxy",
+            "p:1",
+            "--proxy-socket",
+            "/ps",
+            "--data-socket",
+            "/ds",
+            "--work-dir",
+            "/w",
+        ];
+        args.extend_from_slice(extra);
+        match flags(&args) {
+            ComponentCmd::FunctionAgent(a) => a,
+            _ => panic!("not the agent"),
+        }
+    }
+
+    #[test]
+    fn validation_names_the_field_it_refuses() {
+        let c = agent(&["--label", "zone=a", "--resource", "gpu=1.5"])
+            .validate()
+            .expect("valid");
+        assert_eq!(c.etcd_endpoints.len(), 2);
+        assert_eq!(c.labels.get("zone").map(String::as_str), Some("a"));
+        assert_eq!(c.custom.get("gpu"), Some(&1.5));
+        let refused = |a: AgentArgs| a.validate().err().map(|e| e.field());
+        assert_eq!(refused(agent(&["--label", "zone"])), Some("label"));
+        assert_eq!(
+            refused(agent(&["--resource", "gpu=lots"])),
+            Some("resource")
+        );
+        let mut nameless = agent(&[]);
+        nameless.node_id.clear();
+        assert_eq!(refused(nameless), Some("node-id"));
+        let e = agent(&["--resource", "gpu=lots"]).validate().err();
+        assert_eq!(
+            e.map(|e| e.to_string()).as_deref(),
+            Some("--resource \"gpu=lots\": \"lots\" is not a number")
+        );
+
+        let ComponentCmd::FunctionMaster(m) = flags(&["function-master", "--etcd", " , "]) else {
+            panic!("not the master");
+        };
+        assert_eq!(m.validate().err().map(|e| e.field()), Some("etcd"));
+        let ComponentCmd::FunctionScheduler(s) =
+            flags(&["function-scheduler", "--etcd", "e", "--master", ""])
+        else {
+            panic!("not the scheduler");
+        };
+        assert_eq!(s.validate().err().map(|e| e.field()), Some("master"));
+        let ComponentCmd::Frontend(f) =
+            flags(&["frontend", "--listen", "127.0.0.1:1", "--upstream", " "])
+        else {
+            panic!("not the frontend");
+        };
+        assert_eq!(f.validate().err().map(|e| e.field()), Some("upstream"));
+    }
+
+    #[test]
+    fn the_proxy_config_leaves_the_frontend_to_the_host() {
+        let ComponentCmd::FunctionProxy(p) = flags(&[
+            "function-proxy",
+            "--etcd",
+            "e",
+            "--master",
+            "m",
+            "--node-id",
+            "n",
+            "--instance-socket",
+            "/i",
+            "--listen",
+            "127.0.0.1:5",
+        ]) else {
+            panic!("not the proxy");
+        };
+        let c = p.validate().expect("valid");
+        assert!(c.frontend.is_none());
+        assert_eq!(c.listen.port(), 5);
+        assert_eq!((c.master_address.as_str(), c.node_id.as_str()), ("m", "n"));
+    }
 }

@@ -1,9 +1,19 @@
 //! The `yr` command as a library: its subcommands, so that the benches (`cargo bench`) and the
-//! binary share one cluster set-up instead of copies.
+//! binary share one cluster set-up instead of copies. `main.rs` only parses and calls [`run`].
 //!
-//! Layout: [`cluster`] (start/stop/status, functions, instances), [`component`] (one component in
-//! the foreground), [`store_cmd`] (talk to a data worker), [`bench`] and its `bench_*` parts
-//! (`yr bench`), [`demo`], [`util`].
+//! Layout:
+//! - [`cluster`]: `yr start|stop|status|token|function|invoke|instance`, in parts: the session
+//!   folder, process launch, `start`'s typed node plan (pure) and its executor, and the commands
+//!   that talk to a running cluster;
+//! - [`component`]: `yr component NAME`, one component in the foreground, its settings in two
+//!   steps (flags or a file, then the validated runtime config);
+//! - [`defaults`]: default ports and component names, defined once; [`config`]: the error that
+//!   names a refused setting, and the checks settings share;
+//! - [`store_cmd`] (`yr store`: talk to a data worker), [`bench`] and its `bench_*` parts
+//!   (`yr bench`), [`demo`], [`util`] (sizes, child processes with a ready line).
+//!
+//! Dependencies point one way: `cluster` and `component` use the shared modules (`config`,
+//! `defaults`, `util`) and not each other; `demo` uses `cluster`.
 
 pub mod bench;
 pub mod bench_invoke;
@@ -11,6 +21,8 @@ pub mod bench_rest;
 pub mod bench_transfer;
 pub mod cluster;
 pub mod component;
+pub mod config;
+pub mod defaults;
 pub mod demo;
 pub mod store_cmd;
 pub mod util;

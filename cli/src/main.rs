@@ -1,10 +1,7 @@
-//! `yr`: one binary for every role.
+//! `yr`: one binary for every role (`yr start` launches each component as `yr component NAME`).
 //!
-//! - `yr component NAME ...` runs one component in the foreground (what
-//!   `yr start` will launch as separate processes);
-//! - `yr store ...` talks to a running data worker;
-//! - `yr bench ...` measures components against their hardware baselines;
-//! - `yr demo` runs the quick-start demonstration.
+//! The commands live in the library (`lib.rs`); this file only picks the allocator, sets up
+//! logging (`YR_LOG`), runs the parsed command and turns its error into an exit status.
 
 use clap::Parser;
 

@@ -1,0 +1,912 @@
+//! `yr start` as data: from the parsed flags to a [`NodePlan`] (the node's role, its addresses,
+//! and every component to launch with its command line), touching nothing. What needs the
+//! system (free ports, the `etcd` program, the executable's path, a worker's etcd endpoints from
+//! its master) is resolved by the executor beforehand and comes in as plain [`Inputs`].
+//!
+//! Invariants: components are listed in launch order (etcd before the master, the master before
+//! its clients, the proxy before the agent that names it); every listener gets a concrete port,
+//! so each address is known before its component starts, and a component's flags name only
+//! addresses of this plan (the executor checks that each announces the address planned for it).
+//! A master plan has etcd (unless given `--etcd-endpoints`), the function master and scheduler
+//! and the meta service, and hosts the REST frontend in its proxy; every plan has the data
+//! worker, the function proxy and the function agent.
+
+use std::ffi::{OsStr, OsString};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use clap::Args;
+use yr_runtime::session::{ComponentInfo, Session};
+
+use crate::config::{self, ConfigError};
+use crate::defaults::{self, name, port};
+
+#[derive(Args, Debug)]
+pub struct StartArgs {
+    /// Start a master node: etcd, function master and this node's worker components.
+    #[arg(long, conflicts_with = "worker")]
+    pub(super) master: bool,
+    /// Start a worker node that joins the master at --master-address.
+    #[arg(long, requires = "master_address")]
+    pub(super) worker: bool,
+    /// The master to join (host:port), for --worker.
+    #[arg(long)]
+    pub(super) master_address: Option<String>,
+    /// Use an existing etcd instead of starting one (comma-separated URLs).
+    #[arg(long)]
+    pub(super) etcd_endpoints: Option<String>,
+    /// Session folder (default /tmp/yr_sessions/<timestamp>).
+    #[arg(long)]
+    pub(super) session_dir: Option<PathBuf>,
+    /// `auto`: pick free ports (to run several nodes on one host); default: the standard ports.
+    #[arg(long)]
+    pub(super) ports: Option<String>,
+    /// Shared memory for this node's data worker (default: a third of memory).
+    #[arg(long, value_parser = crate::util::size_arg)]
+    pub(super) shm_size: Option<u64>,
+    /// Allocate and map the data worker's shared memory at start (faster first puts).
+    #[arg(long)]
+    pub(super) prefault_shm: bool,
+    /// CPU this node offers, in millicores.
+    #[arg(long)]
+    pub(super) cpu: Option<u64>,
+    /// Memory this node offers, in MiB.
+    #[arg(long)]
+    pub(super) memory: Option<u64>,
+    /// Node labels, key=value, repeatable.
+    #[arg(long = "label")]
+    pub(super) labels: Vec<String>,
+    /// Custom resources, name=amount, repeatable.
+    #[arg(long = "resource")]
+    pub(super) resources: Vec<String>,
+    /// Stop stateless instances idle this long (ms), down to each function's minimum (master).
+    #[arg(long, default_value_t = defaults::IDLE_TIMEOUT_MS)]
+    pub(super) idle_timeout_ms: u64,
+    /// Address every service of this node listens on. The default keeps the node reachable
+    /// from this host only; another address is announced with a warning.
+    #[arg(long, default_value_t = Ipv4Addr::LOCALHOST)]
+    pub(super) bind: Ipv4Addr,
+    /// Largest REST request body (master).
+    #[arg(long, value_parser = crate::util::size_arg, default_value = defaults::MAX_BODY)]
+    pub(super) max_body: u64,
+}
+
+/// What a node is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Starts a cluster: etcd (or uses one), the function master and scheduler, the REST
+    /// services, and worker components.
+    Master,
+    /// Joins a master's cluster with worker components only.
+    Worker,
+}
+
+impl Role {
+    /// Its name in `session.json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Master => "master",
+            Role::Worker => "worker",
+        }
+    }
+}
+
+/// Which ports a node listens on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortMode {
+    /// The standard ports ([`Ports::STANDARD`]).
+    Standard,
+    /// Free ports the executor picks, so several nodes can share a host.
+    Auto,
+}
+
+/// The port of each listener of a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ports {
+    pub etcd_client: u16,
+    pub etcd_peer: u16,
+    pub function_master: u16,
+    pub meta_service: u16,
+    pub data_transfer: u16,
+    pub function_proxy: u16,
+    pub frontend: u16,
+    pub function_agent: u16,
+}
+
+impl Ports {
+    /// How many listeners a node may have.
+    pub const COUNT: usize = 8;
+
+    /// The standard ports.
+    pub const STANDARD: Ports = Ports {
+        etcd_client: port::ETCD_CLIENT,
+        etcd_peer: port::ETCD_PEER,
+        function_master: port::FUNCTION_MASTER,
+        meta_service: port::META_SERVICE,
+        data_transfer: port::DATA_TRANSFER,
+        function_proxy: port::FUNCTION_PROXY,
+        frontend: port::FRONTEND,
+        function_agent: port::FUNCTION_AGENT,
+    };
+
+    /// Ports from a list of distinct free ones, in field order.
+    pub fn from_free(p: [u16; Ports::COUNT]) -> Ports {
+        let [etcd_client, etcd_peer, function_master, meta_service, data_transfer, function_proxy, frontend, function_agent] =
+            p;
+        Ports {
+            etcd_client,
+            etcd_peer,
+            function_master,
+            meta_service,
+            data_transfer,
+            function_proxy,
+            frontend,
+            function_agent,
+        }
+    }
+}
+
+/// What the flags alone decide, checked before anything touches the system.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Checked {
+    pub role: Role,
+    pub ports: PortMode,
+}
+
+/// Checks the flags on their own: a role, a port mode, a bind address that names a host, and
+/// well-formed labels, resources and etcd endpoints.
+pub fn check(a: &StartArgs) -> Result<Checked, ConfigError> {
+    let role = match (a.master, a.worker) {
+        (true, false) => Role::Master,
+        (false, true) => Role::Worker,
+        _ => {
+            return Err(ConfigError::Missing {
+                field: "master",
+                message:
+                    "say --master (a new cluster) or --worker --master-address ADDR (join one)"
+                        .into(),
+            })
+        }
+    };
+    if role == Role::Worker {
+        config::required(
+            "master-address",
+            a.master_address.clone().unwrap_or_default(),
+        )?;
+    }
+    let ports = match a.ports.as_deref() {
+        None => PortMode::Standard,
+        Some("auto") => PortMode::Auto,
+        Some(other) => {
+            return Err(ConfigError::invalid(
+                "ports",
+                other,
+                "expected `auto` (without --ports: the standard ports)",
+            ))
+        }
+    };
+    if a.bind.is_unspecified() {
+        return Err(ConfigError::invalid(
+            "bind",
+            a.bind.to_string(),
+            "names no host: other nodes need an address to reach this one at (object IDs and \
+             node records carry it); give this host's address",
+        ));
+    }
+    config::key_values("label", &a.labels)?;
+    config::amounts("resource", &a.resources)?;
+    if let Some(e) = &a.etcd_endpoints {
+        config::endpoints("etcd-endpoints", e)?;
+    }
+    Ok(Checked { role, ports })
+}
+
+/// This node's ID: the host name and 24 bits mixed from the start time and the pid.
+pub fn node_id(hostname: &str, now_ms: u64, pid: u32) -> String {
+    format!(
+        "{hostname}-{:06x}",
+        (now_ms ^ (u64::from(pid) * 7919)) & 0xff_ffff
+    )
+}
+
+/// What the plan needs from the system, resolved by the executor.
+#[derive(Clone, Debug)]
+pub struct Inputs {
+    /// The `yr` executable the components run from.
+    pub exe: PathBuf,
+    /// The claimed session folder (canonical).
+    pub dir: PathBuf,
+    pub node_id: String,
+    pub ports: Ports,
+    /// The `etcd` program on `PATH`, if any (a master node without --etcd-endpoints starts it).
+    pub etcd_program: Option<PathBuf>,
+    /// The etcd endpoints a worker's master reported (unused for a master node).
+    pub master_etcd: Vec<String>,
+}
+
+/// How the executor knows a launched component is ready.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ready {
+    /// It prints a `ready` line on stdout, announcing the planned address (if it has one).
+    Line,
+    /// etcd prints no ready line: it is ready once its client endpoint (its address) answers.
+    Endpoint,
+}
+
+/// One process to launch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ComponentPlan {
+    /// Its component name (see `defaults::name`).
+    pub name: &'static str,
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    /// Where its stdout and stderr go: `DIR/logs/NAME.log`.
+    pub log: PathBuf,
+    pub ready: Ready,
+    /// What `session.json` records as its address and what its ready line must announce
+    /// (empty: it serves nothing, as the scheduler).
+    pub address: String,
+}
+
+/// A node to start: what `session.json` will say about it, and the processes that make it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodePlan {
+    pub role: Role,
+    pub dir: PathBuf,
+    pub node_id: String,
+    /// The address every listener binds (not loopback: reachable from other hosts).
+    pub bind: Ipv4Addr,
+    /// Folder of this node's sockets, spill files and function work folders.
+    pub node_dir: PathBuf,
+    pub master_address: String,
+    pub etcd_endpoints: Vec<String>,
+    pub proxy_address: String,
+    pub data_socket: PathBuf,
+    pub data_transfer: String,
+    pub frontend_url: Option<String>,
+    pub meta_url: Option<String>,
+    /// The REST access token's file, which the executor writes before launching (master).
+    pub token_file: Option<PathBuf>,
+    /// In launch order.
+    pub components: Vec<ComponentPlan>,
+}
+
+impl NodePlan {
+    /// The `session.json` of this node once `components` (its launched processes) run.
+    pub fn session(&self, components: Vec<ComponentInfo>, created_unix_ms: u64) -> Session {
+        Session {
+            role: self.role.as_str().into(),
+            session_dir: self.dir.clone(),
+            node_id: self.node_id.clone(),
+            master_address: self.master_address.clone(),
+            etcd_endpoints: self.etcd_endpoints.clone(),
+            frontend_url: self.frontend_url.clone(),
+            meta_url: self.meta_url.clone(),
+            proxy_address: self.proxy_address.clone(),
+            data_socket: self.data_socket.clone(),
+            token_file: self.token_file.clone(),
+            data_transfer: self.data_transfer.clone(),
+            components,
+            created_unix_ms,
+        }
+    }
+}
+
+/// A command line under construction.
+#[derive(Default)]
+struct CommandLine(Vec<OsString>);
+
+impl CommandLine {
+    fn flag(mut self, flag: &str, value: impl AsRef<OsStr>) -> Self {
+        self.0.push(flag.into());
+        self.0.push(value.as_ref().to_os_string());
+        self
+    }
+
+    fn flag_if(self, flag: &str, value: Option<impl AsRef<OsStr>>) -> Self {
+        match value {
+            Some(v) => self.flag(flag, v),
+            None => self,
+        }
+    }
+
+    fn switch(mut self, flag: &str, on: bool) -> Self {
+        if on {
+            self.0.push(flag.into());
+        }
+        self
+    }
+
+    fn each(self, flag: &str, values: &[String]) -> Self {
+        values.iter().fold(self, |c, v| c.flag(flag, v))
+    }
+
+    fn all(mut self, args: &[OsString]) -> Self {
+        self.0.extend_from_slice(args);
+        self
+    }
+}
+
+/// The plan for `a`, given what the system said.
+pub fn plan(a: &StartArgs, inputs: Inputs) -> Result<NodePlan, ConfigError> {
+    let Checked { role, .. } = check(a)?;
+    let Inputs {
+        exe,
+        dir,
+        node_id,
+        ports,
+        etcd_program,
+        master_etcd,
+    } = inputs;
+    let at = |port: u16| format!("{}:{port}", a.bind);
+    let log = |name: &str| dir.join("logs").join(format!("{name}.log"));
+    // `yr component NAME ...`.
+    let yr = |name: &'static str, args: CommandLine, address: String| ComponentPlan {
+        name,
+        program: exe.clone(),
+        args: CommandLine::default()
+            .all(&["component".into(), name.into()])
+            .all(&args.0)
+            .0,
+        log: log(name),
+        ready: Ready::Line,
+        address,
+    };
+    let mut components = Vec::new();
+
+    let (etcd_endpoints, master_address) = match role {
+        Role::Master => {
+            let endpoints = match &a.etcd_endpoints {
+                Some(e) => config::endpoints("etcd-endpoints", e)?,
+                None => {
+                    let program = etcd_program.ok_or_else(|| ConfigError::Missing {
+                        field: "etcd-endpoints",
+                        message: "etcd is not installed (Debian: apt-get install etcd-server), \
+                                  or pass --etcd-endpoints"
+                            .into(),
+                    })?;
+                    let client = format!("http://{}", at(ports.etcd_client));
+                    let peer = format!("http://{}", at(ports.etcd_peer));
+                    let args = CommandLine::default()
+                        .flag("--name", "yr")
+                        .flag("--data-dir", dir.join("etcd"))
+                        .flag("--listen-client-urls", &client)
+                        .flag("--advertise-client-urls", &client)
+                        .flag("--listen-peer-urls", &peer)
+                        .flag("--initial-advertise-peer-urls", &peer)
+                        .flag("--initial-cluster", format!("yr={peer}"))
+                        .flag("--log-level", "warn");
+                    components.push(ComponentPlan {
+                        name: name::ETCD,
+                        program,
+                        args: args.0,
+                        log: log(name::ETCD),
+                        ready: Ready::Endpoint,
+                        address: client.clone(),
+                    });
+                    vec![client]
+                }
+            };
+            let etcd = endpoints.join(",");
+            let master = at(ports.function_master);
+            components.push(yr(
+                name::FUNCTION_MASTER,
+                CommandLine::default()
+                    .flag("--listen", &master)
+                    .flag("--etcd", &etcd),
+                master.clone(),
+            ));
+            components.push(yr(
+                name::FUNCTION_SCHEDULER,
+                CommandLine::default()
+                    .flag("--etcd", &etcd)
+                    .flag("--master", &master)
+                    .flag("--idle-timeout-ms", a.idle_timeout_ms.to_string()),
+                String::new(),
+            ));
+            (endpoints, master)
+        }
+        Role::Worker => {
+            let master = a.master_address.clone().unwrap_or_default();
+            if master_etcd.is_empty() {
+                return Err(ConfigError::invalid(
+                    "master-address",
+                    master,
+                    "the master reported no etcd endpoints",
+                ));
+            }
+            (master_etcd, master)
+        }
+    };
+    let etcd = etcd_endpoints.join(",");
+
+    // The REST services of a master node, behind the cluster's access token.
+    let token_file = (role == Role::Master).then(|| dir.join("token"));
+    let rest_flags = match &token_file {
+        Some(t) => {
+            CommandLine::default()
+                .flag("--token-file", t)
+                .flag("--max-body", a.max_body.to_string())
+                .0
+        }
+        None => Vec::new(),
+    };
+    let mut meta_url = None;
+    if role == Role::Master {
+        let listen = at(ports.meta_service);
+        components.push(yr(
+            name::META_SERVICE,
+            CommandLine::default()
+                .all(&rest_flags)
+                .flag("--listen", &listen)
+                .flag("--upstream", &master_address),
+            listen.clone(),
+        ));
+        meta_url = Some(format!("http://{listen}"));
+    }
+
+    // This node's worker components.
+    let node_dir = dir.join("node");
+    let data_socket = node_dir.join("data-worker.sock");
+    let data_transfer = at(ports.data_transfer);
+    components.push(yr(
+        name::DATA_WORKER,
+        CommandLine::default()
+            .flag("--socket", &data_socket)
+            .flag("--spill-dir", node_dir.join("spill"))
+            .flag_if("--shm-size", a.shm_size.map(|s| s.to_string()))
+            .switch("--prefault", a.prefault_shm)
+            .flag("--transfer-address", &data_transfer),
+        data_transfer.clone(),
+    ));
+    let node_flags = CommandLine::default()
+        .flag("--etcd", &etcd)
+        .flag("--master", &master_address)
+        .flag("--node-id", &node_id)
+        .0;
+    let instance_socket = node_dir.join("proxy.sock");
+    let proxy_address = at(ports.function_proxy);
+    let mut proxy = CommandLine::default()
+        .flag("--listen", &proxy_address)
+        .all(&node_flags)
+        .flag("--instance-socket", &instance_socket);
+    // The master node's REST frontend runs inside its proxy: calls skip a gRPC hop.
+    let mut frontend_url = None;
+    if role == Role::Master {
+        let listen = at(ports.frontend);
+        proxy = proxy
+            .flag("--frontend-listen", &listen)
+            .all(&rest_flags)
+            .flag("--data-socket", &data_socket);
+        frontend_url = Some(format!("http://{listen}"));
+    }
+    components.push(yr(name::FUNCTION_PROXY, proxy, proxy_address.clone()));
+    let agent_address = at(ports.function_agent);
+    components.push(yr(
+        name::FUNCTION_AGENT,
+        CommandLine::default()
+            .flag("--listen", &agent_address)
+            .all(&node_flags)
+            .flag("--proxy", &proxy_address)
+            .flag("--proxy-socket", &instance_socket)
+            .flag("--data-socket", &data_socket)
+            .flag("--data-transfer", &data_transfer)
+            .flag("--work-dir", node_dir.join("work"))
+            .flag_if("--cpu", a.cpu.map(|c| c.to_string()))
+            .flag_if("--memory", a.memory.map(|m| m.to_string()))
+            .each("--label", &a.labels)
+            .each("--resource", &a.resources),
+        agent_address,
+    ));
+
+    Ok(NodePlan {
+        role,
+        dir,
+        node_id,
+        bind: a.bind,
+        node_dir,
+        master_address,
+        etcd_endpoints,
+        proxy_address,
+        data_socket,
+        data_transfer,
+        frontend_url,
+        meta_url,
+        token_file,
+        components,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use std::path::Path;
+
+    #[derive(Parser)]
+    struct Start {
+        #[command(flatten)]
+        a: StartArgs,
+    }
+
+    fn args(flags: &[&str]) -> StartArgs {
+        match Start::try_parse_from(std::iter::once("yr-start").chain(flags.iter().copied())) {
+            Ok(s) => s.a,
+            Err(e) => panic!("{flags:?}: {e}"),
+        }
+    }
+
+    fn inputs(ports: Ports) -> Inputs {
+        Inputs {
+            exe: "/opt/yr/bin/yr".into(),
+            dir: "/s".into(),
+            node_id: "host-00abcd".into(),
+            ports,
+            etcd_program: Some("/usr/bin/etcd".into()),
+            master_etcd: Vec::new(),
+        }
+    }
+
+    fn planned(flags: &[&str], inputs: Inputs) -> NodePlan {
+        match plan(&args(flags), inputs) {
+            Ok(p) => p,
+            Err(e) => panic!("{flags:?}: {e}"),
+        }
+    }
+
+    fn names(p: &NodePlan) -> Vec<&'static str> {
+        p.components.iter().map(|c| c.name).collect()
+    }
+
+    fn component<'a>(p: &'a NodePlan, name: &str) -> &'a ComponentPlan {
+        match p.components.iter().find(|c| c.name == name) {
+            Some(c) => c,
+            None => panic!("no {name} in {:?}", names(p)),
+        }
+    }
+
+    /// The values of `flag` in a component's command line.
+    fn values(p: &NodePlan, name: &str, flag: &str) -> Vec<String> {
+        let args = &component(p, name).args;
+        args.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].to_string_lossy().into_owned())
+            .collect()
+    }
+
+    fn value(p: &NodePlan, name: &str, flag: &str) -> Option<String> {
+        values(p, name, flag).into_iter().next()
+    }
+
+    fn has(p: &NodePlan, name: &str, flag: &str) -> bool {
+        component(p, name).args.iter().any(|a| a == flag)
+    }
+
+    fn refused(flags: &[&str], inputs: Inputs) -> &'static str {
+        match plan(&args(flags), inputs) {
+            Ok(_) => panic!("{flags:?} planned"),
+            Err(e) => e.field(),
+        }
+    }
+
+    #[test]
+    fn a_master_plan_starts_etcd_the_master_and_the_worker_components_on_the_standard_ports() {
+        let p = planned(&["--master"], inputs(Ports::STANDARD));
+        assert_eq!(p.role, Role::Master);
+        assert_eq!(
+            names(&p),
+            [
+                "etcd",
+                "function-master",
+                "function-scheduler",
+                "meta-service",
+                "data-worker",
+                "function-proxy",
+                "function-agent"
+            ]
+        );
+        assert_eq!(p.etcd_endpoints, ["http://127.0.0.1:32379"]);
+        assert_eq!(p.master_address, "127.0.0.1:22770");
+        assert_eq!(p.proxy_address, "127.0.0.1:22772");
+        assert_eq!(p.data_transfer, "127.0.0.1:31501");
+        assert_eq!(p.meta_url.as_deref(), Some("http://127.0.0.1:31182"));
+        assert_eq!(p.frontend_url.as_deref(), Some("http://127.0.0.1:8888"));
+        assert_eq!(p.token_file.as_deref(), Some(Path::new("/s/token")));
+        assert_eq!(p.data_socket, Path::new("/s/node/data-worker.sock"));
+
+        let etcd = component(&p, "etcd");
+        assert_eq!(etcd.program, Path::new("/usr/bin/etcd"));
+        assert_eq!(etcd.ready, Ready::Endpoint);
+        assert_eq!(etcd.address, "http://127.0.0.1:32379");
+        assert_eq!(
+            value(&p, "etcd", "--listen-peer-urls").as_deref(),
+            Some("http://127.0.0.1:32380")
+        );
+        assert_eq!(etcd.log, Path::new("/s/logs/etcd.log"));
+        let master = component(&p, "function-master");
+        assert_eq!(master.program, Path::new("/opt/yr/bin/yr"));
+        assert_eq!(master.args[..2], ["component", "function-master"]);
+        assert_eq!(master.address, "127.0.0.1:22770");
+        assert_eq!(master.log, Path::new("/s/logs/function-master.log"));
+        assert_eq!(
+            value(&p, "function-master", "--etcd").as_deref(),
+            Some("http://127.0.0.1:32379")
+        );
+        assert_eq!(
+            component(&p, "function-scheduler").address,
+            "",
+            "serves nothing"
+        );
+        assert_eq!(
+            value(&p, "function-scheduler", "--idle-timeout-ms").as_deref(),
+            Some("60000")
+        );
+        // The REST services need the token; the frontend runs in the proxy.
+        for name in ["meta-service", "function-proxy"] {
+            assert_eq!(value(&p, name, "--token-file").as_deref(), Some("/s/token"));
+            assert_eq!(value(&p, name, "--max-body").as_deref(), Some("67108864"));
+        }
+        assert_eq!(
+            value(&p, "function-proxy", "--frontend-listen").as_deref(),
+            Some("127.0.0.1:8888")
+        );
+        assert_eq!(
+            value(&p, "function-agent", "--listen").as_deref(),
+            Some("127.0.0.1:58866")
+        );
+        assert_eq!(
+            value(&p, "function-agent", "--proxy").as_deref(),
+            Some("127.0.0.1:22772")
+        );
+        assert_eq!(
+            value(&p, "function-agent", "--data-transfer").as_deref(),
+            Some("127.0.0.1:31501")
+        );
+    }
+
+    #[test]
+    fn a_worker_plan_has_no_etcd_master_or_rest_services() {
+        let mut i = inputs(Ports::STANDARD);
+        i.master_etcd = vec!["http://10.0.0.1:32379".into()];
+        i.etcd_program = None;
+        let p = planned(&["--worker", "--master-address", "10.0.0.1:22770"], i);
+        assert_eq!(p.role, Role::Worker);
+        assert_eq!(
+            names(&p),
+            ["data-worker", "function-proxy", "function-agent"]
+        );
+        assert_eq!(p.master_address, "10.0.0.1:22770");
+        assert_eq!(p.etcd_endpoints, ["http://10.0.0.1:32379"]);
+        assert_eq!(
+            (&p.token_file, &p.meta_url, &p.frontend_url),
+            (&None, &None, &None)
+        );
+        assert!(!has(&p, "function-proxy", "--frontend-listen"));
+        assert!(!has(&p, "function-proxy", "--token-file"));
+        for name in ["function-proxy", "function-agent"] {
+            assert_eq!(
+                value(&p, name, "--master").as_deref(),
+                Some("10.0.0.1:22770")
+            );
+            assert_eq!(
+                value(&p, name, "--etcd").as_deref(),
+                Some("http://10.0.0.1:32379")
+            );
+            assert_eq!(value(&p, name, "--node-id").as_deref(), Some("host-00abcd"));
+        }
+        // A worker whose master names no etcd cannot join.
+        let p = plan(
+            &args(&["--worker", "--master-address", "10.0.0.1:22770"]),
+            inputs(Ports::STANDARD),
+        );
+        assert_eq!(p.err().map(|e| e.field()), Some("master-address"));
+    }
+
+    #[test]
+    fn a_master_with_etcd_endpoints_starts_no_etcd() {
+        let mut i = inputs(Ports::STANDARD);
+        i.etcd_program = None;
+        let p = planned(
+            &[
+                "--master",
+                "--etcd-endpoints",
+                "http://e1:2379, http://e2:2379",
+            ],
+            i.clone(),
+        );
+        assert_eq!(names(&p)[0], "function-master");
+        assert_eq!(p.etcd_endpoints, ["http://e1:2379", "http://e2:2379"]);
+        assert_eq!(
+            value(&p, "function-master", "--etcd").as_deref(),
+            Some("http://e1:2379,http://e2:2379")
+        );
+        // Without endpoints, a master needs the etcd program.
+        assert_eq!(refused(&["--master"], i), "etcd-endpoints");
+        assert_eq!(
+            refused(
+                &["--master", "--etcd-endpoints", ","],
+                inputs(Ports::STANDARD)
+            ),
+            "etcd-endpoints"
+        );
+    }
+
+    #[test]
+    fn ports_auto_uses_the_ports_given_and_nothing_else() {
+        assert_eq!(
+            check(&args(&["--master", "--ports", "auto"])).map(|c| c.ports),
+            Ok(PortMode::Auto)
+        );
+        assert_eq!(
+            check(&args(&["--master"])).map(|c| c.ports),
+            Ok(PortMode::Standard)
+        );
+        assert_eq!(
+            check(&args(&["--master", "--ports", "9000"])).map_err(|e| e.field()),
+            Err("ports")
+        );
+        let free = [40001, 40002, 40003, 40004, 40005, 40006, 40007, 40008];
+        let p = planned(
+            &["--master", "--ports", "auto"],
+            inputs(Ports::from_free(free)),
+        );
+        let every_arg: Vec<String> = p
+            .components
+            .iter()
+            .flat_map(|c| c.args.iter().map(|a| a.to_string_lossy().into_owned()))
+            .collect();
+        for standard in [32379, 32380, 22770, 22772, 58866, 31182, 8888, 31501] {
+            assert!(
+                !every_arg
+                    .iter()
+                    .any(|a| a.ends_with(&format!(":{standard}"))),
+                "standard port {standard} in {every_arg:?}"
+            );
+        }
+        for port in free {
+            assert!(
+                every_arg.iter().any(|a| a.ends_with(&format!(":{port}"))),
+                "port {port} unused in {every_arg:?}"
+            );
+        }
+        assert_eq!(p.master_address, "127.0.0.1:40003");
+        assert_eq!(p.frontend_url.as_deref(), Some("http://127.0.0.1:40007"));
+    }
+
+    #[test]
+    fn the_flags_are_checked_before_anything_starts() {
+        let i = || inputs(Ports::STANDARD);
+        assert_eq!(refused(&[], i()), "master");
+        assert_eq!(refused(&["--master", "--bind", "0.0.0.0"], i()), "bind");
+        assert_eq!(refused(&["--master", "--label", "zone"], i()), "label");
+        assert_eq!(
+            refused(&["--master", "--resource", "gpu=lots"], i()),
+            "resource"
+        );
+        assert!(
+            Start::try_parse_from(["yr-start", "--worker"]).is_err(),
+            "a worker needs --master-address"
+        );
+        assert!(Start::try_parse_from(["yr-start", "--master", "--worker"]).is_err());
+    }
+
+    #[test]
+    fn node_settings_reach_their_components() {
+        let p = planned(
+            &[
+                "--master",
+                "--bind",
+                "10.1.2.3",
+                "--shm-size",
+                "1GiB",
+                "--prefault-shm",
+                "--cpu",
+                "1500",
+                "--memory",
+                "2048",
+                "--label",
+                "zone=a",
+                "--label",
+                "gpu=yes",
+                "--resource",
+                "fpga=2",
+                "--idle-timeout-ms",
+                "1500",
+                "--max-body",
+                "1MiB",
+            ],
+            inputs(Ports::STANDARD),
+        );
+        assert_eq!(p.etcd_endpoints, ["http://10.1.2.3:32379"]);
+        assert_eq!(p.master_address, "10.1.2.3:22770");
+        assert_eq!(
+            value(&p, "data-worker", "--shm-size").as_deref(),
+            Some("1073741824")
+        );
+        assert!(has(&p, "data-worker", "--prefault"));
+        assert_eq!(
+            value(&p, "data-worker", "--transfer-address").as_deref(),
+            Some("10.1.2.3:31501")
+        );
+        assert_eq!(
+            value(&p, "function-agent", "--cpu").as_deref(),
+            Some("1500")
+        );
+        assert_eq!(
+            value(&p, "function-agent", "--memory").as_deref(),
+            Some("2048")
+        );
+        assert_eq!(
+            values(&p, "function-agent", "--label"),
+            ["zone=a", "gpu=yes"]
+        );
+        assert_eq!(values(&p, "function-agent", "--resource"), ["fpga=2"]);
+        assert_eq!(
+            value(&p, "function-scheduler", "--idle-timeout-ms").as_deref(),
+            Some("1500")
+        );
+        assert_eq!(
+            value(&p, "meta-service", "--max-body").as_deref(),
+            Some("1048576")
+        );
+        // Defaults leave the optional flags out.
+        let p = planned(&["--master"], inputs(Ports::STANDARD));
+        assert!(!has(&p, "data-worker", "--shm-size"));
+        assert!(!has(&p, "data-worker", "--prefault"));
+        assert!(!has(&p, "function-agent", "--cpu"));
+        assert!(!has(&p, "function-agent", "--label"));
+    }
+
+    /// Every `yr component` command line of a plan is one `yr component` accepts, so the plan and
+    /// the components agree on names and flags.
+    #[test]
+    fn planned_command_lines_parse_as_components() {
+        let mut worker = inputs(Ports::STANDARD);
+        worker.master_etcd = vec!["http://127.0.0.1:32379".into()];
+        let plans = [
+            planned(
+                &[
+                    "--master",
+                    "--shm-size",
+                    "64MiB",
+                    "--label",
+                    "a=b",
+                    "--cpu",
+                    "100",
+                ],
+                inputs(Ports::STANDARD),
+            ),
+            planned(&["--worker", "--master-address", "127.0.0.1:22770"], worker),
+        ];
+        for p in &plans {
+            for c in p.components.iter().filter(|c| c.name != name::ETCD) {
+                let argv = std::iter::once(OsString::from("yr")).chain(c.args.iter().cloned());
+                if let Err(e) = crate::Cli::try_parse_from(argv) {
+                    panic!("{}: {:?}: {e}", c.name, c.args);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_session_records_the_plan() {
+        let p = planned(&["--master"], inputs(Ports::STANDARD));
+        let s = p.session(Vec::new(), 7);
+        assert!(s.is_master());
+        assert_eq!(s.session_dir, Path::new("/s"));
+        assert_eq!(s.node_id, "host-00abcd");
+        assert_eq!(s.master_address, p.master_address);
+        assert_eq!(s.proxy_address, p.proxy_address);
+        assert_eq!(s.data_transfer, p.data_transfer);
+        assert_eq!(s.token_file, p.token_file);
+        assert_eq!(s.created_unix_ms, 7);
+    }
+
+    #[test]
+    fn node_ids_carry_the_host_name_and_differ_by_pid() {
+        let a = node_id("box", 1_000, 1);
+        let b = node_id("box", 1_000, 2);
+        assert!(a.starts_with("box-") && a.len() == "box-".len() + 6, "{a}");
+        assert_ne!(a, b);
+    }
+}

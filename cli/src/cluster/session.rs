@@ -1,0 +1,186 @@
+//! The session folder on this host: choosing and claiming one for `yr start`, the `latest` link,
+//! the REST access token kept in it, and finding a session for the other commands
+//! (`--session-dir`, else `latest`). The `session.json` inside is `yr_runtime::session::Session`.
+//!
+//! Invariant: a folder holds at most one session; `yr start` refuses a folder whose
+//! `session.json` exists, and `yr stop` removes the file (and `latest`, if it points there).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Args;
+use yr_runtime::session::{Session, SESSIONS_ROOT, SESSION_FILE};
+
+#[derive(Args)]
+pub struct SessionArg {
+    /// Session folder (default: /tmp/yr_sessions/latest).
+    #[arg(long)]
+    session_dir: Option<PathBuf>,
+}
+
+impl SessionArg {
+    /// The folder named, else the newest session on this host.
+    pub fn dir(&self) -> PathBuf {
+        self.session_dir
+            .clone()
+            .unwrap_or_else(yr_runtime::session::latest)
+    }
+
+    /// Reads the session's `session.json`.
+    pub fn load(&self) -> Result<Session> {
+        Ok(Session::load(&self.dir())?)
+    }
+}
+
+/// The session folder name for a start at `now_ms` by process `pid`: the UTC date and time, then
+/// the pid (two starts in one second on one host differ by pid).
+pub fn folder_name(now_ms: u64, pid: u32) -> String {
+    let secs = now_ms / 1000;
+    // UTC date-time from Unix seconds (civil-from-days), to name session folders readably.
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}-{pid}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+    )
+}
+
+/// Claims `dir` (default: a new folder under `SESSIONS_ROOT`) for a new session: refuses one
+/// that holds a session, creates it with its `logs/`, and returns its canonical path.
+pub fn claim(dir: Option<&Path>) -> Result<PathBuf> {
+    let dir = match dir {
+        Some(d) => d.to_path_buf(),
+        None => Path::new(SESSIONS_ROOT)
+            .join(folder_name(yr_control::etcd::now_ms(), std::process::id())),
+    };
+    if dir.join(SESSION_FILE).exists() {
+        bail!(
+            "{} already holds a session; stop it first (`yr stop --session-dir {}`) or choose another folder",
+            dir.display(),
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(dir.join("logs"))
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir.canonicalize()?)
+}
+
+/// Points `latest` at `dir` (best effort: a stale link only misleads commands run without
+/// `--session-dir`).
+pub fn link_latest(dir: &Path) {
+    let latest = yr_runtime::session::latest();
+    let _ = std::fs::remove_file(&latest);
+    let _ = std::os::unix::fs::symlink(dir, &latest);
+}
+
+/// Removes the session file of `s`, and `latest` if it points at that session.
+pub fn remove(s: &Session) -> Result<()> {
+    std::fs::remove_file(s.session_dir.join(SESSION_FILE))?;
+    let latest = yr_runtime::session::latest();
+    if std::fs::read_link(&latest).ok().as_deref() == Some(s.session_dir.as_path()) {
+        let _ = std::fs::remove_file(&latest);
+    }
+    Ok(())
+}
+
+/// Generates the cluster's REST access token (256 bits from the kernel's random source) into
+/// `path`, readable by this user only; refuses to overwrite a file.
+pub fn write_token(path: &Path) -> Result<()> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut raw = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut raw))
+        .context("cannot read /dev/urandom for the access token")?;
+    let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    writeln!(f, "{token}")?;
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct TokenArgs {
+    #[command(flatten)]
+    session: SessionArg,
+    /// Print the whole header line, `Authorization: Bearer <token>`.
+    #[arg(long)]
+    header: bool,
+}
+
+/// Prints the REST access token of the session's cluster.
+pub fn token(a: TokenArgs) -> Result<()> {
+    let s = a.session.load()?;
+    let file = s.token_file.ok_or_else(|| {
+        anyhow!(
+            "the session of node {} has no token file: the token lives in the master node's \
+             session (pass its folder with --session-dir)",
+            s.node_id
+        )
+    })?;
+    let t = yr_control::rest::read_token(&file)?;
+    if a.header {
+        println!("Authorization: Bearer {t}");
+    } else {
+        println!("{t}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folders_are_named_by_utc_time_and_pid() {
+        assert_eq!(folder_name(0, 7), "19700101-000000-7");
+        // 2000-02-29 12:34:56 UTC, a leap day.
+        assert_eq!(folder_name(951_827_696_000, 42), "20000229-123456-42");
+        // 2026-12-31 23:59:59.999 UTC.
+        assert_eq!(folder_name(1_798_761_599_999, 1), "20261231-235959-1");
+    }
+
+    #[test]
+    fn a_folder_holding_a_session_is_not_claimed_twice() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().join("s");
+        let claimed = claim(Some(&dir)).expect("a fresh folder");
+        assert!(claimed.join("logs").is_dir());
+        std::fs::write(claimed.join(SESSION_FILE), "{}").expect("write");
+        let e = claim(Some(&dir)).expect_err("holds a session");
+        assert!(e.to_string().contains("already holds a session"), "{e}");
+    }
+
+    #[test]
+    fn the_token_is_private_and_never_overwritten() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let path = tmp.path().join("token");
+        write_token(&path).expect("written");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(text.trim().len(), 64);
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(
+            write_token(&path).is_err(),
+            "a second token would replace the first"
+        );
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), text);
+    }
+}

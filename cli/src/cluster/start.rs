@@ -1,0 +1,228 @@
+//! `yr start` and `yr stop`: the executor of a node plan, and its undoing.
+//!
+//! `start` checks the flags, claims the session folder, resolves what the plan needs from the
+//! system (free ports, the `etcd` program, a worker's etcd endpoints from its master), builds the
+//! plan and launches its components in order, each after the previous one is ready. If any fails,
+//! it stops those it started, so a failed start leaves no process behind. Then it writes
+//! `session.json` (listing every process it left running, for `yr stop`), points `latest` at the
+//! session when the folder was its own choice, and waits until the master sees the node.
+
+use std::io::Write;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use yr_control::etcd::now_ms;
+use yr_proto::Empty;
+use yr_runtime::session::{ComponentInfo, Session};
+
+use super::launch;
+use super::plan::{self, Inputs, NodePlan, PortMode, Ports, Ready, Role, StartArgs};
+use super::session::{self, SessionArg};
+use super::{master_client, rt};
+
+/// How long a started node may take to appear in the master's view.
+const REGISTER_WITHIN: Duration = Duration::from_secs(20);
+
+pub fn start(a: StartArgs) -> Result<()> {
+    let checked = plan::check(&a)?;
+    let dir = session::claim(a.session_dir.as_deref())?;
+    if !a.bind.is_loopback() {
+        eprintln!(
+            "warning: yr services of this node listen on {}, reachable from other hosts. REST \
+             routes require the access token, but the gRPC ports, etcd and the data transfer port \
+             have no authentication: only bind an address on a network you trust.",
+            a.bind
+        );
+    }
+    let inputs = Inputs {
+        exe: std::env::current_exe().context("cannot find the yr executable")?,
+        dir,
+        node_id: plan::node_id(&hostname(), now_ms(), std::process::id()),
+        ports: match checked.ports {
+            PortMode::Standard => Ports::STANDARD,
+            PortMode::Auto => Ports::from_free(launch::free_ports()?),
+        },
+        etcd_program: launch::which("etcd"),
+        master_etcd: match checked.role {
+            Role::Master => Vec::new(),
+            Role::Worker => master_etcd(a.master_address.as_deref().unwrap_or_default())?,
+        },
+    };
+    let plan = plan::plan(&a, inputs)?;
+    let session = launch_plan(&plan)?;
+    if a.session_dir.is_none() {
+        session::link_latest(&plan.dir);
+    }
+    // Wait until the master sees this node, so that a deploy right after start can place work.
+    wait_for_node(&session)?;
+    print_started(&session)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "node".into())
+}
+
+/// The etcd endpoints of the cluster whose master is at `master`.
+fn master_etcd(master: &str) -> Result<Vec<String>> {
+    let info = rt()?
+        .block_on(async {
+            master_client(master)?
+                .info(Empty {})
+                .await
+                .map_err(anyhow::Error::from)
+        })
+        .with_context(|| format!("cannot reach the master at {master}"))?
+        .into_inner();
+    Ok(info.etcd_endpoints)
+}
+
+/// Launches the plan's components in order and writes the session; on failure stops those
+/// already started.
+fn launch_plan(plan: &NodePlan) -> Result<Session> {
+    let mut started: Vec<ComponentInfo> = Vec::new();
+    let result = (|| -> Result<()> {
+        std::fs::create_dir_all(&plan.node_dir)
+            .with_context(|| format!("cannot create {}", plan.node_dir.display()))?;
+        if let Some(t) = &plan.token_file {
+            session::write_token(t)?;
+        }
+        for c in &plan.components {
+            let mut cmd = Command::new(&c.program);
+            cmd.args(&c.args);
+            let mut info = launch::launch(c.name, cmd, &c.log, c.ready == Ready::Line)?;
+            // Recorded before waiting further, so that a failure below still stops it.
+            let announced = std::mem::replace(&mut info.address, c.address.clone());
+            started.push(info);
+            match c.ready {
+                Ready::Endpoint => launch::wait_for_etcd(&c.address, &c.log)?,
+                Ready::Line => {
+                    if !c.address.is_empty() && announced != c.address {
+                        bail!(
+                            "{} serves {announced}, not the planned {} (see {})",
+                            c.name,
+                            c.address,
+                            c.log.display()
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    })();
+    let saved = result.and_then(|()| {
+        let session = plan.session(started.clone(), now_ms());
+        session.save(&plan.dir)?;
+        Ok(session)
+    });
+    if saved.is_err() {
+        // Leave nothing half-started behind.
+        for c in started.iter().rev() {
+            launch::stop_pid(c.pid, Duration::from_secs(5));
+        }
+    }
+    saved
+}
+
+fn wait_for_node(s: &Session) -> Result<()> {
+    let rt = rt()?;
+    let deadline = Instant::now() + REGISTER_WITHIN;
+    loop {
+        let st = rt.block_on(async {
+            master_client(&s.master_address)?
+                .status(Empty {})
+                .await
+                .map_err(anyhow::Error::from)
+        });
+        if let Ok(st) = st {
+            if st.into_inner().nodes.iter().any(|n| n.node_id == s.node_id) {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "node {} did not register with the master within {} s (see {}/logs)",
+                s.node_id,
+                REGISTER_WITHIN.as_secs(),
+                s.session_dir.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn print_started(session: &Session) -> Result<()> {
+    let mut out = std::io::stdout();
+    writeln!(
+        out,
+        "yr {} node {} started; session {}",
+        session.role,
+        session.node_id,
+        session.session_dir.display()
+    )?;
+    writeln!(out, "  master  {}", session.master_address)?;
+    writeln!(out, "  etcd    {}", session.etcd_endpoints.join(","))?;
+    writeln!(out, "  proxy   {}", session.proxy_address)?;
+    writeln!(out, "  data    {}", session.data_socket.display())?;
+    if let (Some(f), Some(m)) = (&session.frontend_url, &session.meta_url) {
+        writeln!(out, "  REST    frontend {f}  meta service {m}")?;
+    }
+    if let Some(t) = &session.token_file {
+        writeln!(
+            out,
+            "  token   {} (send it as Authorization: Bearer <token>)",
+            t.display()
+        )?;
+    }
+    if session.is_master() {
+        writeln!(out, "To add a worker node, run on it:")?;
+        writeln!(
+            out,
+            "  yr start --worker --master-address {}",
+            session.master_address
+        )?;
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct StopArgs {
+    #[command(flatten)]
+    session: SessionArg,
+    /// Kill at once instead of asking politely first.
+    #[arg(long)]
+    force: bool,
+}
+
+/// Stops every process of this host's node of a session, newest first, and removes the
+/// session file.
+pub fn stop(a: StopArgs) -> Result<()> {
+    let s = a.session.load()?;
+    let grace = if a.force {
+        Duration::ZERO
+    } else {
+        Duration::from_secs(10)
+    };
+    let mut forced = Vec::new();
+    for c in s.components.iter().rev() {
+        if !launch::stop_pid(c.pid, grace) {
+            forced.push(c.name.clone());
+        }
+    }
+    let _ = std::fs::remove_file(&s.data_socket);
+    session::remove(&s)?;
+    println!(
+        "stopped {} component(s) of node {}{}",
+        s.components.len(),
+        s.node_id,
+        if forced.is_empty() {
+            String::new()
+        } else {
+            format!(" (killed after the deadline: {})", forced.join(", "))
+        }
+    );
+    Ok(())
+}

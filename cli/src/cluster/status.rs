@@ -1,0 +1,118 @@
+//! `yr status`: the cluster's nodes, functions and instances, as the master reports them, for a
+//! person (a table) or a script (`--json`, whose shape the tests and tools read).
+
+use anyhow::{Context, Result};
+use clap::Args;
+use yr_proto::{ClusterStatus, Empty, InstanceState, Resources};
+
+use super::master_client;
+use super::rt;
+use super::session::SessionArg;
+
+#[derive(Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    session: SessionArg,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn status(a: StatusArgs) -> Result<()> {
+    let s = a.session.load()?;
+    let st = rt()?
+        .block_on(async {
+            master_client(&s.master_address)?
+                .status(Empty {})
+                .await
+                .map_err(anyhow::Error::from)
+        })
+        .with_context(|| format!("cannot reach the master at {}", s.master_address))?
+        .into_inner();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&status_json(&st))?);
+        return Ok(());
+    }
+    println!("NODES");
+    for n in &st.nodes {
+        let t = n.total.clone().unwrap_or_default();
+        let u = n.used.clone().unwrap_or_default();
+        println!(
+            "  {:<24} alive  cpu {}/{}m  memory {}/{} MiB  shm {}/{} MiB  {}",
+            n.node_id,
+            u.cpu_millis,
+            t.cpu_millis,
+            u.memory_mib,
+            t.memory_mib,
+            n.shm_used_bytes >> 20,
+            n.shm_total_bytes >> 20,
+            n.proxy_address
+        );
+    }
+    for d in &st.dead_nodes {
+        println!("  {d:<24} dead");
+    }
+    println!("FUNCTIONS");
+    for f in &st.functions {
+        let running = st
+            .instances
+            .iter()
+            .filter(|i| i.function == f.name && i.state == InstanceState::Running as i32)
+            .count();
+        println!(
+            "  {:<20} min {} max {} concurrency {}  running {}",
+            f.name, f.min_instances, f.max_instances, f.concurrency, running
+        );
+    }
+    println!("INSTANCES");
+    for i in &st.instances {
+        println!(
+            "  {:<28} {:<10} {:<9} node {:<20} pid {:<7} cpu {:>4}m  rss {:>4} MiB  {}{}",
+            i.instance_id,
+            i.function,
+            yr_control::lifecycle::state_name(i.state),
+            i.node_id,
+            i.pid,
+            i.cpu_millis_used,
+            i.memory_bytes_used >> 20,
+            if i.name.is_empty() {
+                String::new()
+            } else {
+                format!("name {} ", i.name)
+            },
+            if i.error.is_empty() {
+                String::new()
+            } else {
+                format!("error: {}", i.error)
+            }
+        );
+    }
+    Ok(())
+}
+
+fn status_json(st: &ClusterStatus) -> serde_json::Value {
+    let res = |r: &Option<Resources>| {
+        let r = r.clone().unwrap_or_default();
+        serde_json::json!({"cpu_millis": r.cpu_millis, "memory_mib": r.memory_mib, "custom": r.custom})
+    };
+    serde_json::json!({
+        "nodes": st.nodes.iter().map(|n| serde_json::json!({
+            "node_id": n.node_id, "alive": true, "hostname": n.hostname,
+            "proxy_address": n.proxy_address, "agent_address": n.agent_address,
+            "total": res(&n.total), "used": res(&n.used), "labels": n.labels,
+            "shm_total_bytes": n.shm_total_bytes, "shm_used_bytes": n.shm_used_bytes,
+            "cpu_millis_busy": n.cpu_millis_busy, "memory_used_bytes": n.memory_used_bytes,
+        })).chain(st.dead_nodes.iter().map(|d| serde_json::json!({"node_id": d, "alive": false}))).collect::<Vec<_>>(),
+        "functions": st.functions.iter().map(|f| serde_json::json!({
+            "name": f.name, "version": f.version, "code_path": f.code_path, "handler": f.handler,
+            "min_instances": f.min_instances, "max_instances": f.max_instances,
+            "concurrency": f.concurrency, "timeout_ms": f.timeout_ms, "resources": res(&f.resources),
+        })).collect::<Vec<_>>(),
+        "instances": st.instances.iter().map(|i| serde_json::json!({
+            "instance_id": i.instance_id, "function": i.function, "name": i.name,
+            "stateful": i.stateful, "state": yr_control::lifecycle::state_name(i.state),
+            "node_id": i.node_id, "pid": i.pid, "restarts": i.restarts, "error": i.error,
+            "cpu_millis_used": i.cpu_millis_used, "memory_bytes_used": i.memory_bytes_used,
+        })).collect::<Vec<_>>(),
+    })
+}
