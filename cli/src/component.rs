@@ -284,13 +284,16 @@ pub fn run(cmd: ComponentCmd) -> Result<()> {
         ComponentCmd::MetaService(a) => {
             let config = a.rest.config(a.listen)?;
             run_async("meta service", |sd, ready| async move {
-                yr_control::rest::run_meta(a.listen, &a.upstream, config, sd, ready).await
+                Ok(yr_control::rest::run_meta(a.listen, &a.upstream, config, sd, ready).await?)
             })
         }
         ComponentCmd::Frontend(a) => {
             let config = a.rest.config(a.listen)?;
             run_async("frontend", |sd, ready| async move {
-                yr_control::rest::run_frontend(a.listen, &a.upstream, config, sd, ready).await
+                Ok(
+                    yr_control::rest::run_frontend(a.listen, &a.upstream, config, sd, ready)
+                        .await?,
+                )
             })
         }
         ComponentCmd::FunctionScheduler(a) => {
@@ -317,9 +320,15 @@ pub fn run(cmd: ComponentCmd) -> Result<()> {
                     master_address: a.master,
                     node_id: a.node_id,
                     instance_socket: a.instance_socket,
-                    frontend,
                 };
-                yr_control::proxy::run(config, sd, ready).await
+                let proxy = yr_control::proxy::Proxy::bind(config).await?;
+                if let Some((listen, rest)) = frontend {
+                    // This node's frontend calls the proxy in-process, through its Invoker.
+                    yr_control::rest::BoundFrontend::bind(listen, rest)
+                        .await?
+                        .spawn(proxy.invoker().into(), sd.clone());
+                }
+                Ok(proxy.serve(sd, ready).await?)
             })
         }
         ComponentCmd::FunctionAgent(a) => run_async("function agent", |sd, ready| async move {
