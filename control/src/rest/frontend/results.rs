@@ -291,6 +291,7 @@ impl Drop for Completion {
     }
 }
 
+/// The answer for a call still running: `{"requestId","status":"pending"}` with its `Location`.
 fn pending(id: &str, style: Style, status: StatusCode) -> Response {
     let location = format!("{ASYNC_RESULTS}{id}");
     let resp = (
