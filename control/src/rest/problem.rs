@@ -69,7 +69,8 @@ impl Problem {
 
     /// A peer component's refusal over gRPC (the master's, for the meta service): by the kind
     /// it carries. A duplicate registration is refused with the gRPC code AlreadyExists, which no
-    /// error kind stands for: 400 with openYuanrong's code 4101.
+    /// error kind of its own stands for: 400 with openYuanrong's code 4101 (here and in
+    /// `From<Error>`, for an error whose gRPC code is AlreadyExists).
     pub fn from_status(s: tonic::Status) -> Problem {
         if s.code() == tonic::Code::AlreadyExists {
             return Problem::new(StatusCode::BAD_REQUEST, 4101, s.message());
@@ -96,6 +97,9 @@ impl Problem {
 
 impl From<Error> for Problem {
     fn from(e: Error) -> Problem {
+        if e.code() == tonic::Code::AlreadyExists {
+            return Problem::new(StatusCode::BAD_REQUEST, 4101, e.to_string());
+        }
         Problem::from_kind(e.kind(), e.to_string())
     }
 }
