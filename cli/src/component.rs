@@ -214,7 +214,7 @@ pub struct ProxyArgs {
 
 impl ProxyArgs {
     /// The proxy's own config; the frontend it may host beside it is wired where the process
-    /// starts both (`frontend` is left empty here).
+    /// starts both (the `FunctionProxy` arm of `run`).
     fn validate(self) -> Result<yr_control::proxy::ProxyConfig, ConfigError> {
         Ok(yr_control::proxy::ProxyConfig {
             listen: self.listen,
@@ -222,7 +222,6 @@ impl ProxyArgs {
             master_address: config::required("master", self.master)?,
             node_id: config::required("node-id", self.node_id)?,
             instance_socket: self.instance_socket,
-            frontend: None,
         })
     }
 }
@@ -420,14 +419,17 @@ pub fn run(cmd: ComponentCmd) -> Result<()> {
             let a = a.validate()?;
             let config = a.rest.config(a.listen)?;
             run_async("meta service", |sd, ready| async move {
-                yr_control::rest::run_meta(a.listen, &a.upstream, config, sd, ready).await
+                Ok(yr_control::rest::run_meta(a.listen, &a.upstream, config, sd, ready).await?)
             })
         }
         ComponentCmd::Frontend(a) => {
             let a = a.validate()?;
             let config = a.rest.config(a.listen)?;
             run_async("frontend", |sd, ready| async move {
-                yr_control::rest::run_frontend(a.listen, &a.upstream, config, sd, ready).await
+                Ok(
+                    yr_control::rest::run_frontend(a.listen, &a.upstream, config, sd, ready)
+                        .await?,
+                )
             })
         }
         ComponentCmd::FunctionScheduler(a) => {
@@ -443,12 +445,16 @@ pub fn run(cmd: ComponentCmd) -> Result<()> {
                 Some(l) => Some((l, a.rest.config(l)?)),
                 None => None,
             };
-            let config = yr_control::proxy::ProxyConfig {
-                frontend,
-                ..a.validate()?
-            };
+            let config = a.validate()?;
             run_async("function proxy", |sd, ready| async move {
-                yr_control::proxy::run(config, sd, ready).await
+                let proxy = yr_control::proxy::Proxy::bind(config).await?;
+                if let Some((listen, rest)) = frontend {
+                    // This node's frontend calls the proxy in-process, through its Invoker.
+                    yr_control::rest::BoundFrontend::bind(listen, rest)
+                        .await?
+                        .spawn(proxy.invoker().into(), sd.clone());
+                }
+                Ok(proxy.serve(sd, ready).await?)
             })
         }
         ComponentCmd::FunctionAgent(a) => {
@@ -763,7 +769,6 @@ mod tests {
             panic!("not the proxy");
         };
         let c = p.validate().expect("valid");
-        assert!(c.frontend.is_none());
         assert_eq!(c.listen.port(), 5);
         assert_eq!((c.master_address.as_str(), c.node_id.as_str()), ("m", "n"));
     }

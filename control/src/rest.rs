@@ -5,15 +5,21 @@
 //! frontend into an Invoke on this node's proxy. Neither keeps state of its own.
 //!
 //! Errors are RFC 9457 `application/problem+json` with openYuanrong's numeric `code` as an
-//! extension member; a function's own error is not a platform error (502 with the function's
-//! message, code 2002). Request bodies are bounded ([`MAX_BODY`]).
+//! extension member ([`problem`]: the one mapping from an error's kind to status and code); a
+//! function's own error is not a platform error (code 2002, rendered by the frontend). Request
+//! bodies are bounded ([`MAX_BODY`]).
 //!
 //! Layout: [`meta`] (function management), [`frontend`] (invocation), [`data`] (the
 //! frontend's `/datasystem/v1` object and KV proxy to this node's data worker), [`metrics`]
-//! (`/metrics`, Prometheus text format); this module holds what all share: problem+json
-//! errors, the access-token check, body limits, metrics and the server loop. Every route
-//! goes through [`finish`] (or, for routes merged into a finished router, [`layers`]), so
-//! every route is counted, bounded and, but `/healthz`, behind the token.
+//! (`/metrics`, Prometheus text format), [`openapi`] (each service's `/openapi.json`),
+//! [`problem`] (errors); this module holds what all share: the access-token check, body limits,
+//! function URNs and the server loop. Every route goes through [`finish`] (or, for routes merged
+//! into a finished router, [`layers`]), so every route is counted, bounded and, but `/healthz`,
+//! behind the token.
+//!
+//! The frontend calls its proxy through a [`frontend::Upstream`]: in the proxy's own process,
+//! the proxy's [`crate::proxy::Invoker`], handed over by the process that hosts both
+//! ([`BoundFrontend`]); the proxy knows nothing of this module.
 //!
 //! Security: every route but `/healthz` requires `Authorization: Bearer <token>` when the
 //! service has a token (`yr start` always gives one); the comparison takes the same time
@@ -21,16 +27,16 @@
 
 use std::sync::Arc;
 
-use anyhow::Result;
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use serde_json::{json, Value};
+use serde_json::Value;
 use yr_proto::master_client::MasterClient;
 use yr_proto::proxy_client::ProxyClient;
 
+use crate::error::Error;
 use crate::Shutdown;
 
 pub mod data;
@@ -38,6 +44,9 @@ pub mod frontend;
 pub mod meta;
 pub mod metrics;
 pub mod openapi;
+pub mod problem;
+
+pub use problem::Problem;
 
 /// Largest request body either service accepts by default (`--max-body`).
 pub const MAX_BODY: usize = 64 << 20;
@@ -68,12 +77,15 @@ impl RestConfig {
 }
 
 /// Reads a token file (one line; surrounding whitespace ignored), refusing an empty one.
-pub fn read_token(path: &std::path::Path) -> Result<String> {
+pub fn read_token(path: &std::path::Path) -> Result<String, Error> {
     let t = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("cannot read the token file {}: {e}", path.display()))?;
+        .map_err(|e| Error::io(format!("cannot read the token file {}", path.display()), e))?;
     let t = t.trim().to_string();
     if t.is_empty() {
-        anyhow::bail!("the token file {} is empty", path.display());
+        return Err(Error::invalid(
+            "token_file",
+            format!("the token file {} is empty", path.display()),
+        ));
     }
     Ok(t)
 }
@@ -190,57 +202,6 @@ pub(crate) fn body_or_problem(
 /// The tenant of every function until tenants exist.
 pub const TENANT: &str = "default";
 
-/// A platform error, rendered as problem+json.
-pub struct Problem {
-    status: StatusCode,
-    code: u32,
-    detail: String,
-}
-
-impl Problem {
-    pub fn new(status: StatusCode, code: u32, detail: impl Into<String>) -> Problem {
-        Problem {
-            status,
-            code,
-            detail: detail.into(),
-        }
-    }
-}
-
-impl IntoResponse for Problem {
-    fn into_response(self) -> Response {
-        let body = json!({
-            "type": format!("https://yr.dev/errors/{}", self.code),
-            "title": self.status.canonical_reason().unwrap_or("error"),
-            "status": self.status.as_u16(),
-            "detail": self.detail,
-            "code": self.code,
-            "message": self.detail,
-        });
-        (
-            self.status,
-            [(header::CONTENT_TYPE, "application/problem+json")],
-            body.to_string(),
-        )
-            .into_response()
-    }
-}
-
-/// Maps a master error onto HTTP status and openYuanrong code.
-fn from_status(s: tonic::Status) -> Problem {
-    use tonic::Code;
-    let (status, code) = match s.code() {
-        Code::InvalidArgument => (StatusCode::BAD_REQUEST, 1001),
-        Code::NotFound => (StatusCode::NOT_FOUND, 1015),
-        Code::AlreadyExists => (StatusCode::BAD_REQUEST, 4101),
-        Code::ResourceExhausted => (StatusCode::SERVICE_UNAVAILABLE, 1002),
-        Code::DeadlineExceeded => (StatusCode::GATEWAY_TIMEOUT, 3002),
-        Code::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, 3002),
-        _ => (StatusCode::INTERNAL_SERVER_ERROR, 3003),
-    };
-    Problem::new(status, code, s.message())
-}
-
 /// `sn:cn:yrk:{tenant}:function:{name}:{version}`.
 pub fn urn(name: &str, version: &str) -> String {
     format!("sn:cn:yrk:{TENANT}:function:{name}:{version}")
@@ -277,30 +238,19 @@ pub fn name_from_urn(s: &str) -> Result<String, Problem> {
         }
         ["sn", _, _, _, "function", name, version] => match version.parse::<u32>() {
             Ok(n) => Ok(version_name(name, n)),
-            Err(_) => Err(Problem::new(
-                StatusCode::BAD_REQUEST,
-                1001,
-                format!(
-                    "functionVersionURN {s:?}: version {version:?} is neither latest nor a number"
-                ),
-            )),
+            Err(_) => Err(Problem::bad_request(format!(
+                "functionVersionURN {s:?}: version {version:?} is neither latest nor a number"
+            ))),
         },
-        _ => Err(Problem::new(
-            StatusCode::BAD_REQUEST,
-            1001,
-            format!("functionVersionURN {s:?} is not sn:cn:yrk:TENANT:function:NAME:VERSION"),
-        )),
+        _ => Err(Problem::bad_request(format!(
+            "functionVersionURN {s:?} is not sn:cn:yrk:TENANT:function:NAME:VERSION"
+        ))),
     }
 }
 
 pub(crate) fn parse_body(bytes: &[u8]) -> Result<Value, Problem> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            1001,
-            format!("the body is not valid JSON: {e}"),
-        )
-    })
+    serde_json::from_slice(bytes)
+        .map_err(|e| Problem::bad_request(format!("the body is not valid JSON: {e}")))
 }
 
 pub(crate) async fn healthz() -> &'static str {
@@ -311,16 +261,25 @@ pub(crate) async fn not_found() -> Problem {
     Problem::new(StatusCode::NOT_FOUND, 1001, "no such route")
 }
 
+/// Binds `listen`, saying which port could not be had.
+async fn bind(listen: std::net::SocketAddr) -> Result<tokio::net::TcpListener, Error> {
+    tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| Error::io(format!("cannot listen on {listen}"), e))
+}
+
 async fn serve(
     listen: std::net::SocketAddr,
     router: Router,
     shutdown: Shutdown,
     on_ready: impl FnOnce(std::net::SocketAddr),
-) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-    on_ready(listener.local_addr()?);
+) -> Result<(), Error> {
+    let listener = bind(listen).await?;
+    on_ready(
+        listener
+            .local_addr()
+            .map_err(|e| Error::io(format!("the address bound for {listen}"), e))?,
+    );
     serve_listener(listener, router, shutdown).await
 }
 
@@ -328,7 +287,7 @@ async fn serve_listener(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: Shutdown,
-) -> Result<()> {
+) -> Result<(), Error> {
     // Small replies must not wait for the client's delayed ACK (see `crate::incoming`).
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         if let Err(e) = tcp.set_nodelay(true) {
@@ -337,8 +296,8 @@ async fn serve_listener(
     });
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown.wait_owned())
-        .await?;
-    Ok(())
+        .await
+        .map_err(|e| Error::io("serving HTTP", e))
 }
 
 /// Runs the meta service until `shutdown`.
@@ -348,14 +307,18 @@ pub async fn run_meta(
     config: RestConfig,
     shutdown: Shutdown,
     on_ready: impl FnOnce(std::net::SocketAddr),
-) -> Result<()> {
-    let master = MasterClient::new(crate::channel(master_address)?);
+) -> Result<(), Error> {
+    let channel = crate::channel(master_address)?;
+    let master = MasterClient::new(channel);
     serve(listen, meta::router(master, &config), shutdown, on_ready).await
 }
 
 /// HTTP/2 connections from a separate frontend to its proxy (measured: one connection's task
 /// is the frontend's busiest lock under load).
 const PROXY_CONNECTIONS: usize = 4;
+
+/// Largest call or reply between the frontend and its proxy (the proxy's own limit).
+const MAX_MESSAGE: usize = yr_proto::frame::MAX_PAYLOAD;
 
 /// The frontend's whole router (invocation, data routes, shared layers) over `upstream`.
 pub fn frontend_app(upstream: frontend::Upstream, config: &RestConfig) -> Router {
@@ -369,26 +332,58 @@ pub async fn run_frontend(
     config: RestConfig,
     shutdown: Shutdown,
     on_ready: impl FnOnce(std::net::SocketAddr),
-) -> Result<()> {
+) -> Result<(), Error> {
     let proxies = (0..PROXY_CONNECTIONS)
         .map(|_| {
-            Ok(ProxyClient::new(crate::channel(proxy_address)?)
-                .max_decoding_message_size(crate::proxy::MAX_MESSAGE)
-                .max_encoding_message_size(crate::proxy::MAX_MESSAGE))
+            let channel = crate::channel(proxy_address)?;
+            Ok(ProxyClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE))
         })
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>, Error>>()?;
     let app = frontend_app(frontend::Upstream::grpc(proxies), &config);
     serve(listen, app, shutdown, on_ready).await
 }
 
-/// Serves a frontend on `listener` until `shutdown` (for a proxy that hosts its node's frontend).
-pub async fn serve_frontend_on(
+/// A frontend whose port is bound but which does not serve yet: for a process that hosts the
+/// frontend beside its proxy. It binds before the process announces readiness (so a busy port
+/// fails the start) and serves once the proxy's [`crate::proxy::Invoker`] exists.
+pub struct BoundFrontend {
     listener: tokio::net::TcpListener,
-    upstream: frontend::Upstream,
     config: RestConfig,
-    shutdown: Shutdown,
-) -> Result<()> {
-    serve_listener(listener, frontend_app(upstream, &config), shutdown).await
+}
+
+impl BoundFrontend {
+    pub async fn bind(listen: std::net::SocketAddr, config: RestConfig) -> Result<Self, Error> {
+        Ok(BoundFrontend {
+            listener: bind(listen).await?,
+            config,
+        })
+    }
+
+    /// Serves until `shutdown`, calling through `upstream`.
+    pub async fn serve(
+        self,
+        upstream: frontend::Upstream,
+        shutdown: Shutdown,
+    ) -> Result<(), Error> {
+        serve_listener(
+            self.listener,
+            frontend_app(upstream, &self.config),
+            shutdown,
+        )
+        .await
+    }
+
+    /// Serves on a task of its own until `shutdown`, calling through `upstream`; an error that
+    /// stops it is logged.
+    pub fn spawn(self, upstream: frontend::Upstream, shutdown: Shutdown) {
+        tokio::spawn(async move {
+            if let Err(e) = self.serve(upstream, shutdown).await {
+                tracing::error!("frontend stopped: {e}");
+            }
+        });
+    }
 }
 
 #[cfg(test)]

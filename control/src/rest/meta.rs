@@ -13,8 +13,8 @@ use yr_proto::master_client::MasterClient;
 use yr_proto::*;
 
 use super::{
-    body_or_problem, finish, from_status, healthz, name_from_urn, not_found, parse_body,
-    split_version, urn, version_name, Problem, RestConfig, TENANT,
+    body_or_problem, finish, healthz, name_from_urn, not_found, parse_body, split_version, urn,
+    version_name, Problem, RestConfig, TENANT,
 };
 
 type Params = Query<HashMap<String, String>>;
@@ -226,7 +226,7 @@ async fn deploy(m: &Meta, spec: FunctionSpec, create_only: bool) -> Result<Json<
             update_only: !create_only,
         })
         .await
-        .map_err(from_status)?
+        .map_err(Problem::from_status)?
         .into_inner();
     let f = r.spec.unwrap_or_default();
     Ok(Json(
@@ -275,7 +275,7 @@ async fn all_functions(m: &Meta) -> Result<Vec<FunctionSpec>, Problem> {
         .clone()
         .list_functions(Empty {})
         .await
-        .map_err(from_status)?
+        .map_err(Problem::from_status)?
         .into_inner()
         .functions;
     fs.sort_by(|a, b| a.name.cmp(&b.name));
@@ -371,7 +371,7 @@ async fn delete(
             .clone()
             .delete_function(FunctionRef { name: t })
             .await
-            .map_err(from_status)?;
+            .map_err(Problem::from_status)?;
     }
     Ok(Json(json!({"code": 0, "message": "SUCCESS"})))
 }

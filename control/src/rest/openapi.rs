@@ -1,7 +1,7 @@
 //! `GET /openapi.json`: an OpenAPI 3.0 description of every route of each service, served by
 //! the service itself (behind the token, like every route but `/healthz`).
 //!
-//! Invariant: a route added to [`super::meta`] or [`super::frontend`] is described here, with
+//! Invariant: a route added to the meta service or the frontend is described here, with
 //! every status it can answer; the schemathesis test (tests/tests/rest_schema.rs) runs against
 //! the live services and fails on an undocumented status, a body that breaks its schema, or any
 //! 5xx.
@@ -577,9 +577,11 @@ pub fn frontend() -> Value {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn documents_are_openapi_with_every_operation_answering_401() {
-        for doc in [super::meta(), super::frontend()] {
+        for doc in [meta(), frontend()] {
             assert_eq!(doc["openapi"], "3.0.3");
             let paths = doc["paths"].as_object().expect("paths");
             assert!(paths.len() >= 3);

@@ -1,0 +1,253 @@
+//! This node's connected instances, as the proxy holds them: each one's permits (its
+//! concurrency), its queue of waiting calls and its calls in flight, and delivering one call to
+//! one of them.
+//!
+//! Invariants: a call runs only while it holds one of its instance's permits, so an instance has
+//! at most `concurrency` calls in flight; every call delivered here ends with a reply (the
+//! result, the function's error, a timeout, or the instance's exit), never by waiting forever.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, Semaphore, SemaphorePermit};
+use yr_proto::frame;
+use yr_proto::*;
+
+use super::route;
+use super::MAX_MESSAGE;
+use crate::error::Error;
+use crate::etcd;
+
+/// One function process connected to this proxy's instance socket.
+pub(super) struct LocalInstance {
+    pub(super) id: String,
+    pub(super) function: String,
+    /// Encoded frames for the instance's socket.
+    pub(super) tx: mpsc::Sender<Vec<u8>>,
+    /// Calls sent and not yet answered, by call ID; dropping a sender fails its call.
+    pub(super) pending: std::sync::Mutex<HashMap<u64, oneshot::Sender<CallResult>>>,
+    pub(super) permits: Semaphore,
+    pub(super) concurrency: u32,
+    /// Calls waiting for one of this instance's permits.
+    pub(super) waiting: AtomicUsize,
+    /// When its last call ended (ms since the epoch); its start time until then.
+    pub(super) last_done: AtomicU64,
+    /// The function's waiting calls, for stateless instances.
+    pub(super) pool: Option<Arc<Pool>>,
+    /// The next call's ID (unique per instance: the instance answers on its own connection).
+    next_call: AtomicU64,
+}
+
+/// Stateless calls of one function waiting on this node for any local instance to free up.
+#[derive(Default)]
+pub(super) struct Pool {
+    /// Signalled when a call ends on one of the function's local instances or one connects.
+    pub(super) freed: tokio::sync::Notify,
+    pub(super) waiting: AtomicUsize,
+}
+
+/// Ends a call's occupancy of an instance (dropped after its permit): stamps the instance's
+/// last activity and lets one waiting call of the function look again.
+struct Busy<'a>(&'a LocalInstance);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.last_done.store(etcd::now_ms(), Ordering::Relaxed);
+        if let Some(pool) = &self.0.pool {
+            pool.freed.notify_one();
+        }
+    }
+}
+
+impl LocalInstance {
+    pub(super) fn new(
+        id: String,
+        function: String,
+        tx: mpsc::Sender<Vec<u8>>,
+        concurrency: u32,
+        pool: Option<Arc<Pool>>,
+    ) -> LocalInstance {
+        LocalInstance {
+            id,
+            function,
+            tx,
+            pending: std::sync::Mutex::new(HashMap::new()),
+            permits: Semaphore::new(concurrency as usize),
+            concurrency,
+            waiting: AtomicUsize::new(0),
+            last_done: AtomicU64::new(etcd::now_ms()),
+            pool,
+            next_call: AtomicU64::new(1),
+        }
+    }
+
+    /// Delivers a call to this instance, waiting in its queue for a permit up to `timeout`.
+    pub(super) async fn deliver(
+        &self,
+        function: &FunctionSpec,
+        req: &InvokeRequest,
+        timeout: Duration,
+        node_id: &str,
+    ) -> Result<InvokeReply, Error> {
+        if !route::admits(self.waiting.load(Ordering::Relaxed), 1) {
+            return Err(Error::Busy(format!(
+                "instance {} of {} has {} calls queued; try again later",
+                self.id,
+                self.function,
+                route::QUEUE_BOUND
+            )));
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let permit = tokio::time::timeout_at(deadline, self.permits.acquire()).await;
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        let permit = match permit {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => return Err(Error::InstanceFatal(format!("instance {} exited", self.id))),
+            Err(_) => {
+                return Err(Error::Timeout(format!(
+                    "{} timed out after {timeout:?} waiting for a free instance",
+                    function.name
+                )))
+            }
+        };
+        self.run_call(permit, function, req, deadline, node_id)
+            .await
+    }
+
+    /// Sends one call to this instance, whose permit the caller holds, and waits for its end.
+    /// A function's own error is a reply (it names the instance), not an `Err`.
+    pub(super) async fn run_call(
+        &self,
+        permit: SemaphorePermit<'_>,
+        function: &FunctionSpec,
+        req: &InvokeRequest,
+        deadline: tokio::time::Instant,
+        node_id: &str,
+    ) -> Result<InvokeReply, Error> {
+        let _busy = Busy(self);
+        let _permit = permit;
+        let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let call_id = self.next_call.fetch_add(1, Ordering::Relaxed);
+        if req.payload.len() > MAX_MESSAGE {
+            return Err(Error::Internal(format!(
+                "a call of {} bytes to {} is over the {MAX_MESSAGE}-byte limit; put large data \
+                 in the data worker and pass its ID",
+                req.payload.len(),
+                function.name
+            )));
+        }
+        let call = ProxyMessage {
+            msg: Some(proxy_message::Msg::Call(Call {
+                call_id,
+                handler: function.handler.clone(),
+                payload: req.payload.clone(),
+                timeout_ms: timeout.as_millis() as u32,
+                method: req.method.clone(),
+            })),
+        };
+        let call = frame::to_frame(&call)
+            .map_err(|e| Error::Internal(format!("{}: {e}", function.name)))?;
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut p) = self.pending.lock() {
+            p.insert(call_id, tx);
+        }
+        // Bounded by the deadline too: a process that stopped reading its socket fills the
+        // queue to it, and the call must still end.
+        let sent = tokio::time::timeout_at(deadline, self.tx.send(call)).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            self.forget(call_id);
+            return Err(match sent {
+                Err(_) => Error::Timeout(format!(
+                    "instance {} of {} did not take the call within {timeout:?}",
+                    self.id, function.name
+                )),
+                _ => Error::InstanceFatal(format!("instance {} exited", self.id)),
+            });
+        }
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(r)) if r.error.is_empty() => Ok(InvokeReply {
+                payload: r.payload,
+                instance_id: self.id.clone(),
+                node_id: node_id.to_string(),
+                ..Default::default()
+            }),
+            Ok(Ok(r)) => Ok(InvokeReply {
+                // A function process may only say that its call failed, or that an argument's
+                // object is lost; kinds that make callers retry (busy, ...) are the platform's.
+                error_kind: match ErrorKind::try_from(r.error_kind) {
+                    Ok(ErrorKind::ErrorObjectLost) => ErrorKind::ErrorObjectLost as i32,
+                    _ => ErrorKind::ErrorFunction as i32,
+                },
+                error: r.error,
+                instance_id: self.id.clone(),
+                node_id: node_id.to_string(),
+                ..Default::default()
+            }),
+            Ok(Err(_)) => Err(Error::InstanceFatal(format!(
+                "instance {} of {} exited during the call",
+                self.id, self.function
+            ))),
+            Err(_) => {
+                self.forget(call_id);
+                Err(Error::Timeout(format!(
+                    "{} did not answer within {timeout:?}",
+                    function.name
+                )))
+            }
+        }
+    }
+
+    fn forget(&self, call_id: u64) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.remove(&call_id);
+        }
+    }
+
+    /// Hands a result from the instance to the call waiting for it (none if it timed out).
+    pub(super) fn answer(&self, r: CallResult) {
+        let waiter = self
+            .pending
+            .lock()
+            .ok()
+            .and_then(|mut p| p.remove(&r.call_id));
+        if let Some(w) = waiter {
+            let _ = w.send(r);
+        }
+    }
+
+    /// Ends the instance's calls after its connection closed: its waiting calls fail (the
+    /// permits close) and so do its calls in flight (their senders drop).
+    pub(super) fn close(&self) {
+        self.permits.close();
+        if let Ok(mut p) = self.pending.lock() {
+            p.clear();
+        }
+    }
+
+    /// What the instance reports to the scheduler through `Load`, at `now` (ms since the epoch).
+    pub(super) fn load(&self, now: u64) -> InstanceLoad {
+        let inflight = self
+            .concurrency
+            .saturating_sub(self.permits.available_permits() as u32);
+        // A stateless instance counts its function's waiting calls: any of them may be its next.
+        let queued = (self.waiting.load(Ordering::Relaxed)
+            + self
+                .pool
+                .as_ref()
+                .map_or(0, |p| p.waiting.load(Ordering::Relaxed))) as u32;
+        InstanceLoad {
+            instance_id: self.id.clone(),
+            function: self.function.clone(),
+            inflight,
+            queued,
+            idle_ms: if inflight + queued > 0 {
+                0
+            } else {
+                now.saturating_sub(self.last_done.load(Ordering::Relaxed))
+            },
+        }
+    }
+}

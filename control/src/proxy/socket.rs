@@ -1,0 +1,261 @@
+//! The instance socket: the Unix socket this node's function processes connect to, carrying the
+//! length-prefixed frames of [`yr_proto::frame`] (InstanceMessage upwards, ProxyMessage
+//! downwards).
+//!
+//! A process says hello first, naming its instance; the proxy looks the instance and its
+//! function up, answers with the instance's configuration (or `refused` and closes), registers
+//! it as a local instance and reports it RUNNING to the master. Calls then go down the socket and
+//! results come up until it closes, which fails every call still waiting on the instance.
+//!
+//! Invariants: only this user may connect (mode 0600); a connection that does not say hello
+//! within [`HELLO_TIMEOUT`] is refused; one peer's frames are written in order, the small ones
+//! that are ready gathered into one write.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use yr_proto::frame;
+use yr_proto::*;
+
+use super::local::LocalInstance;
+use super::{unavailable, State};
+use crate::error::Error;
+use crate::etcd;
+use crate::Shutdown;
+
+/// How long a new connection on the instance socket has to say which instance it is.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Frames smaller than this are gathered into one write; larger ones are written on their own.
+const BATCH: usize = 64 << 10;
+
+/// Binds the instance socket at `path`: a file left by an earlier proxy is replaced, one that a
+/// live proxy answers on is not. Only this user may connect (mode 0600).
+pub(super) fn bind(path: &std::path::Path) -> Result<UnixListener, Error> {
+    use std::os::unix::fs::PermissionsExt;
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(Error::invalid(
+                "instance_socket",
+                format!(
+                    "another proxy serves the instance socket {}; stop it or choose another path",
+                    path.display()
+                ),
+            ));
+        }
+        std::fs::remove_file(path)
+            .map_err(|e| Error::io(format!("cannot replace {}", path.display()), e))?;
+    }
+    let listener = UnixListener::bind(path)
+        .map_err(|e| Error::io(format!("cannot listen on {}", path.display()), e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| Error::io(format!("cannot restrict {}", path.display()), e))?;
+    Ok(listener)
+}
+
+/// Accepts function processes' connections until `shutdown`.
+pub(super) async fn accept(state: Arc<State>, listener: UnixListener, shutdown: Shutdown) {
+    loop {
+        tokio::select! {
+            conn = listener.accept() => match conn {
+                Ok((stream, _)) => {
+                    tokio::spawn(serve(Arc::clone(&state), stream));
+                }
+                Err(e) => {
+                    tracing::warn!("instance socket: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.wait() => return,
+        }
+    }
+}
+
+/// One function process's connection, from its hello to its end: registers the instance, then
+/// delivers replies to the calls waiting for them until the socket closes.
+async fn serve(state: Arc<State>, stream: UnixStream) {
+    let (rd, mut wr) = stream.into_split();
+    let mut rd = BufReader::with_capacity(BATCH, rd);
+    let mut buf = Vec::new();
+    let hello = match tokio::time::timeout(
+        HELLO_TIMEOUT,
+        read_frame::<InstanceMessage>(&mut rd, &mut buf),
+    )
+    .await
+    {
+        Ok(Ok(Some(InstanceMessage {
+            msg: Some(instance_message::Msg::Hello(h)),
+        }))) => h,
+        Ok(Ok(Some(_))) => return refuse(&mut wr, "the first frame must be a hello").await,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => return refuse(&mut wr, &format!("bad hello: {e}")).await,
+        Err(_) => {
+            return refuse(
+                &mut wr,
+                &format!("no hello within {} s", HELLO_TIMEOUT.as_secs()),
+            )
+            .await
+        }
+    };
+    let (record, function) = match instance_and_function(&state, &hello.instance_id).await {
+        Ok(rf) => rf,
+        Err(why) => {
+            tracing::warn!(instance = %hello.instance_id, pid = hello.pid, "refused: {why}");
+            return refuse(&mut wr, &why.to_string()).await;
+        }
+    };
+    let (tx, rx) = mpsc::channel(1024);
+    let concurrency = if record.stateful {
+        1
+    } else {
+        function.concurrency.max(1)
+    };
+    let inst = Arc::new(LocalInstance::new(
+        record.instance_id.clone(),
+        record.function.clone(),
+        tx,
+        concurrency,
+        (!record.stateful).then(|| state.pool(&record.function)),
+    ));
+    let config = ProxyMessage {
+        msg: Some(proxy_message::Msg::Config(InstanceConfig {
+            function: record.function.clone(),
+            handler: function.handler.clone(),
+            stateful: record.stateful,
+            name: record.name.clone(),
+        })),
+    };
+    match frame::to_frame(&config) {
+        Ok(f) if wr.write_all(&f).await.is_ok() => {}
+        _ => return,
+    }
+    tokio::spawn(write_frames(wr, rx));
+    if let Ok(mut l) = state.locals.write() {
+        l.insert(inst.id.clone(), Arc::clone(&inst));
+    }
+    if let Some(pool) = &inst.pool {
+        // Calls waiting for a free instance can take this one.
+        pool.freed.notify_waiters();
+    }
+    tracing::info!(instance = %inst.id, function = %inst.function, pid = hello.pid, "instance connected");
+    let mut master = state.master.clone();
+    let ev = InstanceEvent {
+        instance_id: inst.id.clone(),
+        state: InstanceState::Running as i32,
+        pid: hello.pid,
+        ..Default::default()
+    };
+    if let Err(e) = master.report_instance(ev).await {
+        tracing::warn!(instance = %inst.id, "cannot report RUNNING: {}", e.message());
+    }
+    loop {
+        match read_frame::<InstanceMessage>(&mut rd, &mut buf).await {
+            Ok(Some(InstanceMessage {
+                msg: Some(instance_message::Msg::Result(r)),
+            })) => inst.answer(r),
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(instance = %inst.id, "dropping the instance's connection: {e}");
+                break;
+            }
+        }
+    }
+    if let Ok(mut l) = state.locals.write() {
+        l.remove(&inst.id);
+    }
+    inst.close();
+    tracing::info!(instance = %inst.id, "instance disconnected");
+}
+
+/// The record of a connecting instance and its function's spec, from the mirrors or etcd.
+async fn instance_and_function(
+    state: &State,
+    instance_id: &str,
+) -> Result<(InstanceRecord, FunctionSpec), Error> {
+    let record = match state.instances.snapshot().get(instance_id).cloned() {
+        Some(r) => r,
+        None => state
+            .meta
+            .get::<InstanceRecord>(&etcd::instance_key(instance_id))
+            .await
+            .map_err(unavailable(&format!(
+                "cannot look instance {instance_id} up"
+            )))?
+            .ok_or_else(|| Error::NotFound(format!("unknown instance {instance_id}")))?,
+    };
+    let function = match state.functions.snapshot().get(&record.function).cloned() {
+        Some(f) => f,
+        None => state
+            .meta
+            .get::<FunctionSpec>(&etcd::function_key(&record.function))
+            .await
+            .map_err(unavailable(&format!(
+                "cannot look function {} up",
+                record.function
+            )))?
+            .ok_or_else(|| Error::NotFound(format!("unknown function {}", record.function)))?,
+    };
+    Ok((record, function))
+}
+
+/// Reads one frame from an instance's socket (see [`frame::read`]).
+async fn read_frame<M: prost::Message + Default>(
+    rd: &mut BufReader<OwnedReadHalf>,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<M>> {
+    let mut head = [0u8; 4];
+    // A clean close is one between frames: the first byte of a head does not come.
+    match rd.read(&mut head[..1]).await? {
+        0 => return Ok(None),
+        _ => rd.read_exact(&mut head[1..]).await?,
+    };
+    let len = frame::body_len(head)?;
+    buf.clear();
+    buf.resize(len, 0);
+    rd.read_exact(buf).await?;
+    frame::decode(buf).map(Some)
+}
+
+/// Tells a connecting process why it is not served, then closes (best effort: it may be gone).
+async fn refuse(wr: &mut OwnedWriteHalf, why: &str) {
+    let msg = ProxyMessage {
+        msg: Some(proxy_message::Msg::Refused(why.to_string())),
+    };
+    if let Ok(f) = frame::to_frame(&msg) {
+        let _ = wr.write_all(&f).await;
+    }
+}
+
+/// Writes an instance's frames as they come, gathering the small ones that are ready together
+/// into one write. Ends when the instance's sender is dropped or its socket breaks.
+async fn write_frames(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<u8>>) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(f) = next.take() {
+            if f.len() >= BATCH {
+                if !batch.is_empty() && wr.write_all(&batch).await.is_err() {
+                    return;
+                }
+                batch.clear();
+                if wr.write_all(&f).await.is_err() {
+                    return;
+                }
+            } else {
+                batch.extend_from_slice(&f);
+            }
+            if batch.len() < BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !batch.is_empty() && wr.write_all(&batch).await.is_err() {
+            return;
+        }
+        batch.clear();
+    }
+}
