@@ -2,13 +2,10 @@
 //! binary share one cluster set-up instead of copies.
 //!
 //! Layout: [`cluster`] (start/stop/status, functions, instances), [`component`] (one component in
-//! the foreground), [`store_cmd`] (talk to a data worker), [`bench`] and its `bench_*` parts
-//! (`yr bench`), [`demo`], [`util`].
+//! the foreground), [`store_cmd`] (talk to a data worker), [`bench`] (`yr bench`, whose
+//! set-up the `cargo bench` groups share), [`demo`], [`util`].
 
 pub mod bench;
-pub mod bench_invoke;
-pub mod bench_rest;
-pub mod bench_transfer;
 pub mod cluster;
 pub mod component;
 pub mod demo;
