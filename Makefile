@@ -34,9 +34,10 @@ unit:
 		$(CARGO) test --workspace --no-fail-fast; \
 	fi
 
-## Benchmarks: criterion (cargo bench) and the JSON summary.
+## Benchmarks: every criterion group of `cargo bench` (store, invoke, transfer, rest). The
+## JSON summaries with their same-run ratios are `yr bench store|invoke|transfer|rest --json`.
 bench: deps
-	$(CARGO) bench -p yr-benches
+	$(CARGO) bench --workspace
 
 bench-store: build
 	./target/release/yr bench store --json

@@ -1,6 +1,7 @@
-//! `cargo bench -p yr-benches`: the data worker's put/get by size (1 KiB to
+//! `cargo bench --bench store`: the data worker's put/get by size (1 KiB to
 //! 256 MiB, with memcpy of the same size as the baseline), small-object
-//! operations, and spill/restore.
+//! operations, and spill/restore. The groups that need whole processes
+//! (invoke, transfer, rest) are in `cli/benches/`, beside the `yr` binary.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::time::Duration;

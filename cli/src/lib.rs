@@ -9,16 +9,13 @@
 //!   steps (flags or a file, then the validated runtime config);
 //! - [`defaults`]: default ports and component names, defined once; [`config`]: the error that
 //!   names a refused setting, and the checks settings share;
-//! - [`store_cmd`] (`yr store`: talk to a data worker), [`bench`] and its `bench_*` parts
-//!   (`yr bench`), [`demo`], [`util`] (sizes, child processes with a ready line).
+//! - [`store_cmd`] (`yr store`: talk to a data worker), [`bench`] (`yr bench`, whose
+//!   set-up the `cargo bench` groups share), [`demo`], [`util`] (sizes, child processes with a ready line).
 //!
 //! Dependencies point one way: `cluster` and `component` use the shared modules (`config`,
 //! `defaults`, `util`) and not each other; `demo` uses `cluster`.
 
 pub mod bench;
-pub mod bench_invoke;
-pub mod bench_rest;
-pub mod bench_transfer;
 pub mod cluster;
 pub mod component;
 pub mod config;

@@ -1,15 +1,67 @@
-//! Small helpers shared by the subcommands: sizes on the command line and
-//! child processes that announce readiness on stdout.
+//! Small helpers shared by the subcommands: sizes on the command line, the `yr` executable that
+//! child processes run, and child processes that announce readiness on stdout.
+//!
+//! Every child is started through a [`Yr`], never through `current_exe()` directly: inside
+//! `cargo bench` the current executable is the bench harness, not `yr`, so the benches hand in
+//! the path cargo built (`env!("CARGO_BIN_EXE_yr")`) and share this code with `yr bench`.
 
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddrV4;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 
 /// clap value parser for sizes like `512MiB`.
 pub fn size_arg(s: &str) -> Result<u64, String> {
     yr_datastore::parse_size(s)
+}
+
+/// The `yr` executable that child processes (components, `yr start`, `yr stop`) are run from.
+#[derive(Clone, Debug)]
+pub struct Yr {
+    path: PathBuf,
+}
+
+impl Yr {
+    /// This process's own executable: the `yr` command running now.
+    pub fn this() -> Result<Yr> {
+        let path = std::env::current_exe().context("cannot find the yr executable")?;
+        Ok(Yr { path })
+    }
+
+    /// The `yr` executable at `path` (a bench passes `env!("CARGO_BIN_EXE_yr")`).
+    pub fn at(path: impl Into<PathBuf>) -> Yr {
+        Yr { path: path.into() }
+    }
+
+    /// Where the executable is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A program built next to it (the examples: `hello`, `pipeline`), if it is there.
+    pub fn sibling(&self, name: &str) -> Option<PathBuf> {
+        self.path
+            .parent()
+            .map(|d| d.join(name))
+            .filter(|p| p.is_file())
+    }
+
+    /// Runs `yr ARGS` to completion and returns its stdout; fails with its stderr.
+    pub fn run(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(&self.path)
+            .args(args)
+            .output()
+            .with_context(|| format!("cannot run {}", self.path.display()))?;
+        if !out.status.success() {
+            bail!(
+                "yr {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
 }
 
 /// A data worker started as a child process, stopped (SIGTERM, then
@@ -23,12 +75,22 @@ pub struct WorkerProcess {
 }
 
 impl WorkerProcess {
-    /// Starts `yr component data-worker` with the given flags and waits for
-    /// its ready line (the worker prints it once clients can connect).
+    /// Starts `yr component data-worker` of this executable; see [`WorkerProcess::start_with`].
     pub fn start(socket: &Path, shm_size: u64, spill_dir: &Path, extra: &[&str]) -> Result<Self> {
-        let exe = std::env::current_exe().context("cannot find the yr executable")?;
-        let mut child = Command::new(exe)
-            .args(["component", "data-worker", "--socket"])
+        Self::start_with(&Yr::this()?, socket, shm_size, spill_dir, extra)
+    }
+
+    /// Starts `yr component data-worker` of `yr` with the given flags and waits for its ready
+    /// line (the worker prints it once clients can connect).
+    pub fn start_with(
+        yr: &Yr,
+        socket: &Path,
+        shm_size: u64,
+        spill_dir: &Path,
+        extra: &[&str],
+    ) -> Result<Self> {
+        let mut child = Command::new(yr.path())
+            .args(["component", crate::defaults::name::DATA_WORKER, "--socket"])
             .arg(socket)
             .args(["--shm-size", &shm_size.to_string(), "--spill-dir"])
             .arg(spill_dir)
@@ -115,16 +177,7 @@ pub fn terminate(child: &mut Child, grace: std::time::Duration) -> Result<()> {
 
 /// Runs `yr ARGS` (this executable) to completion and returns its stdout; fails with its stderr.
 pub fn run_self(args: &[&str]) -> Result<String> {
-    let exe = std::env::current_exe().context("cannot find the yr executable")?;
-    let out = Command::new(exe).args(args).output()?;
-    if !out.status.success() {
-        bail!(
-            "yr {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Yr::this()?.run(args)
 }
 
 /// The session folders of nodes this command started: each is stopped (`yr stop --force`),
@@ -133,8 +186,39 @@ pub struct Nodes(pub Vec<String>);
 
 impl Drop for Nodes {
     fn drop(&mut self) {
-        for d in self.0.iter().rev() {
-            let _ = run_self(&["stop", "--force", "--session-dir", d]);
+        if let Ok(yr) = Yr::this() {
+            stop_nodes(&yr, &self.0);
         }
+    }
+}
+
+/// Like [`Nodes`], for nodes started with a given `yr` executable (the benches').
+pub struct NodesOf {
+    yr: Yr,
+    /// Session folders, in the order the nodes started.
+    pub dirs: Vec<String>,
+}
+
+impl NodesOf {
+    /// No nodes yet; push each session folder once its `yr start` has been run.
+    pub fn new(yr: &Yr) -> NodesOf {
+        NodesOf {
+            yr: yr.clone(),
+            dirs: Vec::new(),
+        }
+    }
+}
+
+impl Drop for NodesOf {
+    fn drop(&mut self) {
+        stop_nodes(&self.yr, &self.dirs);
+    }
+}
+
+/// `yr stop --force` for each session folder, last first; failures are ignored (this runs on
+/// the way out, when the node may already be gone).
+fn stop_nodes(yr: &Yr, dirs: &[String]) {
+    for d in dirs.iter().rev() {
+        let _ = yr.run(&["stop", "--force", "--session-dir", d]);
     }
 }

@@ -14,6 +14,9 @@
 //! on this machine with nothing behind it. The two alternate in rounds, so that the machine's
 //! noise falls on both; the rates reported are the medians of the rounds, and `rest_vs_bare` is
 //! the median of the rounds' ratios (each round's REST rate over the bare rate next to it).
+//!
+//! The set-up ([`Frontend::prepare`], [`Bare::start`], [`Clients`]) is shared with the
+//! criterion group `cli/benches/rest.rs`; only the measuring loops differ.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -29,7 +32,8 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::bench::{median, percentile};
+use super::node::{Bins, OneNode, ECHO_HANDLER};
+use super::stats::{median, percentile};
 
 #[derive(Args)]
 pub struct RestArgs {
@@ -63,7 +67,7 @@ fn authority(url: &str) -> Result<&str> {
 }
 
 /// An HTTP/1.1 request with a body, ready to write.
-fn request(method: &str, host: &str, path: &str, token: &str, body: &[u8]) -> Vec<u8> {
+pub fn request(method: &str, host: &str, path: &str, token: &str, body: &[u8]) -> Vec<u8> {
     let mut r = format!(
         "{method} {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\
          Content-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
@@ -80,7 +84,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// One keep-alive HTTP/1.1 connection, one request at a time: enough of a client to read
 /// replies that carry `Content-Length` (every reply of axum with a body known in advance).
-struct Conn {
+pub struct Conn {
     stream: TcpStream,
     address: String,
     buf: Vec<u8>,
@@ -90,7 +94,8 @@ struct Conn {
 }
 
 impl Conn {
-    async fn open(address: &str) -> Result<Conn> {
+    /// Connects to `address` (`host:port`), with TCP_NODELAY.
+    pub async fn open(address: &str) -> Result<Conn> {
         let stream = TcpStream::connect(address)
             .await
             .with_context(|| format!("cannot connect to {address}"))?;
@@ -107,7 +112,7 @@ impl Conn {
     }
 
     /// Sends `req` and reads the whole reply; returns its status.
-    async fn call(&mut self, req: &[u8]) -> Result<u16> {
+    pub async fn call(&mut self, req: &[u8]) -> Result<u16> {
         match tokio::time::timeout(CALL_TIMEOUT, self.exchange(req)).await {
             Ok(r) => r.with_context(|| format!("HTTP request to {}", self.address)),
             Err(_) => bail!(
@@ -169,21 +174,84 @@ impl Conn {
     }
 
     /// The last reply's head: status line and headers.
-    fn head(&self) -> &str {
+    pub fn head(&self) -> &str {
         std::str::from_utf8(&self.buf[self.head.clone()]).unwrap_or("")
     }
 
     /// The last reply's body, as text.
-    fn body(&self) -> String {
+    pub fn body(&self) -> String {
         String::from_utf8_lossy(&self.buf[self.body.clone()]).into_owned()
+    }
+}
+
+/// Keep-alive connections to one server, all sending the same request.
+pub struct Clients {
+    conns: Vec<Conn>,
+    req: Arc<[u8]>,
+}
+
+impl Clients {
+    /// Opens `n` connections to `address`, each to send `req`; `name` says which side in errors.
+    pub async fn open(name: &str, address: &str, req: Vec<u8>, n: usize) -> Result<Clients> {
+        let mut conns = Vec::with_capacity(n);
+        for _ in 0..n {
+            conns.push(
+                Conn::open(address)
+                    .await
+                    .with_context(|| name.to_string())?,
+            );
+        }
+        Ok(Clients {
+            conns,
+            req: req.into(),
+        })
+    }
+
+    /// `calls` requests, every connection sending its share back to back (so as many are in
+    /// flight as there are connections); returns the wall time of them all. Fails on the first
+    /// reply that is not 200.
+    pub async fn batch(&mut self, calls: u64) -> Result<Duration> {
+        let n = self.conns.len() as u64;
+        if n == 0 {
+            bail!("no connections");
+        }
+        let start = Instant::now();
+        let mut tasks = Vec::with_capacity(self.conns.len());
+        for (i, mut conn) in self.conns.drain(..).enumerate() {
+            // The first `calls % n` connections send one request more.
+            let share = calls / n + u64::from((i as u64) < calls % n);
+            let req = Arc::clone(&self.req);
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..share {
+                    let status = conn.call(&req).await?;
+                    if status != 200 {
+                        bail!("{status}: {}", conn.body());
+                    }
+                }
+                Ok::<_, anyhow::Error>(conn)
+            }));
+        }
+        // Every task is awaited, so the connections of the others come back after a failure.
+        let mut first_error = None;
+        for t in tasks {
+            match t.await.context("a client task") {
+                Ok(Ok(conn)) => self.conns.push(conn),
+                Ok(Err(e)) | Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(start.elapsed()),
+        }
     }
 }
 
 /// One side of the comparison: its clients and what its measured rounds gave.
 struct Side {
     name: &'static str,
-    conns: Vec<Conn>,
-    req: Arc<[u8]>,
+    clients: Clients,
     rounds_per_s: Vec<f64>,
     latencies_us: Vec<f64>,
     errors: u64,
@@ -192,14 +260,9 @@ struct Side {
 
 impl Side {
     async fn open(name: &'static str, address: &str, req: Vec<u8>, clients: usize) -> Result<Side> {
-        let mut conns = Vec::with_capacity(clients);
-        for _ in 0..clients {
-            conns.push(Conn::open(address).await.context(name)?);
-        }
         Ok(Side {
             name,
-            conns,
-            req: req.into(),
+            clients: Clients::open(name, address, req, clients).await?,
             rounds_per_s: Vec::new(),
             latencies_us: Vec::new(),
             errors: 0,
@@ -211,9 +274,9 @@ impl Side {
     async fn round(&mut self, span: Duration, record: bool) -> Result<()> {
         let start = Instant::now();
         let end = start + span;
-        let mut tasks = Vec::with_capacity(self.conns.len());
-        for mut conn in self.conns.drain(..) {
-            let req = Arc::clone(&self.req);
+        let mut tasks = Vec::with_capacity(self.clients.conns.len());
+        for mut conn in self.clients.conns.drain(..) {
+            let req = Arc::clone(&self.clients.req);
             tasks.push(tokio::spawn(async move {
                 let mut lat = Vec::with_capacity(1 << 12);
                 let (mut errors, mut first_error) = (0u64, None);
@@ -241,7 +304,7 @@ impl Side {
         for t in tasks {
             let (conn, lat, errors, first_error, l) =
                 t.await.context(self.name)?.context(self.name)?;
-            self.conns.push(conn);
+            self.clients.conns.push(conn);
             last = last.max(l);
             if record {
                 done += lat.len();
@@ -281,6 +344,101 @@ impl Side {
     }
 }
 
+/// The REST side, ready to call: the no-op function registered through the meta service and
+/// answering through the frontend.
+pub struct Frontend {
+    /// `host:port` of the frontend.
+    pub address: String,
+    token: String,
+    /// The `x-*` headers of the frontend's reply, which the bare baseline adds to its own.
+    reply_headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Frontend {
+    /// Registers the no-op function on `node` (`POST /serverless/v1/functions`: one instance,
+    /// `instance_concurrency` calls at a time), then calls it through the frontend until it
+    /// answers with the payload (the first call may wait for the instance to start).
+    pub async fn prepare(node: &OneNode, instance_concurrency: usize) -> Result<Frontend> {
+        let s = &node.session;
+        let front_url = s
+            .frontend_url
+            .as_deref()
+            .ok_or_else(|| anyhow!("the node's session.json has no frontend_url"))?;
+        let meta_url = s
+            .meta_url
+            .as_deref()
+            .ok_or_else(|| anyhow!("the node's session.json has no meta_url"))?;
+        let token_file = s
+            .token_file
+            .as_deref()
+            .ok_or_else(|| anyhow!("the node's session.json has no token_file"))?;
+        let token = yr_control::rest::read_token(token_file)?;
+        let (front, meta) = (authority(front_url)?, authority(meta_url)?);
+        let environment: serde_json::Map<String, serde_json::Value> = node
+            .bins
+            .function_env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone().into()))
+            .collect();
+        let spec = json!({
+            "name": FUNCTION, "runtime": "posix-custom-runtime", "handler": ECHO_HANDLER,
+            "kind": "faas", "cpu": 100, "memory": 64, "timeout": 30,
+            "minInstance": "1", "maxInstance": "1",
+            "concurrentNum": instance_concurrency.to_string(),
+            "codePath": node.bins.function.display().to_string(),
+            "environment": environment,
+        })
+        .to_string();
+        let mut m = Conn::open(meta).await.context("meta service")?;
+        let status = m
+            .call(&request(
+                "POST",
+                meta,
+                "/serverless/v1/functions",
+                &token,
+                spec.as_bytes(),
+            ))
+            .await?;
+        if status != 200 {
+            bail!("registering {FUNCTION} failed: {status} {}", m.body());
+        }
+        let invoke = request("POST", front, INVOKE_PATH, &token, PAYLOAD);
+        let mut c = Conn::open(front).await.context("frontend")?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = c.call(&invoke).await?;
+            if status == 200 {
+                break;
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "the no-op function does not answer through the frontend: {status} {}",
+                    c.body()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if c.body().as_bytes() != PAYLOAD {
+            bail!(
+                "the no-op function answered {:?}, not {:?}",
+                c.body(),
+                String::from_utf8_lossy(PAYLOAD)
+            );
+        }
+        Ok(Frontend {
+            address: front.to_string(),
+            token,
+            reply_headers: extra_headers(c.head()),
+        })
+    }
+
+    /// The no-op call as bytes on the wire, addressed to `host` (the frontend's
+    /// [`Frontend::address`], or the bare baseline's): the same path, token and body.
+    pub fn request(&self, host: &str) -> Vec<u8> {
+        request("POST", host, INVOKE_PATH, &self.token, PAYLOAD)
+    }
+}
+
 /// The bare baseline's handler: the request's body back, with the headers the frontend's reply
 /// carried (so that both replies are the same size).
 async fn bare(
@@ -310,32 +468,45 @@ fn extra_headers(head: &str) -> Vec<(HeaderName, HeaderValue)> {
         .collect()
 }
 
-/// Starts the bare handler on 127.0.0.1:0 on `rt`; returns its address.
-fn start_bare(
-    rt: &tokio::runtime::Runtime,
-    headers: Vec<(HeaderName, HeaderValue)>,
-) -> Result<String> {
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .context("cannot listen for the bare baseline")?;
-    let address = listener.local_addr()?.to_string();
-    let router = axum::Router::new()
-        .route(
-            "/invocations/{tenant}/{namespace}/{function}/",
-            axum::routing::post(bare),
-        )
-        .with_state(Arc::new(headers));
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("cannot set TCP_NODELAY: {e}");
-        }
-    });
-    rt.spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
-            tracing::warn!("bare baseline server: {e}");
-        }
-    });
-    Ok(address)
+/// The baseline: a bare axum handler at the frontend's path on 127.0.0.1, answering the no-op
+/// call with the request's body and the frontend's reply headers, on its own runtime (a thread
+/// per core, tokio's default). Dropping it shuts that runtime down, so drop it outside any
+/// async context.
+pub struct Bare {
+    /// `host:port` to call it at.
+    pub address: String,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Bare {
+    /// Starts it, answering like `frontend` does.
+    pub fn start(frontend: &Frontend) -> Result<Bare> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .thread_name("yr-bench-bare")
+            .enable_all()
+            .build()?;
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .context("cannot listen for the bare baseline")?;
+        let address = listener.local_addr()?.to_string();
+        let router = axum::Router::new()
+            .route(
+                "/invocations/{tenant}/{namespace}/{function}/",
+                axum::routing::post(bare),
+            )
+            .with_state(Arc::new(frontend.reply_headers.clone()));
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!("cannot set TCP_NODELAY: {e}");
+            }
+        });
+        rt.spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::warn!("bare baseline server: {e}");
+            }
+        });
+        Ok(Bare { address, _rt: rt })
+    }
 }
 
 pub fn run(a: RestArgs) -> Result<()> {
@@ -351,93 +522,39 @@ pub fn run(a: RestArgs) -> Result<()> {
         }
     };
     log("starting a one-node cluster...");
-    let node = crate::bench_invoke::start_one_node("yr-bench-rest-")?;
-    let s = &node.session;
-    let front_url = s
-        .frontend_url
-        .as_deref()
-        .ok_or_else(|| anyhow!("the node's session.json has no frontend_url"))?;
-    let meta_url = s
-        .meta_url
-        .as_deref()
-        .ok_or_else(|| anyhow!("the node's session.json has no meta_url"))?;
-    let token_file = s
-        .token_file
-        .as_deref()
-        .ok_or_else(|| anyhow!("the node's session.json has no token_file"))?;
-    let token = yr_control::rest::read_token(token_file)?;
-    let (front, meta) = (authority(front_url)?, authority(meta_url)?);
+    let node = OneNode::start(&Bins::for_yr_command()?, "yr-bench-rest-")?;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    // The baseline server's own runtime, with tokio's default of a thread per core.
-    let server_rt = tokio::runtime::Builder::new_multi_thread()
-        .thread_name("yr-bench-bare")
-        .enable_all()
-        .build()?;
     let instance_concurrency = a.concurrency.max(64);
-    let invoke = request("POST", front, INVOKE_PATH, &token, PAYLOAD);
 
-    let (mut rest, headers) = rt.block_on(async {
+    let (mut rest, frontend) = rt.block_on(async {
         log("registering the no-op function through the meta service...");
-        let spec = json!({
-            "name": FUNCTION, "runtime": "posix-custom-runtime", "handler": "echo",
-            "kind": "faas", "cpu": 100, "memory": 64, "timeout": 30,
-            "minInstance": "1", "maxInstance": "1",
-            "concurrentNum": instance_concurrency.to_string(),
-            "codePath": node.hello.display().to_string(),
-        })
-        .to_string();
-        let mut m = Conn::open(meta).await.context("meta service")?;
-        let status = m
-            .call(&request(
-                "POST",
-                meta,
-                "/serverless/v1/functions",
-                &token,
-                spec.as_bytes(),
-            ))
-            .await?;
-        if status != 200 {
-            bail!("registering {FUNCTION} failed: {status} {}", m.body());
-        }
-        // The instance is warm before measuring: one call through (it may wait for the
-        // instance to start).
-        let mut c = Conn::open(front).await.context("frontend")?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let status = c.call(&invoke).await?;
-            if status == 200 {
-                break;
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "the no-op function does not answer through the frontend: {status} {}",
-                    c.body()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        if c.body().as_bytes() != PAYLOAD {
-            bail!(
-                "the no-op function answered {:?}, not {:?}",
-                c.body(),
-                String::from_utf8_lossy(PAYLOAD)
-            );
-        }
-        let side = Side::open("REST frontend", front, invoke.clone(), a.concurrency).await?;
-        Ok::<_, anyhow::Error>((side, extra_headers(c.head())))
+        let frontend = Frontend::prepare(&node, instance_concurrency).await?;
+        let side = Side::open(
+            "REST frontend",
+            &frontend.address,
+            frontend.request(&frontend.address),
+            a.concurrency,
+        )
+        .await?;
+        Ok::<_, anyhow::Error>((side, frontend))
     })?;
-    let bare_address = start_bare(&server_rt, headers)?;
-    let bare_req = request("POST", &bare_address, INVOKE_PATH, &token, PAYLOAD);
+    let bare_server = Bare::start(&frontend)?;
+    let bare_req = frontend.request(&bare_server.address);
     let slice = Duration::from_secs_f64(a.seconds / ROUNDS as f64);
     let warm = Duration::from_secs_f64(a.seconds / 3.0);
 
     let bare = rt.block_on(async {
-        let mut bare =
-            Side::open("bare axum baseline", &bare_address, bare_req, a.concurrency).await?;
+        let mut bare = Side::open(
+            "bare axum baseline",
+            &bare_server.address,
+            bare_req,
+            a.concurrency,
+        )
+        .await?;
         log("warming up both...");
         rest.round(warm, false).await?;
         bare.round(warm, false).await?;
@@ -456,7 +573,7 @@ pub fn run(a: RestArgs) -> Result<()> {
         }
         Ok::<_, anyhow::Error>(bare)
     })?;
-    drop(server_rt);
+    drop(bare_server);
 
     for side in [&rest, &bare] {
         if let Some(e) = &side.first_error {

@@ -20,9 +20,12 @@
 //! transform on the other, so each round moves the array across and back.
 //! `pipeline_gbps` is the array size over the median round's wall time, the
 //! first round (cold starts) excluded.
+//!
+//! The set-up ([`WorkerPair`], [`TcpBaseline`]) is shared with the criterion group
+//! `cli/benches/transfer.rs`.
 
 use crate::store_cmd::pattern;
-use crate::util::{size_arg, Nodes, WorkerProcess};
+use crate::util::{size_arg, NodesOf, WorkerProcess, Yr};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use serde::Serialize;
@@ -85,80 +88,125 @@ struct Report {
 /// How long one pull may take before the bench gives up.
 const PULL_TIMEOUT: Duration = Duration::from_secs(60);
 
-pub fn run(a: TransferArgs) -> Result<()> {
-    if a.size == 0 {
-        bail!("--size must be greater than zero");
+/// Two data workers started as child processes, with an object in worker a that each
+/// [`WorkerPair::pull`] gets through worker b. Stopped when dropped.
+pub struct WorkerPair {
+    // Clients first, so they disconnect before their workers stop.
+    client_a: Client,
+    client_b: Client,
+    _workers: (WorkerProcess, WorkerProcess),
+    _dir: tempfile::TempDir,
+    id: ObjectId,
+    src: Arc<Vec<u8>>,
+}
+
+impl WorkerPair {
+    /// Starts the two workers of `yr` (prefaulted arenas of twice `size`, at least 64 MiB;
+    /// transfer ports on 127.0.0.1) after checking that the machine has the memory for them
+    /// and for a [`TcpBaseline`] of the same size, then puts a `size`-byte object into worker
+    /// a. `log` hears what it is doing.
+    pub fn start(yr: &Yr, size: u64, log: impl Fn(&str)) -> Result<WorkerPair> {
+        if size == 0 {
+            bail!("--size must be greater than zero");
+        }
+        let len = usize::try_from(size)
+            .map_err(|_| anyhow!("--size {size} does not fit in this machine's memory"))?;
+        // Room for the object with a wide margin, so neither worker comes near
+        // its spill watermark.
+        let shm = size.saturating_mul(2).max(64 << 20);
+        // Two arenas, plus the baseline's send and receive buffers.
+        let need = shm.saturating_mul(2).saturating_add(size.saturating_mul(2));
+        if let Some(avail) = mem_available() {
+            if need > avail {
+                bail!(
+                    "--size {size} needs about {} MiB of memory (two {} MiB arenas and two \
+                     buffers for the TCP baseline), but only {} MiB are available; pick a \
+                     smaller --size",
+                    need >> 20,
+                    shm >> 20,
+                    avail >> 20
+                );
+            }
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("yr-bench-transfer-")
+            .tempdir()
+            .context("cannot create a temporary folder")?;
+        log(&format!(
+            "starting two data workers ({} MiB arenas, prefaulted)...",
+            shm >> 20
+        ));
+        let start = |name: &str| -> Result<(WorkerProcess, std::path::PathBuf)> {
+            let socket = dir.path().join(format!("{name}.sock"));
+            let w = WorkerProcess::start_with(
+                yr,
+                &socket,
+                shm,
+                &dir.path().join(format!("spill-{name}")),
+                &["--prefault", "--transfer-address", "127.0.0.1:0"],
+            )
+            .with_context(|| format!("data worker {name}"))?;
+            if w.transfer_addr().is_none() {
+                bail!("data worker {name} announced no transfer address");
+            }
+            Ok((w, socket))
+        };
+        let (worker_a, socket_a) = start("a")?;
+        let (worker_b, socket_b) = start("b")?;
+        let client_a = Client::connect_named(&socket_a, "yr-bench-transfer")
+            .context("cannot connect to data worker a")?;
+        let client_b = Client::connect_named(&socket_b, "yr-bench-transfer")
+            .context("cannot connect to data worker b")?;
+        log(&format!(
+            "putting a {} MiB object into worker a...",
+            len >> 20
+        ));
+        let src = Arc::new(pattern(len));
+        let id = client_a.new_id();
+        client_a
+            .put(id, &src)
+            .context("cannot put the object into worker a")?;
+        Ok(WorkerPair {
+            client_a,
+            client_b,
+            _workers: (worker_a, worker_b),
+            _dir: dir,
+            id,
+            src,
+        })
     }
+
+    /// The object's bytes (for a [`TcpBaseline`] of the same data).
+    pub fn object(&self) -> Arc<Vec<u8>> {
+        Arc::clone(&self.src)
+    }
+
+    /// One pull of the object a→b, timed; see [`pull`].
+    pub fn pull(&self, check: bool) -> Result<Duration> {
+        pull(&self.client_b, self.id, &self.src, check)
+    }
+
+    /// Deletes the object from worker a, then stops both workers.
+    pub fn stop(self) -> Result<()> {
+        self.client_a
+            .delete_one(self.id)
+            .context("cannot delete the object from worker a")?;
+        Ok(())
+    }
+}
+
+pub fn run(a: TransferArgs) -> Result<()> {
     if a.runs == 0 {
         bail!("--runs must be at least 1");
-    }
-    let size = usize::try_from(a.size)
-        .map_err(|_| anyhow!("--size {} does not fit in this machine's memory", a.size))?;
-    // Room for the object with a wide margin, so neither worker comes near
-    // its spill watermark.
-    let shm = a.size.saturating_mul(2).max(64 << 20);
-    // Two arenas, plus the baseline's send and receive buffers.
-    let need = shm
-        .saturating_mul(2)
-        .saturating_add(a.size.saturating_mul(2));
-    if let Some(avail) = mem_available() {
-        if need > avail {
-            bail!(
-                "--size {} needs about {} MiB of memory (two {} MiB arenas and two buffers \
-                 for the TCP baseline), but only {} MiB are available; pick a smaller --size",
-                a.size,
-                need >> 20,
-                shm >> 20,
-                avail >> 20
-            );
-        }
     }
     let log = |s: &str| {
         if !a.json {
             eprintln!("{s}");
         }
     };
-
-    let dir = tempfile::Builder::new()
-        .prefix("yr-bench-transfer-")
-        .tempdir()
-        .context("cannot create a temporary folder")?;
-    log(&format!(
-        "starting two data workers ({} MiB arenas, prefaulted)...",
-        shm >> 20
-    ));
-    let start = |name: &str| -> Result<(WorkerProcess, std::path::PathBuf)> {
-        let socket = dir.path().join(format!("{name}.sock"));
-        let w = WorkerProcess::start(
-            &socket,
-            shm,
-            &dir.path().join(format!("spill-{name}")),
-            &["--prefault", "--transfer-address", "127.0.0.1:0"],
-        )
-        .with_context(|| format!("data worker {name}"))?;
-        if w.transfer_addr().is_none() {
-            bail!("data worker {name} announced no transfer address");
-        }
-        Ok((w, socket))
-    };
-    let (worker_a, socket_a) = start("a")?;
-    let (worker_b, socket_b) = start("b")?;
-    let client_a = Client::connect_named(&socket_a, "yr-bench-transfer")
-        .context("cannot connect to data worker a")?;
-    let client_b = Client::connect_named(&socket_b, "yr-bench-transfer")
-        .context("cannot connect to data worker b")?;
-
-    log(&format!(
-        "putting a {} MiB object into worker a...",
-        size >> 20
-    ));
-    let src = Arc::new(pattern(size));
-    let id = client_a.new_id();
-    client_a
-        .put(id, &src)
-        .context("cannot put the object into worker a")?;
-
-    let mut tcp = TcpBaseline::start(Arc::clone(&src))?;
+    let yr = Yr::this()?;
+    let pair = WorkerPair::start(&yr, a.size, log)?;
+    let mut tcp = TcpBaseline::start(pair.object())?;
     log(&format!(
         "{} rounds of a pull a→b against a raw TCP stream (1 warm-up)...",
         a.runs
@@ -168,9 +216,9 @@ pub fn run(a: TransferArgs) -> Result<()> {
         let warm_up = round == 0;
         let (p, s) = if round % 2 == 0 {
             let s = tcp.run(warm_up)?;
-            (pull(&client_b, id, &src, warm_up)?, s)
+            (pair.pull(warm_up)?, s)
         } else {
-            let p = pull(&client_b, id, &src, warm_up)?;
+            let p = pair.pull(warm_up)?;
             (p, tcp.run(warm_up)?)
         };
         tracing::debug!(round, pull_ms = ms(p), tcp_ms = ms(s), "transfer round");
@@ -180,11 +228,8 @@ pub fn run(a: TransferArgs) -> Result<()> {
         }
     }
     tcp.stop()?;
-    client_a
-        .delete_one(id)
-        .context("cannot delete the object from worker a")?;
-    drop((client_a, client_b));
-    drop((worker_a, worker_b));
+    drop(tcp);
+    pair.stop()?;
 
     let mut ratios: Vec<f64> = pulls
         .iter()
@@ -197,7 +242,7 @@ pub fn run(a: TransferArgs) -> Result<()> {
         None
     } else {
         log("running the three-stage pipeline on a two-node cluster...");
-        Some(pipeline_round(a.size, a.runs + 1)?)
+        Some(pipeline_round(&yr, a.size, a.runs + 1)?)
     };
     let gbps = |d: Duration| a.size as f64 / d.as_secs_f64() / 1e9;
     let (pull_p50, pull_best) = (median(&mut pulls), best(&pulls));
@@ -225,18 +270,14 @@ pub fn run(a: TransferArgs) -> Result<()> {
 
 /// Runs the pipeline example for `rounds` rounds of `size`-byte arrays on a
 /// fresh two-node cluster; returns the median round time, the first excluded.
-fn pipeline_round(size: u64, rounds: usize) -> Result<Duration> {
-    let program = std::env::current_exe()
-        .context("cannot find the yr executable")?
-        .parent()
-        .map(|d| d.join("pipeline"))
-        .ok_or_else(|| anyhow!("yr has no folder"))?;
-    if !program.is_file() {
-        bail!(
-            "{} is not built (cargo build --release --bins), or pass --no-pipeline",
-            program.display()
-        );
-    }
+fn pipeline_round(yr: &Yr, size: u64, rounds: usize) -> Result<Duration> {
+    let program = yr.sibling("pipeline").ok_or_else(|| {
+        anyhow!(
+            "the pipeline example is not built next to {} (cargo build --release --bins), or \
+             pass --no-pipeline",
+            yr.path().display()
+        )
+    })?;
     if !size.is_multiple_of(4) {
         bail!("the pipeline works on arrays of u32: --size must be a multiple of 4");
     }
@@ -249,12 +290,12 @@ fn pipeline_round(size: u64, rounds: usize) -> Result<Duration> {
         dir.path().join("worker").display().to_string(),
     );
     let shm = format!("{}MiB", (size * 4).max(256 << 20) >> 20);
-    let mut nodes = Nodes(Vec::new());
+    let mut nodes = NodesOf::new(yr);
     let common = ["--ports", "auto", "--shm-size", &shm, "--prefault-shm"];
     let mut args = vec!["start", "--master", "--session-dir", &m];
     args.extend(common);
-    nodes.0.push(m.clone());
-    crate::util::run_self(&args)?;
+    nodes.dirs.push(m.clone());
+    yr.run(&args)?;
     let master = Session::load(&dir.path().join("master"))?.master_address;
     let mut args = vec![
         "start",
@@ -265,8 +306,8 @@ fn pipeline_round(size: u64, rounds: usize) -> Result<Duration> {
         &w,
     ];
     args.extend(common);
-    nodes.0.push(w.clone());
-    crate::util::run_self(&args)?;
+    nodes.dirs.push(w.clone());
+    yr.run(&args)?;
     let out = std::process::Command::new(&program)
         .args([
             "--json",
@@ -311,7 +352,7 @@ fn pipeline_round(size: u64, rounds: usize) -> Result<Duration> {
 /// One `get_remote` through worker B, timed; then B's copy is deleted so the
 /// next run pulls again. Checks that B really pulled (not a local hit) and,
 /// on the warm-up, that the bytes arrived intact.
-fn pull(client_b: &Client, id: ObjectId, src: &[u8], check: bool) -> Result<Duration> {
+pub fn pull(client_b: &Client, id: ObjectId, src: &[u8], check: bool) -> Result<Duration> {
     let before = client_b.stats().context("stats of worker b")?.pulled_bytes;
     let t = Instant::now();
     let g = client_b
@@ -350,7 +391,7 @@ fn pull(client_b: &Client, id: ObjectId, src: &[u8], check: bool) -> Result<Dura
 /// The raw TCP baseline: a loopback connection kept open across runs (as
 /// workers pool theirs), a sender thread that answers each one-byte request
 /// with the whole buffer, and a receive buffer touched once up front.
-struct TcpBaseline {
+pub struct TcpBaseline {
     stream: TcpStream,
     buf: Vec<u8>,
     src: Arc<Vec<u8>>,
@@ -358,7 +399,8 @@ struct TcpBaseline {
 }
 
 impl TcpBaseline {
-    fn start(src: Arc<Vec<u8>>) -> Result<Self> {
+    /// Starts the sender thread on `src` and connects to it.
+    pub fn start(src: Arc<Vec<u8>>) -> Result<Self> {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .context("cannot bind a loopback port for the TCP baseline")?;
         let addr = listener.local_addr()?;
@@ -396,7 +438,7 @@ impl TcpBaseline {
 
     /// One stream of the whole buffer, timed from the request to the last
     /// byte read.
-    fn run(&mut self, check: bool) -> Result<Duration> {
+    pub fn run(&mut self, check: bool) -> Result<Duration> {
         let n = self.buf.len();
         let t = Instant::now();
         self.stream
@@ -423,7 +465,7 @@ impl TcpBaseline {
     }
 
     /// Closes the connection and reports the sender's outcome.
-    fn stop(&mut self) -> Result<()> {
+    pub fn stop(&mut self) -> Result<()> {
         let _ = self.stream.shutdown(Shutdown::Both);
         match self.sender.take().map(JoinHandle::join) {
             None => Ok(()),
