@@ -22,6 +22,7 @@ pub mod client;
 pub mod error;
 pub mod fdpass;
 pub mod id;
+mod listen;
 pub mod protocol;
 pub mod server;
 pub mod spill;

@@ -15,6 +15,7 @@
 
 use crate::fdpass;
 use crate::id::NodeTag;
+use crate::listen;
 use crate::protocol::{
     read_frame, ErrorCode, ErrorReply, FrameError, Request, Response, MAX_REQUEST_FRAME,
     PROTOCOL_VERSION,
@@ -272,8 +273,8 @@ fn accept_loop(
     stop: Shutdown,
 ) {
     let stop_fd = stop.fd.as_raw_fd();
-    poll_accept(listener.as_raw_fd(), stop_fd, "data worker socket", || {
-        accept_all(
+    listen::poll_accept(listener.as_raw_fd(), stop_fd, "data worker socket", || {
+        listen::accept_all(
             || listener.accept(),
             |(stream, _)| {
                 if let Err(e) = spawn_client(stream, &node, &conns) {
@@ -282,60 +283,6 @@ fn accept_loop(
             },
         )
     });
-}
-
-/// Sleeps in poll(2) until `listen_fd` has connections or `stop_fd` fires; on connections runs
-/// `drain` (which accepts them all), on stop returns. A failed poll is logged and ends the loop.
-pub(crate) fn poll_accept(
-    listen_fd: std::os::fd::RawFd,
-    stop_fd: std::os::fd::RawFd,
-    what: &str,
-    mut drain: impl FnMut(),
-) {
-    let mut fds = [
-        libc::pollfd {
-            fd: listen_fd,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: stop_fd,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    loop {
-        // SAFETY: fds is a live array of two initialised pollfd.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if rc < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            tracing::error!("poll on {what} failed: {e}");
-            return;
-        }
-        if fds[1].revents != 0 {
-            return;
-        }
-        drain();
-    }
-}
-
-/// Accepts from a non-blocking listener until it has nothing pending, handing each connection
-/// to `each`. Errors such as EMFILE are logged; the next poll retries.
-pub(crate) fn accept_all<S>(mut accept: impl FnMut() -> io::Result<S>, mut each: impl FnMut(S)) {
-    loop {
-        match accept() {
-            Ok(s) => each(s),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                tracing::warn!("accept failed: {e}");
-                return;
-            }
-        }
-    }
 }
 
 fn spawn_client(

@@ -730,8 +730,8 @@ pub fn serve(node: Arc<Node>, listener: TcpListener, stop_fd: std::os::fd::RawFd
         tracing::error!("transfer listener: {e}");
         return;
     }
-    crate::server::poll_accept(listener.as_raw_fd(), stop_fd, "transfer listener", || {
-        crate::server::accept_all(
+    crate::listen::poll_accept(listener.as_raw_fd(), stop_fd, "transfer listener", || {
+        crate::listen::accept_all(
             || listener.accept(),
             |(stream, peer)| {
                 let node = Arc::clone(&node);
