@@ -19,6 +19,7 @@
 pub mod alloc;
 pub mod arena;
 pub mod client;
+pub mod config;
 pub mod error;
 pub mod fdpass;
 pub mod id;
@@ -30,11 +31,12 @@ pub mod store;
 pub mod transfer;
 
 pub use client::{Client, ObjectBuilder, ObjectGuard};
-pub use error::{Error, Result};
+pub use config::{StoreConfig, WorkerConfig, WorkerSettings};
+pub use error::{ConfigError, Error, Result, StoreError, WorkerError};
 pub use id::{NodeTag, ObjectId};
 pub use protocol::{ErrorCode, StoreStats};
-pub use server::{Shutdown, Worker, WorkerConfig};
-pub use store::{Store, StoreConfig};
+pub use server::{Shutdown, Worker};
+pub use store::Store;
 
 /// Parses a byte size such as `512MiB`, `4GiB`, `100MB`, `64k` or `1048576`.
 pub fn parse_size(s: &str) -> std::result::Result<u64, String> {

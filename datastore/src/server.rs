@@ -13,6 +13,8 @@
 //! disconnect of that client only. Whatever way a client leaves, its pins are
 //! released and its unsealed objects aborted.
 
+pub use crate::config::WorkerConfig;
+use crate::error::WorkerError;
 use crate::fdpass;
 use crate::id::NodeTag;
 use crate::listen;
@@ -20,7 +22,7 @@ use crate::protocol::{
     read_frame, ErrorCode, ErrorReply, FrameError, Request, Response, MAX_REQUEST_FRAME,
     PROTOCOL_VERSION,
 };
-use crate::store::{ClientId, Store, StoreConfig};
+use crate::store::{ClientId, Store};
 use crate::transfer::Node;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -36,18 +38,6 @@ use std::time::Duration;
 /// How long a client thread spins for the next request before sleeping in
 /// `read` (see [`fdpass::SpinStream`]).
 const SPIN_BUDGET: Duration = Duration::from_micros(25);
-
-/// What `yr component data-worker` runs with.
-#[derive(Debug, Clone)]
-pub struct WorkerConfig {
-    /// Unix socket path clients connect to.
-    pub socket: PathBuf,
-    /// The store.
-    pub store: StoreConfig,
-    /// Where other nodes' data workers pull objects from (port 0 picks a
-    /// free port); `None` keeps this worker's objects on this node.
-    pub transfer: Option<SocketAddrV4>,
-}
 
 /// A handle that stops a running worker from another thread (or a signal
 /// handler thread). Cloneable; triggering twice is harmless.
@@ -126,7 +116,7 @@ pub struct Worker {
 
 /// Creates the store, binds the socket and starts serving in background
 /// threads. Returns once clients can connect.
-pub fn start(config: WorkerConfig, shutdown: Shutdown) -> io::Result<Worker> {
+pub fn start(config: WorkerConfig, shutdown: Shutdown) -> Result<Worker, WorkerError> {
     // Bind first: a wrong or busy socket path fails before any memory is
     // reserved or any spill folder is touched.
     let listener = bind(&config.socket)?;
@@ -134,14 +124,14 @@ pub fn start(config: WorkerConfig, shutdown: Shutdown) -> io::Result<Worker> {
         Ok(l) => l,
         Err(e) => {
             let _ = std::fs::remove_file(&config.socket);
-            return Err(e);
+            return Err(e.into());
         }
     };
     let store = match Store::new(config.store.clone()) {
         Ok(s) => Arc::new(s),
         Err(e) => {
             let _ = std::fs::remove_file(&config.socket);
-            return Err(e);
+            return Err(e.into());
         }
     };
     let epoch = NodeTag::fresh_epoch();
@@ -248,7 +238,7 @@ pub fn run(
     config: WorkerConfig,
     shutdown: Shutdown,
     on_ready: impl FnOnce(&Worker) -> io::Result<()>,
-) -> io::Result<()> {
+) -> Result<(), WorkerError> {
     let socket = config.socket.clone();
     let worker = start(config, shutdown)?;
     let st = worker.store();

@@ -31,9 +31,11 @@
 
 use crate::alloc::{BlockHandle, Tlsf};
 use crate::arena::Arena;
+pub use crate::config::StoreConfig;
+use crate::error::StoreError;
 use crate::id::ObjectId;
 use crate::protocol::{ErrorCode, ErrorReply, ObjectInfo, ObjectState, ObjectView, StoreStats};
-use crate::spill::{SpillConfig, SpillError, SpillLoc, SpillStore};
+use crate::spill::{SpillError, SpillLoc, SpillStore};
 use hashbrown::{DefaultHashBuilder, HashMap, HashSet, HashTable};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::hash::BuildHasher;
@@ -51,21 +53,6 @@ const SPILL_BATCH_MAX: u64 = 256 << 20;
 /// How long restores must pause before the background thread reclaims the
 /// disk space they released.
 const FREE_IDLE: Duration = Duration::from_millis(50);
-
-/// Store settings (validated).
-#[derive(Debug, Clone)]
-pub struct StoreConfig {
-    /// Arena size in bytes.
-    pub capacity: u64,
-    /// Allocate and map every arena page at start.
-    pub prefault: bool,
-    /// Fraction of the arena above which background spilling starts.
-    pub high_watermark: f64,
-    /// Fraction of the arena background spilling brings usage down to.
-    pub low_watermark: f64,
-    /// Where and how much to spill; `None` disables spilling.
-    pub spill: Option<SpillConfig>,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -338,13 +325,13 @@ impl Inner {
 }
 
 impl Store {
-    /// Creates the arena and (when configured) opens the spill folder.
-    pub fn new(config: StoreConfig) -> std::io::Result<Store> {
-        let arena = Arena::create(config.capacity, config.prefault)?;
+    /// Checks the config, creates the arena and (when configured) opens the
+    /// spill folder.
+    pub fn new(config: StoreConfig) -> Result<Store, StoreError> {
+        config.validate()?;
+        let arena = Arena::create(config.capacity, config.prefault).map_err(StoreError::Arena)?;
         let spill = match &config.spill {
-            Some(cfg) => Some(
-                SpillStore::open(cfg.clone()).map_err(|e| std::io::Error::other(e.to_string()))?,
-            ),
+            Some(cfg) => Some(SpillStore::open(cfg.clone())?),
             None => None,
         };
         Ok(Store {
