@@ -28,6 +28,7 @@ pub mod protocol;
 pub mod server;
 pub mod spill;
 pub mod store;
+mod table;
 pub mod transfer;
 
 pub use client::{Client, ObjectBuilder, ObjectGuard};
