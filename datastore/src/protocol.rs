@@ -11,6 +11,10 @@
 //! (SCM_RIGHTS). A worker refuses other versions with
 //! [`ErrorCode::VersionMismatch`].
 //!
+//! Each tag (message kinds, list entries, object states, error codes) is
+//! declared once, by `wire_tags!`, as an enum whose `TryFrom` is the decoder:
+//! no number is written twice.
+//!
 //! Invariants the decoder keeps, because its input comes from other
 //! processes: it never panics, never allocates more than the frame it was
 //! given can justify (counts are checked against the bytes left), and

@@ -7,6 +7,11 @@
 //! is what a zero-copy get costs beyond the socket round trip. A blocking
 //! `get` simply parks that client's thread.
 //!
+//! [`start`] takes a validated [`WorkerConfig`] (see [`crate::config`]),
+//! binds the socket, opens the store, starts the peer listener of
+//! [`crate::transfer`] if asked to, and serves; the accept loop itself is
+//! shared with the peer listener (`listen`).
+//!
 //! Bad input never takes the worker down: a body that does not decode gets
 //! an error reply (the frame boundary is intact, so the connection goes on);
 //! an oversized or torn frame gets an error reply if possible and the

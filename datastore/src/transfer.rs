@@ -27,7 +27,9 @@
 //!   remembered and applied right after the pull seals it.
 //!
 //! Peer wire format: the connecting side first writes [`PEER_MAGIC`]; then
-//! frames as in [`crate::protocol`] (u32 length, tag, fields). Requests:
+//! frames as in [`crate::protocol`] (u32 length, tag, fields; the tags are
+//! declared once, by `wire_tags!`). [`PeerRequest::decode`] is a pure
+//! function of the bytes, fuzzed by `fuzz/`'s `decode_peer_request`. Requests:
 //! `Pull{id, timeout_ms, requester_tag}` answered by `PullOk{data_size,
 //! meta_size}` plus the raw bytes, or `Error`; `Delete{ids}` answered by `Ok`.
 
