@@ -706,7 +706,6 @@ impl Store {
 
     /// Releases an object's memory, disk copy and table slot.
     fn free_object(&self, g: &mut Inner, slot: u32) {
-        g.table.lru_unlink(slot);
         let block = g.table[slot].block;
         if block != NONE {
             g.alloc.free(block);
@@ -716,6 +715,7 @@ impl Store {
                 s.free(&loc);
             }
         }
+        // Also takes it out of the LRU list.
         g.table.remove(slot);
     }
 
