@@ -28,7 +28,10 @@ fuzz_target!(|data: &[u8]| {
     loop {
         let read = frame::read::<InstanceMessage>(&mut stream, &mut buf);
         if rest.is_empty() {
-            assert!(matches!(read, Ok(None)), "a close between frames is the end");
+            assert!(
+                matches!(read, Ok(None)),
+                "a close between frames is the end"
+            );
             return;
         }
         let Some(head) = rest.first_chunk::<4>() else {
