@@ -42,9 +42,16 @@ bench: deps
 bench-store: build
 	./target/release/yr bench store --json
 
-## Fuzz the frame decoders (needs cargo-fuzz and a nightly toolchain).
+## Fuzz every decoder that takes outside bytes, FUZZ_SECONDS each (needs a nightly toolchain;
+## installs cargo-fuzz if missing): the data worker's request and response decoders, the
+## transfer port's peer request decoder, and the instance socket's frames (yr-proto).
+FUZZ_TARGETS := decode_request decode_response decode_peer_request decode_instance_frame
+FUZZ_SECONDS ?= 30
 fuzz:
-	cd fuzz && cargo +nightly fuzz run decode_request -- -max_total_time=60
+	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+		$(CARGO) +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done
 
 clean:
 	$(CARGO) clean

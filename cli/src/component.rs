@@ -12,14 +12,14 @@
 use crate::config::{self, ConfigError};
 use crate::defaults::{self, name, port};
 use crate::util::size_arg;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use yr_datastore::spill::SpillConfig;
-use yr_datastore::{Shutdown, StoreConfig, WorkerConfig};
+use yr_datastore::config::{DEFAULT_HIGH_WATERMARK, DEFAULT_LOW_WATERMARK};
+use yr_datastore::{Shutdown, WorkerSettings};
 
 #[derive(Subcommand, Debug, PartialEq)]
 pub enum ComponentCmd {
@@ -364,11 +364,11 @@ where
 }
 
 fn high_watermark() -> f64 {
-    0.9
+    DEFAULT_HIGH_WATERMARK
 }
 
 fn low_watermark() -> f64 {
-    0.8
+    DEFAULT_LOW_WATERMARK
 }
 
 #[derive(Args, Serialize, Deserialize, Debug, PartialEq)]
@@ -467,32 +467,18 @@ pub fn run(cmd: ComponentCmd) -> Result<()> {
 }
 
 fn data_worker(a: DataWorkerArgs) -> Result<()> {
-    if !(0.0 < a.low_watermark && a.low_watermark < a.high_watermark && a.high_watermark <= 1.0) {
-        bail!(
-            "watermarks must satisfy 0 < low < high <= 1 (got low {}, high {})",
-            a.low_watermark,
-            a.high_watermark
-        );
-    }
-    let capacity = match a.shm_size {
-        Some(0) => bail!("--shm-size must be greater than zero"),
-        Some(s) => s,
-        None => yr_datastore::total_memory() / 3,
-    };
-    let config = WorkerConfig {
+    // The flags are the settings; their rules (watermarks, sizes) live in yr-datastore.
+    let config = WorkerSettings {
         socket: a.socket.clone(),
-        store: StoreConfig {
-            capacity,
-            prefault: a.prefault,
-            high_watermark: a.high_watermark,
-            low_watermark: a.low_watermark,
-            spill: Some(SpillConfig {
-                dir: a.spill_dir.clone(),
-                limit: a.spill_limit.unwrap_or(u64::MAX),
-            }),
-        },
-        transfer: a.transfer_address,
-    };
+        shm_size: a.shm_size,
+        spill_dir: Some(a.spill_dir.clone()),
+        spill_limit: a.spill_limit,
+        prefault: a.prefault,
+        high_watermark: a.high_watermark,
+        low_watermark: a.low_watermark,
+        transfer_address: a.transfer_address,
+    }
+    .validate()?;
     let shutdown = Shutdown::new()?;
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,

@@ -10,7 +10,7 @@
 //! malloc headers, boundary tags, free-list links) could be corrupted by a
 //! buggy or hostile client and turn into a worker crash or an arbitrary
 //! write. All bookkeeping therefore lives in ordinary Rust vectors owned by
-//! the worker: a slab of [`Block`] records indexed by [`BlockHandle`], one
+//! the worker: a slab of `Block` records indexed by [`BlockHandle`], one
 //! head per size class and two levels of bitmaps.
 //!
 //! # Algorithm

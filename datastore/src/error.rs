@@ -1,11 +1,19 @@
 //! Errors of the datastore crate.
 //!
-//! The store reports failures as [`ErrorReply`] (a code plus a message naming
-//! the object and the numbers involved), the same value that travels to
-//! clients, so a client sees exactly what the worker decided. [`Error`] adds
-//! what can only go wrong on the client side of the socket.
+//! The store reports failures of requests as [`ErrorReply`] (a code plus a
+//! message naming the object and the numbers involved), the same value that
+//! travels to clients, so a client sees exactly what the worker decided.
+//! [`Error`] adds what can only go wrong on the client side of the socket.
+//! Starting a worker fails with [`WorkerError`], which keeps the cause typed
+//! ([`StoreError`], itself keeping the [`SpillError`]); a configuration that
+//! does not validate is a [`ConfigError`] naming the field.
+//!
+//! The codec's own errors stay beside the codec ([`DecodeError`],
+//! [`FrameError`] in `protocol`, [`SpillError`] in `spill`): they are
+//! what those modules return, and this module wraps them.
 
 use crate::protocol::{DecodeError, ErrorCode, ErrorReply, FrameError};
+use crate::spill::SpillError;
 use std::io;
 use std::path::PathBuf;
 
@@ -74,6 +82,85 @@ impl From<FrameError> for Error {
                 "data worker closed the connection",
             )),
             other => Error::Protocol(other.to_string()),
+        }
+    }
+}
+
+/// Why a [`crate::Store`] could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The config breaks a rule the store relies on (see
+    /// `StoreConfig::validate`).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The shared-memory arena could not be created or mapped (no memory,
+    /// a zero size, a refused memfd).
+    #[error(transparent)]
+    Arena(io::Error),
+    /// The spill folder could not be opened: it is in use by another store,
+    /// cannot be created or locked, or the I/O engine asked for is missing.
+    #[error(transparent)]
+    Spill(#[from] SpillError),
+}
+
+/// Why a data worker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// Its store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A socket could not be bound (busy, missing folder, bad address), a
+    /// thread could not be started, or announcing readiness failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// A data worker setting that does not validate; [`ConfigError::field`]
+/// names the setting.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    /// A watermark is not a fraction of the arena in (0, 1].
+    #[error("{field} must be a fraction of the arena in (0, 1] (watermarks satisfy 0 < low < high <= 1), got {value}")]
+    OutOfRange {
+        /// The setting.
+        field: &'static str,
+        /// The value given.
+        value: f64,
+    },
+    /// The low watermark is not below the high one.
+    #[error(
+        "low_watermark must be below high_watermark (watermarks satisfy 0 < low < high <= 1), \
+         got low {low}, high {high}"
+    )]
+    WatermarkOrder {
+        /// The low watermark given.
+        low: f64,
+        /// The high watermark given.
+        high: f64,
+    },
+    /// A size that must be positive is zero.
+    #[error("{field} must be greater than zero")]
+    ZeroSize {
+        /// The setting.
+        field: &'static str,
+    },
+    /// A required setting is missing or empty.
+    #[error("{field} must be set")]
+    Missing {
+        /// The setting.
+        field: &'static str,
+    },
+}
+
+impl ConfigError {
+    /// The name of the offending setting (its serde name; the CLI flag is
+    /// the same with dashes).
+    pub fn field(&self) -> &'static str {
+        match self {
+            ConfigError::OutOfRange { field, .. }
+            | ConfigError::ZeroSize { field }
+            | ConfigError::Missing { field } => field,
+            ConfigError::WatermarkOrder { .. } => "low_watermark",
         }
     }
 }

@@ -6,34 +6,50 @@
 //! Under memory pressure unpinned objects move to disk (io_uring) and come
 //! back transparently on the next get.
 //!
-//! Layout:
-//! - [`arena`]: the memfd and its mappings;
-//! - [`alloc`]: the out-of-band TLSF allocator of arena ranges;
-//! - [`store`]: object table, lifecycle, pins, LRU, spill/restore policy;
+//! Layout, roughly from the bytes up (no two modules import each other;
+//! `scripts/modcycles.py datastore/src` checks):
+//! - [`arena`]: the memfd and its mappings; [`alloc`]: the TLSF allocator of
+//!   arena ranges; [`id`]: object IDs and node tags;
+//! - `table`: the object table (slab, index, LRU list) and `choose_victims`,
+//!   the pure eviction decision;
 //! - [`spill`]: spill files, checksums and the io_uring / pwrite engines;
-//! - [`protocol`]: the versioned, length-prefixed wire format;
+//! - [`store`]: object lifecycle, pins, KV names; applies the eviction
+//!   decision and does the spill / restore I/O;
+//! - [`config`]: settings (serde, documented defaults) validated into the
+//!   runtime [`WorkerConfig`] / [`StoreConfig`];
+//! - [`protocol`]: the versioned, length-prefixed wire format (tags declared
+//!   once for encode and decode);
+//! - `listen`: the poll/accept loop both listeners share;
+//! - [`transfer`]: moving objects between nodes' workers, and freeing them
+//!   everywhere (its peer protocol lives there too);
 //! - [`server`]: the Unix-socket server (`yr component data-worker`);
-//! - [`transfer`]: moving objects between nodes' workers, and freeing them everywhere;
-//! - [`client`]: the client library with zero-copy guards.
+//! - [`client`]: the client library with zero-copy guards ([`fdpass`]
+//!   carries the arena's fd);
+//! - [`error`]: the crate's error types (client errors, typed start-up
+//!   errors, config errors naming the field).
 
 pub mod alloc;
 pub mod arena;
 pub mod client;
+pub mod config;
 pub mod error;
 pub mod fdpass;
 pub mod id;
+mod listen;
 pub mod protocol;
 pub mod server;
 pub mod spill;
 pub mod store;
+mod table;
 pub mod transfer;
 
 pub use client::{Client, ObjectBuilder, ObjectGuard};
-pub use error::{Error, Result};
+pub use config::{StoreConfig, WorkerConfig, WorkerSettings};
+pub use error::{ConfigError, Error, Result, StoreError, WorkerError};
 pub use id::{NodeTag, ObjectId};
 pub use protocol::{ErrorCode, StoreStats};
-pub use server::{Shutdown, Worker, WorkerConfig};
-pub use store::{Store, StoreConfig};
+pub use server::{Shutdown, Worker};
+pub use store::Store;
 
 /// Parses a byte size such as `512MiB`, `4GiB`, `100MB`, `64k` or `1048576`.
 pub fn parse_size(s: &str) -> std::result::Result<u64, String> {

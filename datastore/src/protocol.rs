@@ -11,6 +11,10 @@
 //! (SCM_RIGHTS). A worker refuses other versions with
 //! [`ErrorCode::VersionMismatch`].
 //!
+//! Each tag (message kinds, list entries, object states, error codes) is
+//! declared once, by `wire_tags!`, as an enum whose `TryFrom` is the decoder:
+//! no number is written twice.
+//!
 //! Invariants the decoder keeps, because its input comes from other
 //! processes: it never panics, never allocates more than the frame it was
 //! given can justify (counts are checked against the bytes left), and
@@ -36,52 +40,125 @@ pub const INLINE_MAX: usize = 64 << 10;
 /// Longest KV key.
 pub const MAX_KEY_LEN: usize = 255;
 
-/// Machine-readable error kinds carried in replies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u16)]
-pub enum ErrorCode {
-    /// No such object or key.
-    NotFound = 1,
-    /// A get waited for its whole timeout without the object being sealed.
-    Timeout = 2,
-    /// An object with this ID already exists.
-    AlreadyExists = 3,
-    /// Memory and spill space are both exhausted.
-    OutOfMemory = 4,
-    /// The object is larger than the whole arena.
-    TooLarge = 5,
-    /// The operation does not fit the object's state (seal twice, abort a sealed object...).
-    InvalidState = 6,
-    /// The request was malformed.
-    BadRequest = 7,
-    /// The client speaks another protocol version.
-    VersionMismatch = 8,
-    /// Spilled bytes failed their checksum or could not be read back.
-    SpillFailed = 9,
-    /// Something went wrong inside the worker.
-    Internal = 10,
-    /// The only node holding the object is gone (unreachable, or restarted
-    /// since the object was made): the bytes cannot be fetched.
-    ObjectLost = 11,
+/// Declares a wire tag type once, for both directions: a fieldless enum with
+/// the given representation (encode with `tag as u8`, or `u8::from(tag)`) and
+/// a `TryFrom` of that integer whose error is the unknown value (decode). The
+/// numbers appear only here, so an encoder and its decoder cannot disagree.
+macro_rules! wire_tags {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident: $repr:ty {
+            $($(#[$vmeta:meta])* $variant:ident = $value:literal,)+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr($repr)]
+        $vis enum $name {
+            $($(#[$vmeta])* $variant = $value,)+
+        }
+
+        impl $name {
+            /// Every tag, in declaration order (for tests and exhaustive checks).
+            #[allow(dead_code)]
+            pub(crate) const ALL: &'static [$name] = &[$($name::$variant),+];
+        }
+
+        impl From<$name> for $repr {
+            fn from(tag: $name) -> $repr {
+                tag as $repr
+            }
+        }
+
+        impl TryFrom<$repr> for $name {
+            type Error = $repr;
+            fn try_from(v: $repr) -> Result<Self, $repr> {
+                match v {
+                    $($value => Ok($name::$variant),)+
+                    other => Err(other),
+                }
+            }
+        }
+    };
+}
+pub(crate) use wire_tags;
+
+wire_tags! {
+    /// Machine-readable error kinds carried in replies.
+    pub enum ErrorCode: u16 {
+        /// No such object or key.
+        NotFound = 1,
+        /// A get waited for its whole timeout without the object being sealed.
+        Timeout = 2,
+        /// An object with this ID already exists.
+        AlreadyExists = 3,
+        /// Memory and spill space are both exhausted.
+        OutOfMemory = 4,
+        /// The object is larger than the whole arena.
+        TooLarge = 5,
+        /// The operation does not fit the object's state (seal twice, abort a sealed object...).
+        InvalidState = 6,
+        /// The request was malformed.
+        BadRequest = 7,
+        /// The client speaks another protocol version.
+        VersionMismatch = 8,
+        /// Spilled bytes failed their checksum or could not be read back.
+        SpillFailed = 9,
+        /// Something went wrong inside the worker.
+        Internal = 10,
+        /// The only node holding the object is gone (unreachable, or restarted
+        /// since the object was made): the bytes cannot be fetched.
+        ObjectLost = 11,
+    }
 }
 
-impl ErrorCode {
-    fn from_u16(v: u16) -> Option<Self> {
-        use ErrorCode::*;
-        Some(match v {
-            1 => NotFound,
-            2 => Timeout,
-            3 => AlreadyExists,
-            4 => OutOfMemory,
-            5 => TooLarge,
-            6 => InvalidState,
-            7 => BadRequest,
-            8 => VersionMismatch,
-            9 => SpillFailed,
-            10 => Internal,
-            11 => ObjectLost,
-            _ => return None,
-        })
+wire_tags! {
+    /// The first byte of a request body: which [`Request`] follows.
+    pub(crate) enum RequestTag: u8 {
+        Hello = 1,
+        Create = 2,
+        Seal = 3,
+        PutInline = 4,
+        Get = 5,
+        Release = 6,
+        Delete = 7,
+        Abort = 8,
+        Contains = 9,
+        List = 10,
+        Stats = 11,
+        KvBind = 12,
+        KvGet = 13,
+        KvDel = 14,
+        KvExists = 15,
+        Spill = 16,
+        GetRemote = 17,
+        Own = 18,
+        Free = 19,
+    }
+}
+
+wire_tags! {
+    /// The first byte of a response body: which [`Response`] follows.
+    pub(crate) enum ResponseTag: u8 {
+        Hello = 1,
+        Ok = 2,
+        Created = 3,
+        Objects = 4,
+        Bool = 5,
+        Results = 6,
+        List = 7,
+        Stats = 8,
+        KvObject = 9,
+        Error = 10,
+        Spilled = 11,
+    }
+}
+
+wire_tags! {
+    /// The byte before each entry of an `Objects` or `Results` list.
+    pub(crate) enum ResultTag: u8 {
+        Ok = 0,
+        Err = 1,
     }
 }
 
@@ -106,16 +183,16 @@ pub struct ObjectView {
     pub meta_size: u64,
 }
 
-/// Object state as reported by `List`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum ObjectState {
-    /// Created, being written.
-    Unsealed = 0,
-    /// Sealed and in memory.
-    Sealed = 1,
-    /// Sealed and on disk only.
-    Spilled = 2,
+wire_tags! {
+    /// Object state as reported by `List`.
+    pub enum ObjectState: u8 {
+        /// Created, being written.
+        Unsealed = 0,
+        /// Sealed and in memory.
+        Sealed = 1,
+        /// Sealed and on disk only.
+        Spilled = 2,
+    }
 }
 
 /// One row of a `List` reply.
@@ -393,13 +470,16 @@ pub enum DecodeError {
 pub(crate) struct Writer(pub(crate) Vec<u8>);
 
 impl Writer {
-    pub(crate) fn with_tag(tag: u8) -> Self {
+    pub(crate) fn with_tag(tag: impl Into<u8>) -> Self {
         let mut v = Vec::with_capacity(64);
-        v.extend_from_slice(&[0, 0, 0, 0, tag]);
+        v.extend_from_slice(&[0, 0, 0, 0, tag.into()]);
         Writer(v)
     }
     pub(crate) fn u8(&mut self, v: u8) {
         self.0.push(v);
+    }
+    pub(crate) fn result_tag(&mut self, tag: ResultTag) {
+        self.0.push(tag.into());
     }
     pub(crate) fn u16(&mut self, v: u16) {
         self.0.extend_from_slice(&v.to_le_bytes());
@@ -427,7 +507,7 @@ impl Writer {
         }
     }
     pub(crate) fn err(&mut self, e: &ErrorReply) {
-        self.u16(e.code as u16);
+        self.u16(e.code.into());
         self.bytes(e.message.as_bytes());
     }
     pub(crate) fn view(&mut self, v: &ObjectView) {
@@ -469,6 +549,21 @@ impl<'a> Reader<'a> {
     }
     pub(crate) fn u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {
         Ok(self.array::<1>(what)?[0])
+    }
+    /// A message tag: an unknown value is [`DecodeError::UnknownTag`].
+    pub(crate) fn tag<T: TryFrom<u8, Error = u8>>(&mut self) -> Result<T, DecodeError> {
+        T::try_from(self.u8("tag")?).map_err(DecodeError::UnknownTag)
+    }
+    /// A tag inside a message (a list entry's kind, a state): an unknown
+    /// value is [`DecodeError::Invalid`] naming the field.
+    pub(crate) fn field_tag<T: TryFrom<u8, Error = u8>>(
+        &mut self,
+        what: &'static str,
+    ) -> Result<T, DecodeError> {
+        T::try_from(self.u8(what)?).map_err(|v| DecodeError::Invalid {
+            what,
+            value: v.into(),
+        })
     }
     pub(crate) fn u16(&mut self, what: &'static str) -> Result<u16, DecodeError> {
         Ok(u16::from_le_bytes(self.array(what)?))
@@ -533,9 +628,9 @@ impl<'a> Reader<'a> {
     }
     pub(crate) fn err(&mut self) -> Result<ErrorReply, DecodeError> {
         let raw = self.u16("error code")?;
-        let code = ErrorCode::from_u16(raw).ok_or(DecodeError::Invalid {
+        let code = ErrorCode::try_from(raw).map_err(|v| DecodeError::Invalid {
             what: "error code",
-            value: raw.into(),
+            value: v.into(),
         })?;
         Ok(ErrorReply {
             code,
@@ -564,7 +659,7 @@ impl Request {
         let mut w;
         match self {
             Request::Hello { version, pid, name } => {
-                w = Writer::with_tag(1);
+                w = Writer::with_tag(RequestTag::Hello);
                 w.u16(*version);
                 w.u32(*pid);
                 w.bytes(name.as_bytes());
@@ -574,80 +669,80 @@ impl Request {
                 data_size,
                 meta_size,
             } => {
-                w = Writer::with_tag(2);
+                w = Writer::with_tag(RequestTag::Create);
                 w.id(id);
                 w.u64(*data_size);
                 w.u64(*meta_size);
             }
             Request::Seal { id } => {
-                w = Writer::with_tag(3);
+                w = Writer::with_tag(RequestTag::Seal);
                 w.id(id);
             }
             Request::PutInline { id, data, meta } => {
-                w = Writer::with_tag(4);
+                w = Writer::with_tag(RequestTag::PutInline);
                 w.id(id);
                 w.bytes(data);
                 w.bytes(meta);
             }
             Request::Get { timeout_ms, ids } => {
-                w = Writer::with_tag(5);
+                w = Writer::with_tag(RequestTag::Get);
                 w.u64(*timeout_ms);
                 w.ids(ids);
             }
             Request::Release { id } => {
-                w = Writer::with_tag(6);
+                w = Writer::with_tag(RequestTag::Release);
                 w.id(id);
             }
             Request::Delete { ids } => {
-                w = Writer::with_tag(7);
+                w = Writer::with_tag(RequestTag::Delete);
                 w.ids(ids);
             }
             Request::Abort { id } => {
-                w = Writer::with_tag(8);
+                w = Writer::with_tag(RequestTag::Abort);
                 w.id(id);
             }
             Request::Contains { id } => {
-                w = Writer::with_tag(9);
+                w = Writer::with_tag(RequestTag::Contains);
                 w.id(id);
             }
             Request::List { limit } => {
-                w = Writer::with_tag(10);
+                w = Writer::with_tag(RequestTag::List);
                 w.u32(*limit);
             }
-            Request::Stats => w = Writer::with_tag(11),
+            Request::Stats => w = Writer::with_tag(RequestTag::Stats),
             Request::KvBind { key, id } => {
-                w = Writer::with_tag(12);
+                w = Writer::with_tag(RequestTag::KvBind);
                 w.bytes(key);
                 w.id(id);
             }
             Request::KvGet { key, timeout_ms } => {
-                w = Writer::with_tag(13);
+                w = Writer::with_tag(RequestTag::KvGet);
                 w.bytes(key);
                 w.u64(*timeout_ms);
             }
             Request::KvDel { key } => {
-                w = Writer::with_tag(14);
+                w = Writer::with_tag(RequestTag::KvDel);
                 w.bytes(key);
             }
             Request::KvExists { key } => {
-                w = Writer::with_tag(15);
+                w = Writer::with_tag(RequestTag::KvExists);
                 w.bytes(key);
             }
             Request::Spill { target_used } => {
-                w = Writer::with_tag(16);
+                w = Writer::with_tag(RequestTag::Spill);
                 w.u64(*target_used);
             }
             Request::GetRemote { timeout_ms, id } => {
-                w = Writer::with_tag(17);
+                w = Writer::with_tag(RequestTag::GetRemote);
                 w.u64(*timeout_ms);
                 w.id(id);
             }
             Request::Own { ids } => {
-                w = Writer::with_tag(18);
+                w = Writer::with_tag(RequestTag::Own);
                 w.ids(ids);
             }
             Request::Free { ids } => {
-                w = Writer::with_tag(19);
+                w = Writer::with_tag(RequestTag::Free);
                 w.ids(ids);
             }
         }
@@ -657,55 +752,54 @@ impl Request {
     /// Decodes a request body (the frame without its length prefix).
     pub fn decode(body: &[u8]) -> Result<Request, DecodeError> {
         let mut r = Reader { buf: body };
-        let req = match r.u8("tag")? {
-            1 => Request::Hello {
+        let req = match r.tag()? {
+            RequestTag::Hello => Request::Hello {
                 version: r.u16("version")?,
                 pid: r.u32("pid")?,
                 name: r.string("client name")?,
             },
-            2 => Request::Create {
+            RequestTag::Create => Request::Create {
                 id: r.id()?,
                 data_size: r.u64("data size")?,
                 meta_size: r.u64("meta size")?,
             },
-            3 => Request::Seal { id: r.id()? },
-            4 => Request::PutInline {
+            RequestTag::Seal => Request::Seal { id: r.id()? },
+            RequestTag::PutInline => Request::PutInline {
                 id: r.id()?,
                 data: r.bytes("data")?,
                 meta: r.bytes("meta")?,
             },
-            5 => Request::Get {
+            RequestTag::Get => Request::Get {
                 timeout_ms: r.u64("timeout")?,
                 ids: r.ids()?,
             },
-            6 => Request::Release { id: r.id()? },
-            7 => Request::Delete { ids: r.ids()? },
-            8 => Request::Abort { id: r.id()? },
-            9 => Request::Contains { id: r.id()? },
-            10 => Request::List {
+            RequestTag::Release => Request::Release { id: r.id()? },
+            RequestTag::Delete => Request::Delete { ids: r.ids()? },
+            RequestTag::Abort => Request::Abort { id: r.id()? },
+            RequestTag::Contains => Request::Contains { id: r.id()? },
+            RequestTag::List => Request::List {
                 limit: r.u32("limit")?,
             },
-            11 => Request::Stats,
-            12 => Request::KvBind {
+            RequestTag::Stats => Request::Stats,
+            RequestTag::KvBind => Request::KvBind {
                 key: r.key()?,
                 id: r.id()?,
             },
-            13 => Request::KvGet {
+            RequestTag::KvGet => Request::KvGet {
                 key: r.key()?,
                 timeout_ms: r.u64("timeout")?,
             },
-            14 => Request::KvDel { key: r.key()? },
-            15 => Request::KvExists { key: r.key()? },
-            16 => Request::Spill {
+            RequestTag::KvDel => Request::KvDel { key: r.key()? },
+            RequestTag::KvExists => Request::KvExists { key: r.key()? },
+            RequestTag::Spill => Request::Spill {
                 target_used: r.u64("target")?,
             },
-            17 => Request::GetRemote {
+            RequestTag::GetRemote => Request::GetRemote {
                 timeout_ms: r.u64("timeout")?,
                 id: r.id()?,
             },
-            18 => Request::Own { ids: r.ids()? },
-            19 => Request::Free { ids: r.ids()? },
-            t => return Err(DecodeError::UnknownTag(t)),
+            RequestTag::Own => Request::Own { ids: r.ids()? },
+            RequestTag::Free => Request::Free { ids: r.ids()? },
         };
         r.end()?;
         Ok(req)
@@ -787,79 +881,79 @@ impl Response {
                 client_id,
                 node_tag,
             } => {
-                w = Writer::with_tag(1);
+                w = Writer::with_tag(ResponseTag::Hello);
                 w.u16(*version);
                 w.u64(*arena_size);
                 w.u8(u8::from(*prefaulted));
                 w.u64(*client_id);
                 w.u64(*node_tag);
             }
-            Response::Ok => w = Writer::with_tag(2),
+            Response::Ok => w = Writer::with_tag(ResponseTag::Ok),
             Response::Created { offset } => {
-                w = Writer::with_tag(3);
+                w = Writer::with_tag(ResponseTag::Created);
                 w.u64(*offset);
             }
             Response::Objects(results) => {
-                w = Writer::with_tag(4);
+                w = Writer::with_tag(ResponseTag::Objects);
                 w.len(results.len());
                 for r in results {
                     match r {
                         Ok(v) => {
-                            w.u8(0);
+                            w.result_tag(ResultTag::Ok);
                             w.view(v);
                         }
                         Err(e) => {
-                            w.u8(1);
+                            w.result_tag(ResultTag::Err);
                             w.err(e);
                         }
                     }
                 }
             }
             Response::Bool(b) => {
-                w = Writer::with_tag(5);
+                w = Writer::with_tag(ResponseTag::Bool);
                 w.u8(u8::from(*b));
             }
             Response::Results(results) => {
-                w = Writer::with_tag(6);
+                w = Writer::with_tag(ResponseTag::Results);
                 w.len(results.len());
                 for r in results {
                     match r {
-                        Ok(()) => w.u8(0),
+                        Ok(()) => w.result_tag(ResultTag::Ok),
                         Err(e) => {
-                            w.u8(1);
+                            w.result_tag(ResultTag::Err);
                             w.err(e);
                         }
                     }
                 }
             }
             Response::List(rows) => {
-                w = Writer::with_tag(7);
+                w = Writer::with_tag(ResponseTag::List);
                 w.len(rows.len());
                 for row in rows {
                     w.id(&row.id);
                     w.u64(row.data_size);
                     w.u64(row.meta_size);
-                    w.u8(row.state as u8);
+                    w.u8(row.state.into());
                     w.u32(row.pins);
                 }
             }
             Response::Stats(s) => {
-                w = Writer::with_tag(8);
+                w = Writer::with_tag(ResponseTag::Stats);
                 for v in s.to_array() {
                     w.u64(v);
                 }
             }
             Response::KvObject { id, view } => {
-                w = Writer::with_tag(9);
+                w = Writer::with_tag(ResponseTag::KvObject);
                 w.id(id);
                 w.view(view);
             }
             Response::Error(e) => {
-                w = Writer::with_tag(10);
+                w = Writer::with_tag(ResponseTag::Error);
                 w.err(e);
             }
             Response::Spilled { bytes, nanos } => {
-                w = Writer::with_tag(11);
+                w = Writer::with_tag(ResponseTag::Spilled);
                 w.u64(*bytes);
                 w.u64(*nanos);
             }
@@ -870,71 +964,49 @@ impl Response {
     /// Decodes a response body (the frame without its length prefix).
     pub fn decode(body: &[u8]) -> Result<Response, DecodeError> {
         let mut r = Reader { buf: body };
-        let resp = match r.u8("tag")? {
-            1 => Response::Hello {
+        let resp = match r.tag()? {
+            ResponseTag::Hello => Response::Hello {
                 version: r.u16("version")?,
                 arena_size: r.u64("arena size")?,
                 prefaulted: r.bool("prefaulted")?,
                 client_id: r.u64("client id")?,
                 node_tag: r.u64("node tag")?,
             },
-            2 => Response::Ok,
-            3 => Response::Created {
+            ResponseTag::Ok => Response::Ok,
+            ResponseTag::Created => Response::Created {
                 offset: r.u64("offset")?,
             },
-            4 => {
+            ResponseTag::Objects => {
                 let n = r.count(1 + 3, "result count")?;
                 let mut out = Vec::with_capacity(n);
                 for _ in 0..n {
-                    out.push(match r.u8("result tag")? {
-                        0 => Ok(r.view()?),
-                        1 => Err(r.err()?),
-                        v => {
-                            return Err(DecodeError::Invalid {
-                                what: "result tag",
-                                value: v.into(),
-                            })
-                        }
+                    out.push(match r.field_tag("result tag")? {
+                        ResultTag::Ok => Ok(r.view()?),
+                        ResultTag::Err => Err(r.err()?),
                     });
                 }
                 Response::Objects(out)
             }
-            5 => Response::Bool(r.bool("bool")?),
-            6 => {
+            ResponseTag::Bool => Response::Bool(r.bool("bool")?),
+            ResponseTag::Results => {
                 let n = r.count(1, "result count")?;
                 let mut out = Vec::with_capacity(n);
                 for _ in 0..n {
-                    out.push(match r.u8("result tag")? {
-                        0 => Ok(()),
-                        1 => Err(r.err()?),
-                        v => {
-                            return Err(DecodeError::Invalid {
-                                what: "result tag",
-                                value: v.into(),
-                            })
-                        }
+                    out.push(match r.field_tag("result tag")? {
+                        ResultTag::Ok => Ok(()),
+                        ResultTag::Err => Err(r.err()?),
                     });
                 }
                 Response::Results(out)
             }
-            7 => {
+            ResponseTag::List => {
                 let n = r.count(OBJECT_ID_LEN + 21, "row count")?;
                 let mut rows = Vec::with_capacity(n);
                 for _ in 0..n {
                     let id = r.id()?;
                     let data_size = r.u64("data size")?;
                     let meta_size = r.u64("meta size")?;
-                    let state = match r.u8("state")? {
-                        0 => ObjectState::Unsealed,
-                        1 => ObjectState::Sealed,
-                        2 => ObjectState::Spilled,
-                        v => {
-                            return Err(DecodeError::Invalid {
-                                what: "state",
-                                value: v.into(),
-                            })
-                        }
-                    };
+                    let state = r.field_tag("state")?;
                     rows.push(ObjectInfo {
                         id,
                         data_size,
@@ -945,23 +1017,22 @@ impl Response {
                 }
                 Response::List(rows)
             }
-            8 => {
+            ResponseTag::Stats => {
                 let mut a = [0u64; STATS_FIELDS];
                 for v in a.iter_mut() {
                     *v = r.u64("stats field")?;
                 }
                 Response::Stats(StoreStats::from_array(a))
             }
-            9 => Response::KvObject {
+            ResponseTag::KvObject => Response::KvObject {
                 id: r.id()?,
                 view: r.view()?,
             },
-            10 => Response::Error(r.err()?),
-            11 => Response::Spilled {
+            ResponseTag::Error => Response::Error(r.err()?),
+            ResponseTag::Spilled => Response::Spilled {
                 bytes: r.u64("bytes")?,
                 nanos: r.u64("nanos")?,
             },
-            t => return Err(DecodeError::UnknownTag(t)),
         };
         r.end()?;
         Ok(resp)
@@ -1035,7 +1106,7 @@ mod tests {
         proptest::collection::vec(any::<u8>(), 0..max)
     }
     fn arb_code() -> impl Strategy<Value = ErrorCode> {
-        (1u16..=10).prop_map(|c| ErrorCode::from_u16(c).expect("valid code"))
+        proptest::sample::select(ErrorCode::ALL)
     }
     fn arb_err() -> impl Strategy<Value = ErrorReply> {
         (arb_code(), ".{0,40}").prop_map(|(code, message)| ErrorReply { code, message })
@@ -1099,11 +1170,7 @@ mod tests {
                 id,
                 data_size,
                 meta_size,
-                state: match s {
-                    0 => ObjectState::Unsealed,
-                    1 => ObjectState::Sealed,
-                    _ => ObjectState::Spilled,
-                },
+                state: ObjectState::ALL[s as usize],
                 pins,
             },
         );
@@ -1180,6 +1247,54 @@ mod tests {
                 prop_assert!(Request::decode(&body[..cut]).is_err());
             }
         }
+    }
+
+    /// Each tag type decodes exactly the values it declares, and each value
+    /// back to its own tag.
+    fn tags_round_trip<T>(all: &[T])
+    where
+        T: Copy + Eq + std::fmt::Debug + Into<u8> + TryFrom<u8, Error = u8>,
+    {
+        let declared: Vec<u8> = all.iter().map(|&t| t.into()).collect();
+        for v in 0..=u8::MAX {
+            match T::try_from(v) {
+                Ok(t) => assert_eq!(t.into(), v),
+                Err(e) => {
+                    assert_eq!(e, v);
+                    assert!(!declared.contains(&v), "declared tag {v} does not decode");
+                }
+            }
+        }
+        for &t in all {
+            assert_eq!(T::try_from(t.into()), Ok(t));
+        }
+    }
+
+    #[test]
+    fn wire_tags_decode_what_they_encode() {
+        tags_round_trip(RequestTag::ALL);
+        tags_round_trip(ResponseTag::ALL);
+        tags_round_trip(ResultTag::ALL);
+        tags_round_trip(ObjectState::ALL);
+        assert_eq!(RequestTag::ALL.len(), 19);
+        assert_eq!(ResponseTag::ALL.len(), 11);
+        for &c in ErrorCode::ALL {
+            assert_eq!(ErrorCode::try_from(u16::from(c)), Ok(c));
+        }
+        assert_eq!(ErrorCode::try_from(0), Err(0));
+        assert_eq!(ErrorCode::try_from(12), Err(12));
+        // The bytes on the wire are the protocol's; a renumbering breaks old peers.
+        assert_eq!(Request::Stats.encode(), vec![1, 0, 0, 0, 11]);
+        assert_eq!(Response::Ok.encode(), vec![1, 0, 0, 0, 2]);
+        assert_eq!(Request::decode(&[20]), Err(DecodeError::UnknownTag(20)));
+        assert_eq!(Response::decode(&[0]), Err(DecodeError::UnknownTag(0)));
+        assert_eq!(
+            Response::decode(&[6, 1, 0, 0, 0, 2]),
+            Err(DecodeError::Invalid {
+                what: "result tag",
+                value: 2
+            })
+        );
     }
 
     #[test]

@@ -7,19 +7,27 @@
 //! is what a zero-copy get costs beyond the socket round trip. A blocking
 //! `get` simply parks that client's thread.
 //!
+//! [`start`] takes a validated [`WorkerConfig`] (see [`crate::config`]),
+//! binds the socket, opens the store, starts the peer listener of
+//! [`crate::transfer`] if asked to, and serves; the accept loop itself is
+//! shared with the peer listener (`listen`).
+//!
 //! Bad input never takes the worker down: a body that does not decode gets
 //! an error reply (the frame boundary is intact, so the connection goes on);
 //! an oversized or torn frame gets an error reply if possible and the
 //! disconnect of that client only. Whatever way a client leaves, its pins are
 //! released and its unsealed objects aborted.
 
+pub use crate::config::WorkerConfig;
+use crate::error::WorkerError;
 use crate::fdpass;
 use crate::id::NodeTag;
+use crate::listen;
 use crate::protocol::{
     read_frame, ErrorCode, ErrorReply, FrameError, Request, Response, MAX_REQUEST_FRAME,
     PROTOCOL_VERSION,
 };
-use crate::store::{ClientId, Store, StoreConfig};
+use crate::store::{ClientId, Store};
 use crate::transfer::Node;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -35,18 +43,6 @@ use std::time::Duration;
 /// How long a client thread spins for the next request before sleeping in
 /// `read` (see [`fdpass::SpinStream`]).
 const SPIN_BUDGET: Duration = Duration::from_micros(25);
-
-/// What `yr component data-worker` runs with.
-#[derive(Debug, Clone)]
-pub struct WorkerConfig {
-    /// Unix socket path clients connect to.
-    pub socket: PathBuf,
-    /// The store.
-    pub store: StoreConfig,
-    /// Where other nodes' data workers pull objects from (port 0 picks a
-    /// free port); `None` keeps this worker's objects on this node.
-    pub transfer: Option<SocketAddrV4>,
-}
 
 /// A handle that stops a running worker from another thread (or a signal
 /// handler thread). Cloneable; triggering twice is harmless.
@@ -125,7 +121,7 @@ pub struct Worker {
 
 /// Creates the store, binds the socket and starts serving in background
 /// threads. Returns once clients can connect.
-pub fn start(config: WorkerConfig, shutdown: Shutdown) -> io::Result<Worker> {
+pub fn start(config: WorkerConfig, shutdown: Shutdown) -> Result<Worker, WorkerError> {
     // Bind first: a wrong or busy socket path fails before any memory is
     // reserved or any spill folder is touched.
     let listener = bind(&config.socket)?;
@@ -133,14 +129,14 @@ pub fn start(config: WorkerConfig, shutdown: Shutdown) -> io::Result<Worker> {
         Ok(l) => l,
         Err(e) => {
             let _ = std::fs::remove_file(&config.socket);
-            return Err(e);
+            return Err(e.into());
         }
     };
     let store = match Store::new(config.store.clone()) {
         Ok(s) => Arc::new(s),
         Err(e) => {
             let _ = std::fs::remove_file(&config.socket);
-            return Err(e);
+            return Err(e.into());
         }
     };
     let epoch = NodeTag::fresh_epoch();
@@ -247,7 +243,7 @@ pub fn run(
     config: WorkerConfig,
     shutdown: Shutdown,
     on_ready: impl FnOnce(&Worker) -> io::Result<()>,
-) -> io::Result<()> {
+) -> Result<(), WorkerError> {
     let socket = config.socket.clone();
     let worker = start(config, shutdown)?;
     let st = worker.store();
@@ -272,8 +268,8 @@ fn accept_loop(
     stop: Shutdown,
 ) {
     let stop_fd = stop.fd.as_raw_fd();
-    poll_accept(listener.as_raw_fd(), stop_fd, "data worker socket", || {
-        accept_all(
+    listen::poll_accept(listener.as_raw_fd(), stop_fd, "data worker socket", || {
+        listen::accept_all(
             || listener.accept(),
             |(stream, _)| {
                 if let Err(e) = spawn_client(stream, &node, &conns) {
@@ -282,60 +278,6 @@ fn accept_loop(
             },
         )
     });
-}
-
-/// Sleeps in poll(2) until `listen_fd` has connections or `stop_fd` fires; on connections runs
-/// `drain` (which accepts them all), on stop returns. A failed poll is logged and ends the loop.
-pub(crate) fn poll_accept(
-    listen_fd: std::os::fd::RawFd,
-    stop_fd: std::os::fd::RawFd,
-    what: &str,
-    mut drain: impl FnMut(),
-) {
-    let mut fds = [
-        libc::pollfd {
-            fd: listen_fd,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: stop_fd,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    loop {
-        // SAFETY: fds is a live array of two initialised pollfd.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if rc < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            tracing::error!("poll on {what} failed: {e}");
-            return;
-        }
-        if fds[1].revents != 0 {
-            return;
-        }
-        drain();
-    }
-}
-
-/// Accepts from a non-blocking listener until it has nothing pending, handing each connection
-/// to `each`. Errors such as EMFILE are logged; the next poll retries.
-pub(crate) fn accept_all<S>(mut accept: impl FnMut() -> io::Result<S>, mut each: impl FnMut(S)) {
-    loop {
-        match accept() {
-            Ok(s) => each(s),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                tracing::warn!("accept failed: {e}");
-                return;
-            }
-        }
-    }
 }
 
 fn spawn_client(

@@ -131,13 +131,17 @@ pub struct SpillLoc {
     pub crc: u32,
 }
 
+/// Why a spill operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SpillError {
     /// Spilling `requested` more bytes would take the spill data on disk past the limit.
     #[error("spill quota exhausted: {requested} bytes requested, {used} of {limit} bytes in use")]
     LimitReached {
+        /// Bytes the refused write needed.
         requested: u64,
+        /// Bytes on disk (and reserved) at the time.
         used: u64,
+        /// The quota.
         limit: u64,
     },
     /// The bytes read back do not match the checksum taken when they were spilled.
@@ -146,25 +150,39 @@ pub enum SpillError {
         path.display()
     )]
     Corrupt {
+        /// The spill file.
         path: PathBuf,
+        /// Where the object starts in it.
         offset: u64,
+        /// The object's length.
         len: u64,
+        /// crc32c taken when the object was spilled.
         expected: u32,
+        /// crc32c of what was read back.
         actual: u32,
     },
     /// An I/O operation on the spill directory failed; `op` says which, `path` on what.
     #[error("{op} {}: {source}", path.display())]
     Io {
+        /// What was being done, as a verb phrase ("create spill directory").
         op: &'static str,
+        /// The file or folder it was done to.
         path: PathBuf,
+        /// The OS error.
         source: std::io::Error,
     },
     /// The location names no live object of this store (freed already, or never spilled here).
     #[error("spill location {loc:?} names no live object")]
-    NotLive { loc: SpillLoc },
+    NotLive {
+        /// The location given.
+        loc: SpillLoc,
+    },
     /// Another spill store, in this process or another, owns the directory.
     #[error("spill directory {} is in use by another spill store", path.display())]
-    DirInUse { path: PathBuf },
+    DirInUse {
+        /// The folder.
+        path: PathBuf,
+    },
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SpillError + 'a {

@@ -1,11 +1,12 @@
-//! The object store: object table, lifecycle, pins, LRU and spilling.
+//! The object store: lifecycle, pins, clients, KV names, and the I/O of
+//! spilling and restoring.
 //!
 //! Layout: one [`Arena`] holds the bytes; a [`Tlsf`] allocator hands out
-//! 64-byte aligned ranges of it; the object table maps [`ObjectId`]s to
-//! compact [`Entry`] records kept in a slab (`Vec<Entry>`) and indexed by a
-//! `hashbrown::HashTable<u32>` of slab positions — 5 bytes of index per object
-//! instead of a copy of the key — which keeps metadata well under 256 bytes
-//! per object with a million small objects.
+//! 64-byte aligned ranges of it; the object table (slab, index and LRU list,
+//! in `table`) records each object. Which objects leave memory under
+//! pressure is decided by `table::choose_victims`, a pure function; this
+//! module applies its choice: it drops secondary copies, marks spill victims
+//! Spilling, writes them out and records where they went.
 //!
 //! Invariants (checked by the model-based proptest):
 //! - an entry owns an allocator block exactly when its bytes are in memory
@@ -29,96 +30,25 @@
 //! way. Waiters (blocking gets) sleep on one condition variable that is
 //! notified whenever an object becomes readable.
 
-use crate::alloc::{BlockHandle, Tlsf};
+use crate::alloc::Tlsf;
 use crate::arena::Arena;
+pub use crate::config::StoreConfig;
+use crate::error::StoreError;
 use crate::id::ObjectId;
 use crate::protocol::{ErrorCode, ErrorReply, ObjectInfo, ObjectState, ObjectView, StoreStats};
-use crate::spill::{SpillConfig, SpillError, SpillLoc, SpillStore};
-use hashbrown::{DefaultHashBuilder, HashMap, HashSet, HashTable};
+use crate::spill::{SpillError, SpillLoc, SpillStore};
+use crate::table::{choose_victims, Choice, Entry, Pass, State, Table, NONE};
+use hashbrown::{HashMap, HashSet};
 use parking_lot::{Condvar, Mutex, MutexGuard};
-use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
 
 /// Identifies a connected client inside the store (pins and unsealed
 /// objects are tracked per client so a disconnect can undo them).
 pub type ClientId = u32;
 
-const NONE: u32 = u32::MAX;
-/// Upper bound on bytes written per spill batch, so memory is handed back in
-/// steps rather than after one huge write.
-const SPILL_BATCH_MAX: u64 = 256 << 20;
-
 /// How long restores must pause before the background thread reclaims the
 /// disk space they released.
 const FREE_IDLE: Duration = Duration::from_millis(50);
-
-/// Store settings (validated).
-#[derive(Debug, Clone)]
-pub struct StoreConfig {
-    /// Arena size in bytes.
-    pub capacity: u64,
-    /// Allocate and map every arena page at start.
-    pub prefault: bool,
-    /// Fraction of the arena above which background spilling starts.
-    pub high_watermark: f64,
-    /// Fraction of the arena background spilling brings usage down to.
-    pub low_watermark: f64,
-    /// Where and how much to spill; `None` disables spilling.
-    pub spill: Option<SpillConfig>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    Unsealed,
-    Sealed,
-    Spilling,
-    Spilled,
-    Restoring,
-}
-
-/// One object's record. Kept at 64 bytes: with a million objects the table
-/// is most of the worker's metadata.
-#[derive(Debug, Clone)]
-struct Entry {
-    id: ObjectId,
-    data_size: u64,
-    meta_size: u32,
-    pins: u32,
-    /// Allocator block while in memory, `NONE` otherwise.
-    block: BlockHandle,
-    lru_prev: u32,
-    lru_next: u32,
-    /// Index into `Inner::spill_locs` while a disk copy exists, else `NONE`.
-    spill: u32,
-    /// Creator of an unsealed object.
-    owner: ClientId,
-    state: State,
-    /// Deleted while pinned or mid-I/O: invisible, freed when the last
-    /// holder lets go.
-    delete_pending: bool,
-    /// Slab slot not in use.
-    vacant: bool,
-    /// A copy pulled from another node: under pressure it is dropped, not
-    /// spilled, since the primary still has the bytes.
-    secondary: bool,
-}
-
-impl Entry {
-    fn total(&self) -> u64 {
-        self.data_size + self.meta_size as u64
-    }
-    fn readable(&self) -> bool {
-        !self.vacant
-            && !self.delete_pending
-            && matches!(self.state, State::Sealed | State::Spilling)
-    }
-    fn exists(&self) -> bool {
-        !self.vacant && !self.delete_pending
-    }
-}
-
-// The table's memory is dominated by entries; keep them one cache line.
-const _: () = assert!(std::mem::size_of::<Entry>() <= 64);
 
 #[derive(Default)]
 struct ClientState {
@@ -128,12 +58,7 @@ struct ClientState {
 
 struct Inner {
     alloc: Tlsf,
-    entries: Vec<Entry>,
-    vacant: Vec<u32>,
-    index: HashTable<u32>,
-    hasher: DefaultHashBuilder,
-    lru_head: u32,
-    lru_tail: u32,
+    table: Table,
     spill_locs: Vec<SpillLoc>,
     spill_vacant: Vec<u32>,
     kv: HashMap<Box<[u8]>, ObjectId>,
@@ -181,100 +106,22 @@ fn err(code: ErrorCode, message: impl Into<String>) -> ErrorReply {
 }
 
 impl Inner {
-    fn hash(&self, id: &ObjectId) -> u64 {
-        self.hasher.hash_one(id)
-    }
-
-    fn find(&self, id: &ObjectId) -> Option<u32> {
-        let h = self.hash(id);
-        let entries = &self.entries;
-        self.index
-            .find(h, |&i| entries[i as usize].id == *id)
-            .copied()
-    }
-
-    fn insert(&mut self, e: Entry) -> u32 {
-        let h = self.hash(&e.id);
-        let slot = match self.vacant.pop() {
-            Some(s) => {
-                self.entries[s as usize] = e;
-                s
-            }
-            None => {
-                self.entries.push(e);
-                (self.entries.len() - 1) as u32
-            }
-        };
-        let Inner {
-            index,
-            entries,
-            hasher,
-            ..
-        } = self;
-        index.insert_unique(h, slot, |&i| hasher.hash_one(entries[i as usize].id));
-        slot
-    }
-
-    /// Removes the entry from the table; its block and spill copy must be
-    /// released by the caller first.
-    fn remove(&mut self, slot: u32) {
-        let id = self.entries[slot as usize].id;
-        let h = self.hash(&id);
-        let entries = &self.entries;
-        if let Ok(occ) = self.index.find_entry(h, |&i| entries[i as usize].id == id) {
-            occ.remove();
-        }
-        let e = &mut self.entries[slot as usize];
-        e.vacant = true;
-        e.block = NONE;
-        e.spill = NONE;
-        self.vacant.push(slot);
-    }
-
-    fn lru_push_back(&mut self, slot: u32) {
-        let tail = self.lru_tail;
-        {
-            let e = &mut self.entries[slot as usize];
-            e.lru_prev = tail;
-            e.lru_next = NONE;
-        }
-        if tail == NONE {
-            self.lru_head = slot;
-        } else {
-            self.entries[tail as usize].lru_next = slot;
-        }
-        self.lru_tail = slot;
-    }
-
-    fn lru_unlink(&mut self, slot: u32) {
-        let (prev, next) = {
-            let e = &self.entries[slot as usize];
-            (e.lru_prev, e.lru_next)
-        };
-        if prev == NONE {
-            if self.lru_head != slot {
-                return; // not in the list
-            }
-            self.lru_head = next;
-        } else {
-            self.entries[prev as usize].lru_next = next;
-        }
-        if next == NONE {
-            self.lru_tail = prev;
-        } else {
-            self.entries[next as usize].lru_prev = prev;
-        }
-        let e = &mut self.entries[slot as usize];
-        e.lru_prev = NONE;
-        e.lru_next = NONE;
+    /// The victims [`choose_victims`] picks from the LRU list right now.
+    fn choose(&self, target: u64, pass: Pass) -> Choice {
+        let (table, alloc) = (&self.table, &self.alloc);
+        let lru = table.lru().map(|slot| {
+            let e = &table[slot];
+            e.candidate(slot, alloc.size(e.block))
+        });
+        choose_victims(lru, target, pass)
     }
 
     fn offset(&self, slot: u32) -> u64 {
-        self.alloc.offset(self.entries[slot as usize].block)
+        self.alloc.offset(self.table[slot].block)
     }
 
     fn view(&self, slot: u32) -> ObjectView {
-        let e = &self.entries[slot as usize];
+        let e = &self.table[slot];
         ObjectView {
             offset: self.alloc.offset(e.block),
             data_size: e.data_size,
@@ -284,12 +131,12 @@ impl Inner {
 
     fn pin(&mut self, client: ClientId, slot: u32) {
         let (first, id) = {
-            let e = &mut self.entries[slot as usize];
+            let e = &mut self.table[slot];
             e.pins += 1;
             (e.pins == 1, e.id)
         };
         if first {
-            self.lru_unlink(slot);
+            self.table.lru_unlink(slot);
         }
         *self
             .clients
@@ -314,7 +161,7 @@ impl Inner {
     }
 
     fn take_spill_loc(&mut self, slot: u32) -> Option<SpillLoc> {
-        let i = std::mem::replace(&mut self.entries[slot as usize].spill, NONE);
+        let i = std::mem::replace(&mut self.table[slot].spill, NONE);
         if i == NONE {
             return None;
         }
@@ -323,9 +170,7 @@ impl Inner {
     }
 
     fn meta_bytes(&self) -> u64 {
-        (self.entries.capacity() * std::mem::size_of::<Entry>()
-            + self.vacant.capacity() * 4
-            + self.index.capacity() * 5
+        (self.table.meta_bytes()
             + self.spill_locs.capacity() * std::mem::size_of::<SpillLoc>()
             + self.spill_vacant.capacity() * 4
             + self.alloc.metadata_bytes()) as u64
@@ -338,24 +183,19 @@ impl Inner {
 }
 
 impl Store {
-    /// Creates the arena and (when configured) opens the spill folder.
-    pub fn new(config: StoreConfig) -> std::io::Result<Store> {
-        let arena = Arena::create(config.capacity, config.prefault)?;
+    /// Checks the config, creates the arena and (when configured) opens the
+    /// spill folder.
+    pub fn new(config: StoreConfig) -> Result<Store, StoreError> {
+        config.validate()?;
+        let arena = Arena::create(config.capacity, config.prefault).map_err(StoreError::Arena)?;
         let spill = match &config.spill {
-            Some(cfg) => Some(
-                SpillStore::open(cfg.clone()).map_err(|e| std::io::Error::other(e.to_string()))?,
-            ),
+            Some(cfg) => Some(SpillStore::open(cfg.clone())?),
             None => None,
         };
         Ok(Store {
             inner: Mutex::new(Inner {
                 alloc: Tlsf::new(config.capacity),
-                entries: Vec::new(),
-                vacant: Vec::new(),
-                index: HashTable::new(),
-                hasher: DefaultHashBuilder::default(),
-                lru_head: NONE,
-                lru_tail: NONE,
+                table: Table::new(),
                 spill_locs: Vec::new(),
                 spill_vacant: Vec::new(),
                 kv: HashMap::new(),
@@ -409,15 +249,15 @@ impl Store {
             return;
         };
         for (id, n) in state.pins {
-            if let Some(slot) = g.find(&id) {
+            if let Some(slot) = g.table.find(&id) {
                 for _ in 0..n {
                     self.unpin_locked(&mut g, slot);
                 }
             }
         }
         for id in state.unsealed {
-            if let Some(slot) = g.find(&id) {
-                let e = &g.entries[slot as usize];
+            if let Some(slot) = g.table.find(&id) {
+                let e = &g.table[slot];
                 if e.state == State::Unsealed && e.owner == client {
                     self.free_object(&mut g, slot);
                 }
@@ -477,7 +317,7 @@ impl Store {
         }
         let mut g = self.inner.lock();
         let slot = self.create_locked(&mut g, client, id, data_size, meta_size as u32)?;
-        g.entries[slot as usize].secondary = secondary;
+        g.table[slot].secondary = secondary;
         let off = g.offset(slot);
         self.maybe_wake_spiller(&g);
         Ok(off)
@@ -493,8 +333,8 @@ impl Store {
     ) -> Result<u32, ErrorReply> {
         let total = data_size + meta_size as u64;
         loop {
-            if let Some(slot) = g.find(&id) {
-                let what = if g.entries[slot as usize].delete_pending {
+            if let Some(slot) = g.table.find(&id) {
+                let what = if g.table[slot].delete_pending {
                     "is being deleted"
                 } else {
                     "already exists"
@@ -502,21 +342,9 @@ impl Store {
                 return Err(err(ErrorCode::AlreadyExists, format!("object {id} {what}")));
             }
             if let Some(a) = g.alloc.alloc(total) {
-                let slot = g.insert(Entry {
-                    id,
-                    data_size,
-                    meta_size,
-                    pins: 0,
-                    block: a.handle,
-                    lru_prev: NONE,
-                    lru_next: NONE,
-                    spill: NONE,
-                    owner: client,
-                    state: State::Unsealed,
-                    delete_pending: false,
-                    vacant: false,
-                    secondary: false,
-                });
+                let slot = g
+                    .table
+                    .insert(Entry::unsealed(id, data_size, meta_size, a.handle, client));
                 g.clients.entry(client).or_default().unsealed.insert(id);
                 return Ok(slot);
             }
@@ -563,7 +391,7 @@ impl Store {
     }
 
     /// Picks LRU victims totalling at least `target` bytes (bounded by
-    /// [`SPILL_BATCH_MAX`]), writes them out and frees their memory. Returns
+    /// `SPILL_BATCH_MAX`, see [`choose_victims`]), writes them out and frees their memory. Returns
     /// the bytes freed. The lock is released during the write.
     fn spill_batch(
         &self,
@@ -582,35 +410,15 @@ impl Store {
         self.flush_deferred_frees();
         // Victims in LRU order, skipping any that would not fit in the disk
         // quota (so a batch is never refused as a whole because of one big
-        // object); the scan is bounded to keep the lock hold short.
+        // object); `choose_victims` bounds the scan to keep the lock hold short.
         let room = spill
             .limit()
             .saturating_sub(spill.used())
             .saturating_add(credit);
-        let mut victims = Vec::new();
-        let mut bytes = 0u64;
-        let mut disk = 0u64;
-        let mut smallest_refused = None::<u64>;
-        let mut cur = g.lru_head;
-        let mut scanned = 0;
-        while cur != NONE && bytes < target.clamp(1, SPILL_BATCH_MAX) && scanned < 4096 {
-            let e = &g.entries[cur as usize];
-            let next = e.lru_next;
-            let size = e.total();
-            if e.secondary {
-                // Left for the next eviction pass, never written to disk.
-            } else if disk + size <= room {
-                disk += size;
-                bytes += g.alloc.size(e.block);
-                victims.push(cur);
-            } else {
-                smallest_refused = Some(smallest_refused.map_or(size, |m| m.min(size)));
-            }
-            scanned += 1;
-            cur = next;
-        }
+        let choice = g.choose(target, Pass::Spill { disk_room: room });
+        let victims = choice.victims;
         if victims.is_empty() {
-            return match smallest_refused {
+            return match choice.smallest_refused {
                 _ if evicted > 0 => Ok(evicted),
                 Some(requested) => Err(SpillError::LimitReached {
                     requested,
@@ -622,10 +430,10 @@ impl Store {
         }
         let mut ranges = Vec::with_capacity(victims.len());
         for &slot in &victims {
-            g.lru_unlink(slot);
-            g.entries[slot as usize].state = State::Spilling;
+            g.table.lru_unlink(slot);
+            g.table[slot].state = State::Spilling;
             let off = g.offset(slot);
-            ranges.push((off, g.entries[slot as usize].total()));
+            ranges.push((off, g.table[slot].total()));
         }
         let result = MutexGuard::unlocked(g, || {
             // SAFETY: every range belongs to a sealed object in state
@@ -642,7 +450,7 @@ impl Store {
             Ok(locs) => {
                 for (slot, loc) in victims.into_iter().zip(locs) {
                     let (pins, delete_pending, block) = {
-                        let e = &g.entries[slot as usize];
+                        let e = &g.table[slot];
                         (e.pins, e.delete_pending, e.block)
                     };
                     if delete_pending && pins == 0 {
@@ -653,12 +461,12 @@ impl Store {
                         // Someone got it while it was being written: it stays
                         // in memory and the disk copy is dropped.
                         spill.free(&loc);
-                        g.entries[slot as usize].state = State::Sealed;
+                        g.table[slot].state = State::Sealed;
                     } else {
                         freed += g.alloc.size(block);
                         g.alloc.free(block);
                         let li = g.add_spill_loc(loc);
-                        let e = &mut g.entries[slot as usize];
+                        let e = &mut g.table[slot];
                         e.block = NONE;
                         e.spill = li;
                         e.state = State::Spilled;
@@ -670,12 +478,12 @@ impl Store {
             }
             Err(e) => {
                 for slot in victims {
-                    let en = &mut g.entries[slot as usize];
+                    let en = &mut g.table[slot];
                     en.state = State::Sealed;
                     if en.delete_pending && en.pins == 0 {
                         self.free_object(g, slot);
                     } else if en.pins == 0 && !en.delete_pending {
-                        g.lru_push_back(slot);
+                        g.table.lru_push_back(slot);
                     }
                 }
                 self.changed.notify_all();
@@ -688,20 +496,11 @@ impl Store {
     /// `target` bytes are freed or none is left in the first part of the LRU
     /// list. Returns the bytes freed.
     fn evict_secondaries(&self, g: &mut Inner, target: u64) -> u64 {
-        let mut freed = 0;
-        let mut cur = g.lru_head;
-        let mut scanned = 0;
-        while cur != NONE && freed < target && scanned < 4096 {
-            let e = &g.entries[cur as usize];
-            let next = e.lru_next;
-            if e.secondary {
-                freed += g.alloc.size(e.block);
-                self.free_object(g, cur);
-            }
-            scanned += 1;
-            cur = next;
+        let choice = g.choose(target, Pass::Evict);
+        for &slot in &choice.victims {
+            self.free_object(g, slot);
         }
-        freed
+        choice.freed
     }
 
     /// Spills until usage is at or below `target_used` bytes or nothing more
@@ -800,15 +599,16 @@ impl Store {
     pub fn seal(&self, client: ClientId, id: ObjectId) -> Result<(), ErrorReply> {
         let mut g = self.inner.lock();
         let slot = g
+            .table
             .find(&id)
-            .filter(|&s| g.entries[s as usize].exists())
+            .filter(|&s| g.table[s].exists())
             .ok_or_else(|| {
                 err(
                     ErrorCode::NotFound,
                     format!("cannot seal object {id}: not found"),
                 )
             })?;
-        let e = &g.entries[slot as usize];
+        let e = &g.table[slot];
         if e.state != State::Unsealed {
             return Err(err(
                 ErrorCode::InvalidState,
@@ -828,12 +628,12 @@ impl Store {
     }
 
     fn seal_locked(&self, g: &mut Inner, client: ClientId, slot: u32) {
-        let id = g.entries[slot as usize].id;
-        g.entries[slot as usize].state = State::Sealed;
+        let id = g.table[slot].id;
+        g.table[slot].state = State::Sealed;
         if let Some(c) = g.clients.get_mut(&client) {
             c.unsealed.remove(&id);
         }
-        g.lru_push_back(slot);
+        g.table.lru_push_back(slot);
     }
 
     /// Create + copy + seal in one step (small objects).
@@ -875,15 +675,16 @@ impl Store {
     pub fn abort(&self, client: ClientId, id: ObjectId) -> Result<(), ErrorReply> {
         let mut g = self.inner.lock();
         let slot = g
+            .table
             .find(&id)
-            .filter(|&s| g.entries[s as usize].exists())
+            .filter(|&s| g.table[s].exists())
             .ok_or_else(|| {
                 err(
                     ErrorCode::NotFound,
                     format!("cannot abort object {id}: not found"),
                 )
             })?;
-        let e = &g.entries[slot as usize];
+        let e = &g.table[slot];
         if e.state != State::Unsealed {
             return Err(err(
                 ErrorCode::InvalidState,
@@ -905,8 +706,7 @@ impl Store {
 
     /// Releases an object's memory, disk copy and table slot.
     fn free_object(&self, g: &mut Inner, slot: u32) {
-        g.lru_unlink(slot);
-        let block = g.entries[slot as usize].block;
+        let block = g.table[slot].block;
         if block != NONE {
             g.alloc.free(block);
         }
@@ -915,14 +715,15 @@ impl Store {
                 s.free(&loc);
             }
         }
-        g.remove(slot);
+        // Also takes it out of the LRU list.
+        g.table.remove(slot);
     }
 
     fn probe(&self, g: &Inner, id: &ObjectId) -> Probe {
-        match g.find(id) {
+        match g.table.find(id) {
             None => Probe::Wait,
             Some(slot) => {
-                let e = &g.entries[slot as usize];
+                let e = &g.table[slot];
                 if !e.exists() {
                     return Probe::Wait;
                 }
@@ -1017,7 +818,7 @@ impl Store {
     }
 
     fn absent_error(&self, g: &Inner, id: &ObjectId, waited_ms: u128) -> ErrorReply {
-        match g.find(id).map(|s| &g.entries[s as usize]) {
+        match g.table.find(id).map(|s| &g.table[s]) {
             Some(e) if e.exists() && e.state == State::Unsealed => err(
                 ErrorCode::Timeout,
                 format!("object {id} is still unsealed after waiting {waited_ms} ms"),
@@ -1061,12 +862,12 @@ impl Store {
         let mut batch = Vec::with_capacity(slots.len());
         for (k, &slot) in slots.iter().enumerate() {
             let (id, total) = {
-                let e = &g.entries[slot as usize];
+                let e = &g.table[slot];
                 (e.id, e.total())
             };
             let placed = loop {
-                match g.find(&id) {
-                    Some(s) if s == slot && g.entries[s as usize].state == State::Spilled => {}
+                match g.table.find(&id) {
+                    Some(s) if s == slot && g.table[s].state == State::Spilled => {}
                     _ => break None, // restored or deleted meanwhile
                 }
                 if let Some(a) = g.alloc.alloc(total) {
@@ -1085,9 +886,9 @@ impl Store {
             let Some(handle) = placed else {
                 continue;
             };
-            let loc = g.spill_locs[g.entries[slot as usize].spill as usize];
+            let loc = g.spill_locs[g.table[slot].spill as usize];
             {
-                let e = &mut g.entries[slot as usize];
+                let e = &mut g.table[slot];
                 e.block = handle;
                 e.state = State::Restoring;
             }
@@ -1121,17 +922,17 @@ impl Store {
                         restored_any = true;
                     }
                     g.restore_ops += 1;
-                    let e = &mut g.entries[slot as usize];
+                    let e = &mut g.table[slot];
                     e.state = State::Sealed;
                     if e.delete_pending && e.pins == 0 {
                         self.free_object(g, slot);
                     } else if e.pins == 0 {
-                        g.lru_push_back(slot);
+                        g.table.lru_push_back(slot);
                     }
                 }
                 Err(e) => {
                     g.alloc.free(handle);
-                    let en = &mut g.entries[slot as usize];
+                    let en = &mut g.table[slot];
                     en.block = NONE;
                     en.state = State::Spilled;
                     if en.delete_pending {
@@ -1169,13 +970,13 @@ impl Store {
                 return;
             }
         }
-        if let Some(slot) = g.find(&id) {
+        if let Some(slot) = g.table.find(&id) {
             self.unpin_locked(&mut g, slot);
         }
     }
 
     fn unpin_locked(&self, g: &mut Inner, slot: u32) {
-        let e = &mut g.entries[slot as usize];
+        let e = &mut g.table[slot];
         if e.pins == 0 {
             return;
         }
@@ -1184,7 +985,7 @@ impl Store {
             if e.delete_pending && e.state == State::Sealed {
                 self.free_object(g, slot);
             } else if e.state == State::Sealed && !e.delete_pending {
-                g.lru_push_back(slot);
+                g.table.lru_push_back(slot);
             }
         }
     }
@@ -1201,15 +1002,16 @@ impl Store {
 
     fn delete_locked(&self, g: &mut Inner, id: &ObjectId) -> Result<(), ErrorReply> {
         let slot = g
+            .table
             .find(id)
-            .filter(|&s| g.entries[s as usize].exists())
+            .filter(|&s| g.table[s].exists())
             .ok_or_else(|| {
                 err(
                     ErrorCode::NotFound,
                     format!("cannot delete object {id}: not found"),
                 )
             })?;
-        let e = &mut g.entries[slot as usize];
+        let e = &mut g.table[slot];
         match e.state {
             State::Unsealed => Err(err(
                 ErrorCode::InvalidState,
@@ -1227,7 +1029,7 @@ impl Store {
             }
             _ => {
                 e.delete_pending = true;
-                g.lru_unlink(slot);
+                g.table.lru_unlink(slot);
                 Ok(())
             }
         }
@@ -1236,8 +1038,8 @@ impl Store {
     /// Whether a sealed object with this ID exists (in memory or on disk).
     pub fn contains(&self, id: &ObjectId) -> bool {
         let g = self.inner.lock();
-        g.find(id).is_some_and(|s| {
-            let e = &g.entries[s as usize];
+        g.table.find(id).is_some_and(|s| {
+            let e = &g.table[s];
             e.exists() && e.state != State::Unsealed
         })
     }
@@ -1245,8 +1047,8 @@ impl Store {
     /// Up to `limit` objects.
     pub fn list(&self, limit: usize) -> Vec<ObjectInfo> {
         let g = self.inner.lock();
-        g.entries
-            .iter()
+        g.table
+            .live()
             .filter(|e| e.exists())
             .take(limit)
             .map(|e| ObjectInfo {
@@ -1285,7 +1087,7 @@ impl Store {
             waiters: g.waiters,
             ..Default::default()
         };
-        for e in g.entries.iter().filter(|e| !e.vacant) {
+        for e in g.table.live() {
             match e.state {
                 State::Unsealed => s.unsealed += 1,
                 State::Spilled => {
@@ -1307,8 +1109,8 @@ impl Store {
     /// Binds `key` to a sealed object, deleting the object it replaces.
     pub fn kv_bind(&self, key: &[u8], id: ObjectId) -> Result<(), ErrorReply> {
         let mut g = self.inner.lock();
-        let ok = g.find(&id).is_some_and(|s| {
-            let e = &g.entries[s as usize];
+        let ok = g.table.find(&id).is_some_and(|s| {
+            let e = &g.table[s];
             e.exists() && e.state != State::Unsealed
         });
         if !ok {
@@ -1391,26 +1193,10 @@ impl Store {
     #[doc(hidden)]
     pub fn check_invariants(&self) -> Result<(), String> {
         let g = self.inner.lock();
-        let mut in_lru = HashSet::new();
-        let mut cur = g.lru_head;
-        let mut prev = NONE;
-        while cur != NONE {
-            let e = &g.entries[cur as usize];
-            if e.lru_prev != prev {
-                return Err(format!("lru back link broken at {}", e.id));
-            }
-            if !in_lru.insert(cur) {
-                return Err("lru cycle".into());
-            }
-            prev = cur;
-            cur = e.lru_next;
-        }
-        if g.lru_tail != prev {
-            return Err("lru tail wrong".into());
-        }
+        let in_lru: HashSet<u32> = g.table.check_lru()?.into_iter().collect();
         let mut used = 0u64;
         let mut ranges = Vec::new();
-        for (slot, e) in g.entries.iter().enumerate() {
+        for (slot, e) in g.table.slots() {
             if e.vacant {
                 continue;
             }
@@ -1428,7 +1214,7 @@ impl Store {
                 return Err(format!("{}: spill location does not match state", e.id));
             }
             let candidate = e.state == State::Sealed && e.pins == 0 && !e.delete_pending;
-            if candidate != in_lru.contains(&(slot as u32)) {
+            if candidate != in_lru.contains(&slot) {
                 return Err(format!("{}: lru membership wrong ({:?})", e.id, e.state));
             }
             if e.block != NONE {
@@ -1440,7 +1226,7 @@ impl Store {
                 used += size;
                 ranges.push((off, off + size));
             }
-            if g.find(&e.id) != Some(slot as u32) {
+            if g.table.find(&e.id) != Some(slot) {
                 return Err(format!("{}: index does not find its slot", e.id));
             }
         }
@@ -1464,8 +1250,8 @@ impl Store {
     #[doc(hidden)]
     pub fn peek(&self, id: &ObjectId) -> Option<Vec<u8>> {
         let g = self.inner.lock();
-        let slot = g.find(id)?;
-        let e = &g.entries[slot as usize];
+        let slot = g.table.find(id)?;
+        let e = &g.table[slot];
         if !e.readable() {
             return None;
         }
@@ -1479,8 +1265,10 @@ impl Store {
     #[doc(hidden)]
     pub fn write_unsealed(&self, id: &ObjectId, at: u64, bytes: &[u8]) -> bool {
         let g = self.inner.lock();
-        let Some(slot) = g.find(id) else { return false };
-        let e = &g.entries[slot as usize];
+        let Some(slot) = g.table.find(id) else {
+            return false;
+        };
+        let e = &g.table[slot];
         if e.vacant || e.state != State::Unsealed || at + bytes.len() as u64 > e.total() {
             return false;
         }

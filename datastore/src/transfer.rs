@@ -27,12 +27,14 @@
 //!   remembered and applied right after the pull seals it.
 //!
 //! Peer wire format: the connecting side first writes [`PEER_MAGIC`]; then
-//! frames as in [`crate::protocol`] (u32 length, tag, fields). Requests:
+//! frames as in [`crate::protocol`] (u32 length, tag, fields; the tags are
+//! declared once, by `wire_tags!`). [`PeerRequest::decode`] is a pure
+//! function of the bytes, fuzzed by `fuzz/`'s `decode_peer_request`. Requests:
 //! `Pull{id, timeout_ms, requester_tag}` answered by `PullOk{data_size,
 //! meta_size}` plus the raw bytes, or `Error`; `Delete{ids}` answered by `Ok`.
 
 use crate::id::{NodeTag, ObjectId};
-use crate::protocol::{read_frame, DecodeError, ErrorCode, ErrorReply, Reader, Writer};
+use crate::protocol::{read_frame, wire_tags, DecodeError, ErrorCode, ErrorReply, Reader, Writer};
 use crate::store::{ClientId, Store};
 use parking_lot::{Condvar, Mutex};
 use std::collections::{HashMap, HashSet};
@@ -56,49 +58,79 @@ fn err(code: ErrorCode, message: impl Into<String>) -> ErrorReply {
     ErrorReply::new(code, message)
 }
 
-enum PeerRequest {
+wire_tags! {
+    /// The first byte of a peer request body: which [`PeerRequest`] follows.
+    enum PeerRequestTag: u8 {
+        Pull = 1,
+        Delete = 2,
+    }
+}
+
+wire_tags! {
+    /// The first byte of a peer response body: which `PeerResponse` follows.
+    enum PeerResponseTag: u8 {
+        PullOk = 1,
+        Ok = 2,
+        Error = 3,
+    }
+}
+
+/// What one data worker asks another on its transfer port. The bytes come
+/// from the network, so [`PeerRequest::decode`] keeps the guarantees of
+/// [`crate::protocol`]'s decoders: it never panics, allocates no more than the
+/// body justifies, and accepts exactly one encoding of each request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerRequest {
+    /// Send me this object (data, then metadata) once it is sealed.
     Pull {
+        /// The object (its node tag must be the serving node's).
         id: ObjectId,
+        /// How long the server may wait for the object to be sealed.
         timeout_ms: u64,
+        /// The node asking, recorded so it learns when the object is freed.
         requester: NodeTag,
     },
+    /// Delete your copies of these objects (the owner freed them).
     Delete {
+        /// The objects.
         ids: Vec<ObjectId>,
     },
 }
 
 impl PeerRequest {
-    fn encode(&self) -> Vec<u8> {
+    /// Encodes the request as a complete frame (length prefix included).
+    pub fn encode(&self) -> Vec<u8> {
         match self {
             PeerRequest::Pull {
                 id,
                 timeout_ms,
                 requester,
             } => {
-                let mut w = Writer::with_tag(1);
+                let mut w = Writer::with_tag(PeerRequestTag::Pull);
                 w.id(id);
                 w.u64(*timeout_ms);
                 w.u64(requester.0);
                 w.finish()
             }
             PeerRequest::Delete { ids } => {
-                let mut w = Writer::with_tag(2);
+                let mut w = Writer::with_tag(PeerRequestTag::Delete);
                 w.ids(ids);
                 w.finish()
             }
         }
     }
 
-    fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+    /// Decodes a request body (the frame without its length prefix). A pure
+    /// function of the bytes: the peer server and the fuzz target call it alike.
+    pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader { buf: body };
-        let req = match r.u8("tag")? {
-            1 => PeerRequest::Pull {
+        let req = match r.tag()? {
+            PeerRequestTag::Pull => PeerRequest::Pull {
                 id: r.id()?,
                 timeout_ms: r.u64("timeout")?,
                 requester: NodeTag(r.u64("requester")?),
             },
-            2 => PeerRequest::Delete { ids: r.ids()? },
-            t => return Err(DecodeError::UnknownTag(t)),
+            PeerRequestTag::Delete => PeerRequest::Delete { ids: r.ids()? },
         };
         r.end()?;
         Ok(req)
@@ -118,14 +150,14 @@ impl PeerResponse {
                 data_size,
                 meta_size,
             } => {
-                let mut w = Writer::with_tag(1);
+                let mut w = Writer::with_tag(PeerResponseTag::PullOk);
                 w.u64(*data_size);
                 w.u64(*meta_size);
                 w.finish()
             }
-            PeerResponse::Ok => Writer::with_tag(2).finish(),
+            PeerResponse::Ok => Writer::with_tag(PeerResponseTag::Ok).finish(),
             PeerResponse::Error(e) => {
-                let mut w = Writer::with_tag(3);
+                let mut w = Writer::with_tag(PeerResponseTag::Error);
                 w.err(e);
                 w.finish()
             }
@@ -134,14 +166,13 @@ impl PeerResponse {
 
     fn decode(body: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader { buf: body };
-        let resp = match r.u8("tag")? {
-            1 => PeerResponse::PullOk {
+        let resp = match r.tag()? {
+            PeerResponseTag::PullOk => PeerResponse::PullOk {
                 data_size: r.u64("data size")?,
                 meta_size: r.u64("meta size")?,
             },
-            2 => PeerResponse::Ok,
-            3 => PeerResponse::Error(r.err()?),
-            t => return Err(DecodeError::UnknownTag(t)),
+            PeerResponseTag::Ok => PeerResponse::Ok,
+            PeerResponseTag::Error => PeerResponse::Error(r.err()?),
         };
         r.end()?;
         Ok(resp)
@@ -730,8 +761,8 @@ pub fn serve(node: Arc<Node>, listener: TcpListener, stop_fd: std::os::fd::RawFd
         tracing::error!("transfer listener: {e}");
         return;
     }
-    crate::server::poll_accept(listener.as_raw_fd(), stop_fd, "transfer listener", || {
-        crate::server::accept_all(
+    crate::listen::poll_accept(listener.as_raw_fd(), stop_fd, "transfer listener", || {
+        crate::listen::accept_all(
             || listener.accept(),
             |(stream, peer)| {
                 let node = Arc::clone(&node);
@@ -751,4 +782,83 @@ pub fn serve(node: Arc<Node>, listener: TcpListener, stop_fd: std::os::fd::RawFd
             },
         )
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::OBJECT_ID_LEN;
+    use proptest::prelude::*;
+
+    fn arb_id() -> impl Strategy<Value = ObjectId> {
+        any::<[u8; OBJECT_ID_LEN]>().prop_map(ObjectId)
+    }
+
+    fn arb_peer_request() -> impl Strategy<Value = PeerRequest> {
+        prop_oneof![
+            (arb_id(), any::<u64>(), any::<u64>()).prop_map(|(id, timeout_ms, r)| {
+                PeerRequest::Pull {
+                    id,
+                    timeout_ms,
+                    requester: NodeTag(r),
+                }
+            }),
+            proptest::collection::vec(arb_id(), 0..6).prop_map(|ids| PeerRequest::Delete { ids }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn peer_requests_round_trip(req in arb_peer_request()) {
+            let frame = req.encode();
+            let len = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
+            prop_assert_eq!(len, frame.len() - 4);
+            prop_assert_eq!(PeerRequest::decode(&frame[4..]), Ok(req));
+        }
+
+        #[test]
+        fn truncated_peer_requests_are_rejected(req in arb_peer_request(), cut in 0usize..64) {
+            let frame = req.encode();
+            let body = &frame[4..];
+            if cut < body.len() {
+                prop_assert!(PeerRequest::decode(&body[..cut]).is_err());
+            }
+        }
+
+        #[test]
+        fn peer_decoders_never_panic(body in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = PeerRequest::decode(&body);
+            let _ = PeerResponse::decode(&body);
+        }
+    }
+
+    #[test]
+    fn peer_tags_are_the_wire_bytes() {
+        for (tag, byte) in [(PeerRequestTag::Pull, 1u8), (PeerRequestTag::Delete, 2)] {
+            assert_eq!(u8::from(tag), byte);
+            assert_eq!(PeerRequestTag::try_from(byte), Ok(tag));
+        }
+        assert_eq!(PeerRequestTag::try_from(0), Err(0));
+        assert_eq!(PeerRequestTag::try_from(3), Err(3));
+        assert_eq!(
+            PeerRequest::decode(&[9]),
+            Err(DecodeError::UnknownTag(9)),
+            "an unknown tag is named as such"
+        );
+        let ok = PeerResponse::Ok.encode();
+        assert_eq!(ok, vec![1, 0, 0, 0, 2]);
+        assert!(matches!(
+            PeerResponse::decode(&ok[4..]),
+            Ok(PeerResponse::Ok)
+        ));
+    }
+
+    #[test]
+    fn hostile_delete_count_does_not_allocate() {
+        let body = [2u8, 0xff, 0xff, 0xff, 0xff];
+        assert!(matches!(
+            PeerRequest::decode(&body),
+            Err(DecodeError::Truncated { .. })
+        ));
+    }
 }

@@ -22,6 +22,12 @@ pub const MAX_PAYLOAD: usize = 256 << 20;
 /// Largest frame body: a payload at the limit plus its message's other fields.
 pub const MAX_FRAME: usize = MAX_PAYLOAD + (64 << 10);
 
+/// Body bytes [`read`] reserves before any arrive. Beyond this the buffer grows with the bytes
+/// received, so a head alone (4 bytes announcing up to [`MAX_FRAME`]) cannot make a reader
+/// allocate and zero a frame's worth of memory; found by fuzzing (`decode_instance_frame`).
+/// Readers reuse their buffer, so a large frame pays for the growth once per connection.
+const EAGER_BODY: usize = 64 << 10;
+
 /// Appends `msg` as one frame to `out`; refuses a message over [`MAX_FRAME`], naming its size.
 pub fn encode(msg: &impl Message, out: &mut Vec<u8>) -> io::Result<()> {
     let len = msg.encoded_len();
@@ -87,17 +93,14 @@ pub fn read<M: Message + Default>(r: &mut impl Read, buf: &mut Vec<u8>) -> io::R
     }
     let len = body_len(head)?;
     buf.clear();
-    buf.resize(len, 0);
-    r.read_exact(buf).map_err(|e| {
-        if e.kind() == io::ErrorKind::UnexpectedEof {
-            io::Error::new(
-                e.kind(),
-                format!("the connection closed inside a frame of {len} bytes"),
-            )
-        } else {
-            e
-        }
-    })?;
+    buf.reserve(len.min(EAGER_BODY));
+    let got = r.by_ref().take(len as u64).read_to_end(buf)?;
+    if got < len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("the connection closed inside a frame of {len} bytes"),
+        ));
+    }
     decode(buf).map(Some)
 }
 
@@ -151,5 +154,39 @@ mod tests {
         wire.extend_from_slice(&[0xff, 0xff, 0xff]);
         let e = read::<InstanceMessage>(&mut io::Cursor::new(wire), &mut buf).unwrap_err();
         assert!(e.to_string().contains("does not decode"), "{e}");
+    }
+
+    /// Regression (fuzzing): a head announcing the largest frame, followed by a few bytes and a
+    /// close, made the reader allocate and zero the whole frame first.
+    #[test]
+    fn a_head_alone_does_not_allocate_the_frame_it_announces() {
+        let mut wire = (MAX_FRAME as u32).to_le_bytes().to_vec();
+        wire.extend_from_slice(b"abc");
+        let mut buf = Vec::new();
+        let e = read::<InstanceMessage>(&mut io::Cursor::new(wire), &mut buf).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "{e}");
+        assert!(e.to_string().contains(&MAX_FRAME.to_string()), "{e}");
+        assert!(
+            buf.capacity() <= 2 * EAGER_BODY,
+            "{} bytes reserved for 3 received",
+            buf.capacity()
+        );
+    }
+
+    #[test]
+    fn a_frame_larger_than_the_eager_reserve_reads_whole() {
+        let big = vec![7u8; 3 * EAGER_BODY + 5];
+        let mut wire = to_frame(&result(9, &big)).unwrap();
+        encode(&result(10, b"next"), &mut wire).unwrap();
+        let mut r = io::Cursor::new(wire);
+        let mut buf = Vec::new();
+        let m: InstanceMessage = read(&mut r, &mut buf).unwrap().unwrap();
+        assert_eq!(m, result(9, &big));
+        let m: InstanceMessage = read(&mut r, &mut buf).unwrap().unwrap();
+        assert_eq!(
+            m,
+            result(10, b"next"),
+            "the next frame starts where the last ended"
+        );
     }
 }
