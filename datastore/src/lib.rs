@@ -7,7 +7,7 @@
 //! back transparently on the next get.
 //!
 //! Layout, roughly from the bytes up (no two modules import each other;
-//! `scripts/modcycles.py datastore/src` checks):
+//! `tests/tests/architecture.rs` checks):
 //! - [`arena`]: the memfd and its mappings; [`alloc`]: the TLSF allocator of
 //!   arena ranges; [`id`]: object IDs and node tags;
 //! - `table`: the object table (slab, index, LRU list) and `choose_victims`,
