@@ -26,7 +26,7 @@ pub const MAX_FRAME: usize = MAX_PAYLOAD + (64 << 10);
 /// received, so a head alone (4 bytes announcing up to [`MAX_FRAME`]) cannot make a reader
 /// allocate and zero a frame's worth of memory; found by fuzzing (`decode_instance_frame`).
 /// Readers reuse their buffer, so a large frame pays for the growth once per connection.
-const EAGER_BODY: usize = 64 << 10;
+pub const EAGER_BODY: usize = 64 << 10;
 
 /// Appends `msg` as one frame to `out`; refuses a message over [`MAX_FRAME`], naming its size.
 pub fn encode(msg: &impl Message, out: &mut Vec<u8>) -> io::Result<()> {

@@ -215,9 +215,16 @@ async fn read_frame<M: prost::Message + Default>(
         _ => rd.read_exact(&mut head[1..]).await?,
     };
     let len = frame::body_len(head)?;
+    // Grow with the bytes that arrive: a head alone must not cost the frame it announces.
     buf.clear();
-    buf.resize(len, 0);
-    rd.read_exact(buf).await?;
+    buf.reserve(len.min(frame::EAGER_BODY));
+    let got = (&mut *rd).take(len as u64).read_to_end(buf).await?;
+    if got < len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("the connection closed inside a frame of {len} bytes"),
+        ));
+    }
     frame::decode(buf).map(Some)
 }
 
