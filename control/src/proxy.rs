@@ -154,7 +154,7 @@ impl State {
         instances.values().filter(move |r| {
             r.function == function
                 && !r.stateful
-                && r.state == InstanceState::Running as i32
+                && r.state() == InstanceState::Running
                 && r.node_id != self.config.node_id
                 && self.local(&r.instance_id).is_none()
         })

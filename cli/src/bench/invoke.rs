@@ -104,7 +104,7 @@ impl Caller {
     /// One call; fails if it did not reach the function or the function failed.
     pub async fn call(&mut self) -> Result<()> {
         let r = self.client.invoke(self.req.clone()).await?.into_inner();
-        if r.error_kind != ErrorKind::ErrorNone as i32 {
+        if r.error_kind() != ErrorKind::ErrorNone {
             bail!("the no-op function failed: {}", r.error);
         }
         Ok(())

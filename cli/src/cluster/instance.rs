@@ -89,7 +89,7 @@ pub fn invoke(a: InvokeArgs) -> Result<()> {
                 .map_err(|e| anyhow!("proxy {}: {}", s.proxy_address, e.message()))
         })?
         .into_inner();
-    if r.error_kind != ErrorKind::ErrorNone as i32 {
+    if r.error_kind() != ErrorKind::ErrorNone {
         let kind = ErrorKind::try_from(r.error_kind)
             .map(|k| k.as_str_name())
             .unwrap_or("ERROR");

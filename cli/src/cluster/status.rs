@@ -57,7 +57,7 @@ pub fn status(a: StatusArgs) -> Result<()> {
         let running = st
             .instances
             .iter()
-            .filter(|i| i.function == f.name && i.state == InstanceState::Running as i32)
+            .filter(|i| i.function == f.name && i.state() == InstanceState::Running)
             .count();
         println!(
             "  {:<20} min {} max {} concurrency {}  running {}",
