@@ -77,7 +77,11 @@ impl Upstream {
     /// The proxy's reply; a problem only when the proxy did not answer at all.
     async fn invoke(&self, req: InvokeRequest) -> Result<InvokeReply, Problem> {
         match self {
-            Upstream::Local(proxy) => Ok(proxy.invoke(req).await),
+            // Boxed: the proxy's call future is large (it can forward, start an instance and
+            // wait), and inlining it into every request's handler future made each request move
+            // (measured beside the code before the split: rest_vs_bare 7% lower inline, equal
+            // boxed).
+            Upstream::Local(proxy) => Ok(Box::pin(proxy.invoke(req)).await),
             Upstream::Grpc(proxies, next) => {
                 if proxies.is_empty() {
                     return Err(Problem::upstream("proxy: no proxy connection"));
