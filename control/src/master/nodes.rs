@@ -53,15 +53,7 @@ impl MasterState {
     /// A node that stopped gracefully deleted its known-nodes key before its registration went:
     /// it left, it did not die, so `yr status` stops listing it.
     async fn forget_departed(&self, alive: &HashMap<String, NodeRecord>) {
-        let missing: Vec<String> = self
-            .known_nodes
-            .lock()
-            .await
-            .iter()
-            .filter(|id| !alive.contains_key(*id))
-            .cloned()
-            .collect();
-        for id in missing {
+        for id in self.known_but_not(alive).await {
             if let Ok(None) = self.meta.get_raw(&etcd::known_node_key(&id)).await {
                 tracing::info!(node = %id, "node left the cluster");
                 self.known_nodes.lock().await.remove(&id);

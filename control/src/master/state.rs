@@ -163,6 +163,20 @@ impl MasterState {
         }
     }
 
+    /// Known nodes that are not in `alive` (dead, or gone for good), sorted.
+    pub(super) async fn known_but_not(&self, alive: &HashMap<String, NodeRecord>) -> Vec<String> {
+        let mut missing: Vec<String> = self
+            .known_nodes
+            .lock()
+            .await
+            .iter()
+            .filter(|id| !alive.contains_key(*id))
+            .cloned()
+            .collect();
+        missing.sort();
+        missing
+    }
+
     /// Nodes (with what their instances reserve), dead nodes, functions and instances.
     pub async fn status(&self) -> Result<ClusterStatus> {
         let alive = self.nodes.snapshot();
@@ -180,15 +194,7 @@ impl MasterState {
             n.used = Some(placement::used_on(&instances, &n.node_id));
         }
         nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
-        let mut dead: Vec<String> = self
-            .known_nodes
-            .lock()
-            .await
-            .iter()
-            .filter(|id| !alive.contains_key(*id))
-            .cloned()
-            .collect();
-        dead.sort();
+        let dead = self.known_but_not(&alive).await;
         let mut functions = self.meta.functions().await?;
         functions.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(ClusterStatus {
