@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: demo test deps test-deps build lint unit bench bench-store fuzz clean
+.PHONY: demo test deps test-deps build lint unit python pytest bench bench-store fuzz clean
 
 deps:
 	@./scripts/install-deps.sh
@@ -19,8 +19,8 @@ build: deps
 demo: build
 	./target/release/yr demo
 
-## Every test: formatting, lints, unit, property and integration tests.
-test: test-deps lint unit
+## Every test: formatting, lints, unit, property and integration tests, and the Python package's.
+test: test-deps lint unit pytest
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -33,6 +33,15 @@ unit:
 	else \
 		$(CARGO) test --workspace --no-fail-fast; \
 	fi
+
+## The Python package `yr` (python/), built into the virtual environment the Makefile owns
+## (~/.cache/yr/py), and its tests against a real cluster.
+python: deps
+	@./scripts/python-env.sh
+
+pytest: python
+	$(CARGO) build --workspace --bins
+	YR_BIN=$(CURDIR)/target/debug/yr $(HOME)/.cache/yr/py/bin/pytest -q python/tests
 
 ## Benchmarks: every criterion group of `cargo bench` (store, invoke, transfer, rest). The
 ## JSON summaries with their same-run ratios are `yr bench store|invoke|transfer|rest --json`.
