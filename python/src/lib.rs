@@ -154,8 +154,9 @@ fn is_initialized() -> bool {
 #[pyfunction]
 fn put_bytes(py: Python<'_>, data: &[u8]) -> PyResult<PyObjectRef> {
     let yr = driver()?;
-    let data = data.to_vec();
-    py.allow_threads(move || yr.put_bytes(&data))
+    // `data` borrows an immutable bytes object the caller keeps alive: it can be read without
+    // the GIL, so the one copy is the one into shared memory.
+    py.allow_threads(move || yr.put_bytes(data))
         .map(PyObjectRef)
         .map_err(to_py)
 }
@@ -171,8 +172,10 @@ fn get_bytes<'py>(
     let yr = driver()?;
     let t = timeout_of(timeout)?;
     let r = r.0.clone();
+    // The view into shared memory comes back to the GIL side and is copied once, into the
+    // bytes object.
     let b = py
-        .allow_threads(move || yr.get_bytes(&r, t).map(|b| b.to_vec()))
+        .allow_threads(move || yr.get_bytes(&r, t))
         .map_err(to_py)?;
     Ok(PyBytes::new(py, &b))
 }
