@@ -16,7 +16,7 @@
 mod reply;
 mod workers;
 
-pub(crate) use reply::{Failure, Reply};
+pub use reply::{Failure, Reply};
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -43,10 +43,10 @@ pub trait Instance: Send {
     fn call(&mut self, ctx: &Context, method: &str, input: &[u8]) -> HandlerResult;
 }
 
-/// A stateful instance as the serve loop drives it: a user's [`Instance`], or the runtime's
-/// own adapter for `Builder` classes, which can fail a call with a kind other than the
-/// function's own error.
-pub(crate) trait Stateful: Send {
+/// A stateful instance as the serve loop drives it: a user's [`Instance`], the runtime's own
+/// adapter for `Builder` classes, or another language's instance (the Python package's), any of
+/// which can fail a call with a kind other than the function's own error.
+pub trait Stateful: Send {
     /// Runs one method.
     fn call(&mut self, ctx: &Context, method: &str, input: &[u8]) -> Reply;
 }
@@ -98,7 +98,7 @@ impl App {
     }
 
     /// A stateless handler whose failures carry their kind.
-    pub(crate) fn typed_handler(
+    pub fn typed_handler(
         mut self,
         name: &str,
         f: impl Fn(&Context, &[u8]) -> Reply + Send + Sync + 'static,
@@ -108,7 +108,7 @@ impl App {
     }
 
     /// A stateful class whose calls' failures carry their kind.
-    pub(crate) fn typed_class(
+    pub fn typed_class(
         mut self,
         name: &str,
         make: impl Fn(&Context) -> Result<Box<dyn Stateful>, String> + Send + Sync + 'static,
@@ -130,7 +130,10 @@ impl App {
         std::process::exit(code)
     }
 
-    fn serve(self) -> Result<(), Error> {
+    /// Serves calls until the proxy closes the socket or says to shut down, then returns (for a
+    /// runtime that has work of its own to do at stop, such as a `pre_stop` hook); an error says
+    /// what in the environment or the connection is wrong.
+    pub fn serve(self) -> Result<(), Error> {
         let env = |k: &'static str| std::env::var(k).map_err(|_| Error::NotStartedByAgent(k));
         let instance_id = env("YR_INSTANCE_ID")?;
         let socket_path = env("YR_PROXY_SOCKET")?;

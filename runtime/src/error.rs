@@ -29,6 +29,10 @@ pub enum Error {
         function: String,
         /// Why.
         message: String,
+        /// What kind of failure it was (a dead instance, a timeout, an unknown function...), as
+        /// the proxy or master said it; [`ErrorKind::ErrorInternal`](yr_proto::ErrorKind) when
+        /// the driver itself could not read the reply.
+        kind: yr_proto::ErrorKind,
     },
     /// The only node holding an object is gone.
     #[error("{0}")]

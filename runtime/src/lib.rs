@@ -33,10 +33,10 @@ mod error;
 pub mod remote;
 pub mod session;
 
-pub use app::{App, HandlerResult, Instance};
+pub use app::{App, Failure, HandlerResult, Instance, Reply, Stateful};
 pub use context::Context;
 pub use error::Error;
 pub use remote::{
-    Actor, Args, Builder, Bytes, CallInfo, DriverObject, InstanceHandle, NewObject, NodeInfo,
-    ObjectRef, Options, Task, TaskContext, Value, Yr,
+    task_args, task_result, Actor, ArgData, Args, Builder, Bytes, CallInfo, DriverObject,
+    InstanceHandle, NewObject, NodeInfo, ObjectRef, Options, Task, TaskContext, Value, Yr,
 };

@@ -49,10 +49,10 @@ mod serve;
 
 pub use crate::error::Error;
 pub use call::{InstanceHandle, Options, Task};
-pub use codec::{Args, Value};
+pub use codec::{ArgData, Args, Value};
 pub use connect::{NodeInfo, Yr};
 pub use object::{Bytes, CallInfo, DriverObject, ObjectRef};
-pub use serve::{Actor, NewObject, TaskContext, TaskFn};
+pub use serve::{task_args, task_result, Actor, NewObject, TaskContext, TaskFn};
 
 use serve::ClassFn;
 use std::collections::BTreeMap;

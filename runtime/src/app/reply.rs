@@ -14,7 +14,7 @@ use yr_proto::{instance_message, CallResult, ErrorKind, InstanceMessage};
 
 /// Why a call failed, as the function process knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Failure {
+pub struct Failure {
     /// The kind the caller acts on: [`ErrorKind::ErrorFunction`] for the function's own error,
     /// [`ErrorKind::ErrorObjectLost`] for an argument whose only node is gone.
     pub kind: ErrorKind,
@@ -33,7 +33,7 @@ impl Failure {
 }
 
 /// A call's outcome inside the function process.
-pub(crate) type Reply = Result<Vec<u8>, Failure>;
+pub type Reply = Result<Vec<u8>, Failure>;
 
 /// The proxy's end of the instance socket, shared by the threads that send replies.
 pub(super) struct Replies {

@@ -112,6 +112,8 @@ pub struct Task<'a> {
     opts: Options,
     encode_error: Option<String>,
     order: Option<Arc<Sequencer>>,
+    /// `function` is a deployed name as it is (see [`Yr::call`]), not a registered one.
+    deployed: bool,
 }
 
 impl Task<'_> {
@@ -188,6 +190,7 @@ impl Task<'_> {
         let d = Arc::clone(&self.yr.d);
         let (target, method) = match &self.instance {
             Some((name, method)) => (name.clone(), method.clone()),
+            None if self.deployed => (self.function.clone(), String::new()),
             None => (d.variant(&self.function, &self.opts)?, String::new()),
         };
         let out = ObjectRef::new(&d.store, RefState::Pending);
@@ -232,8 +235,42 @@ fn reply_error(label: &str, kind: ErrorKind, message: String) -> (Error, bool) {
     match kind {
         ErrorKind::ErrorFunction => (Error::Task { function, message }, false),
         ErrorKind::ErrorObjectLost => (Error::ObjectLost(format!("{label}: {message}")), false),
-        ErrorKind::ErrorNotFound => (Error::Platform { function, message }, false),
-        _ => (Error::Platform { function, message }, true),
+        ErrorKind::ErrorNotFound => (
+            Error::Platform {
+                function,
+                message,
+                kind,
+            },
+            false,
+        ),
+        _ => (
+            Error::Platform {
+                function,
+                message,
+                kind,
+            },
+            true,
+        ),
+    }
+}
+
+/// Whether an instance in `state` is gone for good (exited or given up on).
+fn lifecycle_ended(state: i32) -> bool {
+    matches!(
+        yr_proto::InstanceState::try_from(state),
+        Ok(yr_proto::InstanceState::Exited | yr_proto::InstanceState::Fatal)
+    )
+}
+
+/// The kind of a call the proxy refused with a gRPC status rather than a reply.
+fn status_kind(code: tonic::Code) -> ErrorKind {
+    match code {
+        tonic::Code::NotFound => ErrorKind::ErrorNotFound,
+        tonic::Code::DeadlineExceeded => ErrorKind::ErrorTimeout,
+        tonic::Code::Unavailable => ErrorKind::ErrorUnavailable,
+        tonic::Code::ResourceExhausted => ErrorKind::ErrorInsufficientResources,
+        tonic::Code::InvalidArgument => ErrorKind::ErrorInvalidArgument,
+        _ => ErrorKind::ErrorInternal,
     }
 }
 
@@ -335,7 +372,7 @@ impl Driver {
     ) -> Result<(RefState, CallInfo), Error> {
         let mut msg = TaskArgs::default();
         let mut largest: Option<(u64, ObjectId)> = None;
-        for (i, a) in args.iter().enumerate() {
+        for a in args.iter() {
             let kind = match a {
                 PendingArg::Value(v) => task_arg::Kind::Value(v.clone()),
                 PendingArg::Ref(r) => match r.ready().await {
@@ -350,12 +387,9 @@ impl Driver {
                             node_id,
                         })
                     }
-                    RefState::Failed(e) => {
-                        return Err(Error::Platform {
-                            function: label.to_string(),
-                            message: format!("argument {i} failed: {e}"),
-                        })
-                    }
+                    // The argument's own failure is this call's: the caller sees what went
+                    // wrong first (a remote exception stays a remote exception).
+                    RefState::Failed(e) => return Err(e),
                     RefState::Pending => unreachable!("ready() waits for a final state"),
                 },
             };
@@ -399,6 +433,7 @@ impl Driver {
                     return Err(Error::Platform {
                         function: label.to_string(),
                         message: s.message().to_string(),
+                        kind: status_kind(s.code()),
                     });
                 }
             };
@@ -437,6 +472,7 @@ impl InstanceHandle<'_> {
             opts: Options::default(),
             encode_error: None,
             order: Some(Arc::clone(&self.order)),
+            deployed: true,
         }
     }
 
@@ -470,7 +506,82 @@ impl Yr {
             opts: Options::default(),
             encode_error: None,
             order: None,
+            deployed: false,
         }
+    }
+
+    /// A call of `function` as deployed (by [`Yr::deploy`], or through the meta service), not
+    /// of a function this program registers: for drivers whose code is not this executable
+    /// (the Python package's).
+    pub fn call(&self, function: &str) -> Task<'_> {
+        Task {
+            yr: self,
+            function: function.to_string(),
+            instance: None,
+            args: Vec::new(),
+            opts: Options::default(),
+            encode_error: None,
+            order: None,
+            deployed: true,
+        }
+    }
+
+    /// Deploys `spec` unless this driver already has (a function's name must change when its
+    /// code or pool settings do: a second deploy of a known name is taken as the same one).
+    pub fn deploy(&self, spec: FunctionSpec) -> Result<(), Error> {
+        let name = spec.name.clone();
+        if self.d.deployed.lock().contains(&name) {
+            return Ok(());
+        }
+        let mut master = self.d.master.clone();
+        self.d
+            .block_on(master.deploy(DeployRequest {
+                spec: Some(spec),
+                ..Default::default()
+            }))?
+            .map_err(|e| Error::Deploy(format!("deploying {name}: {}", e.message())))?;
+        self.d.deployed.lock().insert(name);
+        Ok(())
+    }
+
+    /// Creates (or finds) the stateful instance `name` of the deployed function `function`.
+    pub fn create_instance(&self, function: &str, name: &str) -> Result<InstanceHandle<'_>, Error> {
+        let mut master = self.d.master.clone();
+        self.d
+            .block_on(master.create_instance(CreateInstanceRequest {
+                function: function.to_string(),
+                name: name.to_string(),
+                stateful: true,
+                wait_ms: 60_000,
+                ..Default::default()
+            }))?
+            .map_err(|e| Error::Deploy(format!("creating {function} {name:?}: {}", e.message())))?;
+        Ok(InstanceHandle {
+            yr: self,
+            function: function.to_string(),
+            name: name.to_string(),
+            order: Arc::default(),
+        })
+    }
+
+    /// The live stateful instance named `name`, if the cluster has one, with its function.
+    pub fn find_instance(&self, name: &str) -> Result<Option<InstanceHandle<'_>>, Error> {
+        let mut master = self.d.master.clone();
+        let status = self
+            .d
+            .block_on(master.status(Empty {}))?
+            .map_err(|e| Error::Connect(format!("cluster status: {}", e.message())))?
+            .into_inner();
+        Ok(status
+            .instances
+            .into_iter()
+            .find(|i| i.stateful && i.name == name && !lifecycle_ended(i.state))
+            .map(|i| InstanceHandle {
+                yr: self,
+                function: i.function,
+                name: name.to_string(),
+                order: Arc::default(),
+            }))
     }
 
     /// Creates (or finds) the named stateful instance of `class`.

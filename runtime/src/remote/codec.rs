@@ -49,7 +49,7 @@ impl Value {
 }
 
 /// One argument as the function sees it.
-pub(super) enum ArgData {
+pub enum ArgData {
     /// Bytes that came in the call.
     Inline(Vec<u8>),
     /// A view of an object in this node's data worker.
@@ -129,6 +129,7 @@ pub(super) fn decode_result(label: &str, payload: &[u8]) -> Result<(RefState, Ca
         message: format!(
             "the reply is not a task result ({e}); is {label} a yr_runtime::Builder function?"
         ),
+        kind: yr_proto::ErrorKind::ErrorInternal,
     })?;
     let info = CallInfo {
         node_id: r.node_id.clone(),
@@ -142,6 +143,7 @@ pub(super) fn decode_result(label: &str, payload: &[u8]) -> Result<(RefState, Ca
             id: object_id(&o.id).ok_or_else(|| Error::Platform {
                 function: label.to_string(),
                 message: "the result names a malformed object ID".into(),
+                kind: yr_proto::ErrorKind::ErrorInternal,
             })?,
             size: o.size,
             node_id: o.node_id,

@@ -156,6 +156,7 @@ impl ObjectRef {
             Err(_) => RefState::Failed(Error::Platform {
                 function: String::new(),
                 message: "the call was abandoned".into(),
+                kind: yr_proto::ErrorKind::ErrorInternal,
             }),
         };
         r

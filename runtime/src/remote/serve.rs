@@ -110,17 +110,16 @@ fn arg_failure(i: usize, e: yr_datastore::Error) -> Failure {
     }
 }
 
-/// Runs one task inside a function process: resolve the arguments, call,
-/// encode the result.
-fn run_task(
-    ctx: &Context,
-    payload: &[u8],
-    f: impl FnOnce(&TaskContext, &Args) -> Result<Value, String>,
-) -> Reply {
+/// A call's arguments as a function process receives them: decoded from the call's payload, each
+/// object argument fetched into this node's data worker (pulled from its node first when it lives
+/// elsewhere) and held as a pinned, zero-copy view. Returns them with how long the fetches took.
+///
+/// This is the first half of a task for runtimes in other languages (the Python package's
+/// function processes); [`task_result`] is the second.
+pub fn task_args(ctx: &Context, payload: &[u8]) -> Result<(Vec<ArgData>, Duration), Failure> {
     let t0 = Instant::now();
     let spec = TaskArgs::decode(payload)
         .map_err(|e| Failure::function(format!("malformed task arguments: {e}")))?;
-    let tc = TaskContext { ctx };
     let mut items = Vec::with_capacity(spec.args.len());
     for (i, a) in spec.args.into_iter().enumerate() {
         items.push(match a.kind {
@@ -138,10 +137,13 @@ fn run_task(
             None => return Err(Failure::function(format!("argument {i} is empty"))),
         });
     }
-    let fetch = t0.elapsed();
-    let args = Args::new(items);
-    let value = f(&tc, &args).map_err(Failure::function)?;
-    drop(args);
+    Ok((items, t0.elapsed()))
+}
+
+/// A task's reply: `value` inline when it is small, else stored in this node's data worker as
+/// the call's result object; with where and how long (`started`, `fetch`) the call ran.
+pub fn task_result(ctx: &Context, value: Value, started: Instant, fetch: Duration) -> Reply {
+    let tc = TaskContext { ctx };
     let kind = match value {
         Value::Bytes(b) if b.len() <= INLINE_RESULT => task_result::Kind::Value(b),
         Value::Bytes(b) => {
@@ -166,10 +168,25 @@ fn run_task(
         kind: Some(kind),
         node_id: tc.node_id().to_string(),
         instance_id: ctx.instance_id().to_string(),
-        elapsed_us: t0.elapsed().as_micros() as u64,
+        elapsed_us: started.elapsed().as_micros() as u64,
         fetch_us: fetch.as_micros() as u64,
     }
     .encode_to_vec())
+}
+
+/// Runs one task inside a function process: resolve the arguments, call,
+/// encode the result.
+fn run_task(
+    ctx: &Context,
+    payload: &[u8],
+    f: impl FnOnce(&TaskContext, &Args) -> Result<Value, String>,
+) -> Reply {
+    let t0 = Instant::now();
+    let (items, fetch) = task_args(ctx, payload)?;
+    let args = Args::new(items);
+    let value = f(&TaskContext { ctx }, &args).map_err(Failure::function)?;
+    drop(args);
+    task_result(ctx, value, t0, fetch)
 }
 
 /// A class's instance as the serve loop drives it.
