@@ -469,6 +469,22 @@ fn arena_range() -> PyResult<(usize, usize)> {
     Ok((r.start, r.end))
 }
 
+/// This node's data worker's figures: sealed objects, used bytes, pinned objects, spilled
+/// objects.
+#[pyfunction]
+fn store_stats(py: Python<'_>) -> PyResult<HashMap<String, u64>> {
+    let yr = driver()?;
+    let s = py
+        .allow_threads(|| yr.store().stats())
+        .map_err(|e| to_py(e.into()))?;
+    Ok(HashMap::from([
+        ("objects".to_string(), s.sealed),
+        ("used_bytes".to_string(), s.used),
+        ("pinned".to_string(), s.pinned),
+        ("spilled".to_string(), s.spilled),
+    ]))
+}
+
 /// This driver's node.
 #[pyfunction]
 fn node_id() -> PyResult<String> {
@@ -506,6 +522,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(kv_exists, m)?)?;
     m.add_function(wrap_pyfunction!(arena_range, m)?)?;
     m.add_function(wrap_pyfunction!(node_id, m)?)?;
+    m.add_function(wrap_pyfunction!(store_stats, m)?)?;
     m.add_function(wrap_pyfunction!(nodes, m)?)?;
     Ok(())
 }

@@ -47,14 +47,18 @@ def _load():
 
 
 def setup():
-    """Prepares the process: the driver's code folder on sys.path, the working dir as cwd."""
+    """Prepares the process: the working dir as cwd and first on sys.path, then the driver's
+    script folder, and the rest of the driver's sys.path after this interpreter's own."""
     wd = os.environ.get("YR_PY_WORKING_DIR")
     if wd and os.path.isdir(wd):
         os.chdir(wd)
         sys.path.insert(0, wd)
-    for p in reversed(os.environ.get("PYTHONPATH", "").split(os.pathsep)):
-        if p and p not in sys.path:
-            sys.path.insert(0, p)
+    paths = [p for p in os.environ.get("YR_PY_PATH", "").split(os.pathsep) if p]
+    if paths and paths[0] not in sys.path:
+        sys.path.insert(1 if wd else 0, paths[0])
+    for p in paths[1:]:
+        if p not in sys.path and os.path.isdir(p):
+            sys.path.append(p)
 
 
 def _args(args):
@@ -93,7 +97,12 @@ def handle_call(method, args):
     """Runs one call: `method` is empty for a function, a method name for an instance."""
     try:
         obj = _load()
-        pos, kw = _args(args)
+        try:
+            pos, kw = _args(args)
+        except YRInvokeError as e:
+            # An argument is a failed call's value: this call fails the same way (the caller
+            # sees the first error, not a wrapper of it).
+            return _result(YRInvokeError(e.cause, e.traceback_str), ser.FLAG_ERROR)
         if os.environ.get("YR_PY_KIND") != "class":
             return _result(obj(*pos, **kw))
         if method == "__init__":

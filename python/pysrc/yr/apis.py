@@ -116,8 +116,12 @@ def get(obj_refs, timeout=300, allow_partial=False):
     if isinstance(obj_refs, ObjectRef):
         inline, window = _yr.get([obj_refs], t)[0]
         return ser.decode(inline, window)
+    if isinstance(obj_refs, _Item):
+        return get(obj_refs.parent, timeout)[obj_refs.i]
     if not isinstance(obj_refs, list):
         raise TypeError(f"yr.get takes an ObjectRef or a list of them, not {type(obj_refs).__name__}")
+    if any(isinstance(r, _Item) for r in obj_refs):
+        return [get(r, timeout) for r in obj_refs]
     if not allow_partial:
         return [ser.decode(i, w) for i, w in _yr.get(obj_refs, t)]
     out = []
@@ -271,7 +275,9 @@ def _deploy(code, kind, opts):
     env = {
         "YR_PYTHON": sys.executable,
         "YR_PY_KIND": kind,
-        "PYTHONPATH": os.pathsep.join(p for p in (_code_dir(), os.environ.get("PYTHONPATH", "")) if p),
+        # What the code imports by name (a module beside the script, a test module) is found
+        # where the driver found it: its sys.path travels with the function.
+        "YR_PY_PATH": os.pathsep.join([_code_dir()] + [p for p in sys.path if p and os.path.isdir(p)]),
     }
     if len(blob) <= _INLINE_CODE:
         env["YR_PY_FUNCTION"] = base64.b64encode(blob).decode()
