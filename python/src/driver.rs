@@ -87,6 +87,17 @@ impl PyObjectRef {
         format!("{:?}", self.0)
     }
 
+    /// References are equal when they are the same value (clones of one reference).
+    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+        other
+            .downcast::<PyObjectRef>()
+            .is_ok_and(|o| o.get().0.same(&self.0))
+    }
+
+    fn __hash__(&self) -> u64 {
+        self.0.identity() as u64
+    }
+
     fn __reduce__(&self) -> PyResult<()> {
         Err(YRError::new_err(
             "an ObjectRef cannot be pickled: pass it as a top-level argument of a call (it is \

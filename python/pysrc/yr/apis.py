@@ -13,6 +13,7 @@ Python reference to it goes; calls on one instance proxy run one at a time, in o
 exception is raised by `yr.get` as a YRInvokeError deriving from the exception's own class.
 """
 
+import atexit
 import base64
 import hashlib
 import os
@@ -57,6 +58,7 @@ def init(conf=None):
         _state["code_refs"] = []
         wd = conf.working_dir or os.environ.get("YR_WORKING_DIR", "")
         _state["working_dir"] = os.path.abspath(wd) if wd else ""
+    atexit.register(finalize)
     return _ClientInfo(conf.job_id or uuid.uuid4().hex[:8])
 
 
@@ -70,6 +72,7 @@ class _ClientInfo:
 
 def finalize():
     """Disconnects; objects this driver owns are freed once their last reference is gone."""
+    atexit.unregister(finalize)
     with _lock:
         _state["deployed"] = {}
         _state["code_refs"] = []

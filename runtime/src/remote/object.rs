@@ -118,6 +118,12 @@ impl ObjectRef {
         Arc::ptr_eq(&self.cell, &other.cell)
     }
 
+    /// A number that is the same for clones of this reference and differs between live
+    /// references (for hashing).
+    pub fn identity(&self) -> usize {
+        Arc::as_ptr(&self.cell) as usize
+    }
+
     /// Whether the value exists (or its call failed).
     pub fn is_ready(&self) -> bool {
         !matches!(&*self.cell.state.borrow(), RefState::Pending)
