@@ -453,19 +453,19 @@ impl Driver {
 }
 
 /// A stateful instance created by [`Yr::instance`].
-pub struct InstanceHandle<'a> {
-    yr: &'a Yr,
+pub struct InstanceHandle {
+    yr: Yr,
     function: String,
     name: String,
     order: Arc<Sequencer>,
 }
 
-impl InstanceHandle<'_> {
+impl InstanceHandle {
     /// A call of `method` on this instance. Calls made through one handle
     /// run one at a time, in the order they were submitted.
     pub fn method(&self, method: &str) -> Task<'_> {
         Task {
-            yr: self.yr,
+            yr: &self.yr,
             function: self.function.clone(),
             instance: Some((self.name.clone(), method.to_string())),
             args: Vec::new(),
@@ -545,7 +545,7 @@ impl Yr {
     }
 
     /// Creates (or finds) the stateful instance `name` of the deployed function `function`.
-    pub fn create_instance(&self, function: &str, name: &str) -> Result<InstanceHandle<'_>, Error> {
+    pub fn create_instance(&self, function: &str, name: &str) -> Result<InstanceHandle, Error> {
         let mut master = self.d.master.clone();
         self.d
             .block_on(master.create_instance(CreateInstanceRequest {
@@ -557,7 +557,7 @@ impl Yr {
             }))?
             .map_err(|e| Error::Deploy(format!("creating {function} {name:?}: {}", e.message())))?;
         Ok(InstanceHandle {
-            yr: self,
+            yr: self.clone(),
             function: function.to_string(),
             name: name.to_string(),
             order: Arc::default(),
@@ -565,7 +565,7 @@ impl Yr {
     }
 
     /// The live stateful instance named `name`, if the cluster has one, with its function.
-    pub fn find_instance(&self, name: &str) -> Result<Option<InstanceHandle<'_>>, Error> {
+    pub fn find_instance(&self, name: &str) -> Result<Option<InstanceHandle>, Error> {
         let mut master = self.d.master.clone();
         let status = self
             .d
@@ -577,7 +577,7 @@ impl Yr {
             .into_iter()
             .find(|i| i.stateful && i.name == name && !lifecycle_ended(i.state))
             .map(|i| InstanceHandle {
-                yr: self,
+                yr: self.clone(),
                 function: i.function,
                 name: name.to_string(),
                 order: Arc::default(),
@@ -590,7 +590,7 @@ impl Yr {
         class: &str,
         name: &str,
         opts: Options,
-    ) -> Result<InstanceHandle<'_>, Error> {
+    ) -> Result<InstanceHandle, Error> {
         let function = self.d.variant(class, &opts)?;
         let mut master = self.d.master.clone();
         self.d
@@ -603,7 +603,7 @@ impl Yr {
             }))?
             .map_err(|e| Error::Deploy(format!("creating {class} {name:?}: {}", e.message())))?;
         Ok(InstanceHandle {
-            yr: self,
+            yr: self.clone(),
             function,
             name: name.to_string(),
             order: Arc::default(),

@@ -27,8 +27,9 @@ const MAX_MESSAGE: usize = 256 << 20;
 
 type Channel = tonic::transport::Channel;
 
-/// A connected driver. Cheap to share by reference; dropping it ends the
-/// calls still in flight.
+/// A connected driver. Cheap to clone (clones share one connection); dropping the last clone
+/// (instance handles hold one) ends the calls still in flight.
+#[derive(Clone)]
 pub struct Yr {
     pub(super) d: Arc<Driver>,
 }

@@ -113,6 +113,11 @@ impl ObjectRef {
         }
     }
 
+    /// Whether `other` is a clone of this reference (the same value, not an equal one).
+    pub fn same(&self, other: &ObjectRef) -> bool {
+        Arc::ptr_eq(&self.cell, &other.cell)
+    }
+
     /// Whether the value exists (or its call failed).
     pub fn is_ready(&self) -> bool {
         !matches!(&*self.cell.state.borrow(), RefState::Pending)
@@ -216,8 +221,19 @@ impl Yr {
     /// A new object of `len` bytes in this node's shared memory, to fill in
     /// place and [`DriverObject::seal`].
     pub fn create_object(&self, len: usize) -> Result<DriverObject<'_>, Error> {
+        self.create_object_with_meta(len, &[])
+    }
+
+    /// Like [`Yr::create_object`], with `meta` as the object's metadata (which says how to read
+    /// the bytes, e.g. the Python package's layout of a pickled value and its buffers).
+    pub fn create_object_with_meta(
+        &self,
+        len: usize,
+        meta: &[u8],
+    ) -> Result<DriverObject<'_>, Error> {
         let id = self.d.store.new_id();
-        let b = self.d.store.create(id, len, 0)?;
+        let mut b = self.d.store.create(id, len, meta.len())?;
+        b.meta_mut().copy_from_slice(meta);
         Ok(DriverObject { yr: self, b })
     }
 
