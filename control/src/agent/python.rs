@@ -55,8 +55,8 @@ pub fn stop_grace(spec: &Spec, base: Duration) -> Duration {
 /// The environment `python -m yr.worker` reads, besides what every function process gets: the
 /// runtime, the kind, the hooks with their timeouts, the user data (the function's environment
 /// as one JSON object, for `context.getUserData`), what the context reports (version, call
-/// timeout, cpu and memory) and unbuffered output (so `print` reaches `stdout.log` as it
-/// happens, not when a buffer fills).
+/// timeout, cpu and memory), unbuffered output (so `print` reaches `stdout.log` as it
+/// happens, not when a buffer fills) and no bytecode files (the code folder stays untouched).
 pub fn worker_env(spec: &Spec) -> Vec<(&'static str, String)> {
     // A map of strings always serializes; the fallback keeps a start from failing over it.
     let user_data = serde_json::to_string(&spec.env).unwrap_or_else(|_| "{}".into());
@@ -79,6 +79,8 @@ pub fn worker_env(spec: &Spec) -> Vec<(&'static str, String)> {
         ("YR_CPU_MILLIS", spec.resources().cpu_millis.to_string()),
         ("YR_MEMORY_MIB", spec.resources().memory_mib.to_string()),
         ("PYTHONUNBUFFERED", "1".into()),
+        // A code folder is used in place and never modified: no __pycache__ written into it.
+        ("PYTHONDONTWRITEBYTECODE", "1".into()),
     ]
 }
 
@@ -217,6 +219,7 @@ mod tests {
         assert_eq!(env["YR_PRE_STOP_TIMEOUT_MS"], "2000");
         assert_eq!(env["YR_INITIALIZER"], "");
         assert_eq!(env["PYTHONUNBUFFERED"], "1");
+        assert_eq!(env["PYTHONDONTWRITEBYTECODE"], "1");
         let data: HashMap<String, String> =
             serde_json::from_str(&env["YR_USER_DATA"]).expect("user data is a JSON object");
         assert_eq!(data.get("show_date").map(String::as_str), Some("yes"));
