@@ -25,6 +25,10 @@ pub const RUNTIME: &str = "posix-custom-runtime";
 /// The runtimes a spec may name, as its refusal lists them.
 pub const SUPPORTED_RUNTIMES: &str = "posix-custom-runtime, python3, python3.<minor> (python3.9)";
 
+/// The environment key that makes a Python function a driver's task (see `yr/worker.py`) rather
+/// than a function service.
+pub const PY_TASK_ENV: &str = "YR_PY_FUNCTION";
+
 /// How long an initializer may run unless the spec says.
 pub const DEFAULT_INITIALIZER_TIMEOUT_MS: u32 = 60_000;
 /// How long a pre_stop hook may run unless the spec says.
@@ -303,9 +307,10 @@ impl TryFrom<FunctionSpec> for Spec {
         }
         match runtime {
             Runtime::Python => {
-                // A function service names its handler as module.function; a driver's
-                // functions (kind yrlib) carry their code themselves and name it freely.
-                if spec.kind != "yrlib" {
+                // A function service names its handler as module.function; a Python driver's
+                // functions carry their code themselves (pickled, named by the environment
+                // `YR_PY_FUNCTION`, as `yr.worker` tells the two apart) and name it freely.
+                if !spec.env.contains_key(PY_TASK_ENV) {
                     check_python_handler("handler", &spec.handler)?;
                 }
                 for (field, hook) in [
@@ -606,9 +611,9 @@ mod tests {
         // A driver's functions name their handler freely.
         let task = Spec::try_from(FunctionSpec {
             runtime: "python3".into(),
-            kind: "yrlib".into(),
             handler: "f".into(),
             code_path: String::new(),
+            env: [(PY_TASK_ENV.to_string(), "1".to_string())].into(),
             ..minimal()
         })
         .expect("valid");

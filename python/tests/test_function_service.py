@@ -232,6 +232,29 @@ def test_a_failing_initializer_fails_the_instance_with_its_traceback(rest, tmp_p
     assert "RuntimeError: the database is not there" in text, text
 
 
+SLOW_INIT = '''
+import threading
+
+def handler(event, context):
+    return "never"
+
+def init(context):
+    threading.Event().wait()  # never returns: only the initializer timeout ends it
+'''
+
+
+def test_an_initializer_that_runs_out_of_time_fails_the_instance(rest, tmp_path):
+    urn = rest.registered({
+        "name": "0@pytest@slowinit", "runtime": "python3", "handler": "slowinit.handler",
+        "extendedHandler": {"initializer": "slowinit.init"},
+        "extendedTimeout": {"initializer": 1},
+        "codePath": code(tmp_path, "slowinit", SLOW_INIT),
+    })
+    status, _, body = rest.invoke(urn, {})
+    assert status >= 500, body
+    assert "initializer slowinit.init did not finish within 1 s" in body.decode(), body
+
+
 @pytest.mark.parametrize("runtime", ["python2.7", "node", "python3.x"])
 def test_an_unknown_runtime_is_refused_at_registration(rest, runtime):
     status, _, body = rest.register({
