@@ -25,9 +25,9 @@ pub const RUNTIME: &str = "posix-custom-runtime";
 /// The runtimes a spec may name, as its refusal lists them.
 pub const SUPPORTED_RUNTIMES: &str = "posix-custom-runtime, python3, python3.<minor> (python3.9)";
 
-/// The environment key that makes a Python function a driver's task (see `yr/worker.py`) rather
-/// than a function service.
-pub const PY_TASK_ENV: &str = "YR_PY_FUNCTION";
+/// The environment keys that make a Python function a driver's task rather than a function
+/// service, any one of them (`TASK_ENV` of `yr/worker.py`, which decides the same way).
+pub const PY_TASK_ENV: [&str; 3] = ["YR_PY_KIND", "YR_PY_FUNCTION", "YR_PY_FUNCTION_REF"];
 
 /// How long an initializer may run unless the spec says.
 pub const DEFAULT_INITIALIZER_TIMEOUT_MS: u32 = 60_000;
@@ -308,9 +308,10 @@ impl TryFrom<FunctionSpec> for Spec {
         match runtime {
             Runtime::Python => {
                 // A function service names its handler as module.function; a Python driver's
-                // functions carry their code themselves (pickled, named by the environment
-                // `YR_PY_FUNCTION`, as `yr.worker` tells the two apart) and name it freely.
-                if !spec.env.contains_key(PY_TASK_ENV) {
+                // functions carry their code themselves (pickled, in the environment keys
+                // [`PY_TASK_ENV`], which is how `yr.worker` tells the two apart) and name it
+                // freely.
+                if !PY_TASK_ENV.iter().any(|k| spec.env.contains_key(*k)) {
                     check_python_handler("handler", &spec.handler)?;
                 }
                 for (field, hook) in [
@@ -613,7 +614,7 @@ mod tests {
             runtime: "python3".into(),
             handler: "f".into(),
             code_path: String::new(),
-            env: [(PY_TASK_ENV.to_string(), "1".to_string())].into(),
+            env: [("YR_PY_FUNCTION_REF".to_string(), "ab12".to_string())].into(),
             ..minimal()
         })
         .expect("valid");

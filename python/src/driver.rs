@@ -23,7 +23,7 @@ use yr_proto::{AffinityKind, FunctionSpec, LabelAffinity, Resources, SchedulingO
 use yr_runtime::{Builder, Bytes, InstanceHandle, Task, Yr};
 
 use crate::pinned::{self, Held, Pinned};
-use crate::{to_py, NotInitializedError, YRError};
+use crate::{to_py, YRError};
 
 /// The process's driver connection, set by `init`.
 ///
@@ -35,7 +35,12 @@ pub(crate) fn driver() -> PyResult<Yr> {
         .lock()
         .map_err(|_| YRError::new_err("the driver's lock is poisoned"))?
         .clone()
-        .ok_or_else(|| NotInitializedError::new_err("call yr.init() first"))
+        .ok_or_else(|| {
+            crate::exception(
+                "NotInitializedError",
+                "system not initialized: call yr.init() first".into(),
+            )
+        })
 }
 
 fn timeout_of(seconds: Option<f64>) -> PyResult<Duration> {
@@ -380,10 +385,10 @@ impl PyInstance {
             .lock()
             .map_err(|_| YRError::new_err("the instance handle's lock is poisoned"))?;
         let h = guard.as_ref().ok_or_else(|| {
-            crate::InstanceDiedError::new_err(format!(
-                "instance {:?} was terminated by this driver",
-                self.name
-            ))
+            crate::exception(
+                "InstanceDiedError",
+                format!("instance {:?} was terminated by this driver", self.name),
+            )
         })?;
         let task = per_call(add_args(h.method(method), &args)?, timeout, None);
         task.submit().map(PyObjectRef).map_err(to_py)

@@ -77,23 +77,57 @@ create_exception!(
     "yr.init() has not been called."
 );
 
-/// The one mapping from the runtime's errors to Python exceptions.
-pub(crate) fn to_py(e: Error) -> PyErr {
-    let msg = e.to_string();
+/// The one mapping from the runtime's errors to Python exceptions: the name of the class in
+/// `yr.exception` (openYuanrong's names, deriving from the builtins its docs catch).
+fn class_of(e: &Error) -> &'static str {
     match e {
-        Error::Connect(_) => ConnectError::new_err(msg),
-        Error::Task { .. } => TaskError::new_err(msg),
+        Error::Connect(_) => "ConnectError",
+        Error::Task { .. } => "TaskError",
         Error::Platform { kind, .. } => match kind {
-            ErrorKind::ErrorNotFound => FunctionNotFoundError::new_err(msg),
-            ErrorKind::ErrorTimeout => CallTimeoutError::new_err(msg),
-            ErrorKind::ErrorInstanceFatal => InstanceDiedError::new_err(msg),
-            _ => PlatformError::new_err(msg),
+            ErrorKind::ErrorNotFound => "FunctionNotFoundError",
+            ErrorKind::ErrorTimeout => "CallTimeoutError",
+            ErrorKind::ErrorInstanceFatal => "InstanceDiedError",
+            _ => "PlatformError",
         },
-        Error::Deploy(_) => PlatformError::new_err(msg),
-        Error::ObjectLost(_) => ObjectLostError::new_err(msg),
-        Error::Timeout(_) => GetTimeoutError::new_err(msg),
-        _ => YRError::new_err(msg),
+        Error::Deploy(_) => "PlatformError",
+        Error::ObjectLost(_) => "ObjectLostError",
+        Error::Timeout(_) => "GetTimeoutError",
+        _ => "YRRuntimeError",
     }
+}
+
+/// A Python exception of class `name` of `yr.exception` (or of this module's own classes when
+/// `yr.exception` cannot be imported, as when `_yr` is used alone).
+pub(crate) fn exception(name: &str, msg: String) -> PyErr {
+    Python::with_gil(|py| {
+        let cls = py
+            .import("yr.exception")
+            .and_then(|m| m.getattr(name))
+            .and_then(|c| {
+                c.downcast_into::<pyo3::types::PyType>()
+                    .map_err(PyErr::from)
+            });
+        match cls {
+            Ok(c) => PyErr::from_type(c, msg),
+            Err(_) => match name {
+                "ConnectError" => ConnectError::new_err(msg),
+                "TaskError" => TaskError::new_err(msg),
+                "FunctionNotFoundError" => FunctionNotFoundError::new_err(msg),
+                "CallTimeoutError" => CallTimeoutError::new_err(msg),
+                "InstanceDiedError" => InstanceDiedError::new_err(msg),
+                "PlatformError" => PlatformError::new_err(msg),
+                "ObjectLostError" => ObjectLostError::new_err(msg),
+                "GetTimeoutError" => GetTimeoutError::new_err(msg),
+                "NotInitializedError" => NotInitializedError::new_err(msg),
+                _ => YRError::new_err(msg),
+            },
+        }
+    })
+}
+
+/// A runtime error as the Python exception of its kind.
+pub(crate) fn to_py(e: Error) -> PyErr {
+    exception(class_of(&e), e.to_string())
 }
 
 #[pymodule]

@@ -71,12 +71,19 @@ fn task_call(on_call: &OnCall, ctx: &Context, method: &str, payload: &[u8]) -> R
         if let Ok(b) = out.downcast::<PyBytes>() {
             return Ok(Value::Bytes(b.as_bytes().to_vec()));
         }
-        // (meta, parts): a value too large for the reply, stored here as an object.
+        // (meta, parts, keep): a value too large for the reply, stored here as an object;
+        // `keep` holds the buffers the raw parts point into, alive as long as `out` is.
         let t = out.downcast::<PyTuple>().map_err(|_| {
-            Failure::function("a task returned neither bytes nor (meta, parts)".into())
+            Failure::function("a task returned neither bytes nor (meta, parts, keep)".into())
         })?;
-        let (meta, parts): (Vec<u8>, Vec<(usize, Bound<'_, PyAny>)>) =
-            t.extract().map_err(|e| failure(py, e))?;
+        let meta: Vec<u8> = t
+            .get_item(0)
+            .and_then(|m| m.extract())
+            .map_err(|e| failure(py, e))?;
+        let parts: Vec<(usize, Bound<'_, PyAny>)> = t
+            .get_item(1)
+            .and_then(|p| p.extract())
+            .map_err(|e| failure(py, e))?;
         let parts = pinned::parts(&parts).map_err(|e| failure(py, e))?;
         let len = pinned::extent(&parts).map_err(|e| failure(py, e))?;
         let store = ctx.store().map_err(Failure::function)?;
@@ -142,7 +149,36 @@ fn serve(py: Python<'_>, on_call: Py<PyAny>, task: bool) -> PyResult<()> {
     py.allow_threads(|| app.serve()).map_err(to_py)
 }
 
+/// This function process's own connection to its node's data worker (for its code when the
+/// driver stored it as an object), made on first use.
+static STORE: std::sync::OnceLock<Result<yr_datastore::Client, String>> =
+    std::sync::OnceLock::new();
+
+/// The object `id` (hex), fetched to this node if needed, as a zero-copy window; waits up to
+/// `timeout` seconds. Only in a function process (it uses the agent's `YR_DATA_SOCKET`).
+#[pyfunction]
+#[pyo3(signature = (id, timeout=60.0))]
+fn fetch_object(py: Python<'_>, id: &str, timeout: f64) -> PyResult<Pinned> {
+    let oid = yr_datastore::ObjectId::from_hex(id).ok_or_else(|| {
+        pyo3::exceptions::PyValueError::new_err(format!("{id:?} is not an object ID"))
+    })?;
+    let store = STORE
+        .get_or_init(|| {
+            let socket = std::env::var("YR_DATA_SOCKET")
+                .map_err(|_| "YR_DATA_SOCKET is not set: not a function process".to_string())?;
+            yr_datastore::Client::connect_named(&socket, "py-worker")
+                .map_err(|e| format!("data worker at {socket}: {e}"))
+        })
+        .as_ref()
+        .map_err(|e| crate::exception("ConnectError", e.clone()))?;
+    let t = std::time::Duration::from_secs_f64(timeout.max(0.0));
+    py.allow_threads(|| store.get_remote(oid, t))
+        .map(|g| Pinned::whole(Held::Object(g)))
+        .map_err(|e| to_py(e.into()))
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(serve, m)?)?;
+    m.add_function(wrap_pyfunction!(fetch_object, m)?)?;
     Ok(())
 }

@@ -1,73 +1,73 @@
 """yr: openYuanrong's Python API over yr's Rust runtime.
 
-First slice (issue 11): connecting a driver (`init`, `finalize`, `is_initialized`) and objects of
-bytes (`put`, `get`, `wait`). Bytes put here are read unchanged by Rust drivers and functions,
-and the other way round. Functions, instances, pickled values and zero-copy numpy come next.
+Driver: `init`, `finalize`, `is_initialized`; objects: `put`, `get`, `wait`; stateless functions
+(`@yr.invoke`, `.invoke`, `.options(yr.InvokeOptions(...))`); stateful instances (`@yr.instance`,
+`Cls.invoke`, `proxy.method.invoke`, `proxy.terminate`, named instances, `get_instance`); KV on
+the data worker (`kv_write`, `kv_read`, `kv_del`, ...). Values are pickled (protocol 5) with
+their large buffers in shared memory: numpy arrays come back from `get` without a copy. bytes put
+here are read unchanged by Rust programs, and the other way round.
 """
 
-from typing import List, Optional, Sequence, Tuple, Union
-
 from . import _yr
-from ._yr import (
+from ._yr import ObjectRef
+from .apis import (
+    FunctionProxy,
+    InstanceCreator,
+    InstanceProxy,
+    MethodProxy,
+    finalize,
+    get,
+    get_instance,
+    init,
+    instance,
+    invoke,
+    is_initialized,
+    kv_del,
+    kv_get,
+    kv_read,
+    kv_set,
+    kv_write,
+    kv_write_with_param,
+    method,
+    put,
+    wait,
+)
+from .config import (
+    Affinity,
+    AffinityKind,
+    AffinityScope,
+    AffinityType,
+    CacheType,
+    Config,
+    ExistenceOpt,
+    InvokeOptions,
+    LabelOperator,
+    OperatorType,
+    SetParam,
+    WriteMode,
+)
+from .exception import (
+    CallTimeoutError,
+    CancelError,
     ConnectError,
+    FunctionNotFoundError,
     GetTimeoutError,
+    InstanceDiedError,
     NotInitializedError,
     ObjectLostError,
-    ObjectRef,
     PlatformError,
     TaskError,
     YRError,
+    YRequestError,
+    YRInvokeError,
+    YRRuntimeError,
+    YRTimeoutError,
+    YRTypeError,
+    YRValueError,
 )
 
-__all__ = [
-    "Config", "init", "finalize", "is_initialized", "put", "get", "wait", "ObjectRef",
-    "YRError", "ConnectError", "TaskError", "PlatformError", "ObjectLostError",
-    "GetTimeoutError", "NotInitializedError",
-]
+StatelessFunction = FunctionProxy
+StatefulInstanceCreator = InstanceCreator
+StatefulInstance = InstanceProxy
 
-
-class Config:
-    """How `init` finds the cluster: `session` names a session folder (or its session.json);
-    without it, `$YR_SESSION`, `$YR_MASTER_ADDRESS` or the newest session on this host."""
-
-    def __init__(self, session: Optional[str] = None):
-        self.session = session
-
-
-def init(conf: Optional[Config] = None) -> None:
-    """Connects this process to the cluster (once; a second call reconnects)."""
-    _yr.init(conf.session if conf is not None else None)
-
-
-def finalize() -> None:
-    """Disconnects this process from the cluster."""
-    _yr.finalize()
-
-
-def is_initialized() -> bool:
-    return _yr.is_initialized()
-
-
-def put(value: Union[bytes, bytearray, memoryview]) -> ObjectRef:
-    """Stores a bytes-like value in this node's data worker and returns its reference."""
-    if not isinstance(value, (bytes, bytearray, memoryview)):
-        raise TypeError(
-            f"yr.put takes bytes, bytearray or memoryview for now, not {type(value).__name__}"
-        )
-    # One more copy for bytearray/memoryview until the buffer path into shared memory lands.
-    return _yr.put_bytes(value if isinstance(value, bytes) else bytes(value))
-
-
-def get(refs: Union[ObjectRef, Sequence[ObjectRef]], timeout: Optional[float] = None):
-    """The value of a reference (or a list of values for a list of references), waiting up to
-    `timeout` seconds (forever when None); raises GetTimeoutError when it runs out."""
-    if isinstance(refs, ObjectRef):
-        return _yr.get_bytes(refs, timeout)
-    return [_yr.get_bytes(r, timeout) for r in refs]
-
-
-def wait(
-    refs: Sequence[ObjectRef], wait_num: int = 1, timeout: Optional[float] = None
-) -> Tuple[List[ObjectRef], List[ObjectRef]]:
-    """Waits until `wait_num` of `refs` are ready or `timeout` seconds pass: (ready, not ready)."""
-    return _yr.wait(list(refs), wait_num, timeout)
+__all__ = [name for name in dir() if not name.startswith("_")]

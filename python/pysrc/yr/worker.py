@@ -2,7 +2,8 @@
 function whose runtime is `python3` / `python3.N`.
 
 Two modes, chosen by the environment the agent gives:
-- task mode (`YR_PY_FUNCTION` set): a driver's pickled functions and classes (`yr._task`);
+- task mode (any of `TASK_ENV` set: a Python driver deployed the function with its code in the
+  environment): a driver's pickled functions and classes (`yr._task`);
 - service mode (otherwise): an openYuanrong function service. The code folder is the working
   directory; `YR_HANDLER` names `module.function` there. The event is the JSON-decoded request
   body (an empty body is `{}`, a body that is not JSON is passed as a str); the return value is
@@ -40,6 +41,10 @@ from .functionservice import Context
 # thread may hold.
 _SIGNALLED = b"s"
 _SERVE_ENDED = b"e"
+
+#: The environment keys a Python driver's functions carry (see `yr.apis`); any one of them makes
+#: the process a task process. The control plane's registration check mirrors this list.
+TASK_ENV = ("YR_PY_KIND", "YR_PY_FUNCTION", "YR_PY_FUNCTION_REF")
 
 
 def _fail(message: str) -> None:
@@ -218,9 +223,10 @@ def _service() -> Tuple[Callable, Callable[[], None]]:
 
 
 def main() -> None:
-    if os.environ.get("YR_PY_FUNCTION"):
+    if any(os.environ.get(k) for k in TASK_ENV):
         from . import _task
 
+        _task.setup()
         on_call, task, at_stop = _task.handle_call, True, (lambda: None)
     else:
         on_call, at_stop = _service()
