@@ -272,6 +272,11 @@ pub struct AgentArgs {
     #[arg(long = "resource")]
     #[serde(default, rename = "resource")]
     resources: Vec<String>,
+    /// The Python interpreter of python3.x functions' processes (default: `python3` on PATH);
+    /// it must import the yr package.
+    #[arg(long)]
+    #[serde(default)]
+    python: Option<String>,
 }
 
 impl AgentArgs {
@@ -292,6 +297,10 @@ impl AgentArgs {
                 .into_iter()
                 .collect(),
             custom: config::amounts("resource", &self.resources)?,
+            python: match self.python {
+                Some(p) => Some(config::required("python", p)?),
+                None => None,
+            },
         })
     }
 }
@@ -645,12 +654,15 @@ mod tests {
             "zone=a",
             "--resource",
             "gpu=2",
+            "--python",
+            "/venv/bin/python",
         ]) else {
             panic!("not the agent");
         };
         let f: AgentArgs = file(
             "etcd = 'e'\nmaster = 'm'\nnode-id = 'n'\nproxy = 'p'\nproxy-socket = '/ps'\n\
-             data-socket = '/ds'\nwork-dir = '/w'\nlabel = ['zone=a']\nresource = ['gpu=2']",
+             data-socket = '/ds'\nwork-dir = '/w'\nlabel = ['zone=a']\nresource = ['gpu=2']\n\
+             python = '/venv/bin/python'",
         );
         assert_eq!(a, f);
         assert!(
@@ -704,7 +716,13 @@ mod tests {
         assert_eq!(c.etcd_endpoints.len(), 2);
         assert_eq!(c.labels.get("zone").map(String::as_str), Some("a"));
         assert_eq!(c.custom.get("gpu"), Some(&1.5));
+        assert_eq!(c.python, None);
+        let c = agent(&["--python", "/venv/bin/python"])
+            .validate()
+            .expect("valid");
+        assert_eq!(c.python.as_deref(), Some("/venv/bin/python"));
         let refused = |a: AgentArgs| a.validate().err().map(|e| e.field());
+        assert_eq!(refused(agent(&["--python", " "])), Some("python"));
         assert_eq!(refused(agent(&["--label", "zone"])), Some("label"));
         assert_eq!(
             refused(agent(&["--resource", "gpu=lots"])),

@@ -7,13 +7,18 @@
 //! - Every function process runs in its own folder `work_dir/instances/<id>/`, with its code
 //!   there (or its code folder as is), its stdout and stderr captured to `stdout.log` and
 //!   `stderr.log` there.
+//! - A function's runtime decides the program: the entrypoint of its code
+//!   (`posix-custom-runtime`), or a Python interpreter running `-m yr.worker` in the code folder
+//!   (`python3.x`, see [`python`]), which starts only after the interpreter is seen to import yr.
+//! - A stopping process gets SIGTERM, then SIGKILL after its grace: [`STOP_GRACE`], or longer
+//!   when its function's `pre_stop` hook may take longer.
 //! - Every exit is reported to the master: EXITED when the master asked for it, FAILED (with the
 //!   tail of stderr) when the process ended on its own. The agent never restarts anything itself;
 //!   the master decides.
 //! - Stopping the agent stops every function process it started.
 //!
 //! [`package`] turns a function's code into the process's folder; [`procstat`] measures the node
-//! and its processes from `/proc`. A start request's function enters as a checked
+//! and its processes from `/proc`; [`python`] holds what is particular to Python processes. A start request's function enters as a checked
 //! [`crate::function::Spec`]; failures leave typed ([`crate::error::Error`]), bad code or a bad
 //! entrypoint as an invalid argument naming `code_path` or `entrypoint`.
 
@@ -35,6 +40,9 @@ use crate::Shutdown;
 
 pub mod package;
 pub mod procstat;
+pub mod python;
+
+use crate::function::Runtime;
 
 /// Lifetime of the node's registration without keep-alives.
 pub const LEASE_TTL: i64 = 6;
@@ -73,10 +81,15 @@ pub struct AgentConfig {
     pub labels: HashMap<String, String>,
     /// Custom resources the node offers ("gpu": 1).
     pub custom: HashMap<String, f64>,
+    /// The interpreter of Python function processes (default: `python3` on `PATH`); a
+    /// function's environment `YR_PYTHON` overrides it.
+    pub python: Option<String>,
 }
 
 struct Running {
     pid: u32,
+    /// Between SIGTERM and SIGKILL.
+    grace: Duration,
     stopping: Arc<std::sync::atomic::AtomicBool>,
     exited: Arc<tokio::sync::Notify>,
     done: Arc<std::sync::atomic::AtomicBool>,
@@ -86,6 +99,8 @@ struct State {
     config: AgentConfig,
     master: MasterClient<tonic::transport::Channel>,
     running: Mutex<HashMap<String, Running>>,
+    /// Python interpreters seen to import yr.
+    pythons: python::Checked,
 }
 
 /// The last [`STDERR_TAIL`] bytes written to `path` after offset `from` (this run's output;
@@ -123,19 +138,40 @@ impl State {
         };
         std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
         // A restart reuses the instance's folder: unpack its code afresh.
-        let old_code = dir.join("code");
-        if old_code.exists() {
-            std::fs::remove_dir_all(&old_code)
-                .map_err(io(format!("remove {}", old_code.display())))?;
+        let own_code = dir.join("code");
+        if own_code.exists() {
+            std::fs::remove_dir_all(&own_code)
+                .map_err(io(format!("remove {}", own_code.display())))?;
         }
-        let code_dir = {
+        let code_dir = if function.code_path.is_empty() {
+            // Only Python functions may come without code (validated): they run in an empty
+            // folder of their own.
+            std::fs::create_dir(&own_code).map_err(io(format!("create {}", own_code.display())))?;
+            own_code
+        } else {
             let code = PathBuf::from(&function.code_path);
             let dir = dir.clone();
             tokio::task::spawn_blocking(move || package::prepare(&code, &dir))
                 .await
                 .map_err(|e| Error::Internal(format!("instance {id}: preparing code: {e}")))??
         };
-        let exe = package::find_entrypoint(&code_dir, &function.entrypoint)?;
+        let (exe, args, extra_env): (PathBuf, &[&str], Vec<(&str, String)>) =
+            match function.runtime() {
+                Runtime::Custom => (
+                    package::find_entrypoint(&code_dir, &function.entrypoint)?,
+                    &[],
+                    Vec::new(),
+                ),
+                Runtime::Python => {
+                    let py = python::interpreter(&function.env, self.config.python.as_deref());
+                    self.pythons.ensure(&py, &function.runtime).await?;
+                    (
+                        PathBuf::from(py),
+                        &python::WORKER_ARGS,
+                        python::worker_env(&function),
+                    )
+                }
+            };
         let stdout = std::fs::File::options()
             .create(true)
             .append(true)
@@ -149,8 +185,10 @@ impl State {
             .map_err(io("open stderr.log".into()))?;
         let stderr_start = stderr.metadata().map(|m| m.len()).unwrap_or(0);
         let mut cmd = tokio::process::Command::new(&exe);
-        cmd.current_dir(&code_dir)
+        cmd.args(args)
+            .current_dir(&code_dir)
             .envs(&function.env)
+            .envs(extra_env)
             .env("YR_INSTANCE_ID", &id)
             .env("YR_FUNCTION", &function.name)
             .env("YR_HANDLER", &function.handler)
@@ -187,6 +225,7 @@ impl State {
             id.clone(),
             Running {
                 pid,
+                grace: python::stop_grace(&function, STOP_GRACE),
                 stopping: Arc::clone(&stopping),
                 exited: Arc::clone(&exited),
                 done: Arc::clone(&done),
@@ -231,17 +270,17 @@ impl State {
 
     /// SIGTERM, then SIGKILL after the grace period; returns once the process is gone.
     async fn stop(&self, id: &str) {
-        let (pid, exited, done) = {
+        let (pid, grace, exited, done) = {
             let running = self.running.lock().await;
             let Some(r) = running.get(id) else { return };
             r.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
-            (r.pid, Arc::clone(&r.exited), Arc::clone(&r.done))
+            (r.pid, r.grace, Arc::clone(&r.exited), Arc::clone(&r.done))
         };
         let gone = || done.load(std::sync::atomic::Ordering::SeqCst);
         if !gone() {
             let n = exited.notified();
             signal(pid, libc::SIGTERM);
-            if !gone() && tokio::time::timeout(STOP_GRACE, n).await.is_err() {
+            if !gone() && tokio::time::timeout(grace, n).await.is_err() {
                 let n = exited.notified();
                 signal(pid, libc::SIGKILL);
                 if !gone() {
@@ -474,6 +513,7 @@ pub async fn run(
         config,
         master,
         running: Mutex::new(HashMap::new()),
+        pythons: python::Checked::default(),
     });
     let reg = tokio::spawn(register(
         Arc::clone(&state),

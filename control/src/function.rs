@@ -5,7 +5,8 @@
 //! Proto messages stay the wire and storage format; they become these types where they enter a
 //! service (`TryFrom`), so the code past that point never re-checks a field or compares an enum's
 //! raw `i32`:
-//! - [`Spec`]: a [`FunctionSpec`] with its defaults filled and every field checked;
+//! - [`Spec`]: a [`FunctionSpec`] with its defaults filled and every field checked, its
+//!   `runtime` decoded as a [`Runtime`] (native executables, or Python with its lifecycle hooks);
 //! - [`Scheduling`] and [`Affinity`]: [`SchedulingOptions`] with each rule's kind decoded.
 //!
 //! Invariant: `Spec::try_from(spec.proto().clone())` gives `spec` back (filling defaults is
@@ -18,8 +19,68 @@ use crate::error::Error;
 /// The longest function name.
 pub const MAX_NAME: usize = 128;
 
-/// The only runtime this version starts.
+/// The runtime of native executables (the default).
 pub const RUNTIME: &str = "posix-custom-runtime";
+
+/// The runtimes a spec may name, as its refusal lists them.
+pub const SUPPORTED_RUNTIMES: &str = "posix-custom-runtime, python3, python3.<minor> (python3.9)";
+
+/// The environment keys that make a Python function a driver's task rather than a function
+/// service, any one of them (`TASK_ENV` of `yr/worker.py`, which decides the same way).
+pub const PY_TASK_ENV: [&str; 3] = ["YR_PY_KIND", "YR_PY_FUNCTION", "YR_PY_FUNCTION_REF"];
+
+/// How long an initializer may run unless the spec says.
+pub const DEFAULT_INITIALIZER_TIMEOUT_MS: u32 = 60_000;
+/// How long a pre_stop hook may run unless the spec says.
+pub const DEFAULT_PRE_STOP_TIMEOUT_MS: u32 = 10_000;
+/// The longest pre_stop hook (openYuanrong's limit for `extendedTimeout.pre_stop`, 180 s): the
+/// agent waits this long (plus a margin) before it kills a stopping process.
+pub const MAX_PRE_STOP_TIMEOUT_MS: u32 = 180_000;
+
+/// What starts a function's processes, decided by its `runtime`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    /// An executable from the function's code, linked with the Rust runtime.
+    Custom,
+    /// A Python interpreter running `python -m yr.worker` in the code folder. The minor version
+    /// the name carries is not enforced: the node's interpreter runs it (openYuanrong's bodies
+    /// name `python3.9` and the like; any Python 3 the host has serves them).
+    Python,
+}
+
+impl Runtime {
+    /// The runtime a spec's `runtime` names, if it is one this version starts: exactly
+    /// `posix-custom-runtime`, `python3`, or `python3.` followed by digits.
+    pub fn parse(name: &str) -> Option<Runtime> {
+        if name == RUNTIME {
+            return Some(Runtime::Custom);
+        }
+        let minor = name.strip_prefix("python3")?;
+        if minor.is_empty() {
+            return Some(Runtime::Python);
+        }
+        let digits = minor.strip_prefix('.')?;
+        (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+            .then_some(Runtime::Python)
+    }
+}
+
+/// Checks a Python handler name `module.function` (the module may be dotted: `pkg.mod.fn`): every
+/// part a Python identifier. `field` names the spec field in the error.
+fn check_python_handler(field: &str, handler: &str) -> Result<(), Error> {
+    let identifier = |p: &str| {
+        let mut cs = p.chars();
+        cs.next().is_some_and(|c| c == '_' || c.is_alphabetic())
+            && cs.all(|c| c == '_' || c.is_alphanumeric())
+    };
+    if !handler.contains('.') || !handler.split('.').all(identifier) {
+        return Err(Error::invalid(
+            field,
+            format!("{handler:?} must be module.function (the file module.py in the code folder)"),
+        ));
+    }
+    Ok(())
+}
 
 /// Checks a function name: 1-128 characters of a-z, A-Z, 0-9, '-', '_' or '@' ('@' admits
 /// openYuanrong's function-service names, `0@service@func`). The error names the field `name`.
@@ -157,6 +218,8 @@ impl From<&Scheduling> for SchedulingOptions {
 pub struct Spec {
     proto: FunctionSpec,
     scheduling: Scheduling,
+    /// `proto.runtime`, decoded (named apart so that `spec.runtime` stays the proto's string).
+    decoded_runtime: Runtime,
 }
 
 impl Spec {
@@ -168,6 +231,11 @@ impl Spec {
     /// The stored form, given up.
     pub fn into_proto(self) -> FunctionSpec {
         self.proto
+    }
+
+    /// What starts the function's processes.
+    pub fn runtime(&self) -> Runtime {
+        self.decoded_runtime
     }
 
     /// The function's scheduling options, decoded.
@@ -215,16 +283,20 @@ impl TryFrom<FunctionSpec> for Spec {
         if spec.runtime.is_empty() {
             spec.runtime = RUNTIME.into();
         }
-        if spec.runtime != RUNTIME {
-            return Err(Error::invalid(
+        let runtime = Runtime::parse(&spec.runtime).ok_or_else(|| {
+            Error::invalid(
                 "runtime",
-                format!("{:?} is not supported ({RUNTIME} is)", spec.runtime),
-            ));
-        }
-        if spec.code_path.is_empty() {
+                format!(
+                    "{:?} is not supported (supported: {SUPPORTED_RUNTIMES})",
+                    spec.runtime
+                ),
+            )
+        })?;
+        // A Python function may come without code (a driver's functions travel pickled).
+        if spec.code_path.is_empty() && runtime == Runtime::Custom {
             return Err(Error::invalid("code_path", "is required"));
         }
-        if !std::path::Path::new(&spec.code_path).is_absolute() {
+        if !spec.code_path.is_empty() && !std::path::Path::new(&spec.code_path).is_absolute() {
             return Err(Error::invalid(
                 "code_path",
                 format!("{:?} must be an absolute path", spec.code_path),
@@ -232,6 +304,57 @@ impl TryFrom<FunctionSpec> for Spec {
         }
         if spec.handler.is_empty() {
             spec.handler = spec.name.clone();
+        }
+        match runtime {
+            Runtime::Python => {
+                // A function service names its handler as module.function; a Python driver's
+                // functions carry their code themselves (pickled, in the environment keys
+                // [`PY_TASK_ENV`], which is how `yr.worker` tells the two apart) and name it
+                // freely.
+                if !PY_TASK_ENV.iter().any(|k| spec.env.contains_key(*k)) {
+                    check_python_handler("handler", &spec.handler)?;
+                }
+                for (field, hook) in [
+                    ("initializer", &spec.initializer),
+                    ("pre_stop", &spec.pre_stop),
+                ] {
+                    if !hook.is_empty() {
+                        check_python_handler(field, hook)?;
+                    }
+                }
+            }
+            Runtime::Custom => {
+                // Silently skipping a hook would lose what the user asked for.
+                for (field, hook) in [
+                    ("initializer", &spec.initializer),
+                    ("pre_stop", &spec.pre_stop),
+                ] {
+                    if !hook.is_empty() {
+                        return Err(Error::invalid(
+                            field,
+                            format!("{hook:?}: lifecycle hooks run only in python3 runtimes, not {RUNTIME}"),
+                        ));
+                    }
+                }
+            }
+        }
+        if spec.initializer.is_empty() {
+            spec.initializer_timeout_ms = 0;
+        } else if spec.initializer_timeout_ms == 0 {
+            spec.initializer_timeout_ms = DEFAULT_INITIALIZER_TIMEOUT_MS;
+        }
+        if spec.pre_stop.is_empty() {
+            spec.pre_stop_timeout_ms = 0;
+        } else if spec.pre_stop_timeout_ms == 0 {
+            spec.pre_stop_timeout_ms = DEFAULT_PRE_STOP_TIMEOUT_MS;
+        } else if spec.pre_stop_timeout_ms > MAX_PRE_STOP_TIMEOUT_MS {
+            return Err(Error::invalid(
+                "pre_stop_timeout_ms",
+                format!(
+                    "{} is more than the longest pre_stop, {MAX_PRE_STOP_TIMEOUT_MS} ms",
+                    spec.pre_stop_timeout_ms
+                ),
+            ));
         }
         let r = spec.resources.get_or_insert_with(Resources::default);
         if r.cpu_millis == 0 {
@@ -267,6 +390,7 @@ impl TryFrom<FunctionSpec> for Spec {
         Ok(Spec {
             proto: spec,
             scheduling,
+            decoded_runtime: runtime,
         })
     }
 }
@@ -341,10 +465,44 @@ mod tests {
             ),
             (
                 FunctionSpec {
-                    runtime: "python3".into(),
+                    runtime: "python2.7".into(),
                     ..minimal()
                 },
                 "runtime",
+            ),
+            (
+                FunctionSpec {
+                    runtime: "python3.9".into(),
+                    handler: "demo".into(),
+                    ..minimal()
+                },
+                "handler",
+            ),
+            (
+                FunctionSpec {
+                    runtime: "python3.9".into(),
+                    handler: "demo.handler".into(),
+                    pre_stop: "demo.".into(),
+                    ..minimal()
+                },
+                "pre_stop",
+            ),
+            (
+                FunctionSpec {
+                    initializer: "demo.init".into(),
+                    ..minimal()
+                },
+                "initializer",
+            ),
+            (
+                FunctionSpec {
+                    runtime: "python3".into(),
+                    handler: "demo.handler".into(),
+                    pre_stop: "demo.pre_stop".into(),
+                    pre_stop_timeout_ms: MAX_PRE_STOP_TIMEOUT_MS + 1,
+                    ..minimal()
+                },
+                "pre_stop_timeout_ms",
             ),
             (
                 FunctionSpec {
@@ -389,6 +547,82 @@ mod tests {
             let e = Spec::try_from(spec).expect_err(field);
             assert_eq!(field_of(e), field);
         }
+    }
+
+    #[test]
+    fn runtimes_by_name() {
+        for (name, want) in [
+            ("posix-custom-runtime", Some(Runtime::Custom)),
+            ("python3", Some(Runtime::Python)),
+            ("python3.6", Some(Runtime::Python)),
+            ("python3.11", Some(Runtime::Python)),
+            ("python3.", None),
+            ("python3.x", None),
+            ("python3.9 ", None),
+            ("python310", None),
+            ("python2.7", None),
+            ("python", None),
+            ("node", None),
+        ] {
+            assert_eq!(Runtime::parse(name), want, "{name}");
+        }
+        let e = Spec::try_from(FunctionSpec {
+            runtime: "node".into(),
+            ..minimal()
+        })
+        .expect_err("node is not a runtime");
+        let text = e.to_string();
+        assert!(
+            text.contains("\"node\"") && text.contains("python3") && text.contains(RUNTIME),
+            "the refusal names the runtime and what is supported: {text}"
+        );
+    }
+
+    #[test]
+    fn python_specs_fill_their_hooks() {
+        let s = Spec::try_from(FunctionSpec {
+            runtime: "python3.9".into(),
+            code_path: String::new(),
+            handler: "pkg.demo.handler".into(),
+            initializer: "demo.init".into(),
+            pre_stop: "demo.pre_stop".into(),
+            pre_stop_timeout_ms: 2_000,
+            ..minimal()
+        })
+        .expect("a Python function needs no code path");
+        assert_eq!(s.runtime(), Runtime::Python);
+        assert_eq!(
+            (s.initializer_timeout_ms, s.pre_stop_timeout_ms),
+            (DEFAULT_INITIALIZER_TIMEOUT_MS, 2_000)
+        );
+        assert_eq!(Spec::try_from(s.proto().clone()).expect("still valid"), s);
+        // Timeouts without their hook mean nothing and are dropped.
+        let bare = Spec::try_from(FunctionSpec {
+            runtime: "python3".into(),
+            handler: "m.f".into(),
+            initializer_timeout_ms: 5,
+            pre_stop_timeout_ms: 5,
+            ..minimal()
+        })
+        .expect("valid");
+        assert_eq!(
+            (bare.initializer_timeout_ms, bare.pre_stop_timeout_ms),
+            (0, 0)
+        );
+        // A driver's functions name their handler freely.
+        let task = Spec::try_from(FunctionSpec {
+            runtime: "python3".into(),
+            handler: "f".into(),
+            code_path: String::new(),
+            env: [("YR_PY_FUNCTION_REF".to_string(), "ab12".to_string())].into(),
+            ..minimal()
+        })
+        .expect("valid");
+        assert_eq!(task.handler, "f");
+        assert_eq!(
+            Spec::try_from(minimal()).expect("valid").runtime(),
+            Runtime::Custom
+        );
     }
 
     #[test]

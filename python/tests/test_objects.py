@@ -1,29 +1,9 @@
-"""The Python package against a real one-node cluster started with the `yr` binary."""
-
-import os
-import subprocess
-import tempfile
+"""The Python package against a real one-node cluster started with the `yr` binary (the `session`
+fixture of conftest.py)."""
 
 import pytest
 
 import yr
-
-YR = os.environ.get("YR_BIN", "yr")
-
-
-@pytest.fixture(scope="module")
-def session():
-    with tempfile.TemporaryDirectory(prefix="yr-py-") as d:
-        folder = os.path.join(d, "node")
-        subprocess.run(
-            [YR, "start", "--master", "--ports", "auto", "--shm-size", "64MiB",
-             "--session-dir", folder],
-            check=True, timeout=120,
-        )
-        try:
-            yield folder
-        finally:
-            subprocess.run([YR, "stop", "--force", "--session-dir", folder], timeout=120)
 
 
 def test_calls_before_init_say_so():

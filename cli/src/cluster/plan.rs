@@ -69,6 +69,10 @@ pub struct StartArgs {
     /// Largest REST request body (master).
     #[arg(long, value_parser = crate::util::size_arg, default_value = defaults::MAX_BODY)]
     pub(super) max_body: u64,
+    /// The Python interpreter of this node's python3.x function processes; it must import the
+    /// yr package (default: $YR_PYTHON, else `python3` on PATH).
+    #[arg(long)]
+    pub(super) python: Option<String>,
 }
 
 /// What a node is.
@@ -222,6 +226,9 @@ pub struct Inputs {
     pub etcd_program: Option<PathBuf>,
     /// The etcd endpoints a worker's master reported (unused for a master node).
     pub master_etcd: Vec<String>,
+    /// `$YR_PYTHON` of the process running `yr start`: the interpreter when `--python` is not
+    /// given.
+    pub python_env: Option<String>,
 }
 
 /// How the executor knows a launched component is ready.
@@ -337,6 +344,7 @@ pub fn plan(a: &StartArgs, inputs: Inputs) -> Result<NodePlan, ConfigError> {
         ports,
         etcd_program,
         master_etcd,
+        python_env,
     } = inputs;
     let at = |port: u16| format!("{}:{port}", a.bind);
     let log = |name: &str| dir.join("logs").join(format!("{name}.log"));
@@ -495,7 +503,14 @@ pub fn plan(a: &StartArgs, inputs: Inputs) -> Result<NodePlan, ConfigError> {
             .flag_if("--cpu", a.cpu.map(|c| c.to_string()))
             .flag_if("--memory", a.memory.map(|m| m.to_string()))
             .each("--label", &a.labels)
-            .each("--resource", &a.resources),
+            .each("--resource", &a.resources)
+            .flag_if(
+                "--python",
+                a.python
+                    .clone()
+                    .or(python_env)
+                    .filter(|p| !p.trim().is_empty()),
+            ),
         agent_address,
     ));
 
@@ -544,6 +559,7 @@ mod tests {
             ports,
             etcd_program: Some("/usr/bin/etcd".into()),
             master_etcd: Vec::new(),
+            python_env: None,
         }
     }
 
@@ -855,6 +871,30 @@ mod tests {
         assert!(!has(&p, "data-worker", "--prefault"));
         assert!(!has(&p, "function-agent", "--cpu"));
         assert!(!has(&p, "function-agent", "--label"));
+        assert!(!has(&p, "function-agent", "--python"));
+    }
+
+    #[test]
+    fn the_python_interpreter_comes_from_the_flag_then_the_environment() {
+        let mut with_env = inputs(Ports::STANDARD);
+        with_env.python_env = Some("/env/python".into());
+        let p = planned(&["--master", "--python", "/flag/python"], with_env.clone());
+        assert_eq!(
+            value(&p, "function-agent", "--python").as_deref(),
+            Some("/flag/python")
+        );
+        let p = planned(&["--master"], with_env);
+        assert_eq!(
+            value(&p, "function-agent", "--python").as_deref(),
+            Some("/env/python")
+        );
+        let mut blank = inputs(Ports::STANDARD);
+        blank.python_env = Some(String::new());
+        assert!(!has(
+            &planned(&["--master"], blank),
+            "function-agent",
+            "--python"
+        ));
     }
 
     /// Every `yr component` command line of a plan is one `yr component` accepts, so the plan and
@@ -873,6 +913,8 @@ mod tests {
                     "a=b",
                     "--cpu",
                     "100",
+                    "--python",
+                    "/venv/bin/python",
                 ],
                 inputs(Ports::STANDARD),
             ),

@@ -49,6 +49,8 @@ pub fn start(a: StartArgs) -> Result<()> {
             Role::Master => Vec::new(),
             Role::Worker => master_etcd(a.master_address.as_deref().unwrap_or_default())?,
         },
+        // A path that is not UTF-8 is left out rather than mangled.
+        python_env: std::env::var("YR_PYTHON").ok(),
     };
     let plan = plan::plan(&a, inputs)?;
     let session = launch_plan(&plan)?;

@@ -113,6 +113,55 @@ fn text(v: &Value, field: &str) -> Result<String, Problem> {
     }
 }
 
+/// The object `field` of `v`, if present (null counts as absent).
+fn object<'a>(
+    v: &'a Value,
+    field: &str,
+) -> Result<Option<&'a serde_json::Map<String, Value>>, Problem> {
+    match v.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(m)) => Ok(Some(m)),
+        Some(_) => Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            1001,
+            format!("{field}: must be an object"),
+        )),
+    }
+}
+
+/// The lifecycle hooks of a body: `extendedHandler` {`initializer`, `pre_stop`} (handler names)
+/// and `extendedTimeout` {`initializer`, `pre_stop`} (seconds), as (initializer, pre_stop,
+/// initializer ms, pre_stop ms). Absent values are empty / 0 (the spec's defaults apply).
+fn hooks(body: &Value) -> Result<(String, String, u32, u32), Problem> {
+    let names = match object(body, "extendedHandler")? {
+        Some(m) => {
+            let v = Value::Object(m.clone());
+            let name = |k: &str| {
+                text(&v, k).map_err(|p| {
+                    Problem::new(p.status, p.code, format!("extendedHandler.{}", p.detail))
+                })
+            };
+            (name("initializer")?, name("pre_stop")?)
+        }
+        None => (String::new(), String::new()),
+    };
+    let ms = match object(body, "extendedTimeout")? {
+        Some(m) => {
+            let v = Value::Object(m.clone());
+            let secs = |k: &str| {
+                num(&v, k)
+                    .map(|s| (s.unwrap_or(0).saturating_mul(1000)).min(u64::from(u32::MAX)) as u32)
+                    .map_err(|p| {
+                        Problem::new(p.status, p.code, format!("extendedTimeout.{}", p.detail))
+                    })
+            };
+            (secs("initializer")?, secs("pre_stop")?)
+        }
+        None => (0, 0),
+    };
+    Ok((names.0, names.1, ms.0, ms.1))
+}
+
 /// An openYuanrong function registration body as a spec.
 fn spec_from_body(body: &Value, name_override: Option<&str>) -> Result<FunctionSpec, Problem> {
     if !body.is_object() {
@@ -161,6 +210,7 @@ fn spec_from_body(body: &Value, name_override: Option<&str>) -> Result<FunctionS
         }
     };
     let timeout_s = num(body, "timeout")?.unwrap_or(900).min(8_640_000);
+    let (initializer, pre_stop, initializer_timeout_ms, pre_stop_timeout_ms) = hooks(body)?;
     Ok(FunctionSpec {
         name,
         version: String::new(),
@@ -181,6 +231,10 @@ fn spec_from_body(body: &Value, name_override: Option<&str>) -> Result<FunctionS
         max_retries: 3,
         description: text(body, "description")?,
         kind: text(body, "kind")?,
+        initializer,
+        pre_stop,
+        initializer_timeout_ms,
+        pre_stop_timeout_ms,
         ..Default::default()
     })
 }
@@ -209,6 +263,11 @@ fn function_json(f: &FunctionSpec) -> Value {
         "concurrentNum": f.concurrency,
         "environment": f.env,
         "codePath": f.code_path,
+        "extendedHandler": {"initializer": f.initializer, "pre_stop": f.pre_stop},
+        "extendedTimeout": {
+            "initializer": f.initializer_timeout_ms / 1000,
+            "pre_stop": f.pre_stop_timeout_ms / 1000,
+        },
         "description": f.description,
         "tenantId": TENANT,
         "created": f.created_unix_ms,
@@ -489,9 +548,68 @@ mod tests {
         assert_eq!(s.env.get("A").map(String::as_str), Some("1"));
         let bad = spec_from_body(&json!({"name": "f", "cpu": "lots"}), None).expect_err("invalid");
         assert!(bad.detail.contains("cpu") && bad.code == 1001);
+        assert!(s.initializer.is_empty() && s.pre_stop.is_empty());
         assert!(spec_from_body(&json!([1]), None).is_err());
         assert!(spec_from_body(&json!({"cpu": 1}), None)
             .err()
             .is_some_and(|p| p.detail.contains("name")));
+    }
+
+    #[test]
+    fn lifecycle_hooks_map_both_ways() {
+        let b = json!({"name": "0@svc@demo", "runtime": "python3.9", "handler": "demo.handler",
+            "codePath": "/code", "kind": "faas", "environment": {"show_date": "true"},
+            "extendedHandler": {"initializer": "demo.init", "pre_stop": "demo.pre_stop"},
+            "extendedTimeout": {"initializer": 30, "pre_stop": "10"}});
+        let Ok(s) = spec_from_body(&b, None) else {
+            panic!("a valid body was refused");
+        };
+        assert_eq!(
+            (s.initializer.as_str(), s.pre_stop.as_str()),
+            ("demo.init", "demo.pre_stop")
+        );
+        assert_eq!(
+            (s.initializer_timeout_ms, s.pre_stop_timeout_ms),
+            (30_000, 10_000)
+        );
+        assert_eq!(s.env.get("show_date").map(String::as_str), Some("true"));
+        let shown = function_json(&s);
+        assert_eq!(shown["extendedHandler"]["pre_stop"], "demo.pre_stop");
+        assert_eq!(shown["extendedTimeout"]["initializer"], 30);
+        assert_eq!(shown["runtime"], "python3.9");
+        // What the meta service shows is a body it takes back unchanged.
+        let Ok(again) = spec_from_body(&shown, None) else {
+            panic!("its own rendering was refused");
+        };
+        assert_eq!(
+            (
+                again.initializer,
+                again.pre_stop,
+                again.initializer_timeout_ms,
+                again.pre_stop_timeout_ms
+            ),
+            (s.initializer.clone(), s.pre_stop.clone(), 30_000, 10_000)
+        );
+        for (bad, field) in [
+            (
+                json!({"name": "f", "extendedHandler": "demo.init"}),
+                "extendedHandler",
+            ),
+            (
+                json!({"name": "f", "extendedHandler": {"pre_stop": 3}}),
+                "extendedHandler.pre_stop",
+            ),
+            (
+                json!({"name": "f", "extendedTimeout": {"initializer": "soon"}}),
+                "extendedTimeout.initializer",
+            ),
+        ] {
+            let p = spec_from_body(&bad, None).expect_err(field);
+            assert!(
+                p.detail.starts_with(field) && p.code == 1001,
+                "{}",
+                p.detail
+            );
+        }
     }
 }

@@ -118,6 +118,8 @@ fn base(title: &str) -> Value {
                         "concurrentNum": {"type": "integer"},
                         "environment": {"type": "object", "additionalProperties": {"type": "string"}},
                         "codePath": {"type": "string"},
+                        "extendedHandler": {"$ref": "#/components/schemas/ExtendedHandler"},
+                        "extendedTimeout": {"$ref": "#/components/schemas/ExtendedTimeout"},
                         "description": {"type": "string"},
                         "tenantId": {"type": "string"},
                         "created": {"type": "integer"},
@@ -155,7 +157,7 @@ fn base(title: &str) -> Value {
                     "required": ["name"],
                     "properties": {
                         "name": {"type": "string", "pattern": "^[A-Za-z0-9_@-]{1,128}$"},
-                        "runtime": {"type": "string", "enum": ["posix-custom-runtime"]},
+                        "runtime": {"type": "string", "pattern": "^(posix-custom-runtime|python3(\\.[0-9]+)?)$"},
                         "handler": {"type": "string"},
                         "kind": {"type": "string"},
                         "cpu": {"type": "integer", "minimum": 0},
@@ -170,6 +172,24 @@ fn base(title: &str) -> Value {
                         "codePath": {"type": "string"},
                         "entrypoint": {"type": "string"},
                         "description": {"type": "string"},
+                        "extendedHandler": {"$ref": "#/components/schemas/ExtendedHandler"},
+                        "extendedTimeout": {"$ref": "#/components/schemas/ExtendedTimeout"},
+                    },
+                },
+                "ExtendedHandler": {
+                    "type": "object",
+                    "description": "lifecycle hooks of python3 runtimes, as module.function",
+                    "properties": {
+                        "initializer": {"type": "string"},
+                        "pre_stop": {"type": "string"},
+                    },
+                },
+                "ExtendedTimeout": {
+                    "type": "object",
+                    "description": "how long each hook may run, in seconds (0: the default)",
+                    "properties": {
+                        "initializer": {"type": "integer", "minimum": 0},
+                        "pre_stop": {"type": "integer", "minimum": 0},
                     },
                 },
                 "Ok": {
