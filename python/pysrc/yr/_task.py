@@ -47,15 +47,12 @@ def _load():
 
 
 def setup():
-    """Prepares the process: the working dir as cwd and first on sys.path, then the driver's
-    script folder, and the rest of the driver's sys.path after this interpreter's own."""
-    wd = os.environ.get("YR_PY_WORKING_DIR")
-    if wd and os.path.isdir(wd):
-        os.chdir(wd)
-        sys.path.insert(0, wd)
+    """Prepares the process: after its cwd (the instance's copy of the driver's working dir,
+    when it has one), the driver's script folder, then the rest of the driver's sys.path after
+    this interpreter's own."""
     paths = [p for p in os.environ.get("YR_PY_PATH", "").split(os.pathsep) if p]
     if paths and paths[0] not in sys.path:
-        sys.path.insert(1 if wd else 0, paths[0])
+        sys.path.insert(1, paths[0])
     for p in paths[1:]:
         if p not in sys.path and os.path.isdir(p):
             sys.path.append(p)

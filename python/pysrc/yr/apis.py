@@ -234,23 +234,6 @@ def _code_dir():
     return os.path.dirname(os.path.abspath(f)) if f else os.getcwd()
 
 
-def _launcher():
-    """The executable the agent starts for Python functions (until the agent runs
-    `python3.x` runtimes itself): it runs this driver's interpreter as `-m yr.worker`."""
-    exe = sys.executable
-    h = hashlib.sha256(exe.encode()).hexdigest()[:12]
-    folder = os.path.join(os.path.expanduser("~/.cache/yr/launch"), h)
-    path = os.path.join(folder, "yr-python-worker")
-    if not os.path.exists(path):
-        os.makedirs(folder, exist_ok=True)
-        tmp = f"{path}.{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.write(f"#!/bin/sh\nexec '{exe}' -m yr.worker \"$@\"\n")
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, path)
-    return path
-
-
 def _opts_key(opts):
     if opts is None:
         return ()
@@ -293,8 +276,10 @@ def _deploy(code, kind, opts):
     wd = (o.runtime_env or {}).get("working_dir") or _state["working_dir"]
     spec = {
         "name": name,
-        "runtime": "posix-custom-runtime",
-        "code_path": _launcher(),
+        "runtime": f"python{sys.version_info[0]}.{sys.version_info[1]}",
+        # The working dir (if any) is the code the agent copies into each instance's folder,
+        # which is the process's cwd and first on its sys.path.
+        "code_path": os.path.abspath(wd) if wd else "",
         "handler": "yr.task",
         "kind": "yrlib",
         "description": f"Python {kind} {code.name}",
@@ -309,8 +294,6 @@ def _deploy(code, kind, opts):
         "env": env,
         "affinity": o.placement_rules(),
     }
-    if wd:
-        env["YR_PY_WORKING_DIR"] = os.path.abspath(wd)
     _yr.deploy(spec)
     _state["deployed"][key] = name
     return name

@@ -481,17 +481,21 @@ impl InstanceHandle {
         &self.name
     }
 
-    /// Stops the instance.
+    /// Stops the instance; one that is already gone (it died, or was stopped) is not an error.
     pub fn kill(self) -> Result<(), Error> {
         let mut master = self.yr.d.master.clone();
-        self.yr
-            .d
-            .block_on(master.kill_instance(InstanceRef {
-                name: self.name.clone(),
-                ..Default::default()
-            }))?
-            .map(|_| ())
-            .map_err(|e| Error::Deploy(format!("killing {}: {}", self.name, e.message())))
+        match self.yr.d.block_on(master.kill_instance(InstanceRef {
+            name: self.name.clone(),
+            ..Default::default()
+        }))? {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == tonic::Code::NotFound => Ok(()),
+            Err(e) => Err(Error::Deploy(format!(
+                "killing {}: {}",
+                self.name,
+                e.message()
+            ))),
+        }
     }
 }
 
