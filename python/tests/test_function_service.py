@@ -98,6 +98,9 @@ def test_the_documented_demo_runs_unchanged(rest, session, tmp_path):
     assert body.decode() in {
         json.dumps(f"hello yuanrong,today is {d.strftime('%Y-%m-%d')}") for d in (before, after)
     }
+    # As openYuanrong's docs show the response.
+    assert headers["X-Inner-Code"] == "0"
+    assert headers["Content-Type"] == "application/json"
     instance = headers["X-Instance-Id"]
     log = stdout_log(session, instance)
     assert "function instance initialization completed" in log

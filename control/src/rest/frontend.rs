@@ -182,6 +182,14 @@ fn header_value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
+/// Whether a reply body is a JSON document (checked only for bodies small enough to parse on
+/// the way out; larger ones keep the generic type).
+fn is_json(body: &[u8]) -> bool {
+    !body.is_empty()
+        && body.len() <= 64 << 10
+        && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
+}
+
 /// The proxy's reply as the route's convention has it.
 fn render(style: Style, r: InvokeReply) -> Response {
     let kind = kind_of(&r);
@@ -196,6 +204,24 @@ fn render(style: Style, r: InvokeReply) -> Response {
         ),
     ];
     match kind {
+        // openYuanrong's own route answers with its inner code, and JSON (what a function
+        // service's handler returns, encoded) as JSON.
+        ErrorKind::ErrorNone if style == Style::Yr => {
+            let json = is_json(&r.payload);
+            let mut resp = (StatusCode::OK, located, r.payload).into_response();
+            let h = resp.headers_mut();
+            h.insert(
+                HeaderName::from_static("x-inner-code"),
+                HeaderValue::from_static("0"),
+            );
+            if json {
+                h.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+            }
+            resp
+        }
         ErrorKind::ErrorNone => (StatusCode::OK, located, r.payload).into_response(),
         // The function's own failure: reported as such, not as a platform error. Lambda keeps
         // 200 and flags it in a header, as AWS does.
