@@ -70,7 +70,8 @@ pub struct StartArgs {
     #[arg(long, value_parser = crate::util::size_arg, default_value = defaults::MAX_BODY)]
     pub(super) max_body: u64,
     /// The Python interpreter of this node's python3.x function processes; it must import the
-    /// yr package (default: $YR_PYTHON, else `python3` on PATH).
+    /// yr package (default: $YR_PYTHON, else the active virtual environment or the one `make`
+    /// builds when the package is installed there, else `python3` on PATH).
     #[arg(long)]
     pub(super) python: Option<String>,
 }
@@ -226,7 +227,8 @@ pub struct Inputs {
     pub etcd_program: Option<PathBuf>,
     /// The etcd endpoints a worker's master reported (unused for a master node).
     pub master_etcd: Vec<String>,
-    /// `$YR_PYTHON` of the process running `yr start`: the interpreter when `--python` is not
+    /// `$YR_PYTHON` of the process running `yr start` (or the environment yr is installed in):
+    /// the interpreter when `--python` is not
     /// given.
     pub python_env: Option<String>,
 }

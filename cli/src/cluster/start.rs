@@ -8,6 +8,7 @@
 //! session when the folder was its own choice, and waits until the master sees the node.
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -50,7 +51,9 @@ pub fn start(a: StartArgs) -> Result<()> {
             Role::Worker => master_etcd(a.master_address.as_deref().unwrap_or_default())?,
         },
         // A path that is not UTF-8 is left out rather than mangled.
-        python_env: std::env::var("YR_PYTHON").ok(),
+        python_env: std::env::var("YR_PYTHON")
+            .ok()
+            .or_else(|| installed_python(&python_candidates())),
     };
     let plan = plan::plan(&a, inputs)?;
     let session = launch_plan(&plan)?;
@@ -60,6 +63,39 @@ pub fn start(a: StartArgs) -> Result<()> {
     // Wait until the master sees this node, so that a deploy right after start can place work.
     wait_for_node(&session)?;
     print_started(&session)
+}
+
+/// Where the yr package is likely installed: the active virtual environment, then the one
+/// `make` builds (scripts/python-env.sh).
+fn python_candidates() -> Vec<PathBuf> {
+    let mut c = Vec::new();
+    if let Some(v) = std::env::var_os("VIRTUAL_ENV") {
+        c.push(PathBuf::from(v));
+    }
+    if let Some(h) = std::env::var_os("HOME") {
+        c.push(PathBuf::from(h).join(".cache/yr/py"));
+    }
+    c
+}
+
+/// The interpreter of the first of `venvs` that has the yr package installed (a
+/// `yr-*.dist-info` in its site-packages): the default for Python function processes, so that
+/// a node started from the environment the package was installed into runs them there.
+fn installed_python(venvs: &[PathBuf]) -> Option<String> {
+    venvs.iter().find_map(|v| {
+        let python = v.join("bin/python");
+        let lib = std::fs::read_dir(v.join("lib")).ok()?;
+        let has_yr = lib.flatten().any(|d| {
+            std::fs::read_dir(d.path().join("site-packages")).is_ok_and(|entries| {
+                entries.flatten().any(|e| {
+                    let n = e.file_name();
+                    let n = n.to_string_lossy();
+                    n.starts_with("yr-") && n.ends_with(".dist-info")
+                })
+            })
+        });
+        (has_yr && python.exists()).then(|| python.to_string_lossy().into_owned())
+    })
 }
 
 fn hostname() -> String {
@@ -227,4 +263,30 @@ pub fn stop(a: StopArgs) -> Result<()> {
         }
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod python_tests {
+    use super::*;
+
+    #[test]
+    fn the_default_interpreter_is_the_first_environment_with_yr_installed() {
+        let d = tempfile::tempdir().expect("temp dir");
+        let without = d.path().join("plain");
+        let with = d.path().join("venv");
+        for v in [&without, &with] {
+            std::fs::create_dir_all(v.join("bin")).expect("bin");
+            std::fs::write(v.join("bin/python"), "").expect("python");
+            std::fs::create_dir_all(v.join("lib/python3.11/site-packages/numpy")).expect("lib");
+        }
+        std::fs::create_dir_all(with.join("lib/python3.11/site-packages/yr-0.1.0.dist-info"))
+            .expect("dist-info");
+        let missing = d.path().join("missing");
+        let got = installed_python(&[missing, without.clone(), with.clone()]);
+        assert_eq!(
+            got,
+            Some(with.join("bin/python").to_string_lossy().into_owned())
+        );
+        assert_eq!(installed_python(&[without]), None);
+    }
 }

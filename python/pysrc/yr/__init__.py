@@ -46,6 +46,7 @@ from .config import (
     SetParam,
     WriteMode,
 )
+from .functionservice import Context
 from .exception import (
     CallTimeoutError,
     CancelError,
