@@ -359,6 +359,13 @@ fn deploy(py: Python<'_>, spec: Bound<'_, PyDict>) -> PyResult<()> {
     py.allow_threads(|| yr.deploy(f)).map_err(to_py)
 }
 
+/// Deletes the deployed function `name` and stops its instances (gone already is fine).
+#[pyfunction]
+fn undeploy(py: Python<'_>, name: &str) -> PyResult<()> {
+    let yr = driver()?;
+    py.allow_threads(|| yr.undeploy(name)).map_err(to_py)
+}
+
 /// A stateful instance: calls through one handle run one at a time, in submission order.
 #[pyclass(module = "yr", name = "InstanceHandle", frozen)]
 pub struct PyInstance {
@@ -525,6 +532,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(wait, m)?)?;
     m.add_function(wrap_pyfunction!(submit, m)?)?;
     m.add_function(wrap_pyfunction!(deploy, m)?)?;
+    m.add_function(wrap_pyfunction!(undeploy, m)?)?;
     m.add_function(wrap_pyfunction!(create_instance, m)?)?;
     m.add_function(wrap_pyfunction!(find_instance, m)?)?;
     m.add_function(wrap_pyfunction!(kv_set, m)?)?;

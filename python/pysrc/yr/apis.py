@@ -38,7 +38,7 @@ ObjectRef = _yr.ObjectRef
 #: Code up to this size travels in the function's environment; larger code as an object.
 _INLINE_CODE = 96 << 10
 _lock = threading.Lock()
-_state = {"config": None, "deployed": {}, "code_refs": [], "working_dir": ""}
+_state = {"config": None, "deployed": {}, "code_refs": [], "working_dir": "", "job": ""}
 
 
 # ----------------------------------------------------------------------------- connecting
@@ -58,8 +58,9 @@ def init(conf=None):
         _state["code_refs"] = []
         wd = conf.working_dir or os.environ.get("YR_WORKING_DIR", "")
         _state["working_dir"] = os.path.abspath(wd) if wd else ""
+        _state["job"] = conf.job_id or uuid.uuid4().hex[:8]
     atexit.register(finalize)
-    return _ClientInfo(conf.job_id or uuid.uuid4().hex[:8])
+    return _ClientInfo(_state["job"])
 
 
 class _ClientInfo:
@@ -71,11 +72,20 @@ class _ClientInfo:
 
 
 def finalize():
-    """Disconnects; objects this driver owns are freed once their last reference is gone."""
+    """Disconnects. The pools of this driver's stateless functions stop (as a job's workers do);
+    its stateful instances live on until terminated; the objects it owns are freed once their
+    last reference is gone."""
     atexit.unregister(finalize)
     with _lock:
-        _state["deployed"] = {}
+        deployed, _state["deployed"] = _state["deployed"], {}
         _state["code_refs"] = []
+    if _yr.is_initialized():
+        for (_, kind, _), name in deployed.items():
+            if kind == "function":
+                try:
+                    _yr.undeploy(name)
+                except Exception:  # noqa: BLE001 - the cluster may be gone already
+                    pass
     _yr.finalize()
 
 
@@ -256,6 +266,10 @@ def _deploy(code, kind, opts):
     h = hashlib.sha256(blob)
     h.update(repr(key[1:]).encode())
     h.update(sys.executable.encode())
+    if kind == "function":
+        # A stateless function's pool is this driver's (stopped at finalize); a class is
+        # shared, so that a named instance is found again by another driver.
+        h.update(_state["job"].encode())
     label = re.sub(r"[^A-Za-z0-9_-]", "-", code.name)[:40]
     name = f"py-{label}-{h.hexdigest()[:16]}"
     env = {

@@ -548,6 +548,20 @@ impl Yr {
         Ok(())
     }
 
+    /// Deletes the deployed function `name` and stops its instances; one that is already gone
+    /// is not an error.
+    pub fn undeploy(&self, name: &str) -> Result<(), Error> {
+        self.d.deployed.lock().remove(name);
+        let mut master = self.d.master.clone();
+        match self.d.block_on(master.delete_function(yr_proto::FunctionRef {
+            name: name.to_string(),
+        }))? {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == tonic::Code::NotFound => Ok(()),
+            Err(e) => Err(Error::Deploy(format!("deleting {name}: {}", e.message()))),
+        }
+    }
+
     /// Creates (or finds) the stateful instance `name` of the deployed function `function`.
     pub fn create_instance(&self, function: &str, name: &str) -> Result<InstanceHandle, Error> {
         let mut master = self.d.master.clone();
