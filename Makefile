@@ -15,9 +15,12 @@ test-deps:
 build: deps
 	$(CARGO) build --release --bins
 
-## The main job: a data worker passing a 256 MiB object between two processes.
-demo: build
+## The main job: `yr demo` (a two-node cluster: a 256 MiB pipeline, function services, a 256 MiB
+## object between two processes), then the same kind of pipeline in Python: the package built
+## into the Makefile's environment, examples/python/pipeline.py on a fresh two-node cluster.
+demo: build python
 	./target/release/yr demo
+	./scripts/demo-python.sh
 
 ## Every test: formatting, lints, unit, property and integration tests, and the Python package's.
 test: test-deps lint unit pytest
