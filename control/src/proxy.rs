@@ -471,6 +471,30 @@ impl State {
         Ok(())
     }
 
+    /// Whether the newest record of the instance `key` (an ID or a name) of `function` is on its
+    /// way to RUNNING: not running yet, and not ended.
+    fn starting(&self, function: &str, key: &str) -> bool {
+        let instances = self.instances.snapshot();
+        let record = instances
+            .get(key)
+            .filter(|r| r.function == function)
+            .or_else(|| {
+                instances
+                    .values()
+                    .filter(|r| r.name == key && r.function == function)
+                    .max_by_key(|r| (!crate::lifecycle::is_terminal(r.state), r.updated_unix_ms))
+            });
+        record.is_some_and(|r| {
+            matches!(
+                InstanceState::try_from(r.state),
+                Ok(InstanceState::New
+                    | InstanceState::Scheduling
+                    | InstanceState::Creating
+                    | InstanceState::Failed)
+            )
+        })
+    }
+
     /// A call to the instance `req.instance` names (its ID, or a stateful instance's name), as
     /// [`route::named`] decides.
     async fn call_named(
@@ -480,6 +504,19 @@ impl State {
         timeout: Duration,
     ) -> Result<InvokeReply, Error> {
         let key = req.instance.as_str();
+        // A named instance still starting (the master told its creator it runs, this proxy's
+        // mirror of the records may lag behind; or it is restarting) is waited for within the
+        // call's time rather than refused.
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut watch = self.instances.subscribe();
+        while self.local(key).is_none() && self.starting(&function.name, key) {
+            if tokio::time::timeout_at(deadline, watch.changed())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
         let local = self.local(key).or_else(|| {
             let locals = self.locals.read().ok()?;
             let instances = self.instances.snapshot();

@@ -198,7 +198,14 @@ fn get(
         let mut out = Vec::with_capacity(refs.len());
         for r in &refs {
             let left = t.saturating_sub(t0.elapsed());
-            out.push(yr.get_bytes(r, left)?);
+            out.push(yr.get_bytes(r, left).map_err(|e| match e {
+                // Named as openYuanrong's get names it, with the timeout asked for.
+                yr_runtime::Error::Timeout(_) => yr_runtime::Error::Timeout(format!(
+                    "failed to get object, code: 4005: {r:?} is not ready within {:.3} s",
+                    t.as_secs_f64()
+                )),
+                e => e,
+            })?);
         }
         Ok::<_, yr_runtime::Error>(out)
     });

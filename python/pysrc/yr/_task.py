@@ -113,7 +113,10 @@ def handle_call(method, args):
         if _instance["error"] is not None:
             raise _instance["error"]
         if _instance["obj"] is None:
-            raise RuntimeError(f"the {getattr(obj, '__name__', 'class')} instance was not constructed")
+            raise RuntimeError(
+                f"the {getattr(obj, '__name__', 'class')} instance was not constructed: its "
+                "constructor call (__init__) failed before it reached the instance; the error "
+                "of that call says why")
         return _result(getattr(_instance["obj"], method)(*pos, **kw))
     except Exception as e:  # noqa: BLE001 - every exception is the call's value
         return _failed(e)

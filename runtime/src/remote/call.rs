@@ -211,7 +211,7 @@ impl Task<'_> {
             (s, t)
         });
         let d2 = Arc::clone(&d);
-        d.rt.spawn(async move {
+        d.runtime().spawn(async move {
             let turn = match order {
                 Some((s, t)) => Some(s.wait_turn(t).await),
                 None => None,
@@ -553,9 +553,11 @@ impl Yr {
     pub fn undeploy(&self, name: &str) -> Result<(), Error> {
         self.d.deployed.lock().remove(name);
         let mut master = self.d.master.clone();
-        match self.d.block_on(master.delete_function(yr_proto::FunctionRef {
-            name: name.to_string(),
-        }))? {
+        match self
+            .d
+            .block_on(master.delete_function(yr_proto::FunctionRef {
+                name: name.to_string(),
+            }))? {
             Ok(_) => Ok(()),
             Err(e) if e.code() == tonic::Code::NotFound => Ok(()),
             Err(e) => Err(Error::Deploy(format!("deleting {name}: {}", e.message()))),

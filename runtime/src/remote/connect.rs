@@ -56,7 +56,8 @@ pub(super) struct Driver {
     pub deployed: parking_lot::Mutex<HashSet<String>>,
     /// Functions and classes the program registers.
     pub registered: HashSet<String>,
-    pub rt: tokio::runtime::Runtime,
+    /// Always `Some` until the driver is dropped (see its `Drop`).
+    pub rt: Option<tokio::runtime::Runtime>,
 }
 
 /// A node of the cluster, as [`Yr::nodes`] lists it.
@@ -180,7 +181,7 @@ impl Builder {
                 store,
                 deployed: parking_lot::Mutex::new(HashSet::new()),
                 registered,
-                rt,
+                rt: Some(rt),
             }),
         })
     }
@@ -221,6 +222,14 @@ pub(super) fn proxy_client(ch: Channel) -> ProxyClient<Channel> {
 }
 
 impl Driver {
+    /// The driver's runtime.
+    pub fn runtime(&self) -> &tokio::runtime::Runtime {
+        // Set at connect and taken only by `drop`.
+        self.rt
+            .as_ref()
+            .expect("the driver's runtime lives as long as the driver")
+    }
+
     /// Runs `f` on the driver's runtime from the caller's (blocking) thread.
     /// Refused inside an async context, where blocking would stall (or, in
     /// tokio, panic): call the driver from `spawn_blocking` or a plain thread.
@@ -232,7 +241,20 @@ impl Driver {
                     .into(),
             ));
         }
-        Ok(self.rt.block_on(f))
+        Ok(self.runtime().block_on(f))
+    }
+}
+
+impl Drop for Driver {
+    /// The last reference to a driver can go on one of its own runtime's threads (a call's task
+    /// ending after the program let go of its handle), where a runtime cannot be dropped (it
+    /// would wait for itself): there it is shut down in the background instead.
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                rt.shutdown_background();
+            }
+        }
     }
 }
 
