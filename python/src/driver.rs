@@ -27,20 +27,24 @@ use crate::{to_py, YRError};
 
 /// The process's driver connection, set by `init`.
 ///
-/// A std mutex: it is held only to clone or replace the handle, never across a call.
+/// A std mutex: it is held only to clone or replace the handle (and, in a function process,
+/// while its first use connects it), never across a call.
 static DRIVER: Mutex<Option<Yr>> = Mutex::new(None);
 
 pub(crate) fn driver() -> PyResult<Yr> {
-    DRIVER
+    let mut d = DRIVER
         .lock()
-        .map_err(|_| YRError::new_err("the driver's lock is poisoned"))?
-        .clone()
-        .ok_or_else(|| {
-            crate::exception(
-                "NotInitializedError",
-                "system not initialized: call yr.init() first".into(),
-            )
-        })
+        .map_err(|_| YRError::new_err("the driver's lock is poisoned"))?;
+    if d.is_none() && std::env::var_os("YR_INSTANCE_ID").is_some() {
+        // A function that calls, puts or gets is connected on first use, through its own node.
+        *d = Some(Builder::new("py").connect_in_function().map_err(to_py)?);
+    }
+    d.clone().ok_or_else(|| {
+        crate::exception(
+            "NotInitializedError",
+            "system not initialized: call yr.init() first".into(),
+        )
+    })
 }
 
 fn timeout_of(seconds: Option<f64>) -> PyResult<Duration> {
@@ -98,12 +102,33 @@ impl PyObjectRef {
         self.0.identity() as u64
     }
 
-    fn __reduce__(&self) -> PyResult<()> {
-        Err(YRError::new_err(
-            "an ObjectRef cannot be pickled: pass it as a top-level argument of a call (it is \
-             resolved where the call runs), or yr.get it first",
-        ))
+    /// Inside a value, a reference travels as its object (ID, size, node): the receiver gets a
+    /// borrowed reference, readable while this one (the owner's) lives. A pending reference
+    /// cannot travel (pass it as a top-level argument: the call waits for it).
+    fn __reduce__<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<(Bound<'py, PyAny>, (String, u64, String))> {
+        let Some((id, size, node)) = self.0.object() else {
+            return Err(crate::exception(
+                "YRValueError",
+                "an ObjectRef inside a value must be a stored object: pass a pending or small \
+                 result as a top-level argument of the call (it is resolved where the call \
+                 runs), or yr.get it first"
+                    .into(),
+            ));
+        };
+        let rebuild = py.import("yr._yr")?.getattr("borrowed_ref")?;
+        Ok((rebuild, (id.to_string(), size, node)))
     }
+}
+
+/// A reference to the object `id` another process owns (see `ObjectRef.__reduce__`).
+#[pyfunction]
+fn borrowed_ref(id: &str, size: u64, node: &str) -> PyResult<PyObjectRef> {
+    let oid = yr_datastore::ObjectId::from_hex(id)
+        .ok_or_else(|| PyValueError::new_err(format!("{id:?} is not an object ID")))?;
+    Ok(PyObjectRef(driver()?.borrowed(oid, size, node)))
 }
 
 /// Connects this process to a cluster: the session at `session` (a session folder or its
@@ -112,14 +137,11 @@ impl PyObjectRef {
 #[pyfunction]
 #[pyo3(signature = (session=None, master=None))]
 fn init(py: Python<'_>, session: Option<PathBuf>, master: Option<String>) -> PyResult<()> {
-    if std::env::var_os("YR_INSTANCE_ID").is_some() && session.is_none() && master.is_none() {
-        return Err(YRError::new_err(
-            "yr.init() inside a function process needs an explicit session or master address",
-        ));
-    }
+    let in_function = std::env::var_os("YR_INSTANCE_ID").is_some();
     let yr = py.allow_threads(|| match (session, master) {
         (Some(s), _) => Builder::new("py").connect(s),
         (None, Some(m)) => Builder::new("py").connect_master(&m),
+        (None, None) if in_function => Builder::new("py").connect_in_function(),
         (None, None) => Builder::new("py").init(),
     });
     let yr = yr.map_err(to_py)?;
@@ -531,6 +553,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyObjectRef>()?;
     m.add_class::<PyInstance>()?;
     m.add_function(wrap_pyfunction!(init, m)?)?;
+    m.add_function(wrap_pyfunction!(borrowed_ref, m)?)?;
     m.add_function(wrap_pyfunction!(finalize, m)?)?;
     m.add_function(wrap_pyfunction!(is_initialized, m)?)?;
     m.add_function(wrap_pyfunction!(put_bytes, m)?)?;

@@ -257,3 +257,24 @@ def test_kv_on_the_data_worker(cluster):
     yr.kv_del("kv-key")
     with pytest.raises(RuntimeError):
         yr.kv_read("kv-key", 0)
+
+
+@yr.invoke
+def total(refs):
+    return sum(yr.get(refs))
+
+
+@yr.invoke
+def twice_removed(n):
+    """A call that makes a call of its own (the function process connects on first use)."""
+    return yr.get(add.invoke(n), timeout=60)
+
+
+def test_refs_inside_values_and_calls_from_calls(cluster):
+    refs = [yr.put(i) for i in range(1, 4)]
+    # openYuanrong's "passing data objects": references inside a value are read by the callee.
+    assert yr.get(total.invoke(yr.put(refs)), timeout=60) == 6
+    assert yr.get(total.invoke(refs), timeout=60) == 6
+    assert yr.get(twice_removed.invoke(41), timeout=120) == 42
+    with pytest.raises(yr.YRError, match="stored object"):
+        yr.put([sleepy.invoke(1)])  # a pending reference cannot travel inside a value

@@ -134,6 +134,19 @@ impl Builder {
         )
     }
 
+    /// Connects a driver from inside a function process (for calls a function makes itself),
+    /// through the master, proxy and data worker its agent named in its environment.
+    pub fn connect_in_function(self) -> Result<Yr, Error> {
+        let env = |k: &'static str| std::env::var(k).map_err(|_| Error::NotStartedByAgent(k));
+        let endpoints = Endpoints {
+            master: env("YR_MASTER_ADDRESS")?,
+            proxy: env("YR_PROXY_ADDRESS")?,
+            socket: env("YR_DATA_SOCKET")?,
+            node_id: env("YR_NODE_ID")?,
+        };
+        self.connect_to(driver_runtime()?, endpoints)
+    }
+
     fn connect_to(self, rt: tokio::runtime::Runtime, e: Endpoints) -> Result<Yr, Error> {
         let Endpoints {
             master,

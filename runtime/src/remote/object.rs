@@ -51,10 +51,15 @@ struct RefCell {
     state: watch::Sender<RefState>,
     info: parking_lot::Mutex<Option<CallInfo>>,
     store: Client,
+    /// A reference to an object someone else owns (see [`Yr::borrowed`]): never freed here.
+    borrowed: bool,
 }
 
 impl Drop for RefCell {
     fn drop(&mut self) {
+        if self.borrowed {
+            return;
+        }
         if let RefState::Object { id, .. } = &*self.state.borrow() {
             self.store.free(&[*id]);
         }
@@ -91,6 +96,7 @@ impl ObjectRef {
                 state: watch::Sender::new(state),
                 info: parking_lot::Mutex::new(None),
                 store: store.clone(),
+                borrowed: false,
             }),
         }
     }
@@ -141,6 +147,14 @@ impl ObjectRef {
     pub fn node_id(&self) -> Option<String> {
         match &*self.cell.state.borrow() {
             RefState::Object { node_id, .. } => Some(node_id.clone()),
+            _ => None,
+        }
+    }
+
+    /// The stored object as (ID, size, node), once it is one (not for inline values).
+    pub fn object(&self) -> Option<(ObjectId, u64, String)> {
+        match &*self.cell.state.borrow() {
+            RefState::Object { id, size, node_id } => Some((*id, *size, node_id.clone())),
             _ => None,
         }
     }
@@ -241,6 +255,24 @@ impl Yr {
         let mut b = self.d.store.create(id, len, meta.len())?;
         b.meta_mut().copy_from_slice(meta);
         Ok(DriverObject { yr: self, b })
+    }
+
+    /// A reference to the object `id` (of `size` bytes, on `node_id`) that another process owns
+    /// (it came inside a value): readable while its owner keeps it, never freed through this
+    /// reference.
+    pub fn borrowed(&self, id: ObjectId, size: u64, node_id: &str) -> ObjectRef {
+        ObjectRef {
+            cell: Arc::new(RefCell {
+                state: watch::Sender::new(RefState::Object {
+                    id,
+                    size,
+                    node_id: node_id.to_string(),
+                }),
+                info: parking_lot::Mutex::new(None),
+                store: self.d.store.clone(),
+                borrowed: true,
+            }),
+        }
     }
 
     fn owned(&self, id: ObjectId, size: u64) -> ObjectRef {
