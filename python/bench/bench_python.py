@@ -6,7 +6,8 @@ What it measures, in this order, in one process (issue 11, "Speed"):
 - put_gbps: `yr.put` of that array (one copy into shared memory; the reference is dropped, so
   the object freed, between puts);
 - get_p50_us: `yr.get` of the stored array (a zero-copy numpy view; checked to lie in the
-  arena), timed alone, and with the view's release;
+  arena), timed alone, and with the view's release; beside it, in interleaved blocks, one
+  round trip to the data worker through the same native module (the floor a get cannot beat);
 - small_put_per_s: `yr.put` of 1 KiB bytes one at a time (references kept until the round
   ends, then freed; the rate with each reference dropped at once is reported beside it);
 - tasks_per_s: a trivial `@yr.invoke` function, `--calls` calls in flight, then `yr.get` of
@@ -70,21 +71,30 @@ def put_gbps(src, iters):
 
 
 def get_us(ref, n, lo, hi):
-    """p50/p99 of `yr.get` alone, and of get plus dropping the view (the pin's release)."""
-    alone, with_release = [], []
-    for i in range(n + 100):
-        t = time.perf_counter()
-        v = yr.get(ref)
-        d = time.perf_counter() - t
-        addr = v.__array_interface__["data"][0]
-        if not lo <= addr < hi:
-            raise SystemExit(f"yr.get returned a copy (address {addr:#x} outside the arena)")
-        del v
-        d2 = time.perf_counter() - t
-        if i >= 100:
-            alone.append(d * 1e6)
-            with_release.append(d2 * 1e6)
-    return p(alone, 0.5), p(alone, 0.99), p(with_release, 0.5)
+    """p50/p99 of `yr.get` alone, of get plus dropping the view (the pin's release), and of the
+    floor beside it: one round trip to the data worker through the same native module (a KV
+    existence check), in blocks interleaved with the gets' so both see the same machine."""
+    alone, with_release, rtt = [], [], []
+    block = 200
+    for b in range(n // block + 1):
+        for _ in range(block):
+            t = time.perf_counter()
+            v = yr.get(ref)
+            d = time.perf_counter() - t
+            addr = v.__array_interface__["data"][0]
+            if not lo <= addr < hi:
+                raise SystemExit(f"yr.get returned a copy (address {addr:#x} outside the arena)")
+            del v
+            d2 = time.perf_counter() - t
+            if b:  # block 0 warms up
+                alone.append(d * 1e6)
+                with_release.append(d2 * 1e6)
+        for _ in range(block):
+            t = time.perf_counter()
+            yr._yr.kv_exists(b"yr-bench-no-such-key")
+            if b:
+                rtt.append((time.perf_counter() - t) * 1e6)
+    return p(alone, 0.5), p(alone, 0.99), p(with_release, 0.5), p(rtt, 0.5)
 
 
 def small_puts(n, rounds):
@@ -150,7 +160,7 @@ def main():
     ap.add_argument("--gets", type=int, default=2000, help="gets of the stored array")
     ap.add_argument("--small", type=int, default=20000, help="1 KiB puts per round")
     ap.add_argument("--calls", type=int, default=1000, help="calls in flight per task round")
-    ap.add_argument("--rounds", type=int, default=5, help="measured task and small-put rounds")
+    ap.add_argument("--rounds", type=int, default=10, help="measured task and small-put rounds")
     ap.add_argument("--passes", type=int, default=30, help="measured 256 MiB pass calls")
     ap.add_argument("--quiet", action="store_true", help="no progress on stderr")
     ap.add_argument("--only", default="", help="comma-separated subset (copy,put,get,small,tasks,pass)")
@@ -177,7 +187,8 @@ def main():
     if want("get"):
         log(a.quiet, "yr.get of the stored array...")
         lo, hi = yr._yr.arena_range()
-        out["get_p50_us"], out["get_p99_us"], out["get_release_p50_us"] = get_us(stored, a.gets, lo, hi)
+        (out["get_p50_us"], out["get_p99_us"], out["get_release_p50_us"],
+         out["store_rtt_p50_us"]) = get_us(stored, a.gets, lo, hi)
     if want("small"):
         log(a.quiet, "1 KiB puts...")
         out["small_put_per_s"], out["small_put_dropped_per_s"] = small_puts(a.small, a.rounds)

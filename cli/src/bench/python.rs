@@ -44,7 +44,7 @@ pub struct PythonArgs {
     #[arg(long, default_value = "1GiB")]
     shm_size: String,
     /// Measured rounds of tasks and small puts (after one warm-up round).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 10)]
     rounds: u32,
     /// Calls in flight in each task round.
     #[arg(long, default_value_t = 1000)]
@@ -95,7 +95,10 @@ fn check_interpreter(python: &PathBuf) -> Result<bool> {
         .output();
     let out = match out {
         Ok(o) => o,
-        Err(e) => bail!("cannot run the Python interpreter {}: {e}; {how}", python.display()),
+        Err(e) => bail!(
+            "cannot run the Python interpreter {}: {e}; {how}",
+            python.display()
+        ),
     };
     if !out.status.success() {
         bail!(
@@ -141,7 +144,10 @@ fn run_with_deadline(mut cmd: Command, timeout: Duration) -> Result<String> {
         .map_err(|_| anyhow::anyhow!("the thread reading the script's output panicked"))?
         .context("reading the script's output")?;
     if !status.success() {
-        bail!("the bench script failed ({status}); its output: {}", out.trim());
+        bail!(
+            "the bench script failed ({status}); its output: {}",
+            out.trim()
+        );
     }
     Ok(out)
 }
@@ -189,21 +195,57 @@ fn fmt(v: Option<f64>) -> String {
 
 fn print_table(v: &Map<String, Value>) {
     let rows: &[(&str, &str, Option<&str>)] = &[
-        ("copy_gbps", "numpy copy of the array, GB/s (baseline)", None),
+        (
+            "copy_gbps",
+            "numpy copy of the array, GB/s (baseline)",
+            None,
+        ),
         ("put_gbps", "yr.put of the array, GB/s", None),
         ("put_vs_copy", "put / copy", Some("put_vs_copy")),
-        ("get_p50_us", "yr.get of the stored array, p50 µs", Some("get_p50_us")),
+        (
+            "get_p50_us",
+            "yr.get of the stored array, p50 µs",
+            Some("get_p50_us"),
+        ),
         ("get_p99_us", "  p99 µs", None),
-        ("get_release_p50_us", "  get + drop of the view, p50 µs", None),
-        ("small_put_per_s", "1 KiB puts /s (refs kept)", Some("small_put_per_s")),
-        ("small_put_dropped_per_s", "  refs dropped at once, /s", None),
-        ("tasks_per_s", "trivial tasks /s (median round)", Some("tasks_per_s")),
+        (
+            "get_release_p50_us",
+            "  get + drop of the view, p50 µs",
+            None,
+        ),
+        (
+            "store_rtt_p50_us",
+            "  data worker round trip, p50 µs (floor)",
+            None,
+        ),
+        (
+            "small_put_per_s",
+            "1 KiB puts /s (refs kept)",
+            Some("small_put_per_s"),
+        ),
+        (
+            "small_put_dropped_per_s",
+            "  refs dropped at once, /s",
+            None,
+        ),
+        (
+            "tasks_per_s",
+            "trivial tasks /s (median round)",
+            Some("tasks_per_s"),
+        ),
         ("tasks_per_s_best", "  best round", None),
-        ("pass_256mib_ms", "pass the stored array by ref, p50 ms", Some("pass_256mib_ms")),
+        (
+            "pass_256mib_ms",
+            "pass the stored array by ref, p50 ms",
+            Some("pass_256mib_ms"),
+        ),
         ("pass_256mib_p99_ms", "  p99 ms", None),
     ];
     let targets = v.get("targets").and_then(Value::as_object);
-    println!("{:<44} {:>12} {:>10} {:>5}", "measure", "value", "target", "met");
+    println!(
+        "{:<44} {:>12} {:>10} {:>5}",
+        "measure", "value", "target", "met"
+    );
     for (key, label, target) in rows {
         let t = target.and_then(|t| targets.and_then(|m| m.get(t)));
         let (goal, met) = match t {
@@ -217,10 +259,7 @@ fn print_table(v: &Map<String, Value>) {
             ),
             None => (String::new(), ""),
         };
-        println!(
-            "{label:<44} {:>12} {goal:>10} {met:>5}",
-            fmt(num(v, key))
-        );
+        println!("{label:<44} {:>12} {goal:>10} {met:>5}", fmt(num(v, key)));
     }
     let m = &v["machine"];
     println!(
