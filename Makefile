@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: demo test deps test-deps build lint unit python pytest bench bench-store fuzz clean
+.PHONY: demo test deps test-deps build lint unit python pytest bench bench-store bench-python fuzz clean
 
 deps:
 	@./scripts/install-deps.sh
@@ -53,6 +53,13 @@ bench: deps
 
 bench-store: build
 	./target/release/yr bench store --json
+
+## The Python package's speed (issue 11): `yr` and the package's extension built for release
+## (the environment `make python` owns; `make pytest` puts its debug build back), then
+## `yr bench python`, which starts and stops its own one-node cluster.
+bench-python: build
+	@YR_PY_RELEASE=1 ./scripts/python-env.sh
+	./target/release/yr bench python --json
 
 ## Fuzz every decoder that takes outside bytes, FUZZ_SECONDS each (needs a nightly toolchain;
 ## installs cargo-fuzz if missing): the data worker's request and response decoders, the

@@ -3,14 +3,16 @@
 //! noisy: an absolute figure means little, a ratio to memcpy / a socket round
 //! trip / raw disk I/O measured a moment earlier means a lot.
 //!
-//! One child module per subcommand ([`store`], [`invoke`], [`transfer`], [`rest`]), plus
-//! [`node`] (a one-node cluster and the no-op function both cluster benches call) and
-//! [`stats`]. The set-up functions are public because the criterion groups of `cargo bench`
+//! One child module per subcommand ([`store`], [`invoke`], [`transfer`], [`rest`], [`python`]),
+//! plus [`node`] (a one-node cluster and the no-op function the cluster benches call),
+//! [`stats`] and [`machine`] (what the figures were measured on). The set-up functions are public because the criterion groups of `cargo bench`
 //! (`cli/benches/`) call them with the `yr` binary cargo built: one set-up, two drivers.
 //! Children use their parent's pieces through `super::`; the parent only dispatches.
 
 pub mod invoke;
+pub mod machine;
 pub mod node;
+pub mod python;
 pub mod rest;
 pub mod stats;
 pub mod store;
@@ -34,6 +36,9 @@ pub enum BenchCmd {
     /// The REST frontend: no-op calls per second over keep-alive HTTP/1.1 on a one-node
     /// cluster, beside a bare axum handler.
     Rest(rest::RestArgs),
+    /// The Python package `yr` on a one-node cluster: put/get of a 256 MiB numpy array beside
+    /// a numpy copy, 1 KiB puts, trivial tasks, and a call receiving the array by reference.
+    Python(python::PythonArgs),
 }
 
 pub fn run(cmd: BenchCmd) -> Result<()> {
@@ -42,5 +47,6 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Invoke(a) => invoke::run(a),
         BenchCmd::Transfer(a) => transfer::run(a),
         BenchCmd::Rest(a) => rest::run(a),
+        BenchCmd::Python(a) => python::run(a),
     }
 }

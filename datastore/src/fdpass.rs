@@ -114,7 +114,9 @@ pub fn recv_with_fd(stream: &UnixStream, buf: &mut [u8]) -> io::Result<(usize, O
 /// bounded spin lets the common back-to-back request/reply pattern skip that
 /// sleep/wake pair; past the budget the read blocks normally, so an idle
 /// connection costs nothing. The spin polls with the real, non-blocking
-/// read, so data found while spinning costs no extra system call.
+/// read, so data found while spinning costs no extra system call. Between
+/// polls it yields the CPU (see `read`), so a peer that shares this CPU is
+/// not kept waiting by the spin.
 pub struct SpinStream {
     stream: UnixStream,
     budget: std::time::Duration,
@@ -161,7 +163,11 @@ impl io::Read for SpinStream {
             if start.elapsed() >= self.budget {
                 return (&self.stream).read(buf);
             }
-            std::hint::spin_loop();
+            // Yield rather than pause: when the peer is runnable on this very CPU (two
+            // busy cores, or one), a pause spins the whole budget while the reply cannot
+            // be written, and each exchange costs two budgets; a yield lets the peer run
+            // now, and returns at once when nothing else wants this CPU.
+            std::thread::yield_now();
         }
     }
 }

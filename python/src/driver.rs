@@ -552,6 +552,9 @@ fn nodes(py: Python<'_>) -> PyResult<Vec<(String, String, HashMap<String, String
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyObjectRef>()?;
     m.add_class::<PyInstance>()?;
+    // Whether this extension was built without optimisation (maturin develop's default): the
+    // benches report it, since a debug build's figures mean little.
+    m.add("DEBUG_BUILD", cfg!(debug_assertions))?;
     m.add_function(wrap_pyfunction!(init, m)?)?;
     m.add_function(wrap_pyfunction!(borrowed_ref, m)?)?;
     m.add_function(wrap_pyfunction!(finalize, m)?)?;

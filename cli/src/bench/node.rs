@@ -1,5 +1,5 @@
-//! What the invoke and REST benches call: a one-node cluster in a temporary folder
-//! (`yr start --master --ports auto`) and the no-op function's code.
+//! What the cluster benches (invoke, REST, Python) call: a one-node cluster in a temporary
+//! folder (`yr start --master --ports auto`) and the no-op function's code.
 //!
 //! The function is an executable with an `echo` handler (the request's bytes back). For
 //! `yr bench` it is the `hello` example built next to `yr`. A criterion bench cannot count on
@@ -50,6 +50,16 @@ impl Bins {
         })
     }
 
+    /// For a bench whose functions bring their own code (the Python bench deploys Python
+    /// functions): this executable, and no no-op function (`function` is empty).
+    pub fn yr_only() -> Result<Bins> {
+        Ok(Bins {
+            yr: Yr::this()?,
+            function: PathBuf::new(),
+            function_env: Vec::new(),
+        })
+    }
+
     /// For a criterion bench: the `yr` at `yr` (`env!("CARGO_BIN_EXE_yr")`), and the running
     /// bench executable as the function's code (its `main` must call
     /// [`serve_echo_if_instance`] before anything else).
@@ -88,25 +98,31 @@ pub struct OneNode {
 }
 
 impl OneNode {
-    /// Starts a one-node cluster (`yr start --master --ports auto`) in a new temporary folder
-    /// named `prefix...`.
+    /// Starts a one-node cluster (`yr start --master --ports auto`, 64 MiB of shared memory)
+    /// in a new temporary folder named `prefix...`.
     pub fn start(bins: &Bins, prefix: &str) -> Result<OneNode> {
+        Self::start_with(bins, prefix, &["--shm-size", "64MiB"])
+    }
+
+    /// [`OneNode::start`] with `extra` arguments of `yr start` (`--shm-size`, `--cpu`...)
+    /// instead of the 64 MiB arena.
+    pub fn start_with(bins: &Bins, prefix: &str, extra: &[&str]) -> Result<OneNode> {
         let tmp = tempfile::Builder::new().prefix(prefix).tempdir()?;
         let dir = tmp.path().join("session");
         let dir_s = dir.display().to_string();
         let mut guard = NodesOf::new(&bins.yr);
         // Pushed before the start, so that a start that fails half-way is stopped too.
         guard.dirs.push(dir_s.clone());
-        bins.yr.run(&[
+        let mut args = vec![
             "start",
             "--master",
             "--session-dir",
             &dir_s,
             "--ports",
             "auto",
-            "--shm-size",
-            "64MiB",
-        ])?;
+        ];
+        args.extend_from_slice(extra);
+        bins.yr.run(&args)?;
         let session = Session::load(&dir)?;
         Ok(OneNode {
             _guard: guard,

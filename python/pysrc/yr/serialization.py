@@ -13,7 +13,12 @@ The *data* holds the pickle stream at offset 0 and each buffer at a 64-byte alig
   with no metadata is raw bytes (what Rust programs and `yr.put(bytes)` store): Rust and Python
   read each other's bytes unchanged.
 - A small value travels inline (a call's argument or result): u32 meta length | meta | data.
-Flags: bit 0 — the value is an exception a remote call raised (yr.get raises it).
+Flags: bit 0 — the value is an exception a remote call raised (yr.get raises it); bit 1 — the
+value is one plain numpy array (the common large value), laid out without pickling it: the
+"pickle stream" is a pickled (dtype.str, shape, fortran) and buffer 0 its bytes, so reading it
+back is a view of buffer 0, not pickle's array reconstruction (a few microseconds per get).
+Only arrays whose dtype its `str` names exactly (no fields, subarrays, objects or metadata) and
+whose memory is contiguous take this path; anything else is pickled.
 """
 
 import pickle
@@ -34,6 +39,7 @@ HEADER = struct.Struct("<4sB3xQI4x")
 ENTRY = struct.Struct("<QQ")
 LEN = struct.Struct("<I")
 FLAG_ERROR = 1
+FLAG_NDARRAY = 2
 #: Buffers at least this large go out of band (straight to shared memory, read in place).
 OOB_MIN = 16 << 10
 #: Inline values up to this size (the runtime's reply limit, less room for the meta).
@@ -79,8 +85,26 @@ def part_of(buf):
     return m.tobytes(), None
 
 
+def _plain_array(value):
+    """(descriptor, raw bytes) of a numpy array that takes the FLAG_NDARRAY layout, else None."""
+    if _np is None or type(value) is not _np.ndarray or value.nbytes < OOB_MIN:
+        return None
+    dt = value.dtype
+    if dt.hasobject or dt.fields is not None or dt.subdtype is not None or dt.metadata:
+        return None
+    try:
+        raw = pickle.PickleBuffer(value).raw()  # C or Fortran contiguous, else BufferError
+    except (BufferError, ValueError):  # ValueError: a dtype with no buffer format (datetime)
+        return None
+    fortran = bool(value.flags.f_contiguous and not value.flags.c_contiguous)
+    return pickle.dumps((dt.str, value.shape, fortran), protocol=5), raw
+
+
 def encode(value, flags=0, allow_inline=True):
     """Lays out `value` (see the module header); inline only when `allow_inline`."""
+    plain = _plain_array(value)
+    if plain is not None:
+        return _layout(plain[0], [plain[1]], flags | FLAG_NDARRAY)
     bufs = []
 
     def out_of_band(pb):
@@ -97,6 +121,11 @@ def encode(value, flags=0, allow_inline=True):
     if allow_inline and not bufs and len(data) + HEADER.size + LEN.size <= INLINE_MAX:
         meta = HEADER.pack(MAGIC, flags, len(data), 0)
         return Encoded(inline=b"".join((LEN.pack(len(meta)), meta, data)), size=len(data))
+    return _layout(data, bufs, flags)
+
+
+def _layout(data, bufs, flags):
+    """The object layout of a stream `data` and its out-of-band buffers `bufs`."""
     entries = []
     parts = [(0, data)]
     keep = [bufs]
@@ -133,6 +162,11 @@ def decode_meta(meta, window):
         off, length = ENTRY.unpack_from(meta, HEADER.size + i * ENTRY.size)
         buffers.append(_view(window.window(off, length)))
     stream = window.window(0, plen).tobytes() if plen < len(window) or nbuf else window.tobytes()
+    if flags & FLAG_NDARRAY:
+        if _np is None:
+            raise ValueError("the value is a numpy array, and numpy cannot be imported here")
+        dtype, shape, fortran = pickle.loads(stream)
+        return buffers[0].view(_np.dtype(dtype)).reshape(shape, order="F" if fortran else "C")
     value = pickle.loads(stream, buffers=buffers)
     if flags & FLAG_ERROR:
         raise value.origin_error() if hasattr(value, "origin_error") else value
