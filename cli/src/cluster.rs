@@ -8,6 +8,7 @@
 //!
 //! Parts, each depending only on those listed before it:
 //! - [`session`]: the session folder, the `latest` link, the access token file;
+//! - [`credentials`]: the node's TLS credentials (a master's new CA, a worker's join);
 //! - [`launch`]: start a process, wait until it is ready, stop pids;
 //! - [`plan`]: `yr start`'s flags to a typed node plan, without I/O;
 //! - [`start`]: the executor of a plan, and `yr stop`;
@@ -15,6 +16,7 @@
 //!
 //! The helpers below (a runtime, a master client) are shared by the parts.
 
+pub mod credentials;
 pub mod function;
 pub mod instance;
 pub mod launch;
@@ -40,6 +42,18 @@ fn rt() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?)
+}
+
+/// The join token of the cluster whose master node's session is `s` (for starting its workers
+/// from a program: the demo and the benches).
+pub fn read_join_token(s: &Session) -> Result<String> {
+    let file = s.join_token_file.as_ref().ok_or_else(|| {
+        anyhow::anyhow!("the session of node {} has no join token file", s.node_id)
+    })?;
+    Ok(std::fs::read_to_string(file)
+        .map_err(|e| anyhow::anyhow!("cannot read the join token {}: {e}", file.display()))?
+        .trim()
+        .to_string())
 }
 
 fn master_client(address: &str) -> Result<MasterClient<tonic::transport::Channel>> {

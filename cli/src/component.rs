@@ -55,6 +55,11 @@ pub struct RestArgs {
     /// The function master (meta service) or this node's proxy (frontend), host:port.
     #[arg(long)]
     upstream: String,
+    /// This node's TLS credentials (ca.pem, node.pem, node.key, as `yr start` writes them):
+    /// with them gRPC is mutual TLS under the cluster CA; without them it is plaintext and open.
+    #[arg(long)]
+    #[serde(default)]
+    tls_dir: Option<PathBuf>,
     /// In a settings file, a `[rest]` table.
     #[command(flatten)]
     #[serde(default)]
@@ -145,6 +150,20 @@ pub struct MasterArgs {
     /// etcd endpoints, comma-separated.
     #[arg(long)]
     etcd: String,
+    /// This node's TLS credentials (ca.pem, node.pem, node.key, as `yr start` writes them):
+    /// with them gRPC is mutual TLS under the cluster CA; without them it is plaintext and open.
+    #[arg(long)]
+    #[serde(default)]
+    tls_dir: Option<PathBuf>,
+    /// The cluster CA's key (with --join-token-file): the master signs joining nodes'
+    /// certificates with it.
+    #[arg(long, requires = "join_token_file")]
+    #[serde(default)]
+    ca_key: Option<PathBuf>,
+    /// The file holding the cluster's join token (`<secret>.<CA hash>`).
+    #[arg(long, requires = "ca_key")]
+    #[serde(default)]
+    join_token_file: Option<PathBuf>,
 }
 
 impl MasterArgs {
@@ -153,6 +172,7 @@ impl MasterArgs {
             listen: self.listen,
             etcd_endpoints: config::endpoints("etcd", &self.etcd)?,
             advertise: String::new(),
+            join: None,
         })
     }
 }
@@ -170,6 +190,11 @@ pub struct SchedulerArgs {
     #[arg(long, default_value_t = idle_timeout_ms())]
     #[serde(default = "idle_timeout_ms")]
     idle_timeout_ms: u64,
+    /// This node's TLS credentials (ca.pem, node.pem, node.key, as `yr start` writes them):
+    /// with them gRPC is mutual TLS under the cluster CA; without them it is plaintext and open.
+    #[arg(long)]
+    #[serde(default)]
+    tls_dir: Option<PathBuf>,
 }
 
 impl SchedulerArgs {
@@ -210,6 +235,11 @@ pub struct ProxyArgs {
     #[command(flatten)]
     #[serde(default)]
     rest: RestFlags,
+    /// This node's TLS credentials (ca.pem, node.pem, node.key, as `yr start` writes them):
+    /// with them gRPC is mutual TLS under the cluster CA; without them it is plaintext and open.
+    #[arg(long)]
+    #[serde(default)]
+    tls_dir: Option<PathBuf>,
 }
 
 impl ProxyArgs {
@@ -277,6 +307,11 @@ pub struct AgentArgs {
     #[arg(long)]
     #[serde(default)]
     python: Option<String>,
+    /// This node's TLS credentials (ca.pem, node.pem, node.key, as `yr start` writes them):
+    /// with them gRPC is mutual TLS under the cluster CA; without them it is plaintext and open.
+    #[arg(long)]
+    #[serde(default)]
+    tls_dir: Option<PathBuf>,
 }
 
 impl AgentArgs {
@@ -419,12 +454,16 @@ pub fn run(cmd: ComponentCmd) -> Result<()> {
     match cmd {
         ComponentCmd::DataWorker(a) => data_worker(a),
         ComponentCmd::FunctionMaster(a) => {
-            let config = a.validate()?;
+            install_tls(a.tls_dir.as_deref())?;
+            let join = join_authority(&a)?;
+            let mut config = a.validate()?;
+            config.join = join;
             run_async("function master", |sd, ready| async move {
                 Ok(yr_control::master::run(config, sd, ready).await?)
             })
         }
         ComponentCmd::MetaService(a) => {
+            install_tls(a.tls_dir.as_deref())?;
             let a = a.validate()?;
             let config = a.rest.config(a.listen)?;
             run_async("meta service", |sd, ready| async move {
@@ -432,6 +471,7 @@ pub fn run(cmd: ComponentCmd) -> Result<()> {
             })
         }
         ComponentCmd::Frontend(a) => {
+            install_tls(a.tls_dir.as_deref())?;
             let a = a.validate()?;
             let config = a.rest.config(a.listen)?;
             run_async("frontend", |sd, ready| async move {
@@ -442,6 +482,7 @@ pub fn run(cmd: ComponentCmd) -> Result<()> {
             })
         }
         ComponentCmd::FunctionScheduler(a) => {
+            install_tls(a.tls_dir.as_deref())?;
             let config = a.validate()?;
             run_async("function scheduler", |sd, ready| async move {
                 // The scheduler serves nothing; its ready line carries no address.
@@ -450,6 +491,7 @@ pub fn run(cmd: ComponentCmd) -> Result<()> {
             })
         }
         ComponentCmd::FunctionProxy(a) => {
+            install_tls(a.tls_dir.as_deref())?;
             let frontend = match a.frontend_listen {
                 Some(l) => Some((l, a.rest.config(l)?)),
                 None => None,
@@ -467,12 +509,44 @@ pub fn run(cmd: ComponentCmd) -> Result<()> {
             })
         }
         ComponentCmd::FunctionAgent(a) => {
+            install_tls(a.tls_dir.as_deref())?;
             let config = a.validate()?;
             run_async("function agent", |sd, ready| async move {
                 Ok(yr_control::agent::run(config, sd, ready).await?)
             })
         }
     }
+}
+
+/// Installs this process's node credentials (see `yr_proto::tls`), or warns that its gRPC is
+/// open without them.
+fn install_tls(dir: Option<&std::path::Path>) -> Result<()> {
+    match dir {
+        Some(d) => {
+            yr_proto::tls::install(&yr_proto::tls::NodeTls::in_dir(d))
+                .map_err(anyhow::Error::msg)?;
+        }
+        None => eprintln!(
+            "warning: no --tls-dir: this component's gRPC is plaintext and open to anyone who \
+             can reach it"
+        ),
+    }
+    Ok(())
+}
+
+/// The master's CA and join token, when it was given them.
+fn join_authority(a: &MasterArgs) -> Result<Option<yr_control::master::JoinAuthority>> {
+    let (Some(key), Some(token), Some(dir)) = (&a.ca_key, &a.join_token_file, &a.tls_dir) else {
+        return Ok(None);
+    };
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+    };
+    Ok(Some(yr_control::master::JoinAuthority {
+        ca_pem: read(&yr_proto::tls::NodeTls::in_dir(dir).ca)?,
+        ca_key_pem: read(key)?,
+        token: yr_control::pki::JoinToken::parse(&read(token)?)?,
+    }))
 }
 
 fn data_worker(a: DataWorkerArgs) -> Result<()> {

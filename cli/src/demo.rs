@@ -119,13 +119,17 @@ pub fn run(a: DemoArgs) -> Result<()> {
     )?;
     nodes.0.push(m.clone());
     status(&m)?;
-    let master_address = Session::load(&master_dir)?.master_address;
+    let master_session = Session::load(&master_dir)?;
+    let master_address = master_session.master_address.clone();
+    let join_token = crate::cluster::read_join_token(&master_session)?;
     yr(
         &[
             "start",
             "--worker",
             "--master-address",
             &master_address,
+            "--join-token",
+            &join_token,
             "--ports",
             "auto",
             "--shm-size",

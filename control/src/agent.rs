@@ -198,6 +198,7 @@ impl State {
             .env("YR_MASTER_ADDRESS", &self.config.master_address)
             .env("YR_DATA_SOCKET", &self.config.data_socket)
             .env("YR_INSTANCE_DIR", &dir)
+            .envs(yr_proto::tls::installed().map_or(Vec::new(), |c| c.files().env().to_vec()))
             .stdin(std::process::Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
@@ -503,6 +504,7 @@ pub async fn run(
         .map_err(|e| Error::io(format!("cannot create {}", config.work_dir.display()), e))?;
     let meta = Meta::connect(&config.etcd_endpoints).await?;
     let master = MasterClient::new(crate::channel(&config.master_address)?);
+    let mut server = crate::grpc_server()?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| Error::io(format!("cannot listen on {}", config.listen), e))?;
@@ -523,8 +525,11 @@ pub async fn run(
     ));
     on_ready(addr);
     // Processes are stopped even if serving failed: none may outlive the agent.
-    let served = tonic::transport::Server::builder()
-        .add_service(AgentServer::new(Service(Arc::clone(&state))))
+    let served = server
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            AgentServer::new(Service(Arc::clone(&state))),
+            yr_proto::tls::require_client_cert,
+        ))
         .serve_with_incoming_shutdown(crate::incoming(listener), shutdown.clone().wait_owned())
         .await
         .map_err(|e| Error::Internal(format!("serving gRPC on {addr}: {e}")));

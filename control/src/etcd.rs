@@ -51,9 +51,16 @@ pub struct Meta {
 impl Meta {
     /// Connects to etcd; fails (naming the endpoints) if none answers within a few seconds.
     pub async fn connect(endpoints: &[String]) -> Result<Meta> {
-        let opts = etcd_client::ConnectOptions::new()
+        let mut opts = etcd_client::ConnectOptions::new()
             .with_connect_timeout(std::time::Duration::from_secs(3))
             .with_timeout(std::time::Duration::from_secs(10));
+        // An `https` etcd (the one `yr start` runs requires client certificates from the
+        // cluster CA) is reached with this node's credentials.
+        if endpoints.iter().any(|e| e.starts_with("https://")) {
+            if let Some(c) = yr_proto::tls::installed() {
+                opts = opts.with_tls(c.client());
+            }
+        }
         let mut client = Client::connect(endpoints, Some(opts))
             .await
             .map_err(|e| Error::etcd(format!("connect to {}", endpoints.join(",")), e))?;

@@ -9,7 +9,8 @@
 //!   ([`agent::package`] unpacks their code, [`agent::procstat`] measures them).
 //! - [`rest`]: the HTTP side: frontend (calls), meta (functions), data, openapi, metrics.
 //!
-//! Shared pieces, which import no service: [`etcd`] (key layout and typed access), [`error`]
+//! Shared pieces, which import no service: [`etcd`] (key layout and typed access), [`pki`] (the
+//! cluster CA, node certificates, the join token), [`error`]
 //! (the one error type and its gRPC mapping), [`lifecycle`] (the pure instance state machine)
 //! and [`function`] (the function-name rule and validated specs).
 
@@ -19,6 +20,7 @@ pub mod etcd;
 pub mod function;
 pub mod lifecycle;
 pub mod master;
+pub mod pki;
 pub mod proxy;
 pub mod rest;
 pub mod scheduler;
@@ -67,13 +69,27 @@ impl Shutdown {
     }
 }
 
-/// A gRPC channel to `address` (host:port) that connects on first use.
+/// A gRPC channel to `address` (host:port) that connects on first use: mutual TLS with this
+/// process's node credentials once they are installed ([`yr_proto::tls`]).
 pub fn channel(address: &str) -> error::Result<tonic::transport::Channel> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|e| error::Error::invalid("address", format!("{address:?}: {e}")))?
+    let endpoint = yr_proto::tls::endpoint(address)
+        .map_err(|e| error::Error::invalid("address", e))?
         .connect_timeout(std::time::Duration::from_secs(3))
         .tcp_nodelay(true);
     Ok(endpoint.connect_lazy())
+}
+
+/// A gRPC server builder: with TLS (client certificates verified against the cluster CA) once
+/// node credentials are installed, plaintext otherwise. Services other than `Join` go behind
+/// [`yr_proto::tls::require_client_cert`].
+pub fn grpc_server() -> error::Result<tonic::transport::Server> {
+    let b = tonic::transport::Server::builder().tcp_nodelay(true);
+    match yr_proto::tls::installed() {
+        Some(c) => b
+            .tls_config(c.server())
+            .map_err(|e| error::Error::Internal(format!("TLS server config: {e}"))),
+        None => Ok(b),
+    }
 }
 
 /// The connections accepted on `listener`, with Nagle's algorithm off. A gRPC server given its

@@ -20,6 +20,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use yr_proto::join_server::JoinServer;
 use yr_proto::master_server::MasterServer;
 
 use crate::error::{Error, Result};
@@ -47,6 +48,15 @@ pub struct MasterConfig {
     pub etcd_endpoints: Vec<String>,
     /// The address other components use to reach this master (empty: the bound address).
     pub advertise: String,
+    /// What lets it sign joining nodes' certificates (None: `Join` is refused).
+    pub join: Option<JoinAuthority>,
+}
+
+/// The cluster CA and the join token, with which the master admits new nodes.
+pub struct JoinAuthority {
+    pub ca_pem: String,
+    pub ca_key_pem: String,
+    pub token: crate::pki::JoinToken,
 }
 
 /// Runs the master until `shutdown`; `on_ready` gets the bound address.
@@ -68,8 +78,16 @@ pub async fn run(
     let state = MasterState::load(&config).await?;
     tokio::spawn(Arc::clone(&state).watch_nodes(shutdown.clone()));
     on_ready(addr);
-    tonic::transport::Server::builder()
-        .add_service(MasterServer::new(service::Service(state)))
+    let join = service::JoinService {
+        authority: config.join,
+        etcd_endpoints: config.etcd_endpoints.clone(),
+    };
+    crate::grpc_server()?
+        .add_service(JoinServer::new(join))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            MasterServer::new(service::Service(state)),
+            yr_proto::tls::require_client_cert,
+        ))
         .serve_with_incoming_shutdown(crate::incoming(listener), shutdown.wait_owned())
         .await
         .map_err(|e| Error::Internal(format!("serving gRPC on {addr}: {e}")))?;

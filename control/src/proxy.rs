@@ -680,13 +680,13 @@ impl Proxy {
             shutdown.clone(),
         ));
         on_ready(self.address);
-        let served = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .add_service(
+        let served = crate::grpc_server()?
+            .add_service(tonic::service::interceptor::InterceptedService::new(
                 ProxyServer::new(Service(self.state))
                     .max_decoding_message_size(MAX_MESSAGE)
                     .max_encoding_message_size(MAX_MESSAGE),
-            )
+                yr_proto::tls::require_client_cert,
+            ))
             .serve_with_incoming_shutdown(crate::incoming(self.listener), shutdown.wait_owned())
             .await;
         let _ = std::fs::remove_file(&instance_socket);

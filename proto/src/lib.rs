@@ -13,3 +13,4 @@ pub mod v1 {
 pub use v1::*;
 
 pub mod frame;
+pub mod tls;

@@ -32,8 +32,12 @@ def two_nodes():
                 "--session-dir", master])
         try:
             with open(os.path.join(master, "session.json")) as f:
-                address = json.load(f)["master_address"]
-            _start(["--worker", "--master-address", address, "--ports", "auto",
+                session = json.load(f)
+            address = session["master_address"]
+            with open(session["join_token_file"]) as f:
+                token = f.read().strip()
+            _start(["--worker", "--master-address", address, "--join-token", token,
+                    "--ports", "auto",
                     "--shm-size", "1GiB", "--cpu", "16000", "--session-dir", worker])
             with open(os.path.join(worker, "session.json")) as f:
                 worker_node = json.load(f)["node_id"]

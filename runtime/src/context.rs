@@ -76,12 +76,9 @@ impl Context {
                     .enable_all()
                     .build()
                     .map_err(|e| format!("cannot start the invocation runtime: {e}"))?;
-                let endpoint = tonic::transport::Endpoint::from_shared(format!(
-                    "http://{}",
-                    self.proxy_address
-                ))
-                .map_err(|e| format!("proxy address {:?}: {e}", self.proxy_address))?
-                .tcp_nodelay(true);
+                // The node's credentials, which the agent named in this process's environment.
+                yr_proto::tls::install_from_env()?;
+                let endpoint = yr_proto::tls::endpoint(&self.proxy_address)?.tcp_nodelay(true);
                 // Connects on first use, inside the runtime.
                 let channel = {
                     let _in_rt = rt.enter();

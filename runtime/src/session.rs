@@ -61,6 +61,18 @@ pub struct Session {
     /// before it existed).
     #[serde(default)]
     pub data_transfer: String,
+    /// This node's TLS credentials: the cluster CA's certificate, the node's certificate chain
+    /// and its key (mode 0600). Every internal gRPC connection and etcd need them; absent in
+    /// sessions from before TLS.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// The file holding the join token that lets a worker node join (master nodes, mode 0600).
+    #[serde(default)]
+    pub join_token_file: Option<PathBuf>,
     pub components: Vec<ComponentInfo>,
     #[serde(default)]
     pub created_unix_ms: u64,
@@ -144,6 +156,25 @@ impl Session {
         self.component(name).map(|c| c.pid)
     }
 
+    /// This node's TLS credentials, if the session has them.
+    pub fn tls(&self) -> Option<yr_proto::tls::NodeTls> {
+        Some(yr_proto::tls::NodeTls {
+            ca: self.tls_ca.clone()?,
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+        })
+    }
+
+    /// Installs this node's TLS credentials as the process's (see `yr_proto::tls`), so that
+    /// its gRPC channels and etcd clients are the node's. A session without them installs
+    /// nothing.
+    pub fn install_tls(&self) -> Result<(), String> {
+        match self.tls() {
+            Some(t) => yr_proto::tls::install(&t).map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
     /// Whether this is a master node's session.
     pub fn is_master(&self) -> bool {
         self.role == "master"
@@ -167,6 +198,10 @@ mod tests {
             data_socket: "/tmp/s/data.sock".into(),
             token_file: None,
             data_transfer: "127.0.0.1:5".into(),
+            tls_ca: Some("/tmp/s/tls/ca.pem".into()),
+            tls_cert: Some("/tmp/s/tls/node.pem".into()),
+            tls_key: Some("/tmp/s/tls/node.key".into()),
+            join_token_file: None,
             components: vec![ComponentInfo {
                 name: "etcd".into(),
                 pid: 7,

@@ -429,8 +429,19 @@ impl Cluster {
     /// Starts a worker node that joins the master; returns its index (the master is 0).
     pub fn add_worker(&mut self, options: NodeOptions) -> usize {
         let master = self.master().master_address.clone();
+        let token = self.join_token();
         let name = format!("worker{}", self.nodes.len());
-        self.start_node(&name, &["--worker", "--master-address", &master], &options);
+        self.start_node(
+            &name,
+            &[
+                "--worker",
+                "--master-address",
+                &master,
+                "--join-token",
+                &token,
+            ],
+            &options,
+        );
         self.nodes.len() - 1
     }
 
@@ -456,6 +467,19 @@ impl Cluster {
         if let Err(e) = session {
             panic!("{name} node started but its session is unreadable: {e}\n{out}");
         }
+    }
+
+    /// The cluster's join token (what `yr token --join` prints on the master node).
+    pub fn join_token(&self) -> String {
+        let file = self
+            .master()
+            .join_token_file
+            .clone()
+            .expect("the master node's session names its join token file");
+        std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("cannot read the join token {}: {e}", file.display()))
+            .trim()
+            .to_string()
     }
 
     /// The master node's session.
@@ -622,6 +646,7 @@ impl Cluster {
         let mut child = Command::new(yr_bin())
             .args(["component", "function-master", "--listen", &old.address])
             .args(["--etcd", &s.etcd_endpoints.join(",")])
+            .args(master_tls_args(&s))
             .env("YR_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -751,6 +776,24 @@ impl Drop for Cluster {
 }
 
 /// SIGKILL to a component and its process group (each component leads its own session).
+/// The TLS flags `yr start` gave the master node's function master (its credentials folder,
+/// the CA key and the join token), from its session.
+fn master_tls_args(s: &Session) -> Vec<String> {
+    let mut args = Vec::new();
+    if let Some(dir) = s.tls_cert.as_deref().and_then(Path::parent) {
+        args.extend(["--tls-dir".to_string(), dir.display().to_string()]);
+        if let Some(t) = &s.join_token_file {
+            args.extend([
+                "--ca-key".to_string(),
+                dir.join("ca.key").display().to_string(),
+                "--join-token-file".to_string(),
+                t.display().to_string(),
+            ]);
+        }
+    }
+    args
+}
+
 fn kill_group(pid: u32) {
     let Ok(pid) = i32::try_from(pid) else { return };
     if pid <= 0 {

@@ -18,16 +18,16 @@ struct Driver {
 impl Driver {
     fn start(program: &str, args: &[&str], cluster: &Cluster) -> Driver {
         let session = cluster.master().session_dir.display().to_string();
-        Self::start_with(program, args, ("YR_SESSION", &session))
+        Self::start_with(program, args, &[("YR_SESSION", &session)])
     }
 
     /// As `start`, with the driver finding its cluster through `env`.
-    fn start_with(program: &str, args: &[&str], env: (&str, &str)) -> Driver {
+    fn start_with(program: &str, args: &[&str], env: &[(&str, &str)]) -> Driver {
         let mut child = Command::new(example(program))
             .args(args)
             .env_remove("YR_SESSION")
             .env_remove("YR_MASTER_ADDRESS")
-            .env(env.0, env.1)
+            .envs(env.iter().copied())
             .env("YR_LOG", "warn")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -253,11 +253,25 @@ fn a_driver_that_exits_releases_everything_it_owned() {
 #[test]
 fn stateful_instances_keep_order_and_wait_returns_the_first_ready() {
     let cluster = Cluster::start(NodeOptions::default());
-    // This driver finds its node through the master's address alone.
+    // This driver finds its node through the master's address and the node's credentials
+    // (what an agent gives its function processes), without a session.
+    let s = cluster.master();
+    let file = |p: &Option<std::path::PathBuf>| {
+        p.as_ref()
+            .expect("the session names its TLS files")
+            .display()
+            .to_string()
+    };
+    let (ca, cert, key) = (file(&s.tls_ca), file(&s.tls_cert), file(&s.tls_key));
     let d = Driver::start_with(
         "yr-test-driver",
         &["actors"],
-        ("YR_MASTER_ADDRESS", &cluster.master().master_address),
+        &[
+            ("YR_MASTER_ADDRESS", &s.master_address),
+            ("YR_TLS_CA", &ca),
+            ("YR_TLS_CERT", &cert),
+            ("YR_TLS_KEY", &key),
+        ],
     );
     let v = d.next();
     assert_eq!(v["totals"], serde_json::json!([1, 3, 6, 10, 15]), "{v}");

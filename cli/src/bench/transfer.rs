@@ -296,12 +296,16 @@ fn pipeline_round(yr: &Yr, size: u64, rounds: usize) -> Result<Duration> {
     args.extend(common);
     nodes.dirs.push(m.clone());
     yr.run(&args)?;
-    let master = Session::load(&dir.path().join("master"))?.master_address;
+    let master_session = Session::load(&dir.path().join("master"))?;
+    let master = master_session.master_address.clone();
+    let token = crate::cluster::read_join_token(&master_session)?;
     let mut args = vec![
         "start",
         "--worker",
         "--master-address",
         &master,
+        "--join-token",
+        &token,
         "--session-dir",
         &w,
     ];

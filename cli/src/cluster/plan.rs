@@ -29,9 +29,13 @@ pub struct StartArgs {
     /// Start a worker node that joins the master at --master-address.
     #[arg(long, requires = "master_address")]
     pub(super) worker: bool,
-    /// The master to join (host:port), for --worker.
+    /// The master to join (host:port; openYuanrong's `http://IP:PORT` is accepted), for --worker.
     #[arg(long)]
     pub(super) master_address: Option<String>,
+    /// The join token `yr start --master` printed (`yr token --join` on the master prints it
+    /// again), for --worker.
+    #[arg(long)]
+    pub(super) join_token: Option<String>,
     /// Use an existing etcd instead of starting one (comma-separated URLs).
     #[arg(long)]
     pub(super) etcd_endpoints: Option<String>,
@@ -178,6 +182,19 @@ pub fn check(a: &StartArgs) -> Result<Checked, ConfigError> {
             "master-address",
             a.master_address.clone().unwrap_or_default(),
         )?;
+        if a.join_token
+            .as_deref()
+            .unwrap_or_default()
+            .trim()
+            .is_empty()
+        {
+            return Err(ConfigError::Missing {
+                field: "join-token",
+                message: "a worker needs --join-token TOKEN: `yr start --master` printed it, and \
+                          `yr token --join` on the master prints it again"
+                    .into(),
+            });
+        }
     }
     let ports = match a.ports.as_deref() {
         None => PortMode::Standard,
@@ -204,6 +221,19 @@ pub fn check(a: &StartArgs) -> Result<Checked, ConfigError> {
         config::endpoints("etcd-endpoints", e)?;
     }
     Ok(Checked { role, ports })
+}
+
+/// The folder of a node's TLS credentials inside its session folder.
+pub const TLS_DIR: &str = "tls";
+
+/// The master's address without openYuanrong's `http://` (or an `https://`) in front.
+pub fn master_host_port(address: &str) -> &str {
+    let a = address.trim();
+    let a = a
+        .strip_prefix("http://")
+        .or_else(|| a.strip_prefix("https://"))
+        .unwrap_or(a);
+    a.trim_end_matches('/')
 }
 
 /// This node's ID: the host name and 24 bits mixed from the start time and the pid.
@@ -276,6 +306,13 @@ pub struct NodePlan {
     pub meta_url: Option<String>,
     /// The REST access token's file, which the executor writes before launching (master).
     pub token_file: Option<PathBuf>,
+    /// This node's TLS credentials (`ca.pem`, `node.pem`, `node.key`), which the executor
+    /// writes before launching: made from the new CA on a master, received by `Join` on a
+    /// worker.
+    pub tls_dir: PathBuf,
+    /// The CA's key and the join token's file (master).
+    pub ca_key: Option<PathBuf>,
+    pub join_token_file: Option<PathBuf>,
     /// In launch order.
     pub components: Vec<ComponentPlan>,
 }
@@ -295,6 +332,10 @@ impl NodePlan {
             data_socket: self.data_socket.clone(),
             token_file: self.token_file.clone(),
             data_transfer: self.data_transfer.clone(),
+            tls_ca: Some(yr_proto::tls::NodeTls::in_dir(&self.tls_dir).ca),
+            tls_cert: Some(yr_proto::tls::NodeTls::in_dir(&self.tls_dir).cert),
+            tls_key: Some(yr_proto::tls::NodeTls::in_dir(&self.tls_dir).key),
+            join_token_file: self.join_token_file.clone(),
             components,
             created_unix_ms,
         }
@@ -349,6 +390,15 @@ pub fn plan(a: &StartArgs, inputs: Inputs) -> Result<NodePlan, ConfigError> {
         python_env,
     } = inputs;
     let at = |port: u16| format!("{}:{port}", a.bind);
+    let tls_dir = dir.join(TLS_DIR);
+    let tls = yr_proto::tls::NodeTls::in_dir(&tls_dir);
+    let (ca_key, join_token_file) = match role {
+        Role::Master => (
+            Some(tls_dir.join("ca.key")),
+            Some(tls_dir.join("join-token")),
+        ),
+        Role::Worker => (None, None),
+    };
     let log = |name: &str| dir.join("logs").join(format!("{name}.log"));
     // `yr component NAME ...`.
     let yr = |name: &'static str, args: CommandLine, address: String| ComponentPlan {
@@ -357,6 +407,8 @@ pub fn plan(a: &StartArgs, inputs: Inputs) -> Result<NodePlan, ConfigError> {
         args: CommandLine::default()
             .all(&["component".into(), name.into()])
             .all(&args.0)
+            // The gRPC components speak mutual TLS with the node's credentials.
+            .flag_if("--tls-dir", (name != name::DATA_WORKER).then_some(&tls_dir))
             .0,
         log: log(name),
         ready: Ready::Line,
@@ -375,9 +427,18 @@ pub fn plan(a: &StartArgs, inputs: Inputs) -> Result<NodePlan, ConfigError> {
                                   or pass --etcd-endpoints"
                             .into(),
                     })?;
-                    let client = format!("http://{}", at(ports.etcd_client));
-                    let peer = format!("http://{}", at(ports.etcd_peer));
+                    // Clients and peers need a certificate from the cluster CA.
+                    let client = format!("https://{}", at(ports.etcd_client));
+                    let peer = format!("https://{}", at(ports.etcd_peer));
                     let args = CommandLine::default()
+                        .switch("--client-cert-auth", true)
+                        .flag("--trusted-ca-file", &tls.ca)
+                        .flag("--cert-file", &tls.cert)
+                        .flag("--key-file", &tls.key)
+                        .switch("--peer-client-cert-auth", true)
+                        .flag("--peer-trusted-ca-file", &tls.ca)
+                        .flag("--peer-cert-file", &tls.cert)
+                        .flag("--peer-key-file", &tls.key)
                         .flag("--name", "yr")
                         .flag("--data-dir", dir.join("etcd"))
                         .flag("--listen-client-urls", &client)
@@ -403,7 +464,9 @@ pub fn plan(a: &StartArgs, inputs: Inputs) -> Result<NodePlan, ConfigError> {
                 name::FUNCTION_MASTER,
                 CommandLine::default()
                     .flag("--listen", &master)
-                    .flag("--etcd", &etcd),
+                    .flag("--etcd", &etcd)
+                    .flag_if("--ca-key", ca_key.as_ref())
+                    .flag_if("--join-token-file", join_token_file.as_ref()),
                 master.clone(),
             ));
             components.push(yr(
@@ -417,7 +480,8 @@ pub fn plan(a: &StartArgs, inputs: Inputs) -> Result<NodePlan, ConfigError> {
             (endpoints, master)
         }
         Role::Worker => {
-            let master = a.master_address.clone().unwrap_or_default();
+            let master =
+                master_host_port(a.master_address.as_deref().unwrap_or_default()).to_string();
             if master_etcd.is_empty() {
                 return Err(ConfigError::invalid(
                     "master-address",
@@ -530,6 +594,9 @@ pub fn plan(a: &StartArgs, inputs: Inputs) -> Result<NodePlan, ConfigError> {
         frontend_url,
         meta_url,
         token_file,
+        tls_dir,
+        ca_key,
+        join_token_file,
         components,
     })
 }
@@ -623,7 +690,7 @@ mod tests {
                 "function-agent"
             ]
         );
-        assert_eq!(p.etcd_endpoints, ["http://127.0.0.1:32379"]);
+        assert_eq!(p.etcd_endpoints, ["https://127.0.0.1:32379"]);
         assert_eq!(p.master_address, "127.0.0.1:22770");
         assert_eq!(p.proxy_address, "127.0.0.1:22772");
         assert_eq!(p.data_transfer, "127.0.0.1:31501");
@@ -635,10 +702,32 @@ mod tests {
         let etcd = component(&p, "etcd");
         assert_eq!(etcd.program, Path::new("/usr/bin/etcd"));
         assert_eq!(etcd.ready, Ready::Endpoint);
-        assert_eq!(etcd.address, "http://127.0.0.1:32379");
+        assert_eq!(etcd.address, "https://127.0.0.1:32379");
+        // etcd requires client and peer certificates from the cluster CA.
+        assert!(
+            has(&p, "etcd", "--client-cert-auth") && has(&p, "etcd", "--peer-client-cert-auth")
+        );
+        assert_eq!(
+            value(&p, "etcd", "--trusted-ca-file").as_deref(),
+            Some("/s/tls/ca.pem")
+        );
+        assert_eq!(
+            value(&p, "function-master", "--join-token-file").as_deref(),
+            Some("/s/tls/join-token")
+        );
+        for c in [
+            "function-master",
+            "function-scheduler",
+            "meta-service",
+            "function-proxy",
+            "function-agent",
+        ] {
+            assert_eq!(value(&p, c, "--tls-dir").as_deref(), Some("/s/tls"), "{c}");
+        }
+        assert!(!has(&p, "data-worker", "--tls-dir"));
         assert_eq!(
             value(&p, "etcd", "--listen-peer-urls").as_deref(),
-            Some("http://127.0.0.1:32380")
+            Some("https://127.0.0.1:32380")
         );
         assert_eq!(etcd.log, Path::new("/s/logs/etcd.log"));
         let master = component(&p, "function-master");
@@ -648,7 +737,7 @@ mod tests {
         assert_eq!(master.log, Path::new("/s/logs/function-master.log"));
         assert_eq!(
             value(&p, "function-master", "--etcd").as_deref(),
-            Some("http://127.0.0.1:32379")
+            Some("https://127.0.0.1:32379")
         );
         assert_eq!(
             component(&p, "function-scheduler").address,
@@ -687,7 +776,16 @@ mod tests {
         let mut i = inputs(Ports::STANDARD);
         i.master_etcd = vec!["http://10.0.0.1:32379".into()];
         i.etcd_program = None;
-        let p = planned(&["--worker", "--master-address", "10.0.0.1:22770"], i);
+        let p = planned(
+            &[
+                "--worker",
+                "--master-address",
+                "10.0.0.1:22770",
+                "--join-token",
+                "t",
+            ],
+            i,
+        );
         assert_eq!(p.role, Role::Worker);
         assert_eq!(
             names(&p),
@@ -714,7 +812,13 @@ mod tests {
         }
         // A worker whose master names no etcd cannot join.
         let p = plan(
-            &args(&["--worker", "--master-address", "10.0.0.1:22770"]),
+            &args(&[
+                "--worker",
+                "--master-address",
+                "10.0.0.1:22770",
+                "--join-token",
+                "t",
+            ]),
             inputs(Ports::STANDARD),
         );
         assert_eq!(p.err().map(|e| e.field()), Some("master-address"));
@@ -806,6 +910,13 @@ mod tests {
             "a worker needs --master-address"
         );
         assert!(Start::try_parse_from(["yr-start", "--master", "--worker"]).is_err());
+        assert_eq!(
+            refused(&["--worker", "--master-address", "m:1"], i()),
+            "join-token",
+            "a worker needs the join token"
+        );
+        assert_eq!(master_host_port("http://10.0.0.1:22770/"), "10.0.0.1:22770");
+        assert_eq!(master_host_port("10.0.0.1:22770"), "10.0.0.1:22770");
     }
 
     #[test]
@@ -835,7 +946,7 @@ mod tests {
             ],
             inputs(Ports::STANDARD),
         );
-        assert_eq!(p.etcd_endpoints, ["http://10.1.2.3:32379"]);
+        assert_eq!(p.etcd_endpoints, ["https://10.1.2.3:32379"]);
         assert_eq!(p.master_address, "10.1.2.3:22770");
         assert_eq!(
             value(&p, "data-worker", "--shm-size").as_deref(),
@@ -920,7 +1031,16 @@ mod tests {
                 ],
                 inputs(Ports::STANDARD),
             ),
-            planned(&["--worker", "--master-address", "127.0.0.1:22770"], worker),
+            planned(
+                &[
+                    "--worker",
+                    "--master-address",
+                    "127.0.0.1:22770",
+                    "--join-token",
+                    "t",
+                ],
+                worker,
+            ),
         ];
         for p in &plans {
             for c in p.components.iter().filter(|c| c.name != name::ETCD) {

@@ -27,9 +27,12 @@ impl SessionArg {
             .unwrap_or_else(yr_runtime::session::latest)
     }
 
-    /// Reads the session's `session.json`.
+    /// Reads the session's `session.json` and installs its node's TLS credentials, so that
+    /// the command's gRPC goes out as that node.
     pub fn load(&self) -> Result<Session> {
-        Ok(Session::load(&self.dir())?)
+        let s = Session::load(&self.dir())?;
+        s.install_tls().map_err(anyhow::Error::msg)?;
+        Ok(s)
     }
 }
 
@@ -120,13 +123,30 @@ pub struct TokenArgs {
     #[command(flatten)]
     session: SessionArg,
     /// Print the whole header line, `Authorization: Bearer <token>`.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "join")]
     header: bool,
+    /// Print the join token instead: what a worker node needs to join
+    /// (`yr start --worker --master-address ADDR --join-token TOKEN`).
+    #[arg(long)]
+    join: bool,
 }
 
 /// Prints the REST access token of the session's cluster.
 pub fn token(a: TokenArgs) -> Result<()> {
     let s = a.session.load()?;
+    if a.join {
+        let file = s.join_token_file.ok_or_else(|| {
+            anyhow!(
+                "the session of node {} has no join token: it lives in the master node's \
+                 session (pass its folder with --session-dir)",
+                s.node_id
+            )
+        })?;
+        let t = std::fs::read_to_string(&file)
+            .with_context(|| format!("cannot read the join token {}", file.display()))?;
+        println!("{}", t.trim());
+        return Ok(());
+    }
     let file = s.token_file.ok_or_else(|| {
         anyhow!(
             "the session of node {} has no token file: the token lives in the master node's \

@@ -18,6 +18,7 @@ use yr_control::etcd::now_ms;
 use yr_proto::Empty;
 use yr_runtime::session::{ComponentInfo, Session};
 
+use super::credentials;
 use super::launch;
 use super::plan::{self, Inputs, NodePlan, PortMode, Ports, Ready, Role, StartArgs};
 use super::session::{self, SessionArg};
@@ -32,11 +33,33 @@ pub fn start(a: StartArgs) -> Result<()> {
     if !a.bind.is_loopback() {
         eprintln!(
             "warning: yr services of this node listen on {}, reachable from other hosts. REST \
-             routes require the access token, but the gRPC ports, etcd and the data transfer port \
-             have no authentication: only bind an address on a network you trust.",
+             routes require the access token, gRPC and etcd a certificate from the cluster CA; \
+             the data transfer port has no authentication yet: only bind an address on a network \
+             you trust.",
             a.bind
         );
     }
+    // The node's credentials first: a worker's etcd endpoints come with its certificate.
+    let tls = yr_proto::tls::NodeTls::in_dir(&dir.join(plan::TLS_DIR));
+    let names = credentials::node_names(&hostname(), a.bind);
+    let (join_token, master_etcd) = match checked.role {
+        Role::Master => {
+            let t = credentials::make_master(
+                &tls,
+                &dir.join(plan::TLS_DIR).join("ca.key"),
+                &dir.join(plan::TLS_DIR).join("join-token"),
+                &names,
+            )?;
+            (Some(t), Vec::new())
+        }
+        Role::Worker => {
+            let master = plan::master_host_port(a.master_address.as_deref().unwrap_or_default());
+            let token = a.join_token.as_deref().unwrap_or_default();
+            (None, credentials::join(master, token, &tls, &names)?)
+        }
+    };
+    // This process speaks as the node from here on (waiting for etcd and for registration).
+    yr_proto::tls::install(&tls).map_err(anyhow::Error::msg)?;
     let inputs = Inputs {
         exe: std::env::current_exe().context("cannot find the yr executable")?,
         dir,
@@ -46,10 +69,7 @@ pub fn start(a: StartArgs) -> Result<()> {
             PortMode::Auto => Ports::from_free(launch::free_ports()?),
         },
         etcd_program: launch::which("etcd"),
-        master_etcd: match checked.role {
-            Role::Master => Vec::new(),
-            Role::Worker => master_etcd(a.master_address.as_deref().unwrap_or_default())?,
-        },
+        master_etcd,
         // A path that is not UTF-8 is left out rather than mangled.
         python_env: std::env::var("YR_PYTHON")
             .ok()
@@ -62,7 +82,7 @@ pub fn start(a: StartArgs) -> Result<()> {
     }
     // Wait until the master sees this node, so that a deploy right after start can place work.
     wait_for_node(&session)?;
-    print_started(&session)
+    print_started(&session, join_token.as_ref())
 }
 
 /// Where the yr package is likely installed: the active virtual environment, then the one
@@ -102,20 +122,6 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "node".into())
-}
-
-/// The etcd endpoints of the cluster whose master is at `master`.
-fn master_etcd(master: &str) -> Result<Vec<String>> {
-    let info = rt()?
-        .block_on(async {
-            master_client(master)?
-                .info(Empty {})
-                .await
-                .map_err(anyhow::Error::from)
-        })
-        .with_context(|| format!("cannot reach the master at {master}"))?
-        .into_inner();
-    Ok(info.etcd_endpoints)
 }
 
 /// Launches the plan's components in order and writes the session; on failure stops those
@@ -192,7 +198,7 @@ fn wait_for_node(s: &Session) -> Result<()> {
     }
 }
 
-fn print_started(session: &Session) -> Result<()> {
+fn print_started(session: &Session, join_token: Option<&yr_control::pki::JoinToken>) -> Result<()> {
     let mut out = std::io::stdout();
     writeln!(
         out,
@@ -219,8 +225,9 @@ fn print_started(session: &Session) -> Result<()> {
         writeln!(out, "To add a worker node, run on it:")?;
         writeln!(
             out,
-            "  yr start --worker --master-address {}",
-            session.master_address
+            "  yr start --worker --master-address {} --join-token {}",
+            session.master_address,
+            join_token.map_or_else(|| "$(yr token --join)".to_string(), |t| t.to_string())
         )?;
     }
     Ok(())

@@ -64,3 +64,34 @@ impl Master for Service {
         Ok(Response::new(self.0.info.clone()))
     }
 }
+
+/// `Join`: signs a joining node's certificate for a caller that shows the join token. The one
+/// service a client without a certificate reaches.
+pub(super) struct JoinService {
+    pub(super) authority: Option<super::JoinAuthority>,
+    pub(super) etcd_endpoints: Vec<String>,
+}
+
+#[tonic::async_trait]
+impl yr_proto::join_server::Join for JoinService {
+    async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
+        let Some(a) = &self.authority else {
+            return Err(Status::failed_precondition(
+                "this master was started without a cluster CA and signs no certificates",
+            ));
+        };
+        let r = req.into_inner();
+        if !a.token.secret_matches(&r.token) {
+            tracing::warn!("a Join with a wrong token was refused");
+            return Err(Status::unauthenticated(
+                "the join token is wrong: `yr token --join` on the master prints the right one",
+            ));
+        }
+        let cert_pem = crate::pki::sign_request(&a.ca_pem, &a.ca_key_pem, &r.csr_pem)?;
+        Ok(Response::new(JoinReply {
+            cert_pem,
+            ca_pem: a.ca_pem.clone(),
+            etcd_endpoints: self.etcd_endpoints.clone(),
+        }))
+    }
+}

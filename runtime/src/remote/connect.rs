@@ -85,6 +85,8 @@ impl Builder {
     pub fn connect(self, session: PathBuf) -> Result<Yr, Error> {
         let s =
             crate::session::Session::load(&session).map_err(|e| Error::Connect(e.to_string()))?;
+        // The driver speaks as this node: its gRPC goes out with the node's certificate.
+        s.install_tls().map_err(Error::Connect)?;
         self.connect_to(
             driver_runtime()?,
             Endpoints {
@@ -99,6 +101,7 @@ impl Builder {
     /// Connects a driver through the master at `master` (host:port), to
     /// the first live node on this host (its proxy and data worker).
     pub fn connect_master(self, master: &str) -> Result<Yr, Error> {
+        install_node_tls()?;
         let rt = driver_runtime()?;
         let status = rt
             .block_on(async {
@@ -137,6 +140,7 @@ impl Builder {
     /// Connects a driver from inside a function process (for calls a function makes itself),
     /// through the master, proxy and data worker its agent named in its environment.
     pub fn connect_in_function(self) -> Result<Yr, Error> {
+        yr_proto::tls::install_from_env().map_err(Error::Connect)?;
         let env = |k: &'static str| std::env::var(k).map_err(|_| Error::NotStartedByAgent(k));
         let endpoints = Endpoints {
             master: env("YR_MASTER_ADDRESS")?,
@@ -216,10 +220,33 @@ fn driver_runtime() -> Result<tokio::runtime::Runtime, Error> {
         .map_err(|e| Error::Connect(format!("cannot start the driver's runtime: {e}")))
 }
 
-/// A gRPC channel to `address` (host:port), connected now.
+/// The credentials of a driver given only a master's address: those its agent gave it
+/// (`YR_TLS_*`), else those of this host's newest session (`$YR_SESSION`, else `latest`).
+fn install_node_tls() -> Result<(), Error> {
+    if yr_proto::tls::install_from_env()
+        .map_err(Error::Connect)?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let session = std::env::var_os("YR_SESSION")
+        .map(PathBuf::from)
+        .unwrap_or_else(crate::session::latest);
+    let s = crate::session::Session::load(&session).map_err(|e| {
+        Error::Connect(format!(
+            "a driver given only a master's address needs this node's credentials: set \
+             YR_SESSION to the session folder of the yr node on this host (or YR_TLS_CA, \
+             YR_TLS_CERT and YR_TLS_KEY); {e}"
+        ))
+    })?;
+    s.install_tls().map_err(Error::Connect)
+}
+
+/// A gRPC channel to `address` (host:port), connected now (mutual TLS with the node's
+/// credentials, see `yr_proto::tls`).
 pub(super) async fn connect(address: &str) -> Result<Channel, Error> {
-    tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|e| Error::Connect(format!("bad address {address:?}: {e}")))?
+    yr_proto::tls::endpoint(address)
+        .map_err(Error::Connect)?
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(5))
         .connect()
