@@ -2,8 +2,10 @@
 //! the runtime, on a one-node cluster this command starts (and stops) itself.
 //!
 //! The baseline, measured in the same run with the same client and concurrency, is a bare
-//! gRPC server in this process answering the same `Invoke` call with the request's bytes: what
-//! one gRPC hop costs on this machine with nothing behind it. A call through yr makes two
+//! gRPC server in this process answering the same `Invoke` call with the request's bytes, over
+//! mutual TLS with the node's credentials as every yr hop: what one gRPC hop costs on this
+//! machine with nothing behind it. The same server in plaintext, and the time a new connection
+//! takes with and without TLS, show what TLS costs. A call through yr makes two
 //! hops (client → proxy → function process) plus queueing and the handler's thread handoff.
 //!
 //! The set-up ([`deploy_noop`], [`Caller`], [`GrpcEcho`]) is shared with the criterion group
@@ -90,15 +92,28 @@ pub struct Caller {
 impl Caller {
     /// A client of the gRPC server at `address` (`host:port`); connects on the first call.
     /// Must be called inside a tokio runtime.
+    /// With this process's node credentials, as every yr client (mutual TLS once installed).
     pub fn connect(address: &str) -> Result<Caller> {
-        Ok(Caller {
-            client: ProxyClient::new(yr_control::channel(address)?),
+        Ok(Caller::over(yr_control::channel(address)?))
+    }
+
+    /// Plaintext gRPC, whatever is installed: the baseline that shows what TLS costs.
+    pub fn connect_plain(address: &str) -> Result<Caller> {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{address}"))?
+            .tcp_nodelay(true)
+            .connect_lazy();
+        Ok(Caller::over(ch))
+    }
+
+    fn over(ch: Channel) -> Caller {
+        Caller {
+            client: ProxyClient::new(ch),
             req: InvokeRequest {
                 function: FUNCTION.into(),
                 payload: axum::body::Bytes::from_static(b"ping"),
                 ..Default::default()
             },
-        })
+        }
     }
 
     /// One call; fails if it did not reach the function or the function failed.
@@ -159,15 +174,24 @@ pub struct GrpcEcho {
 }
 
 impl GrpcEcho {
-    /// Starts it on the current tokio runtime.
+    /// Starts it on the current tokio runtime, configured as a proxy is: mutual TLS with the
+    /// node's credentials once they are installed in this process.
     pub async fn start() -> Result<GrpcEcho> {
+        Self::start_on(yr_control::grpc_server()?).await
+    }
+
+    /// Starts it in plaintext, whatever is installed.
+    pub async fn start_plain() -> Result<GrpcEcho> {
+        Self::start_on(tonic::transport::Server::builder().tcp_nodelay(true)).await
+    }
+
+    async fn start_on(mut server: tonic::transport::Server) -> Result<GrpcEcho> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .context("cannot listen for the gRPC echo baseline")?;
         let address = listener.local_addr()?.to_string();
         let server = tokio::spawn(
-            tonic::transport::Server::builder()
-                .tcp_nodelay(true)
+            server
                 .add_service(ProxyServer::new(Echo))
                 .serve_with_incoming(yr_control::incoming(listener)),
         );
@@ -239,6 +263,24 @@ async fn drive(caller: &Caller, concurrency: usize, seconds: f64) -> Result<Meas
     })
 }
 
+/// Seconds a new connection and its first call take (the median of 50): the TCP, TLS (when
+/// `tls`) and HTTP/2 handshakes plus one call.
+async fn connect_and_call(address: &str, tls: bool) -> Result<f64> {
+    let mut times = Vec::new();
+    for _ in 0..50 {
+        let t = Instant::now();
+        let mut c = if tls {
+            Caller::connect(address)?
+        } else {
+            Caller::connect_plain(address)?
+        };
+        c.call().await?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    Ok(times[times.len() / 2])
+}
+
 pub fn run(a: InvokeArgs) -> Result<()> {
     let log = |s: &str| {
         if !a.json {
@@ -252,16 +294,27 @@ pub fn run(a: InvokeArgs) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let (yr_m, base) = rt.block_on(async {
+    let (yr_m, base, plain, tls_connect, plain_connect) = rt.block_on(async {
         let mut yr = Caller::connect(&node.session.proxy_address)?;
         // The instance is warm before measuring: one call through.
         yr.call().await?;
         log("invoking through proxy and runtime...");
         let yr_m = drive(&yr, a.concurrency, a.seconds).await?;
-        log("bare gRPC baseline...");
+        log("bare gRPC baseline (mutual TLS, as the proxy)...");
         let echo = GrpcEcho::start().await?;
         let base = drive(&Caller::connect(&echo.address)?, a.concurrency, a.seconds).await?;
-        Ok::<_, anyhow::Error>((yr_m, base))
+        log("bare gRPC in plaintext (what TLS costs)...");
+        let plain_echo = GrpcEcho::start_plain().await?;
+        let plain = drive(
+            &Caller::connect_plain(&plain_echo.address)?,
+            a.concurrency,
+            a.seconds,
+        )
+        .await?;
+        log("connections: a new channel and one call, with and without TLS...");
+        let tls_connect = connect_and_call(&echo.address, true).await?;
+        let plain_connect = connect_and_call(&plain_echo.address, false).await?;
+        Ok::<_, anyhow::Error>((yr_m, base, plain, tls_connect, plain_connect))
     })?;
     let v = json!({
         "invokes_per_s": yr_m.per_s,
@@ -271,6 +324,11 @@ pub fn run(a: InvokeArgs) -> Result<()> {
         "grpc_echo_per_s": base.per_s,
         "grpc_echo_p50_us": base.p50_us,
         "invoke_vs_grpc": yr_m.per_s / base.per_s,
+        "grpc_plain_per_s": plain.per_s,
+        "grpc_plain_p50_us": plain.p50_us,
+        "tls_vs_plain": base.per_s / plain.per_s,
+        "connect_tls_ms": tls_connect * 1e3,
+        "connect_plain_ms": plain_connect * 1e3,
         "client_concurrency": a.concurrency,
         "instance_concurrency": a.instance_concurrency,
     });

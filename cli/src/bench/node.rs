@@ -124,6 +124,8 @@ impl OneNode {
         args.extend_from_slice(extra);
         bins.yr.run(&args)?;
         let session = Session::load(&dir)?;
+        // The bench's clients are this node's, as a driver on it would be.
+        session.install_tls().map_err(anyhow::Error::msg)?;
         Ok(OneNode {
             _guard: guard,
             _tmp: tmp,
