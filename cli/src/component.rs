@@ -92,6 +92,14 @@ pub struct RestFlags {
     /// KV routes. Without it those routes answer 503.
     #[arg(long)]
     data_socket: Option<PathBuf>,
+    /// Serve HTTPS with this PEM certificate chain (with --rest-tls-key); default plain HTTP.
+    #[arg(long, requires = "rest_tls_key")]
+    #[serde(default)]
+    rest_tls_cert: Option<PathBuf>,
+    /// The PEM private key of --rest-tls-cert.
+    #[arg(long, requires = "rest_tls_cert")]
+    #[serde(default)]
+    rest_tls_key: Option<PathBuf>,
 }
 
 impl Default for RestFlags {
@@ -100,6 +108,8 @@ impl Default for RestFlags {
             token_file: None,
             max_body: config::default_max_body(),
             data_socket: None,
+            rest_tls_cert: None,
+            rest_tls_key: None,
         }
     }
 }
@@ -115,10 +125,23 @@ impl RestFlags {
                 None
             }
         };
+        let tls = match (&self.rest_tls_cert, &self.rest_tls_key) {
+            (Some(cert), Some(key)) => {
+                let read = |p: &PathBuf| {
+                    std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
+                };
+                Some(yr_control::rest::https::server_config(
+                    &read(cert)?,
+                    &read(key)?,
+                )?)
+            }
+            _ => None,
+        };
         Ok(yr_control::rest::RestConfig {
             token,
             max_body: usize::try_from(self.max_body).unwrap_or(usize::MAX),
             data_socket: self.data_socket.clone(),
+            tls,
             ..Default::default()
         })
     }

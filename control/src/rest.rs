@@ -23,7 +23,7 @@
 //!
 //! Security: every route but `/healthz` requires `Authorization: Bearer <token>` when the
 //! service has a token (`yr start` always gives one); the comparison takes the same time
-//! whatever the bytes.
+//! whatever the bytes. Given a certificate, both services speak HTTPS ([`https`]).
 
 use std::sync::Arc;
 
@@ -41,6 +41,7 @@ use crate::Shutdown;
 
 pub mod data;
 pub mod frontend;
+pub mod https;
 pub mod meta;
 pub mod metrics;
 pub mod openapi;
@@ -64,6 +65,8 @@ pub struct RestConfig {
     pub data_socket: Option<std::path::PathBuf>,
     /// The counters `/metrics` reports (clones share them).
     pub metrics: metrics::Metrics,
+    /// Serve HTTPS with this config ([`https::server_config`]); `None`: plain HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl RestConfig {
@@ -271,6 +274,7 @@ async fn bind(listen: std::net::SocketAddr) -> Result<tokio::net::TcpListener, E
 async fn serve(
     listen: std::net::SocketAddr,
     router: Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: Shutdown,
     on_ready: impl FnOnce(std::net::SocketAddr),
 ) -> Result<(), Error> {
@@ -280,14 +284,23 @@ async fn serve(
             .local_addr()
             .map_err(|e| Error::io(format!("the address bound for {listen}"), e))?,
     );
-    serve_listener(listener, router, shutdown).await
+    serve_listener(listener, router, tls, shutdown).await
 }
 
 async fn serve_listener(
     listener: tokio::net::TcpListener,
     router: Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: Shutdown,
 ) -> Result<(), Error> {
+    if let Some(config) = tls {
+        let listener = https::TlsListener::new(listener, config)
+            .map_err(|e| Error::io("the HTTPS listener", e))?;
+        return axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown.wait_owned())
+            .await
+            .map_err(|e| Error::io("serving HTTPS", e));
+    }
     // Small replies must not wait for the client's delayed ACK (see `crate::incoming`).
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         if let Err(e) = tcp.set_nodelay(true) {
@@ -310,7 +323,15 @@ pub async fn run_meta(
 ) -> Result<(), Error> {
     let channel = crate::channel(master_address)?;
     let master = MasterClient::new(channel);
-    serve(listen, meta::router(master, &config), shutdown, on_ready).await
+    let tls = config.tls.clone();
+    serve(
+        listen,
+        meta::router(master, &config),
+        tls,
+        shutdown,
+        on_ready,
+    )
+    .await
 }
 
 /// HTTP/2 connections from a separate frontend to its proxy (measured: one connection's task
@@ -342,7 +363,7 @@ pub async fn run_frontend(
         })
         .collect::<Result<Vec<_>, Error>>()?;
     let app = frontend_app(frontend::Upstream::grpc(proxies), &config);
-    serve(listen, app, shutdown, on_ready).await
+    serve(listen, app, config.tls.clone(), shutdown, on_ready).await
 }
 
 /// A frontend whose port is bound but which does not serve yet: for a process that hosts the
@@ -370,6 +391,7 @@ impl BoundFrontend {
         serve_listener(
             self.listener,
             frontend_app(upstream, &self.config),
+            self.config.tls.clone(),
             shutdown,
         )
         .await

@@ -168,6 +168,8 @@ pub struct NodeOptions {
     /// `--idle-timeout-ms` (master nodes: how long the scheduler lets a stateless instance sit
     /// idle before stopping it; default 60 s).
     pub idle_timeout_ms: Option<u64>,
+    /// Further `yr start` flags, as given.
+    pub extra: Vec<String>,
 }
 
 impl NodeOptions {
@@ -210,6 +212,7 @@ impl NodeOptions {
         if let Some(ms) = self.idle_timeout_ms {
             v.extend(["--idle-timeout-ms".into(), ms.to_string()]);
         }
+        v.extend(self.extra.iter().cloned());
         v
     }
 }

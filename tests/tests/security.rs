@@ -327,3 +327,97 @@ fn a_worker_needs_the_right_join_token() {
     let out = start(&["--join-token", "not-a-token"]).expect_err("a malformed token");
     assert!(out.stderr.contains("join-token"), "{out}");
 }
+
+#[test]
+fn rest_serves_https_with_a_given_certificate_and_still_wants_the_token() {
+    // The operator's certificate, from a CA of their own.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca_key = rcgen::KeyPair::generate().expect("a key");
+    let mut ca_params = rcgen::CertificateParams::default();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("a CA");
+    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+    let key = rcgen::KeyPair::generate().expect("a key");
+    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("params");
+    // Not the CA's name: a certificate named as its issuer looks self-signed to curl.
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "the operator's REST server");
+    let cert = params.signed_by(&key, &issuer).expect("a certificate");
+    let write = |name: &str, text: String| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).expect("write");
+        p.display().to_string()
+    };
+    let (ca_file, cert_file, key_file) = (
+        write("ca.pem", ca.pem()),
+        write("rest.pem", cert.pem()),
+        write("rest.key", key.serialize_pem()),
+    );
+    let cluster = Cluster::start(NodeOptions {
+        extra: vec![
+            "--rest-tls-cert".into(),
+            cert_file,
+            "--rest-tls-key".into(),
+            key_file,
+        ],
+        ..Default::default()
+    });
+    let s = cluster.master();
+    let token_file = s.token_file.clone().expect("the master has a token");
+    let token = std::fs::read_to_string(&token_file).expect("token");
+    for url in [s.frontend_url.clone(), s.meta_url.clone()] {
+        let url = url.expect("the master serves REST");
+        assert!(url.starts_with("https://"), "{url}");
+        let curl = |extra: &[&str], path: &str| {
+            let out = std::process::Command::new("curl")
+                .args([
+                    "-sS",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--max-time",
+                    "5",
+                ])
+                .args(extra)
+                .arg(format!("{url}{path}"))
+                .output()
+                .expect("run curl");
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        let auth = format!("Authorization: Bearer {}", token.trim());
+        assert_eq!(curl(&["--cacert", &ca_file], "/healthz"), "200", "{url}");
+        assert_eq!(
+            curl(&["--cacert", &ca_file], "/openapi.json"),
+            "401",
+            "{url}: the token is still required"
+        );
+        assert_eq!(
+            curl(&["--cacert", &ca_file, "-H", &auth], "/openapi.json"),
+            "200",
+            "{url}"
+        );
+        // Plain HTTP to the HTTPS port gets no answer.
+        let plain = url.replacen("https://", "http://", 1);
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "5",
+            ])
+            .arg(format!("{plain}/healthz"))
+            .output()
+            .expect("run curl");
+        assert_ne!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "200",
+            "{plain}"
+        );
+    }
+}

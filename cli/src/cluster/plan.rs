@@ -70,6 +70,13 @@ pub struct StartArgs {
     /// from this host only; another address is announced with a warning.
     #[arg(long, default_value_t = Ipv4Addr::LOCALHOST)]
     pub(super) bind: Ipv4Addr,
+    /// Serve the REST services (master) over HTTPS with this PEM certificate chain (with
+    /// --rest-tls-key); default plain HTTP.
+    #[arg(long, requires = "rest_tls_key")]
+    pub(super) rest_tls_cert: Option<PathBuf>,
+    /// The PEM private key of --rest-tls-cert.
+    #[arg(long, requires = "rest_tls_cert")]
+    pub(super) rest_tls_key: Option<PathBuf>,
     /// Largest REST request body (master).
     #[arg(long, value_parser = crate::util::size_arg, default_value = defaults::MAX_BODY)]
     pub(super) max_body: u64,
@@ -501,9 +508,16 @@ pub fn plan(a: &StartArgs, inputs: Inputs) -> Result<NodePlan, ConfigError> {
             CommandLine::default()
                 .flag("--token-file", t)
                 .flag("--max-body", a.max_body.to_string())
+                .flag_if("--rest-tls-cert", a.rest_tls_cert.as_ref())
+                .flag_if("--rest-tls-key", a.rest_tls_key.as_ref())
                 .0
         }
         None => Vec::new(),
+    };
+    let rest_scheme = if a.rest_tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
     };
     let mut meta_url = None;
     if role == Role::Master {
@@ -516,7 +530,7 @@ pub fn plan(a: &StartArgs, inputs: Inputs) -> Result<NodePlan, ConfigError> {
                 .flag("--upstream", &master_address),
             listen.clone(),
         ));
-        meta_url = Some(format!("http://{listen}"));
+        meta_url = Some(format!("{rest_scheme}://{listen}"));
     }
 
     // This node's worker components.
@@ -552,7 +566,7 @@ pub fn plan(a: &StartArgs, inputs: Inputs) -> Result<NodePlan, ConfigError> {
             .flag("--frontend-listen", &listen)
             .all(&rest_flags)
             .flag("--data-socket", &data_socket);
-        frontend_url = Some(format!("http://{listen}"));
+        frontend_url = Some(format!("{rest_scheme}://{listen}"));
     }
     components.push(yr(name::FUNCTION_PROXY, proxy, proxy_address.clone()));
     let agent_address = at(ports.function_agent);
