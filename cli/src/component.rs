@@ -114,6 +114,94 @@ impl Default for RestFlags {
     }
 }
 
+/// How to reach an etcd that `yr start` did not start (`--etcd-endpoints`); in a settings
+/// file, an `[etcd-auth]` table. Without them, an `https` etcd is reached with the node's
+/// cluster credentials (`--tls-dir`), as the one `yr start` runs.
+#[derive(Args, Serialize, Deserialize, Debug, PartialEq, Default, Clone)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct EtcdAuthFlags {
+    /// The CA that signed etcd's server certificate (PEM): etcd is reached over TLS.
+    #[arg(long)]
+    #[serde(default)]
+    pub etcd_ca: Option<PathBuf>,
+    /// A client certificate for etcd (PEM, with --etcd-key and --etcd-ca).
+    #[arg(long, requires_all = ["etcd_key", "etcd_ca"])]
+    #[serde(default)]
+    pub etcd_cert: Option<PathBuf>,
+    /// The private key of --etcd-cert (PEM).
+    #[arg(long, requires = "etcd_cert")]
+    #[serde(default)]
+    pub etcd_key: Option<PathBuf>,
+    /// An etcd user (etcd's own authentication), with --etcd-password-file.
+    #[arg(long, requires = "etcd_password_file")]
+    #[serde(default)]
+    pub etcd_user: Option<String>,
+    /// The file holding --etcd-user's password (one line).
+    #[arg(long, requires = "etcd_user")]
+    #[serde(default)]
+    pub etcd_password_file: Option<PathBuf>,
+}
+
+impl EtcdAuthFlags {
+    /// Whether any is given.
+    pub fn any(&self) -> bool {
+        *self != EtcdAuthFlags::default()
+    }
+
+    /// The same flags, for a component's command line.
+    pub fn args(&self) -> Vec<std::ffi::OsString> {
+        let mut v = Vec::new();
+        let mut flag = |name: &str, value: Option<std::ffi::OsString>| {
+            if let Some(x) = value {
+                v.push(name.into());
+                v.push(x);
+            }
+        };
+        flag("--etcd-ca", self.etcd_ca.clone().map(Into::into));
+        flag("--etcd-cert", self.etcd_cert.clone().map(Into::into));
+        flag("--etcd-key", self.etcd_key.clone().map(Into::into));
+        flag("--etcd-user", self.etcd_user.clone().map(Into::into));
+        flag(
+            "--etcd-password-file",
+            self.etcd_password_file.clone().map(Into::into),
+        );
+        v
+    }
+
+    /// Makes them this process's way to etcd (`yr_control::etcd::set_access`).
+    fn install(&self) -> Result<()> {
+        if !self.any() {
+            return Ok(());
+        }
+        let read =
+            |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+        let tls = match &self.etcd_ca {
+            Some(ca) => {
+                let mut t = tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
+                if let (Some(c), Some(k)) = (&self.etcd_cert, &self.etcd_key) {
+                    t = t.identity(tonic::transport::Identity::from_pem(read(c)?, read(k)?));
+                }
+                Some(t)
+            }
+            None => None,
+        };
+        let user = match (&self.etcd_user, &self.etcd_password_file) {
+            (Some(u), Some(p)) => {
+                let password = String::from_utf8(read(p)?)
+                    .with_context(|| format!("{} is not text", p.display()))?;
+                Some((
+                    u.clone(),
+                    password.trim_end_matches(['\r', '\n']).to_string(),
+                ))
+            }
+            _ => None,
+        };
+        yr_control::etcd::set_access(yr_control::etcd::EtcdAccess { tls, user });
+        Ok(())
+    }
+}
+
 impl RestFlags {
     fn config(&self, listen: std::net::SocketAddr) -> Result<yr_control::rest::RestConfig> {
         let token = match &self.token_file {
@@ -178,6 +266,11 @@ pub struct MasterArgs {
     #[arg(long)]
     #[serde(default)]
     tls_dir: Option<PathBuf>,
+    /// How to reach an etcd `yr start` did not start; in a settings file, an `[etcd-auth]`
+    /// table.
+    #[command(flatten)]
+    #[serde(default)]
+    etcd_auth: EtcdAuthFlags,
     /// The cluster CA's key (with --join-token-file): the master signs joining nodes'
     /// certificates with it.
     #[arg(long, requires = "join_token_file")]
@@ -218,6 +311,11 @@ pub struct SchedulerArgs {
     #[arg(long)]
     #[serde(default)]
     tls_dir: Option<PathBuf>,
+    /// How to reach an etcd `yr start` did not start; in a settings file, an `[etcd-auth]`
+    /// table.
+    #[command(flatten)]
+    #[serde(default)]
+    etcd_auth: EtcdAuthFlags,
 }
 
 impl SchedulerArgs {
@@ -263,6 +361,11 @@ pub struct ProxyArgs {
     #[arg(long)]
     #[serde(default)]
     tls_dir: Option<PathBuf>,
+    /// How to reach an etcd `yr start` did not start; in a settings file, an `[etcd-auth]`
+    /// table.
+    #[command(flatten)]
+    #[serde(default)]
+    etcd_auth: EtcdAuthFlags,
 }
 
 impl ProxyArgs {
@@ -335,6 +438,11 @@ pub struct AgentArgs {
     #[arg(long)]
     #[serde(default)]
     tls_dir: Option<PathBuf>,
+    /// How to reach an etcd `yr start` did not start; in a settings file, an `[etcd-auth]`
+    /// table.
+    #[command(flatten)]
+    #[serde(default)]
+    etcd_auth: EtcdAuthFlags,
 }
 
 impl AgentArgs {
@@ -478,6 +586,7 @@ pub fn run(cmd: ComponentCmd) -> Result<()> {
         ComponentCmd::DataWorker(a) => data_worker(a),
         ComponentCmd::FunctionMaster(a) => {
             install_tls(a.tls_dir.as_deref())?;
+            a.etcd_auth.install()?;
             let join = join_authority(&a)?;
             let mut config = a.validate()?;
             config.join = join;
@@ -506,6 +615,7 @@ pub fn run(cmd: ComponentCmd) -> Result<()> {
         }
         ComponentCmd::FunctionScheduler(a) => {
             install_tls(a.tls_dir.as_deref())?;
+            a.etcd_auth.install()?;
             let config = a.validate()?;
             run_async("function scheduler", |sd, ready| async move {
                 // The scheduler serves nothing; its ready line carries no address.
@@ -515,6 +625,7 @@ pub fn run(cmd: ComponentCmd) -> Result<()> {
         }
         ComponentCmd::FunctionProxy(a) => {
             install_tls(a.tls_dir.as_deref())?;
+            a.etcd_auth.install()?;
             let frontend = match a.frontend_listen {
                 Some(l) => Some((l, a.rest.config(l)?)),
                 None => None,
@@ -533,6 +644,7 @@ pub fn run(cmd: ComponentCmd) -> Result<()> {
         }
         ComponentCmd::FunctionAgent(a) => {
             install_tls(a.tls_dir.as_deref())?;
+            a.etcd_auth.install()?;
             let config = a.validate()?;
             run_async("function agent", |sd, ready| async move {
                 Ok(yr_control::agent::run(config, sd, ready).await?)

@@ -48,18 +48,47 @@ pub struct Meta {
     client: Client,
 }
 
+/// How this process reaches an etcd the user runs (`--etcd-endpoints` with `--etcd-ca`,
+/// `--etcd-cert`/`--etcd-key`, `--etcd-user`): set once at start, before the first connect.
+#[derive(Clone, Default)]
+pub struct EtcdAccess {
+    /// TLS trusting the given CA, with the given client certificate if any.
+    pub tls: Option<etcd_client::TlsOptions>,
+    /// etcd's own authentication: user and password.
+    pub user: Option<(String, String)>,
+}
+
+static ACCESS: std::sync::OnceLock<EtcdAccess> = std::sync::OnceLock::new();
+
+/// Sets how this process reaches etcd (see [`EtcdAccess`]); the first setting wins.
+pub fn set_access(access: EtcdAccess) {
+    let _ = ACCESS.set(access);
+}
+
 impl Meta {
     /// Connects to etcd; fails (naming the endpoints) if none answers within a few seconds.
     pub async fn connect(endpoints: &[String]) -> Result<Meta> {
         let mut opts = etcd_client::ConnectOptions::new()
             .with_connect_timeout(std::time::Duration::from_secs(3))
             .with_timeout(std::time::Duration::from_secs(10));
-        // An `https` etcd (the one `yr start` runs requires client certificates from the
-        // cluster CA) is reached with this node's credentials.
-        if endpoints.iter().any(|e| e.starts_with("https://")) {
-            if let Some(c) = yr_proto::tls::installed() {
-                opts = opts.with_tls(c.client());
+        match ACCESS.get() {
+            // An etcd the user runs, with the credentials they gave.
+            Some(a) => {
+                if let Some(t) = &a.tls {
+                    opts = opts.with_tls(t.clone());
+                }
+                if let Some((user, password)) = &a.user {
+                    opts = opts.with_user(user.clone(), password.clone());
+                }
             }
+            // The etcd `yr start` runs requires client certificates from the cluster CA: it is
+            // reached with this node's credentials.
+            None if endpoints.iter().any(|e| e.starts_with("https://")) => {
+                if let Some(c) = yr_proto::tls::installed() {
+                    opts = opts.with_tls(c.client());
+                }
+            }
+            None => {}
         }
         let mut client = Client::connect(endpoints, Some(opts))
             .await

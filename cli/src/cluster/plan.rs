@@ -39,6 +39,10 @@ pub struct StartArgs {
     /// Use an existing etcd instead of starting one (comma-separated URLs).
     #[arg(long)]
     pub(super) etcd_endpoints: Option<String>,
+    /// How to reach that etcd (its CA, a client certificate, a user); a worker of such a
+    /// cluster is given the same.
+    #[command(flatten)]
+    pub(super) etcd_auth: crate::component::EtcdAuthFlags,
     /// Session folder (default /tmp/yr_sessions/<timestamp>).
     #[arg(long)]
     pub(super) session_dir: Option<PathBuf>,
@@ -226,6 +230,13 @@ pub fn check(a: &StartArgs) -> Result<Checked, ConfigError> {
     config::amounts("resource", &a.resources)?;
     if let Some(e) = &a.etcd_endpoints {
         config::endpoints("etcd-endpoints", e)?;
+    } else if role == Role::Master && a.etcd_auth.any() {
+        return Err(ConfigError::invalid(
+            "etcd-ca",
+            "",
+            "--etcd-ca, --etcd-cert, --etcd-key and --etcd-user are for an etcd given with \
+             --etcd-endpoints; the etcd yr starts uses the cluster's own certificates",
+        ));
     }
     Ok(Checked { role, ports })
 }
@@ -472,6 +483,7 @@ pub fn plan(a: &StartArgs, inputs: Inputs) -> Result<NodePlan, ConfigError> {
                 CommandLine::default()
                     .flag("--listen", &master)
                     .flag("--etcd", &etcd)
+                    .all(&a.etcd_auth.args())
                     .flag_if("--ca-key", ca_key.as_ref())
                     .flag_if("--join-token-file", join_token_file.as_ref()),
                 master.clone(),
@@ -480,6 +492,7 @@ pub fn plan(a: &StartArgs, inputs: Inputs) -> Result<NodePlan, ConfigError> {
                 name::FUNCTION_SCHEDULER,
                 CommandLine::default()
                     .flag("--etcd", &etcd)
+                    .all(&a.etcd_auth.args())
                     .flag("--master", &master)
                     .flag("--idle-timeout-ms", a.idle_timeout_ms.to_string()),
                 String::new(),
@@ -549,6 +562,7 @@ pub fn plan(a: &StartArgs, inputs: Inputs) -> Result<NodePlan, ConfigError> {
     ));
     let node_flags = CommandLine::default()
         .flag("--etcd", &etcd)
+        .all(&a.etcd_auth.args())
         .flag("--master", &master_address)
         .flag("--node-id", &node_id)
         .0;
@@ -836,6 +850,60 @@ mod tests {
             inputs(Ports::STANDARD),
         );
         assert_eq!(p.err().map(|e| e.field()), Some("master-address"));
+    }
+
+    #[test]
+    fn the_credentials_of_a_given_etcd_reach_every_etcd_client() {
+        let mut i = inputs(Ports::STANDARD);
+        i.etcd_program = None;
+        let flags = [
+            "--master",
+            "--etcd-endpoints",
+            "https://e1:2379",
+            "--etcd-ca",
+            "/e/ca.pem",
+            "--etcd-cert",
+            "/e/c.pem",
+            "--etcd-key",
+            "/e/c.key",
+            "--etcd-user",
+            "yr",
+            "--etcd-password-file",
+            "/e/pw",
+        ];
+        let p = planned(&flags, i.clone());
+        for c in [
+            "function-master",
+            "function-scheduler",
+            "function-proxy",
+            "function-agent",
+        ] {
+            assert_eq!(
+                value(&p, c, "--etcd-ca").as_deref(),
+                Some("/e/ca.pem"),
+                "{c}"
+            );
+            assert_eq!(
+                value(&p, c, "--etcd-key").as_deref(),
+                Some("/e/c.key"),
+                "{c}"
+            );
+            assert_eq!(value(&p, c, "--etcd-user").as_deref(), Some("yr"), "{c}");
+            assert_eq!(
+                value(&p, c, "--etcd-password-file").as_deref(),
+                Some("/e/pw"),
+                "{c}"
+            );
+        }
+        assert!(!has(&p, "meta-service", "--etcd-ca"));
+        // They are for a given etcd: the one yr starts uses the cluster's certificates.
+        assert_eq!(
+            refused(
+                &["--master", "--etcd-ca", "/e/ca.pem"],
+                inputs(Ports::STANDARD)
+            ),
+            "etcd-ca"
+        );
     }
 
     #[test]
