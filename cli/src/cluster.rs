@@ -33,7 +33,7 @@ pub use plan::StartArgs;
 pub use session::{token, SessionArg, TokenArgs};
 pub use start::{start, stop, StopArgs};
 pub use status::{status, StatusArgs};
-pub use yr_runtime::session::{ComponentInfo, Session, SESSIONS_ROOT};
+pub use yr_runtime::session::{ComponentInfo, Session};
 
 /// A runtime for one command's few RPCs.
 fn rt() -> Result<tokio::runtime::Runtime> {

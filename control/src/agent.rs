@@ -4,6 +4,9 @@
 //! Invariants:
 //! - The node record lives under a lease this agent keeps alive; if the agent dies the record
 //!   lapses within [`LEASE_TTL`] and the master treats the node as dead.
+//! - An instance ID passes [`crate::function::check_path_name`] before it becomes a path.
+//! - Every function process gets its instance's secret (`YR_INSTANCE_SECRET`, see
+//!   [`crate::secret`]), without which the proxy will not let it serve the instance.
 //! - Every function process runs in its own folder `work_dir/instances/<id>/`, with its code
 //!   there (or its code folder as is), its stdout and stderr captured to `stdout.log` and
 //!   `stderr.log` there.
@@ -67,6 +70,8 @@ pub struct AgentConfig {
     pub proxy_address: String,
     /// The proxy's instance socket, where function processes take their calls.
     pub proxy_socket: std::path::PathBuf,
+    /// The node secret its proxy wrote (see [`crate::secret`]); read and removed at start.
+    pub instance_secret_file: PathBuf,
     /// This node's data worker socket.
     pub data_socket: PathBuf,
     /// The data worker's transfer address (empty: objects stay on this node).
@@ -97,6 +102,8 @@ struct Running {
 
 struct State {
     config: AgentConfig,
+    /// Shared with this node's proxy: each process's `YR_INSTANCE_SECRET` derives from it.
+    secret: crate::secret::NodeSecret,
     master: MasterClient<tonic::transport::Channel>,
     running: Mutex<HashMap<String, Running>>,
     /// Python interpreters seen to import yr.
@@ -126,6 +133,9 @@ fn signal(pid: u32, sig: i32) {
 impl State {
     async fn start(&self, instance: InstanceRecord, function: Spec) -> Result<u32> {
         let id = instance.instance_id.clone();
+        // The ID becomes a folder whose `code` is removed below: only a name that stays inside
+        // `instances/` gets that far.
+        crate::function::check_path_name("instance_id", &id)?;
         if let Some(r) = self.running.lock().await.get(&id) {
             if !r.done.load(std::sync::atomic::Ordering::SeqCst) {
                 return Ok(r.pid);
@@ -198,6 +208,7 @@ impl State {
             .env("YR_MASTER_ADDRESS", &self.config.master_address)
             .env("YR_DATA_SOCKET", &self.config.data_socket)
             .env("YR_INSTANCE_DIR", &dir)
+            .env(crate::secret::INSTANCE_SECRET_ENV, self.secret.for_instance(&id))
             .stdin(std::process::Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
@@ -499,6 +510,8 @@ pub async fn run(
     shutdown: Shutdown,
     on_ready: impl FnOnce(std::net::SocketAddr),
 ) -> Result<()> {
+    crate::function::check_path_name("node_id", &config.node_id)?;
+    let secret = crate::secret::NodeSecret::take(&config.instance_secret_file)?;
     std::fs::create_dir_all(config.work_dir.join("instances"))
         .map_err(|e| Error::io(format!("cannot create {}", config.work_dir.display()), e))?;
     let meta = Meta::connect(&config.etcd_endpoints).await?;
@@ -511,6 +524,7 @@ pub async fn run(
         .map_err(|e| Error::io("the bound address", e))?;
     let state = Arc::new(State {
         config,
+        secret,
         master,
         running: Mutex::new(HashMap::new()),
         pythons: python::Checked::default(),
