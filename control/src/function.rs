@@ -468,7 +468,8 @@ mod tests {
         fn function_names_are_path_names(name in "[a-zA-Z0-9_@-]{1,128}", hex in "[0-9a-f]{12}") {
             proptest::prop_assert!(check_name(&name).is_ok());
             proptest::prop_assert!(check_path_name("n", &name).is_ok());
-            proptest::prop_assert!(check_path_name("n", &format!("{name}-{hex}")).is_ok());
+            let id = format!("{name}-{hex}");
+            proptest::prop_assert!(check_path_name("n", &id).is_ok());
         }
     }
 
