@@ -208,7 +208,10 @@ impl State {
             .env("YR_MASTER_ADDRESS", &self.config.master_address)
             .env("YR_DATA_SOCKET", &self.config.data_socket)
             .env("YR_INSTANCE_DIR", &dir)
-            .env(crate::secret::INSTANCE_SECRET_ENV, self.secret.for_instance(&id))
+            .env(
+                crate::secret::INSTANCE_SECRET_ENV,
+                self.secret.for_instance(&id),
+            )
             .stdin(std::process::Stdio::null())
             .stdout(stdout)
             .stderr(stderr)

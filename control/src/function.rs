@@ -439,11 +439,19 @@ mod tests {
 
     #[test]
     fn path_names() {
-        for good in ["f-0a1b2c3d4e5f", "0@svc@f-1", "host.example.com-00abcd", "a..b", "x"] {
+        for good in [
+            "f-0a1b2c3d4e5f",
+            "0@svc@f-1",
+            "host.example.com-00abcd",
+            "a..b",
+            "x",
+        ] {
             assert!(check_path_name("id", good).is_ok(), "{good}");
         }
         let long = "x".repeat(MAX_PATH_NAME + 1);
-        for bad in ["", ".", "..", ".hidden", "../x", "a/b", "/abs", "a\0b", "a b", "é", &long] {
+        for bad in [
+            "", ".", "..", ".hidden", "../x", "a/b", "/abs", "a\0b", "a b", "é", &long,
+        ] {
             let e = check_path_name("instance_id", bad).expect_err(bad);
             assert!(e.to_string().starts_with("instance_id: "), "{e}");
         }

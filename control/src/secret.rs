@@ -53,7 +53,12 @@ impl NodeSecret {
     /// left there by an earlier proxy is replaced.
     pub fn create(path: &Path) -> Result<NodeSecret, Error> {
         let secret = NodeSecret::generate()?;
-        let what = |e| Error::io(format!("cannot write the node secret {}", path.display()), e);
+        let what = |e| {
+            Error::io(
+                format!("cannot write the node secret {}", path.display()),
+                e,
+            )
+        };
         match std::fs::remove_file(path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -124,7 +129,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || !s.is_ascii() {
+    if !s.len().is_multiple_of(2) || !s.is_ascii() {
         return None;
     }
     (0..s.len())

@@ -186,8 +186,7 @@ impl App {
         let instance_id = env("YR_INSTANCE_ID")?;
         let socket_path = env("YR_PROXY_SOCKET")?;
         let proxy_address = env("YR_PROXY_ADDRESS")?;
-        let secret =
-            take_instance_secret().ok_or(Error::NotStartedByAgent(INSTANCE_SECRET_ENV))?;
+        let secret = take_instance_secret().ok_or(Error::NotStartedByAgent(INSTANCE_SECRET_ENV))?;
         let data_socket = std::env::var("YR_DATA_SOCKET").unwrap_or_default();
         let socket = UnixStream::connect(&socket_path).map_err(|e| {
             Error::InstanceSocket(format!(
@@ -349,8 +348,15 @@ mod tests {
         // The only test of this process that touches the variable (it is process-wide).
         std::env::set_var(INSTANCE_SECRET_ENV, "abc123");
         assert_eq!(take_instance_secret().as_deref(), Some("abc123"));
-        assert!(std::env::var_os(INSTANCE_SECRET_ENV).is_none(), "still in the environment");
-        assert_eq!(take_instance_secret().as_deref(), Some("abc123"), "kept for the hello");
+        assert!(
+            std::env::var_os(INSTANCE_SECRET_ENV).is_none(),
+            "still in the environment"
+        );
+        assert_eq!(
+            take_instance_secret().as_deref(),
+            Some("abc123"),
+            "kept for the hello"
+        );
     }
 
     #[test]

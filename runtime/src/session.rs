@@ -131,7 +131,9 @@ pub fn latest_in(root: &Path) -> Result<PathBuf, SessionError> {
     })?;
     let me = euid();
     if !m.file_type().is_symlink() {
-        return Err(refuse("it is not a symbolic link to a session folder".into()));
+        return Err(refuse(
+            "it is not a symbolic link to a session folder".into(),
+        ));
     }
     if m.uid() != me {
         return Err(refuse(format!(
@@ -386,7 +388,10 @@ mod tests {
         assert_eq!(root_for(Some(OsStr::new("relative")), me), fallback);
         assert_eq!(root_for(Some(OsStr::new("/no/such/dir")), me), fallback);
         // Another user's runtime folder (as under `sudo`) is not ours to use.
-        assert_eq!(root_for(Some(xdg.path().as_os_str()), me + 1), PathBuf::from(format!("/tmp/yr-{}", me + 1)));
+        assert_eq!(
+            root_for(Some(xdg.path().as_os_str()), me + 1),
+            PathBuf::from(format!("/tmp/yr-{}", me + 1))
+        );
         std::fs::set_permissions(xdg.path(), std::fs::Permissions::from_mode(0o777))
             .expect("chmod");
         assert_eq!(root_for(Some(xdg.path().as_os_str()), me), fallback);
@@ -396,11 +401,19 @@ mod tests {
     fn a_root_that_others_may_write_to_or_a_link_is_refused() {
         let tmp = tempfile::tempdir().expect("temp dir");
         let root = tmp.path().join("root");
-        std::fs::DirBuilder::new().mode(0o700).create(&root).expect("mkdir");
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&root)
+            .expect("mkdir");
         check_private_dir(&root).expect("a private folder");
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o775)).expect("chmod");
-        let e = check_private_dir(&root).expect_err("group-writable").to_string();
-        assert!(e.contains(&root.display().to_string()) && e.contains("mode 0775"), "{e}");
+        let e = check_private_dir(&root)
+            .expect_err("group-writable")
+            .to_string();
+        assert!(
+            e.contains(&root.display().to_string()) && e.contains("mode 0775"),
+            "{e}"
+        );
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         check_private_dir(&root).expect("readable by others is the user's choice");
         let link = tmp.path().join("link");
@@ -413,7 +426,10 @@ mod tests {
     fn latest_is_followed_only_to_a_folder_of_this_user() {
         let tmp = tempfile::tempdir().expect("temp dir");
         let root = tmp.path().join("root");
-        std::fs::DirBuilder::new().mode(0o700).create(&root).expect("mkdir");
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&root)
+            .expect("mkdir");
         let e = latest_in(&root).expect_err("no link yet").to_string();
         assert!(e.contains("yr start"), "{e}");
         let session = root.join("s1");
@@ -434,10 +450,14 @@ mod tests {
         std::fs::create_dir(&theirs).expect("mkdir");
         std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).expect("chown");
         std::os::unix::fs::symlink(&theirs, root.join(LATEST)).expect("symlink");
-        let e = latest_in(&root).expect_err("another user's folder").to_string();
+        let e = latest_in(&root)
+            .expect_err("another user's folder")
+            .to_string();
         assert!(e.contains("owned by uid 65534"), "{e}");
         std::os::unix::fs::lchown(root.join(LATEST), Some(65534), Some(65534)).expect("lchown");
-        let e = latest_in(&root).expect_err("another user's link").to_string();
+        let e = latest_in(&root)
+            .expect_err("another user's link")
+            .to_string();
         assert!(e.contains("the link is owned by uid 65534"), "{e}");
     }
 

@@ -215,8 +215,8 @@ fn forged_and_second_hellos_are_refused() {
         .join("node/work/instances")
         .join(&id)
         .join("leaked-secret");
-    let secret = std::fs::read_to_string(&leaked)
-        .unwrap_or_else(|e| panic!("{}: {e}", leaked.display()));
+    let secret =
+        std::fs::read_to_string(&leaked).unwrap_or_else(|e| panic!("{}: {e}", leaked.display()));
     assert_eq!(secret.len(), 64, "{secret:?}");
 
     // The instance's ID without its secret, or with a wrong one: refused.
@@ -225,20 +225,29 @@ fn forged_and_second_hellos_are_refused() {
         let mut s = connect(&path);
         s.write_all(&hello_with(&id, forged)).expect("write");
         let why = refusal(s);
-        assert!(why.contains("does not carry that instance's secret"), "{forged:?}: {why}");
+        assert!(
+            why.contains("does not carry that instance's secret"),
+            "{forged:?}: {why}"
+        );
     }
     // Its secret does not open another instance.
     let mut s = connect(&path);
     s.write_all(&hello_with("leaky-000000000000", &secret))
         .expect("write");
     let why = refusal(s);
-    assert!(why.contains("does not carry that instance's secret"), "{why}");
+    assert!(
+        why.contains("does not carry that instance's secret"),
+        "{why}"
+    );
     // The right secret, but the instance is connected already: refused, and the real process
     // keeps its calls (it is not unregistered when the second connection goes).
     let mut s = connect(&path);
     s.write_all(&hello_with(&id, &secret)).expect("write");
     let why = refusal(s);
-    assert!(why.contains(&format!("instance {id} is connected already")), "{why}");
+    assert!(
+        why.contains(&format!("instance {id} is connected already")),
+        "{why}"
+    );
     let out = c.invoke("leaky", "after").expect_ok("invoke after");
     assert!(out.stdout.starts_with("hello, after"), "{out}");
     let st = c.status();

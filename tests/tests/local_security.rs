@@ -127,7 +127,14 @@ fn the_default_session_root_is_private_and_latest_leads_to_the_session() {
     let xdg = runtime_dir();
     let out = yr_with_xdg(
         xdg.path(),
-        &["start", "--master", "--ports", "auto", "--shm-size", "64MiB"],
+        &[
+            "start",
+            "--master",
+            "--ports",
+            "auto",
+            "--shm-size",
+            "64MiB",
+        ],
     );
     let root = xdg.path().join("yr");
     let latest = root.join("latest");
@@ -138,7 +145,12 @@ fn the_default_session_root_is_private_and_latest_leads_to_the_session() {
     });
     assert!(out.status.success(), "{}", text(&out));
     let dir = dir.expect("latest points at the session");
-    assert!(dir.starts_with(&root), "{} is not under {}", dir.display(), root.display());
+    assert!(
+        dir.starts_with(&root),
+        "{} is not under {}",
+        dir.display(),
+        root.display()
+    );
     assert_eq!(mode(&root), 0o700);
     assert_eq!(mode(&dir), 0o700);
     assert_eq!(mode(&dir.join("session.json")), 0o600);
@@ -155,7 +167,14 @@ fn a_session_root_of_another_user_or_open_to_others_is_refused() {
     let xdg = runtime_dir();
     let root = xdg.path().join("yr");
     std::fs::create_dir(&root).expect("mkdir");
-    let start = ["start", "--master", "--ports", "auto", "--shm-size", "64MiB"];
+    let start = [
+        "start",
+        "--master",
+        "--ports",
+        "auto",
+        "--shm-size",
+        "64MiB",
+    ];
     if is_root() {
         std::os::unix::fs::chown(&root, Some(NOBODY), Some(NOBODY)).expect("chown");
         for args in [&start[..], &["status"]] {
@@ -281,14 +300,22 @@ fn the_agent_refuses_an_instance_id_that_is_not_a_plain_name() {
             })
             .expect("reach the agent")
             .expect_err(bad);
-        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{bad:?}: {status:?}");
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{bad:?}: {status:?}"
+        );
         assert!(
             status.message().contains("instance_id") && status.message().contains("file name"),
             "{bad:?}: {}",
             status.message()
         );
     }
-    assert!(sentinel.exists(), "the agent removed {}", sentinel.display());
+    assert!(
+        sentinel.exists(),
+        "the agent removed {}",
+        sentinel.display()
+    );
     assert!(!s.session_dir.join("node/escape").exists());
     assert!(!work.join("instances/a").exists());
 }

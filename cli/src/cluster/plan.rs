@@ -979,7 +979,9 @@ mod instance_secret_tests {
 
     #[test]
     fn the_proxy_and_the_agent_name_one_secret_file_in_the_node_folder() {
-        let a = Start::try_parse_from(["yr-start", "--master"]).expect("flags").a;
+        let a = Start::try_parse_from(["yr-start", "--master"])
+            .expect("flags")
+            .a;
         let p = plan(
             &a,
             Inputs {

@@ -149,6 +149,14 @@ pub fn write_token(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Prints the session folder that commands without `--session-dir` use (after the checks that
+/// `latest` must pass), once its `session.json` is there.
+pub fn print_session(a: SessionArg) -> Result<()> {
+    let s = a.load()?;
+    println!("{}", s.session_dir.display());
+    Ok(())
+}
+
 #[derive(Args)]
 pub struct TokenArgs {
     #[command(flatten)]
