@@ -26,6 +26,7 @@
 //! entrypoint as an invalid argument naming `code_path` or `entrypoint`.
 
 use std::collections::HashMap;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -146,7 +147,13 @@ impl State {
             let id = id.clone();
             move |e| Error::io(format!("instance {id}: {what}"), e)
         };
-        std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
+        // Private to the cluster's user, whatever the agent's umask: the instance's code and
+        // output are the function's data.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io(format!("create {}", dir.display())))?;
         // A restart reuses the instance's folder: unpack its code afresh.
         let own_code = dir.join("code");
         if own_code.exists() {
@@ -182,15 +189,16 @@ impl State {
                     )
                 }
             };
-        let stdout = std::fs::File::options()
-            .create(true)
-            .append(true)
+        let output = || {
+            let mut o = std::fs::File::options();
+            o.create(true).append(true).mode(0o600);
+            o
+        };
+        let stdout = output()
             .open(dir.join("stdout.log"))
             .map_err(io("open stdout.log".into()))?;
         let stderr_path = dir.join("stderr.log");
-        let stderr = std::fs::File::options()
-            .create(true)
-            .append(true)
+        let stderr = output()
             .open(&stderr_path)
             .map_err(io("open stderr.log".into()))?;
         let stderr_start = stderr.metadata().map(|m| m.len()).unwrap_or(0);

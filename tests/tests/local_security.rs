@@ -157,6 +157,9 @@ fn the_default_session_root_is_private_and_latest_leads_to_the_session() {
     // Commands without --session-dir find it through latest.
     let st = yr_with_xdg(xdg.path(), &["status", "--json"]);
     assert!(st.status.success(), "{}", text(&st));
+    let printed = yr_with_xdg(xdg.path(), &["session"]);
+    assert!(printed.status.success(), "{}", text(&printed));
+    assert_eq!(String::from_utf8_lossy(&printed.stdout).trim(), dir.display().to_string());
     let stop = yr_with_xdg(xdg.path(), &["stop", "--force"]);
     assert!(stop.status.success(), "{}", text(&stop));
     assert!(!latest.exists(), "yr stop removes latest with its session");
