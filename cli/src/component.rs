@@ -202,6 +202,10 @@ pub struct ProxyArgs {
     /// `--proxy-socket`).
     #[arg(long)]
     instance_socket: PathBuf,
+    /// Where to write the node secret for this node's agent (its `--instance-secret-file`):
+    /// the instance socket only serves processes the agent gave a secret derived from it.
+    #[arg(long)]
+    instance_secret_file: PathBuf,
     /// Also serve this node's REST frontend here, calling this proxy in-process (one network
     /// hop less than a separate `frontend` component).
     #[arg(long)]
@@ -222,6 +226,7 @@ impl ProxyArgs {
             master_address: config::required("master", self.master)?,
             node_id: config::required("node-id", self.node_id)?,
             instance_socket: self.instance_socket,
+            instance_secret_file: self.instance_secret_file,
         })
     }
 }
@@ -248,6 +253,10 @@ pub struct AgentArgs {
     /// The proxy's instance socket (its `--instance-socket`), given to function processes.
     #[arg(long)]
     proxy_socket: PathBuf,
+    /// The node secret its proxy wrote (the proxy's `--instance-secret-file`); read and removed
+    /// at start.
+    #[arg(long)]
+    instance_secret_file: PathBuf,
     /// This node's data worker socket, given to function processes.
     #[arg(long)]
     data_socket: PathBuf,
@@ -288,6 +297,7 @@ impl AgentArgs {
             node_id: config::required("node-id", self.node_id)?,
             proxy_address: config::required("proxy", self.proxy)?,
             proxy_socket: self.proxy_socket,
+            instance_secret_file: self.instance_secret_file,
             data_socket: self.data_socket,
             data_transfer: self.data_transfer.unwrap_or_default(),
             work_dir: self.work_dir,
@@ -570,9 +580,12 @@ mod tests {
                     "n",
                     "--instance-socket",
                     "/i",
+                    "--instance-secret-file",
+                    "/k",
                 ]),
                 ComponentCmd::FunctionProxy(file(
-                    "etcd = 'e'\nmaster = 'm'\nnode-id = 'n'\ninstance-socket = '/i'",
+                    "etcd = 'e'\nmaster = 'm'\nnode-id = 'n'\ninstance-socket = '/i'\n\
+                     instance-secret-file = '/k'",
                 )),
             ),
             (
@@ -588,6 +601,8 @@ mod tests {
                     "p",
                     "--proxy-socket",
                     "/ps",
+                    "--instance-secret-file",
+                    "/k",
                     "--data-socket",
                     "/ds",
                     "--work-dir",
@@ -595,7 +610,7 @@ mod tests {
                 ]),
                 ComponentCmd::FunctionAgent(file(
                     "etcd = 'e'\nmaster = 'm'\nnode-id = 'n'\nproxy = 'p'\nproxy-socket = '/ps'\n\
-                     data-socket = '/ds'\nwork-dir = '/w'",
+                     instance-secret-file = '/k'\ndata-socket = '/ds'\nwork-dir = '/w'",
                 )),
             ),
             (
@@ -624,6 +639,8 @@ mod tests {
             "n",
             "--instance-socket",
             "/i",
+            "--instance-secret-file",
+            "/k",
             "--frontend-listen",
             "127.0.0.1:9",
             "--max-body",
@@ -631,7 +648,8 @@ mod tests {
         ]);
         let from_file = ComponentCmd::FunctionProxy(file(
             "etcd = 'e'\nmaster = 'm'\nnode-id = 'n'\ninstance-socket = '/i'\n\
-             frontend-listen = '127.0.0.1:9'\n[rest]\nmax-body = '1KiB'",
+             instance-secret-file = '/k'\nfrontend-listen = '127.0.0.1:9'\n[rest]\n\
+             max-body = '1KiB'",
         ));
         assert_eq!(from_flags, from_file);
         let ComponentCmd::FunctionAgent(a) = flags(&[
@@ -646,6 +664,8 @@ mod tests {
             "p",
             "--proxy-socket",
             "/ps",
+            "--instance-secret-file",
+            "/k",
             "--data-socket",
             "/ds",
             "--work-dir",
@@ -661,7 +681,7 @@ mod tests {
         };
         let f: AgentArgs = file(
             "etcd = 'e'\nmaster = 'm'\nnode-id = 'n'\nproxy = 'p'\nproxy-socket = '/ps'\n\
-             data-socket = '/ds'\nwork-dir = '/w'\nlabel = ['zone=a']\nresource = ['gpu=2']\n\
+             instance-secret-file = '/k'\ndata-socket = '/ds'\nwork-dir = '/w'\nlabel = ['zone=a']\nresource = ['gpu=2']\n\
              python = '/venv/bin/python'",
         );
         assert_eq!(a, f);
@@ -696,6 +716,8 @@ mod tests {
             "p:1",
             "--proxy-socket",
             "/ps",
+            "--instance-secret-file",
+            "/k",
             "--data-socket",
             "/ds",
             "--work-dir",
@@ -767,6 +789,8 @@ mod tests {
             "n",
             "--instance-socket",
             "/i",
+            "--instance-secret-file",
+            "/k",
             "--listen",
             "127.0.0.1:5",
         ]) else {

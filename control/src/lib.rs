@@ -10,8 +10,9 @@
 //! - [`rest`]: the HTTP side: frontend (calls), meta (functions), data, openapi, metrics.
 //!
 //! Shared pieces, which import no service: [`etcd`] (key layout and typed access), [`error`]
-//! (the one error type and its gRPC mapping), [`lifecycle`] (the pure instance state machine)
-//! and [`function`] (the function-name rule and validated specs).
+//! (the one error type and its gRPC mapping), [`lifecycle`] (the pure instance state machine),
+//! [`function`] (the function-name and path-name rules and validated specs) and [`secret`] (the
+//! node secret behind the instance socket's hellos).
 
 pub mod agent;
 pub mod error;
@@ -22,6 +23,7 @@ pub mod master;
 pub mod proxy;
 pub mod rest;
 pub mod scheduler;
+pub mod secret;
 
 use std::sync::Arc;
 

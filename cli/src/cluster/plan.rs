@@ -35,7 +35,8 @@ pub struct StartArgs {
     /// Use an existing etcd instead of starting one (comma-separated URLs).
     #[arg(long)]
     pub(super) etcd_endpoints: Option<String>,
-    /// Session folder (default /tmp/yr_sessions/<timestamp>).
+    /// Session folder (default: <timestamp> in this user's session root, $XDG_RUNTIME_DIR/yr or
+    /// /tmp/yr-<uid>).
     #[arg(long)]
     pub(super) session_dir: Option<PathBuf>,
     /// `auto`: pick free ports (to run several nodes on one host); default: the standard ports.
@@ -479,7 +480,8 @@ pub fn plan(a: &StartArgs, inputs: Inputs) -> Result<NodePlan, ConfigError> {
     let mut proxy = CommandLine::default()
         .flag("--listen", &proxy_address)
         .all(&node_flags)
-        .flag("--instance-socket", &instance_socket);
+        .flag("--instance-socket", &instance_socket)
+        .flag("--instance-secret-file", instance_secret_file(&node_dir));
     // The master node's REST frontend runs inside its proxy: calls skip a gRPC hop.
     let mut frontend_url = None;
     if role == Role::Master {
@@ -499,6 +501,7 @@ pub fn plan(a: &StartArgs, inputs: Inputs) -> Result<NodePlan, ConfigError> {
             .all(&node_flags)
             .flag("--proxy", &proxy_address)
             .flag("--proxy-socket", &instance_socket)
+            .flag("--instance-secret-file", instance_secret_file(&node_dir))
             .flag("--data-socket", &data_socket)
             .flag("--data-transfer", &data_transfer)
             .flag("--work-dir", node_dir.join("work"))
@@ -952,5 +955,55 @@ mod tests {
         let b = node_id("box", 1_000, 2);
         assert!(a.starts_with("box-") && a.len() == "box-".len() + 6, "{a}");
         assert_ne!(a, b);
+    }
+}
+
+// ---- Local hardening (issue 12): the node secret between a node's proxy and its agent. ----
+
+/// The file through which a node's proxy hands the node secret to its agent, which removes it
+/// (see `yr_control::secret`); inside the node's private folder.
+fn instance_secret_file(node_dir: &std::path::Path) -> PathBuf {
+    node_dir.join("instance.key")
+}
+
+#[cfg(test)]
+mod instance_secret_tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Start {
+        #[command(flatten)]
+        a: StartArgs,
+    }
+
+    #[test]
+    fn the_proxy_and_the_agent_name_one_secret_file_in_the_node_folder() {
+        let a = Start::try_parse_from(["yr-start", "--master"])
+            .expect("flags")
+            .a;
+        let p = plan(
+            &a,
+            Inputs {
+                exe: "/opt/yr/bin/yr".into(),
+                dir: "/s".into(),
+                node_id: "host-00abcd".into(),
+                ports: Ports::STANDARD,
+                etcd_program: Some("/usr/bin/etcd".into()),
+                master_etcd: Vec::new(),
+                python_env: None,
+            },
+        )
+        .expect("plan");
+        let file_of = |name: &str| {
+            let c = p.components.iter().find(|c| c.name == name).expect(name);
+            c.args
+                .windows(2)
+                .find(|w| w[0] == "--instance-secret-file")
+                .map(|w| PathBuf::from(&w[1]))
+        };
+        let proxy = file_of(name::FUNCTION_PROXY).expect("the proxy writes it");
+        assert_eq!(file_of(name::FUNCTION_AGENT), Some(proxy.clone()));
+        assert_eq!(proxy, p.node_dir.join("instance.key"));
     }
 }
