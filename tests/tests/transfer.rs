@@ -235,6 +235,9 @@ fn as_a_stranger(addr: &str, frame: &[u8]) -> Vec<u8> {
     hello.extend_from_slice(frame);
     // The server may close before reading everything.
     let _ = s.write_all(&hello);
+    // Nothing more is coming: the port sees the end at once instead of
+    // waiting out its handshake deadline.
+    let _ = s.shutdown(std::net::Shutdown::Write);
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
     buf

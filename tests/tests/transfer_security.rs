@@ -26,6 +26,9 @@ fn as_a_stranger(addr: &str, frame: &[u8]) -> Vec<u8> {
     hello.extend_from_slice(&[0u8; 64]);
     hello.extend_from_slice(frame);
     let _ = s.write_all(&hello);
+    // Nothing more is coming: the port sees the end at once instead of
+    // waiting out its handshake deadline.
+    let _ = s.shutdown(std::net::Shutdown::Write);
     let mut got = Vec::new();
     let _ = s.read_to_end(&mut got);
     got

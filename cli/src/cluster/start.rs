@@ -32,8 +32,9 @@ pub fn start(a: StartArgs) -> Result<()> {
     if !a.bind.is_loopback() {
         eprintln!(
             "warning: yr services of this node listen on {}, reachable from other hosts. REST \
-             routes require the access token, but the gRPC ports, etcd and the data transfer port \
-             have no authentication: only bind an address on a network you trust.",
+             routes require the access token and the data transfer port the cluster secret, but the \
+             gRPC ports and etcd have no authentication: only bind an address on a network you \
+             trust.",
             a.bind
         );
     }
