@@ -35,8 +35,10 @@ echo "   \$ yr start --master ${node_opts[*]}"
   || { cat "$dir/master.out" >&2; exit 1; }
 master=$("$py" -c 'import json, sys; print(json.load(open(sys.argv[1]))["master_address"])' \
   "$dir/master/session.json")
-echo "   \$ yr start --worker --master-address $master ${node_opts[*]}"
-"$yr" start --worker --master-address "$master" "${node_opts[@]}" --session-dir "$dir/worker" \
+secret="$dir/master/cluster-secret"
+echo "   \$ yr start --worker --master-address $master --cluster-secret <master session>/cluster-secret ${node_opts[*]}"
+"$yr" start --worker --master-address "$master" --cluster-secret "$secret" "${node_opts[@]}" \
+  --session-dir "$dir/worker" \
   >"$dir/worker.out" 2>&1 || { cat "$dir/worker.out" >&2; exit 1; }
 echo "   \$ YR_SESSION=<master session> $py examples/python/pipeline.py $*"
 YR_SESSION="$dir/master" "$py" "$here/examples/python/pipeline.py" "$@" | sed 's/^/     /'

@@ -423,6 +423,10 @@ pub struct DataWorkerArgs {
     /// port 0 picks a free one). Without it, objects stay on this node.
     #[arg(long)]
     transfer_address: Option<std::net::SocketAddrV4>,
+    /// The cluster secret's file (hex, mode 0600), required with --transfer-address: peers
+    /// prove they hold it before the transfer port serves them.
+    #[arg(long)]
+    cluster_secret: Option<PathBuf>,
 }
 
 pub fn run(cmd: ComponentCmd) -> Result<()> {
@@ -496,6 +500,7 @@ fn data_worker(a: DataWorkerArgs) -> Result<()> {
         high_watermark: a.high_watermark,
         low_watermark: a.low_watermark,
         transfer_address: a.transfer_address,
+        cluster_secret: a.cluster_secret.clone(),
     }
     .validate()?;
     let shutdown = Shutdown::new()?;

@@ -119,13 +119,21 @@ pub fn run(a: DemoArgs) -> Result<()> {
     )?;
     nodes.0.push(m.clone());
     status(&m)?;
-    let master_address = Session::load(&master_dir)?.master_address;
+    let master_session = Session::load(&master_dir)?;
+    let master_address = master_session.master_address;
+    // The worker's data worker proves the master's cluster secret to the other nodes.
+    let secret = master_session
+        .cluster_secret
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
     yr(
         &[
             "start",
             "--worker",
             "--master-address",
             &master_address,
+            "--cluster-secret",
+            &secret,
             "--ports",
             "auto",
             "--shm-size",

@@ -19,6 +19,8 @@
 //!   tail of stderr) when the process ended on its own. The agent never restarts anything itself;
 //!   the master decides.
 //! - Stopping the agent stops every function process it started.
+//! - The node's data worker is kept told the cluster's members ([`members`]), the only data
+//!   workers it exchanges objects with.
 //!
 //! [`package`] turns a function's code into the process's folder; [`procstat`] measures the node
 //! and its processes from `/proc`; [`python`] holds what is particular to Python processes. A start request's function enters as a checked
@@ -42,6 +44,7 @@ use crate::etcd::{self, Meta};
 use crate::function::Spec;
 use crate::Shutdown;
 
+pub mod members;
 pub mod package;
 pub mod procstat;
 pub mod python;
@@ -526,6 +529,11 @@ pub async fn run(
     std::fs::create_dir_all(config.work_dir.join("instances"))
         .map_err(|e| Error::io(format!("cannot create {}", config.work_dir.display()), e))?;
     let meta = Meta::connect(&config.etcd_endpoints).await?;
+    tokio::spawn(members::push(
+        meta.clone(),
+        config.data_socket.clone(),
+        shutdown.clone(),
+    ));
     let master = MasterClient::new(crate::channel(&config.master_address)?);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

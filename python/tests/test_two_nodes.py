@@ -33,7 +33,8 @@ def two_nodes():
         try:
             with open(os.path.join(master, "session.json")) as f:
                 address = json.load(f)["master_address"]
-            _start(["--worker", "--master-address", address, "--ports", "auto",
+            _start(["--worker", "--master-address", address,
+                    "--cluster-secret", os.path.join(master, "cluster-secret"), "--ports", "auto",
                     "--shm-size", "1GiB", "--cpu", "16000", "--session-dir", worker])
             with open(os.path.join(worker, "session.json")) as f:
                 worker_node = json.load(f)["node_id"]

@@ -213,6 +213,11 @@ pub struct Session {
     /// before it existed).
     #[serde(default)]
     pub data_transfer: String,
+    /// The cluster secret this node's data worker proves on the transfer port (mode 0600): a
+    /// worker node given the same file (`yr start --worker --cluster-secret FILE`) can
+    /// exchange objects with this one.
+    #[serde(default)]
+    pub cluster_secret: Option<PathBuf>,
     pub components: Vec<ComponentInfo>,
     #[serde(default)]
     pub created_unix_ms: u64,
@@ -328,6 +333,7 @@ mod tests {
             data_socket: "/tmp/s/data.sock".into(),
             token_file: None,
             data_transfer: "127.0.0.1:5".into(),
+            cluster_secret: Some("/tmp/s/cluster-secret".into()),
             components: vec![ComponentInfo {
                 name: "etcd".into(),
                 pid: 7,

@@ -429,8 +429,24 @@ impl Cluster {
     /// Starts a worker node that joins the master; returns its index (the master is 0).
     pub fn add_worker(&mut self, options: NodeOptions) -> usize {
         let master = self.master().master_address.clone();
+        let secret = self
+            .master()
+            .cluster_secret
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .expect("the master's session names its cluster secret");
         let name = format!("worker{}", self.nodes.len());
-        self.start_node(&name, &["--worker", "--master-address", &master], &options);
+        self.start_node(
+            &name,
+            &[
+                "--worker",
+                "--master-address",
+                &master,
+                "--cluster-secret",
+                &secret,
+            ],
+            &options,
+        );
         self.nodes.len() - 1
     }
 

@@ -32,6 +32,11 @@ pub struct StartArgs {
     /// The master to join (host:port), for --worker.
     #[arg(long)]
     pub(super) master_address: Option<String>,
+    /// The cluster secret data workers prove to each other on their transfer ports (a file,
+    /// mode 0600). A master creates `<session>/cluster-secret` unless given one; a worker node
+    /// needs the master's (on the master's host: `<master session>/cluster-secret`).
+    #[arg(long)]
+    pub(super) cluster_secret: Option<PathBuf>,
     /// Use an existing etcd instead of starting one (comma-separated URLs).
     #[arg(long)]
     pub(super) etcd_endpoints: Option<String>,
@@ -179,6 +184,16 @@ pub fn check(a: &StartArgs) -> Result<Checked, ConfigError> {
             "master-address",
             a.master_address.clone().unwrap_or_default(),
         )?;
+        if a.cluster_secret.is_none() {
+            return Err(ConfigError::Missing {
+                field: "cluster-secret",
+                message: "--worker needs --cluster-secret FILE: the master's cluster secret, \
+                          which this node's data worker proves to the others (the master's \
+                          session.json names the file; on the master's host it is \
+                          <master session folder>/cluster-secret)"
+                    .into(),
+            });
+        }
     }
     let ports = match a.ports.as_deref() {
         None => PortMode::Standard,
@@ -277,6 +292,9 @@ pub struct NodePlan {
     pub meta_url: Option<String>,
     /// The REST access token's file, which the executor writes before launching (master).
     pub token_file: Option<PathBuf>,
+    /// The cluster secret's file; the executor creates it before launching when `new_secret`.
+    pub cluster_secret: PathBuf,
+    pub new_secret: bool,
     /// In launch order.
     pub components: Vec<ComponentPlan>,
 }
@@ -295,6 +313,7 @@ impl NodePlan {
             proxy_address: self.proxy_address.clone(),
             data_socket: self.data_socket.clone(),
             token_file: self.token_file.clone(),
+            cluster_secret: Some(self.cluster_secret.clone()),
             data_transfer: self.data_transfer.clone(),
             components,
             created_unix_ms,
@@ -456,7 +475,12 @@ pub fn plan(a: &StartArgs, inputs: Inputs) -> Result<NodePlan, ConfigError> {
         meta_url = Some(format!("http://{listen}"));
     }
 
-    // This node's worker components.
+    // This node's worker components. A master without --cluster-secret makes a new secret.
+    let new_secret = a.cluster_secret.is_none();
+    let cluster_secret = a
+        .cluster_secret
+        .clone()
+        .unwrap_or_else(|| dir.join("cluster-secret"));
     let node_dir = dir.join("node");
     let data_socket = node_dir.join("data-worker.sock");
     let data_transfer = at(ports.data_transfer);
@@ -467,7 +491,8 @@ pub fn plan(a: &StartArgs, inputs: Inputs) -> Result<NodePlan, ConfigError> {
             .flag("--spill-dir", node_dir.join("spill"))
             .flag_if("--shm-size", a.shm_size.map(|s| s.to_string()))
             .switch("--prefault", a.prefault_shm)
-            .flag("--transfer-address", &data_transfer),
+            .flag("--transfer-address", &data_transfer)
+            .flag("--cluster-secret", &cluster_secret),
         data_transfer.clone(),
     ));
     let node_flags = CommandLine::default()
@@ -533,6 +558,8 @@ pub fn plan(a: &StartArgs, inputs: Inputs) -> Result<NodePlan, ConfigError> {
         frontend_url,
         meta_url,
         token_file,
+        cluster_secret,
+        new_secret,
         components,
     })
 }
@@ -683,6 +710,13 @@ mod tests {
             value(&p, "function-agent", "--data-transfer").as_deref(),
             Some("127.0.0.1:31501")
         );
+        // A master makes the cluster secret its data worker (and every worker node's) proves.
+        assert!(p.new_secret);
+        assert_eq!(p.cluster_secret, Path::new("/s/cluster-secret"));
+        assert_eq!(
+            value(&p, "data-worker", "--cluster-secret").as_deref(),
+            Some("/s/cluster-secret")
+        );
     }
 
     #[test]
@@ -690,7 +724,16 @@ mod tests {
         let mut i = inputs(Ports::STANDARD);
         i.master_etcd = vec!["http://10.0.0.1:32379".into()];
         i.etcd_program = None;
-        let p = planned(&["--worker", "--master-address", "10.0.0.1:22770"], i);
+        let p = planned(
+            &[
+                "--worker",
+                "--master-address",
+                "10.0.0.1:22770",
+                "--cluster-secret",
+                "/m/cluster-secret",
+            ],
+            i,
+        );
         assert_eq!(p.role, Role::Worker);
         assert_eq!(
             names(&p),
@@ -704,6 +747,12 @@ mod tests {
         );
         assert!(!has(&p, "function-proxy", "--frontend-listen"));
         assert!(!has(&p, "function-proxy", "--token-file"));
+        // Its data worker proves the master's secret; the worker makes none of its own.
+        assert_eq!(
+            value(&p, "data-worker", "--cluster-secret").as_deref(),
+            Some("/m/cluster-secret")
+        );
+        assert!(!p.new_secret);
         for name in ["function-proxy", "function-agent"] {
             assert_eq!(
                 value(&p, name, "--master").as_deref(),
@@ -717,10 +766,28 @@ mod tests {
         }
         // A worker whose master names no etcd cannot join.
         let p = plan(
-            &args(&["--worker", "--master-address", "10.0.0.1:22770"]),
+            &args(&[
+                "--worker",
+                "--master-address",
+                "10.0.0.1:22770",
+                "--cluster-secret",
+                "/m/cluster-secret",
+            ]),
             inputs(Ports::STANDARD),
         );
         assert_eq!(p.err().map(|e| e.field()), Some("master-address"));
+        // Nor one without the cluster's secret, and the error says where it is.
+        let e = plan(
+            &args(&["--worker", "--master-address", "10.0.0.1:22770"]),
+            inputs(Ports::STANDARD),
+        )
+        .expect_err("no secret");
+        assert_eq!(e.field(), "cluster-secret");
+        assert!(
+            e.to_string()
+                .contains("<master session folder>/cluster-secret"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -923,7 +990,16 @@ mod tests {
                 ],
                 inputs(Ports::STANDARD),
             ),
-            planned(&["--worker", "--master-address", "127.0.0.1:22770"], worker),
+            planned(
+                &[
+                    "--worker",
+                    "--master-address",
+                    "127.0.0.1:22770",
+                    "--cluster-secret",
+                    "/m/cluster-secret",
+                ],
+                worker,
+            ),
         ];
         for p in &plans {
             for c in p.components.iter().filter(|c| c.name != name::ETCD) {
@@ -946,6 +1022,10 @@ mod tests {
         assert_eq!(s.proxy_address, p.proxy_address);
         assert_eq!(s.data_transfer, p.data_transfer);
         assert_eq!(s.token_file, p.token_file);
+        assert_eq!(
+            s.cluster_secret.as_deref(),
+            Some(Path::new("/s/cluster-secret"))
+        );
         assert_eq!(s.created_unix_ms, 7);
     }
 

@@ -32,8 +32,9 @@ pub fn start(a: StartArgs) -> Result<()> {
     if !a.bind.is_loopback() {
         eprintln!(
             "warning: yr services of this node listen on {}, reachable from other hosts. REST \
-             routes require the access token, but the gRPC ports, etcd and the data transfer port \
-             have no authentication: only bind an address on a network you trust.",
+             routes require the access token and the data transfer port the cluster secret, but the \
+             gRPC ports and etcd have no authentication: only bind an address on a network you \
+             trust.",
             a.bind
         );
     }
@@ -128,6 +129,9 @@ fn launch_plan(plan: &NodePlan) -> Result<Session> {
         if let Some(t) = &plan.token_file {
             session::write_token(t)?;
         }
+        if plan.new_secret {
+            yr_datastore::peer_auth::create_secret_file(&plan.cluster_secret)?;
+        }
         for c in &plan.components {
             let mut cmd = Command::new(&c.program);
             cmd.args(&c.args);
@@ -216,11 +220,17 @@ fn print_started(session: &Session) -> Result<()> {
         )?;
     }
     if session.is_master() {
-        writeln!(out, "To add a worker node, run on it:")?;
+        let secret = session.cluster_secret.clone().unwrap_or_default();
         writeln!(
             out,
-            "  yr start --worker --master-address {}",
-            session.master_address
+            "To add a worker node, copy {} to it (mode 0600) and run on it:",
+            secret.display()
+        )?;
+        writeln!(
+            out,
+            "  yr start --worker --master-address {} --cluster-secret {}",
+            session.master_address,
+            secret.display()
         )?;
     }
     Ok(())
