@@ -159,7 +159,10 @@ fn the_default_session_root_is_private_and_latest_leads_to_the_session() {
     assert!(st.status.success(), "{}", text(&st));
     let printed = yr_with_xdg(xdg.path(), &["session"]);
     assert!(printed.status.success(), "{}", text(&printed));
-    assert_eq!(String::from_utf8_lossy(&printed.stdout).trim(), dir.display().to_string());
+    assert_eq!(
+        String::from_utf8_lossy(&printed.stdout).trim(),
+        dir.display().to_string()
+    );
     let stop = yr_with_xdg(xdg.path(), &["stop", "--force"]);
     assert!(stop.status.success(), "{}", text(&stop));
     assert!(!latest.exists(), "yr stop removes latest with its session");
