@@ -37,7 +37,8 @@ master=$("$py" -c 'import json, sys; print(json.load(open(sys.argv[1]))["master_
   "$dir/master/session.json")
 token=$("$yr" token --join --session-dir "$dir/master")
 echo "   \$ yr start --worker --master-address $master --join-token \$(yr token --join) ${node_opts[*]}"
-"$yr" start --worker --master-address "$master" --join-token "$token" "${node_opts[@]}" --session-dir "$dir/worker" \
+"$yr" start --worker --master-address "$master" --join-token "$token" "${node_opts[@]}" \
+  --session-dir "$dir/worker" \
   >"$dir/worker.out" 2>&1 || { cat "$dir/worker.out" >&2; exit 1; }
 echo "   \$ YR_SESSION=<master session> $py examples/python/pipeline.py $*"
 YR_SESSION="$dir/master" "$py" "$here/examples/python/pipeline.py" "$@" | sed 's/^/     /'

@@ -40,6 +40,7 @@ impl BenchWorker {
                     }),
                 },
                 transfer: None,
+                cluster_secret: None,
             },
             Shutdown::new().expect("eventfd"),
         )

@@ -32,10 +32,10 @@ pub use function::{function, FunctionCmd};
 pub use instance::{instance, invoke, InstanceCmd, InvokeArgs};
 pub use launch::running;
 pub use plan::StartArgs;
-pub use session::{token, SessionArg, TokenArgs};
+pub use session::{print_session, token, SessionArg, TokenArgs};
 pub use start::{start, stop, StopArgs};
 pub use status::{status, StatusArgs};
-pub use yr_runtime::session::{ComponentInfo, Session, SESSIONS_ROOT};
+pub use yr_runtime::session::{ComponentInfo, Session};
 
 /// A runtime for one command's few RPCs.
 fn rt() -> Result<tokio::runtime::Runtime> {

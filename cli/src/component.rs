@@ -277,9 +277,13 @@ pub struct MasterArgs {
     #[serde(default)]
     ca_key: Option<PathBuf>,
     /// The file holding the cluster's join token (`<secret>.<CA hash>`).
-    #[arg(long, requires = "ca_key")]
+    #[arg(long, requires_all = ["ca_key", "cluster_secret"])]
     #[serde(default)]
     join_token_file: Option<PathBuf>,
+    /// The cluster secret's file, handed to joining nodes (with --join-token-file).
+    #[arg(long)]
+    #[serde(default)]
+    cluster_secret: Option<PathBuf>,
 }
 
 impl MasterArgs {
@@ -348,6 +352,10 @@ pub struct ProxyArgs {
     /// `--proxy-socket`).
     #[arg(long)]
     instance_socket: PathBuf,
+    /// Where to write the node secret for this node's agent (its `--instance-secret-file`):
+    /// the instance socket only serves processes the agent gave a secret derived from it.
+    #[arg(long)]
+    instance_secret_file: PathBuf,
     /// Also serve this node's REST frontend here, calling this proxy in-process (one network
     /// hop less than a separate `frontend` component).
     #[arg(long)]
@@ -378,6 +386,7 @@ impl ProxyArgs {
             master_address: config::required("master", self.master)?,
             node_id: config::required("node-id", self.node_id)?,
             instance_socket: self.instance_socket,
+            instance_secret_file: self.instance_secret_file,
         })
     }
 }
@@ -404,6 +413,10 @@ pub struct AgentArgs {
     /// The proxy's instance socket (its `--instance-socket`), given to function processes.
     #[arg(long)]
     proxy_socket: PathBuf,
+    /// The node secret its proxy wrote (the proxy's `--instance-secret-file`); read and removed
+    /// at start.
+    #[arg(long)]
+    instance_secret_file: PathBuf,
     /// This node's data worker socket, given to function processes.
     #[arg(long)]
     data_socket: PathBuf,
@@ -454,6 +467,7 @@ impl AgentArgs {
             node_id: config::required("node-id", self.node_id)?,
             proxy_address: config::required("proxy", self.proxy)?,
             proxy_socket: self.proxy_socket,
+            instance_secret_file: self.instance_secret_file,
             data_socket: self.data_socket,
             data_transfer: self.data_transfer.unwrap_or_default(),
             work_dir: self.work_dir,
@@ -579,6 +593,10 @@ pub struct DataWorkerArgs {
     /// port 0 picks a free one). Without it, objects stay on this node.
     #[arg(long)]
     transfer_address: Option<std::net::SocketAddrV4>,
+    /// The cluster secret's file (hex, mode 0600), required with --transfer-address: peers
+    /// prove they hold it before the transfer port serves them.
+    #[arg(long)]
+    cluster_secret: Option<PathBuf>,
 }
 
 pub fn run(cmd: ComponentCmd) -> Result<()> {
@@ -671,7 +689,9 @@ fn install_tls(dir: Option<&std::path::Path>) -> Result<()> {
 
 /// The master's CA and join token, when it was given them.
 fn join_authority(a: &MasterArgs) -> Result<Option<yr_control::master::JoinAuthority>> {
-    let (Some(key), Some(token), Some(dir)) = (&a.ca_key, &a.join_token_file, &a.tls_dir) else {
+    let (Some(key), Some(token), Some(dir), Some(secret)) =
+        (&a.ca_key, &a.join_token_file, &a.tls_dir, &a.cluster_secret)
+    else {
         return Ok(None);
     };
     let read = |p: &std::path::Path| {
@@ -681,6 +701,7 @@ fn join_authority(a: &MasterArgs) -> Result<Option<yr_control::master::JoinAutho
         ca_pem: read(&yr_proto::tls::NodeTls::in_dir(dir).ca)?,
         ca_key_pem: read(key)?,
         token: yr_control::pki::JoinToken::parse(&read(token)?)?,
+        cluster_secret: read(secret)?,
     }))
 }
 
@@ -695,6 +716,7 @@ fn data_worker(a: DataWorkerArgs) -> Result<()> {
         high_watermark: a.high_watermark,
         low_watermark: a.low_watermark,
         transfer_address: a.transfer_address,
+        cluster_secret: a.cluster_secret.clone(),
     }
     .validate()?;
     let shutdown = Shutdown::new()?;
@@ -779,9 +801,12 @@ mod tests {
                     "n",
                     "--instance-socket",
                     "/i",
+                    "--instance-secret-file",
+                    "/k",
                 ]),
                 ComponentCmd::FunctionProxy(file(
-                    "etcd = 'e'\nmaster = 'm'\nnode-id = 'n'\ninstance-socket = '/i'",
+                    "etcd = 'e'\nmaster = 'm'\nnode-id = 'n'\ninstance-socket = '/i'\n\
+                     instance-secret-file = '/k'",
                 )),
             ),
             (
@@ -797,6 +822,8 @@ mod tests {
                     "p",
                     "--proxy-socket",
                     "/ps",
+                    "--instance-secret-file",
+                    "/k",
                     "--data-socket",
                     "/ds",
                     "--work-dir",
@@ -804,7 +831,7 @@ mod tests {
                 ]),
                 ComponentCmd::FunctionAgent(file(
                     "etcd = 'e'\nmaster = 'm'\nnode-id = 'n'\nproxy = 'p'\nproxy-socket = '/ps'\n\
-                     data-socket = '/ds'\nwork-dir = '/w'",
+                     instance-secret-file = '/k'\ndata-socket = '/ds'\nwork-dir = '/w'",
                 )),
             ),
             (
@@ -833,6 +860,8 @@ mod tests {
             "n",
             "--instance-socket",
             "/i",
+            "--instance-secret-file",
+            "/k",
             "--frontend-listen",
             "127.0.0.1:9",
             "--max-body",
@@ -840,7 +869,8 @@ mod tests {
         ]);
         let from_file = ComponentCmd::FunctionProxy(file(
             "etcd = 'e'\nmaster = 'm'\nnode-id = 'n'\ninstance-socket = '/i'\n\
-             frontend-listen = '127.0.0.1:9'\n[rest]\nmax-body = '1KiB'",
+             instance-secret-file = '/k'\nfrontend-listen = '127.0.0.1:9'\n[rest]\n\
+             max-body = '1KiB'",
         ));
         assert_eq!(from_flags, from_file);
         let ComponentCmd::FunctionAgent(a) = flags(&[
@@ -855,6 +885,8 @@ mod tests {
             "p",
             "--proxy-socket",
             "/ps",
+            "--instance-secret-file",
+            "/k",
             "--data-socket",
             "/ds",
             "--work-dir",
@@ -870,7 +902,7 @@ mod tests {
         };
         let f: AgentArgs = file(
             "etcd = 'e'\nmaster = 'm'\nnode-id = 'n'\nproxy = 'p'\nproxy-socket = '/ps'\n\
-             data-socket = '/ds'\nwork-dir = '/w'\nlabel = ['zone=a']\nresource = ['gpu=2']\n\
+             instance-secret-file = '/k'\ndata-socket = '/ds'\nwork-dir = '/w'\nlabel = ['zone=a']\nresource = ['gpu=2']\n\
              python = '/venv/bin/python'",
         );
         assert_eq!(a, f);
@@ -905,6 +937,8 @@ mod tests {
             "p:1",
             "--proxy-socket",
             "/ps",
+            "--instance-secret-file",
+            "/k",
             "--data-socket",
             "/ds",
             "--work-dir",
@@ -976,6 +1010,8 @@ mod tests {
             "n",
             "--instance-socket",
             "/i",
+            "--instance-secret-file",
+            "/k",
             "--listen",
             "127.0.0.1:5",
         ]) else {

@@ -59,6 +59,9 @@ pub enum Cmd {
     /// The cluster's REST access token (from the master node's session), for scripts:
     /// `curl -H "$(yr token --header)" ...`.
     Token(cluster::TokenArgs),
+    /// The session folder commands use (this user's newest, unless --session-dir), for scripts:
+    /// `S=$(yr session)`.
+    Session(cluster::SessionArg),
     /// Manage functions.
     #[command(subcommand)]
     Function(cluster::FunctionCmd),
@@ -80,6 +83,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Stop(a) => cluster::stop(a),
         Cmd::Status(a) => cluster::status(a),
         Cmd::Token(a) => cluster::token(a),
+        Cmd::Session(a) => cluster::print_session(a),
         Cmd::Function(c) => cluster::function(c),
         Cmd::Invoke(a) => cluster::invoke(a),
         Cmd::Instance(c) => cluster::instance(c),

@@ -28,7 +28,17 @@ fn purge_freed_memory_at_once() {
     }
 }
 
+/// Files and folders `yr` and the processes it starts create (session files, logs, spill files,
+/// instance folders and their output) are readable by this user only unless made otherwise on
+/// purpose: other local users must not read a cluster's data. Sensitive files are also created
+/// with explicit modes, so this is the default for everything else.
+fn private_by_default() {
+    // SAFETY: umask(2) only sets this process's file mode creation mask; it cannot fail.
+    unsafe { libc::umask(0o077) };
+}
+
 fn main() -> std::process::ExitCode {
+    private_by_default();
     purge_freed_memory_at_once();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

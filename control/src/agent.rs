@@ -4,6 +4,9 @@
 //! Invariants:
 //! - The node record lives under a lease this agent keeps alive; if the agent dies the record
 //!   lapses within [`LEASE_TTL`] and the master treats the node as dead.
+//! - An instance ID passes [`crate::function::check_path_name`] before it becomes a path.
+//! - Every function process gets its instance's secret (`YR_INSTANCE_SECRET`, see
+//!   [`crate::secret`]), without which the proxy will not let it serve the instance.
 //! - Every function process runs in its own folder `work_dir/instances/<id>/`, with its code
 //!   there (or its code folder as is), its stdout and stderr captured to `stdout.log` and
 //!   `stderr.log` there.
@@ -16,6 +19,8 @@
 //!   tail of stderr) when the process ended on its own. The agent never restarts anything itself;
 //!   the master decides.
 //! - Stopping the agent stops every function process it started.
+//! - The node's data worker is kept told the cluster's members ([`members`]), the only data
+//!   workers it exchanges objects with.
 //!
 //! [`package`] turns a function's code into the process's folder; [`procstat`] measures the node
 //! and its processes from `/proc`; [`python`] holds what is particular to Python processes. A start request's function enters as a checked
@@ -23,6 +28,7 @@
 //! entrypoint as an invalid argument naming `code_path` or `entrypoint`.
 
 use std::collections::HashMap;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +44,7 @@ use crate::etcd::{self, Meta};
 use crate::function::Spec;
 use crate::Shutdown;
 
+pub mod members;
 pub mod package;
 pub mod procstat;
 pub mod python;
@@ -67,6 +74,8 @@ pub struct AgentConfig {
     pub proxy_address: String,
     /// The proxy's instance socket, where function processes take their calls.
     pub proxy_socket: std::path::PathBuf,
+    /// The node secret its proxy wrote (see [`crate::secret`]); read and removed at start.
+    pub instance_secret_file: PathBuf,
     /// This node's data worker socket.
     pub data_socket: PathBuf,
     /// The data worker's transfer address (empty: objects stay on this node).
@@ -97,6 +106,8 @@ struct Running {
 
 struct State {
     config: AgentConfig,
+    /// Shared with this node's proxy: each process's `YR_INSTANCE_SECRET` derives from it.
+    secret: crate::secret::NodeSecret,
     master: MasterClient<tonic::transport::Channel>,
     running: Mutex<HashMap<String, Running>>,
     /// Python interpreters seen to import yr.
@@ -126,6 +137,9 @@ fn signal(pid: u32, sig: i32) {
 impl State {
     async fn start(&self, instance: InstanceRecord, function: Spec) -> Result<u32> {
         let id = instance.instance_id.clone();
+        // The ID becomes a folder whose `code` is removed below: only a name that stays inside
+        // `instances/` gets that far.
+        crate::function::check_path_name("instance_id", &id)?;
         if let Some(r) = self.running.lock().await.get(&id) {
             if !r.done.load(std::sync::atomic::Ordering::SeqCst) {
                 return Ok(r.pid);
@@ -136,7 +150,13 @@ impl State {
             let id = id.clone();
             move |e| Error::io(format!("instance {id}: {what}"), e)
         };
-        std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
+        // Private to the cluster's user, whatever the agent's umask: the instance's code and
+        // output are the function's data.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io(format!("create {}", dir.display())))?;
         // A restart reuses the instance's folder: unpack its code afresh.
         let own_code = dir.join("code");
         if own_code.exists() {
@@ -172,15 +192,16 @@ impl State {
                     )
                 }
             };
-        let stdout = std::fs::File::options()
-            .create(true)
-            .append(true)
+        let output = || {
+            let mut o = std::fs::File::options();
+            o.create(true).append(true).mode(0o600);
+            o
+        };
+        let stdout = output()
             .open(dir.join("stdout.log"))
             .map_err(io("open stdout.log".into()))?;
         let stderr_path = dir.join("stderr.log");
-        let stderr = std::fs::File::options()
-            .create(true)
-            .append(true)
+        let stderr = output()
             .open(&stderr_path)
             .map_err(io("open stderr.log".into()))?;
         let stderr_start = stderr.metadata().map(|m| m.len()).unwrap_or(0);
@@ -199,6 +220,10 @@ impl State {
             .env("YR_DATA_SOCKET", &self.config.data_socket)
             .env("YR_INSTANCE_DIR", &dir)
             .envs(yr_proto::tls::installed().map_or(Vec::new(), |c| c.files().env().to_vec()))
+            .env(
+                crate::secret::INSTANCE_SECRET_ENV,
+                self.secret.for_instance(&id),
+            )
             .stdin(std::process::Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
@@ -500,9 +525,16 @@ pub async fn run(
     shutdown: Shutdown,
     on_ready: impl FnOnce(std::net::SocketAddr),
 ) -> Result<()> {
+    crate::function::check_path_name("node_id", &config.node_id)?;
+    let secret = crate::secret::NodeSecret::take(&config.instance_secret_file)?;
     std::fs::create_dir_all(config.work_dir.join("instances"))
         .map_err(|e| Error::io(format!("cannot create {}", config.work_dir.display()), e))?;
     let meta = Meta::connect(&config.etcd_endpoints).await?;
+    tokio::spawn(members::push(
+        meta.clone(),
+        config.data_socket.clone(),
+        shutdown.clone(),
+    ));
     let master = MasterClient::new(crate::channel(&config.master_address)?);
     let mut server = crate::grpc_server()?;
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -513,6 +545,7 @@ pub async fn run(
         .map_err(|e| Error::io("the bound address", e))?;
     let state = Arc::new(State {
         config,
+        secret,
         master,
         running: Mutex::new(HashMap::new()),
         pythons: python::Checked::default(),

@@ -1,6 +1,7 @@
 //! Functions as the services take them: the one rule for what a function name is (used by the
-//! master when a function is registered and by the REST routes when a call names one), and the
-//! validated forms of what a function spec carries.
+//! master when a function is registered and by the REST routes when a call names one), the one
+//! rule for every name that becomes a path ([`check_path_name`]: instance IDs, node IDs, function
+//! names in paths), and the validated forms of what a function spec carries.
 //!
 //! Proto messages stay the wire and storage format; they become these types where they enter a
 //! service (`TryFrom`), so the code past that point never re-checks a field or compares an enum's
@@ -89,6 +90,32 @@ pub fn check_name(name: &str) -> Result<(), Error> {
         return Err(Error::invalid(
             "name",
             format!("{name:?} must be 1-{MAX_NAME} characters of a-z, A-Z, 0-9, '-', '_' or '@'"),
+        ));
+    }
+    Ok(())
+}
+
+/// The longest name that may become one component of a path (`NAME_MAX` of Linux file systems).
+pub const MAX_PATH_NAME: usize = 255;
+
+/// The one rule for a name that becomes a path component (an instance ID in the agent's
+/// `instances/<id>/`, a node ID, a session folder's name): 1-255 characters of a-z, A-Z, 0-9,
+/// '-', '_', '@' or '.', not starting with '.'. So an accepted name joined to a folder is always
+/// a direct child of it: no '/', no NUL, not `.` or `..`, and not hidden. Every function name
+/// ([`check_name`]) passes it, so an instance ID built from one (`<function>-<hex>`) does too.
+/// `field` names what is refused in the error.
+pub fn check_path_name(field: &str, name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_PATH_NAME
+        && !name.starts_with('.')
+        && name.chars().all(|c| name_char(c) || c == '.');
+    if !ok {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "{name:?} must be 1-{MAX_PATH_NAME} characters of a-z, A-Z, 0-9, '-', '_', '@' \
+                 or '.', not starting with '.' (it becomes a file name)"
+            ),
         ));
     }
     Ok(())
@@ -407,6 +434,50 @@ mod tests {
         for bad in ["", "a b", "a/b", "a:b", "é", &"x".repeat(MAX_NAME + 1)] {
             let e = check_name(bad).expect_err(bad);
             assert!(e.to_string().starts_with("name: "), "{e}");
+        }
+    }
+
+    #[test]
+    fn path_names() {
+        for good in [
+            "f-0a1b2c3d4e5f",
+            "0@svc@f-1",
+            "host.example.com-00abcd",
+            "a..b",
+            "x",
+        ] {
+            assert!(check_path_name("id", good).is_ok(), "{good}");
+        }
+        let long = "x".repeat(MAX_PATH_NAME + 1);
+        for bad in [
+            "", ".", "..", ".hidden", "../x", "a/b", "/abs", "a\0b", "a b", "é", &long,
+        ] {
+            let e = check_path_name("instance_id", bad).expect_err(bad);
+            assert!(e.to_string().starts_with("instance_id: "), "{e}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Any accepted name joined to a folder names a direct child of that folder.
+        #[test]
+        fn an_accepted_path_name_stays_inside_its_folder(name in "\\PC{0,40}|[a-zA-Z0-9._@/-]{0,40}") {
+            if check_path_name("n", &name).is_ok() {
+                let base = std::path::Path::new("/base/dir");
+                let joined = base.join(&name);
+                proptest::prop_assert_eq!(joined.parent(), Some(base));
+                let mut parts = joined.components().skip(3);
+                proptest::prop_assert!(matches!(parts.next(), Some(std::path::Component::Normal(n)) if n == name.as_str()));
+                proptest::prop_assert!(parts.next().is_none());
+            }
+        }
+
+        /// Every function name is a path name, and so is an instance ID made from one.
+        #[test]
+        fn function_names_are_path_names(name in "[a-zA-Z0-9_@-]{1,128}", hex in "[0-9a-f]{12}") {
+            proptest::prop_assert!(check_name(&name).is_ok());
+            proptest::prop_assert!(check_path_name("n", &name).is_ok());
+            let id = format!("{name}-{hex}");
+            proptest::prop_assert!(check_path_name("n", &id).is_ok());
         }
     }
 

@@ -10,9 +10,10 @@
 //! - [`rest`]: the HTTP side: frontend (calls), meta (functions), data, openapi, metrics.
 //!
 //! Shared pieces, which import no service: [`etcd`] (key layout and typed access), [`pki`] (the
-//! cluster CA, node certificates, the join token), [`error`]
-//! (the one error type and its gRPC mapping), [`lifecycle`] (the pure instance state machine)
-//! and [`function`] (the function-name rule and validated specs).
+//! cluster CA, node certificates, the join token), [`error`] (the one error type and its gRPC
+//! mapping), [`lifecycle`] (the pure instance state machine), [`function`] (the function-name
+//! and path-name rules and validated specs) and [`secret`] (the node secret behind the instance
+//! socket's hellos).
 
 pub mod agent;
 pub mod error;
@@ -24,6 +25,7 @@ pub mod pki;
 pub mod proxy;
 pub mod rest;
 pub mod scheduler;
+pub mod secret;
 
 use std::sync::Arc;
 

@@ -57,6 +57,9 @@ pub struct JoinAuthority {
     pub ca_pem: String,
     pub ca_key_pem: String,
     pub token: crate::pki::JoinToken,
+    /// The cluster secret's file text, which a joining node's data worker proves on its
+    /// transfer port.
+    pub cluster_secret: String,
 }
 
 /// Runs the master until `shutdown`; `on_ready` gets the bound address.

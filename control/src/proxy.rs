@@ -27,7 +27,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::UnixListener;
 use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
 use yr_proto::frame;
@@ -64,6 +63,8 @@ pub struct ProxyConfig {
     pub node_id: String,
     /// The Unix socket this node's function processes connect to (mode 0600).
     pub instance_socket: std::path::PathBuf,
+    /// Where the proxy writes the node secret for its agent (see [`crate::secret`]).
+    pub instance_secret_file: std::path::PathBuf,
 }
 
 /// The outcome of one instance creation, shared by every call that waits for it.
@@ -616,7 +617,7 @@ impl ProxyService for Service {
 pub struct Proxy {
     state: Arc<State>,
     listener: tokio::net::TcpListener,
-    instance_listener: UnixListener,
+    instance_listener: socket::InstanceSocket,
     address: std::net::SocketAddr,
 }
 
@@ -634,7 +635,8 @@ impl Proxy {
         let address = listener
             .local_addr()
             .map_err(|e| Error::io("the proxy's address", e))?;
-        let instance_listener = socket::bind(&config.instance_socket)?;
+        let instance_listener =
+            socket::bind(&config.instance_socket, &config.instance_secret_file)?;
         let state = Arc::new(State {
             config,
             meta,

@@ -229,6 +229,20 @@ impl Client {
         self.push_frame(Request::Free { ids: ids.to_vec() });
     }
 
+    /// Tells the worker the transfer addresses of the cluster's data
+    /// workers (all of them, replacing what it was told before). The worker
+    /// pulls from and sends deletes to these only; an object whose ID names
+    /// another address is refused with `NotMember` without connecting
+    /// anywhere. The node's agent calls this whenever the members change.
+    pub fn set_peers(&self, addrs: &[std::net::SocketAddrV4]) -> Result<()> {
+        match self.call(&Request::SetPeers {
+            addrs: addrs.to_vec(),
+        })? {
+            Response::Ok => Ok(()),
+            r => Err(Self::unexpected(r)),
+        }
+    }
+
     fn push_frame(&self, req: Request) {
         self.inner
             .pending_frames

@@ -7,7 +7,8 @@
 //!    the runtime [`WorkerConfig`] / [`StoreConfig`] the worker runs with, or
 //!    a [`ConfigError`] naming the bad field. The rules live here and only
 //!    here: `0 < low_watermark < high_watermark <= 1`, a non-zero arena, a
-//!    socket path. [`crate::Store::new`] checks the same rules again
+//!    socket path, a cluster secret for any transfer address (a transfer
+//!    port never serves unauthenticated peers). [`crate::Store::new`] checks the same rules again
 //!    ([`StoreConfig::validate`]), so a config built by hand cannot skip them.
 
 use crate::error::ConfigError;
@@ -54,6 +55,11 @@ pub struct WorkerSettings {
     /// Address other nodes' data workers pull objects from (IPv4:port; port
     /// 0 picks a free one). Default: none, objects stay on this node.
     pub transfer_address: Option<SocketAddrV4>,
+    /// File holding the cluster secret (hex, mode 0600, owned by this user)
+    /// that peers prove they hold before the transfer port serves them, and
+    /// that this worker proves when it pulls. Required with
+    /// `transfer_address`. Default: none.
+    pub cluster_secret: Option<PathBuf>,
 }
 
 impl Default for WorkerSettings {
@@ -67,6 +73,7 @@ impl Default for WorkerSettings {
             high_watermark: DEFAULT_HIGH_WATERMARK,
             low_watermark: DEFAULT_LOW_WATERMARK,
             transfer_address: None,
+            cluster_secret: None,
         }
     }
 }
@@ -96,6 +103,8 @@ pub struct WorkerConfig {
     /// Where other nodes' data workers pull objects from (port 0 picks a
     /// free port); `None` keeps this worker's objects on this node.
     pub transfer: Option<SocketAddrV4>,
+    /// The cluster secret's file (set whenever `transfer` is).
+    pub cluster_secret: Option<PathBuf>,
 }
 
 /// `0 < low < high <= 1`, naming the watermark that breaks it (NaN breaks
@@ -165,10 +174,14 @@ impl WorkerSettings {
             }),
         };
         store.validate()?;
+        if self.transfer_address.is_some() && self.cluster_secret.is_none() {
+            return Err(ConfigError::SecretNeeded);
+        }
         Ok(WorkerConfig {
             socket: self.socket,
             store,
             transfer: self.transfer_address,
+            cluster_secret: self.cluster_secret,
         })
     }
 }
@@ -246,7 +259,8 @@ mod tests {
     fn a_file_fills_in_what_it_names() {
         let s: WorkerSettings = serde_json::from_str(
             r#"{"socket": "/run/dw.sock", "shm_size": "2GiB", "spill_dir": "/var/spill",
-                "spill_limit": 1048576, "low_watermark": 0.5, "transfer_address": "10.0.0.1:7000"}"#,
+                "spill_limit": 1048576, "low_watermark": 0.5, "transfer_address": "10.0.0.1:7000",
+                "cluster_secret": "/run/secret"}"#,
         )
         .expect("parses");
         assert_eq!(s.shm_size, Some(2 * GIB));
@@ -260,6 +274,7 @@ mod tests {
         assert_eq!(spill.dir, PathBuf::from("/var/spill"));
         assert_eq!(spill.limit, 1 << 20);
         assert_eq!(c.transfer, Some("10.0.0.1:7000".parse().expect("addr")));
+        assert_eq!(c.cluster_secret, Some(PathBuf::from("/run/secret")));
     }
 
     #[test]
@@ -290,6 +305,10 @@ mod tests {
             (|s| s.low_watermark = -0.1, "low_watermark"),
             (|s| s.low_watermark = f64::NAN, "low_watermark"),
             (|s| s.low_watermark = 0.9, "low_watermark"),
+            (
+                |s| s.transfer_address = Some("127.0.0.1:0".parse().expect("addr")),
+                "cluster_secret",
+            ),
             (
                 |s| {
                     s.low_watermark = 0.95;

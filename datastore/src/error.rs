@@ -150,6 +150,13 @@ pub enum ConfigError {
         /// The setting.
         field: &'static str,
     },
+    /// A transfer address without a cluster secret: the port would serve
+    /// anyone who connects.
+    #[error(
+        "cluster_secret must be set when transfer_address is: the transfer port only serves \
+         data workers that prove they hold the cluster's secret"
+    )]
+    SecretNeeded,
 }
 
 impl ConfigError {
@@ -161,6 +168,7 @@ impl ConfigError {
             | ConfigError::ZeroSize { field }
             | ConfigError::Missing { field } => field,
             ConfigError::WatermarkOrder { .. } => "low_watermark",
+            ConfigError::SecretNeeded => "cluster_secret",
         }
     }
 }

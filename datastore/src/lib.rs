@@ -20,6 +20,8 @@
 //! - [`protocol`]: the versioned, length-prefixed wire format (tags declared
 //!   once for encode and decode);
 //! - `listen`: the poll/accept loop both listeners share;
+//! - [`peer_auth`]: the cluster secret and the challenge–response every
+//!   transfer connection starts with;
 //! - [`transfer`]: moving objects between nodes' workers, and freeing them
 //!   everywhere (its peer protocol lives there too);
 //! - [`server`]: the Unix-socket server (`yr component data-worker`);
@@ -36,6 +38,7 @@ pub mod error;
 pub mod fdpass;
 pub mod id;
 mod listen;
+pub mod peer_auth;
 pub mod protocol;
 pub mod server;
 pub mod spill;

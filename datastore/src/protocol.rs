@@ -25,6 +25,7 @@
 
 use crate::id::{ObjectId, OBJECT_ID_LEN};
 use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 /// Version spoken by this build; bumped on any incompatible change.
 pub const PROTOCOL_VERSION: u16 = 2;
@@ -109,6 +110,13 @@ wire_tags! {
         /// The only node holding the object is gone (unreachable, or restarted
         /// since the object was made): the bytes cannot be fetched.
         ObjectLost = 11,
+        /// The object ID names a node that is not a member of this cluster
+        /// (no registered data worker has that transfer address): nothing
+        /// was connected to.
+        NotMember = 12,
+        /// A peer data worker failed authentication or broke the peer
+        /// protocol (a wrong cluster secret, a reply larger than allowed).
+        BadPeer = 13,
     }
 }
 
@@ -134,6 +142,7 @@ wire_tags! {
         GetRemote = 17,
         Own = 18,
         Free = 19,
+        SetPeers = 20,
     }
 }
 
@@ -379,6 +388,14 @@ pub enum Request {
     Free {
         /// The objects.
         ids: Vec<ObjectId>,
+    },
+    /// The transfer addresses of the cluster's data workers (its current
+    /// members; sent by the node's agent whenever they change). Pulls and
+    /// deletes only ever connect to these; an address that was a member and
+    /// is no longer counts as a node that left. Replies `Ok`.
+    SetPeers {
+        /// The members' transfer addresses.
+        addrs: Vec<SocketAddrV4>,
     },
 }
 
@@ -745,6 +762,14 @@ impl Request {
                 w = Writer::with_tag(RequestTag::Free);
                 w.ids(ids);
             }
+            Request::SetPeers { addrs } => {
+                w = Writer::with_tag(RequestTag::SetPeers);
+                w.len(addrs.len());
+                for a in addrs {
+                    w.u32(u32::from(*a.ip()));
+                    w.u16(a.port());
+                }
+            }
         }
         w.finish()
     }
@@ -800,6 +825,16 @@ impl Request {
             },
             RequestTag::Own => Request::Own { ids: r.ids()? },
             RequestTag::Free => Request::Free { ids: r.ids()? },
+            RequestTag::SetPeers => {
+                let n = r.count(6, "peer count")?;
+                let addrs = (0..n)
+                    .map(|_| {
+                        let ip = Ipv4Addr::from(r.u32("peer address")?);
+                        Ok(SocketAddrV4::new(ip, r.u16("peer port")?))
+                    })
+                    .collect::<Result<_, DecodeError>>()?;
+                Request::SetPeers { addrs }
+            }
         };
         r.end()?;
         Ok(req)
@@ -1154,6 +1189,14 @@ mod tests {
                 .prop_map(|(timeout_ms, id)| Request::GetRemote { timeout_ms, id }),
             proptest::collection::vec(arb_id(), 0..5).prop_map(|ids| Request::Own { ids }),
             proptest::collection::vec(arb_id(), 0..5).prop_map(|ids| Request::Free { ids }),
+            proptest::collection::vec((any::<u32>(), any::<u16>()), 0..5).prop_map(|a| {
+                Request::SetPeers {
+                    addrs: a
+                        .into_iter()
+                        .map(|(ip, port)| SocketAddrV4::new(ip.into(), port))
+                        .collect(),
+                }
+            }),
         ]
     }
 
@@ -1276,17 +1319,17 @@ mod tests {
         tags_round_trip(ResponseTag::ALL);
         tags_round_trip(ResultTag::ALL);
         tags_round_trip(ObjectState::ALL);
-        assert_eq!(RequestTag::ALL.len(), 19);
+        assert_eq!(RequestTag::ALL.len(), 20);
         assert_eq!(ResponseTag::ALL.len(), 11);
         for &c in ErrorCode::ALL {
             assert_eq!(ErrorCode::try_from(u16::from(c)), Ok(c));
         }
         assert_eq!(ErrorCode::try_from(0), Err(0));
-        assert_eq!(ErrorCode::try_from(12), Err(12));
+        assert_eq!(ErrorCode::try_from(14), Err(14));
         // The bytes on the wire are the protocol's; a renumbering breaks old peers.
         assert_eq!(Request::Stats.encode(), vec![1, 0, 0, 0, 11]);
         assert_eq!(Response::Ok.encode(), vec![1, 0, 0, 0, 2]);
-        assert_eq!(Request::decode(&[20]), Err(DecodeError::UnknownTag(20)));
+        assert_eq!(Request::decode(&[21]), Err(DecodeError::UnknownTag(21)));
         assert_eq!(Response::decode(&[0]), Err(DecodeError::UnknownTag(0)));
         assert_eq!(
             Response::decode(&[6, 1, 0, 0, 0, 2]),

@@ -9,7 +9,8 @@
 //!
 //! [`start`] takes a validated [`WorkerConfig`] (see [`crate::config`]),
 //! binds the socket, opens the store, starts the peer listener of
-//! [`crate::transfer`] if asked to, and serves; the accept loop itself is
+//! [`crate::transfer`] if asked to (with the cluster secret of
+//! [`crate::peer_auth`]), and serves; the accept loop itself is
 //! shared with the peer listener (`listen`).
 //!
 //! Bad input never takes the worker down: a body that does not decode gets
@@ -132,6 +133,20 @@ pub fn start(config: WorkerConfig, shutdown: Shutdown) -> Result<Worker, WorkerE
             return Err(e.into());
         }
     };
+    // The secret is read before the store exists, so a missing or exposed
+    // file fails the start early, naming the file.
+    let secret = match config
+        .cluster_secret
+        .as_deref()
+        .map(crate::peer_auth::Secret::load)
+        .transpose()
+    {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = std::fs::remove_file(&config.socket);
+            return Err(e.into());
+        }
+    };
     let store = match Store::new(config.store.clone()) {
         Ok(s) => Arc::new(s),
         Err(e) => {
@@ -144,7 +159,7 @@ pub fn start(config: WorkerConfig, shutdown: Shutdown) -> Result<Worker, WorkerE
         Some((_, addr)) => NodeTag::new(*addr, epoch),
         None => NodeTag(epoch as u64),
     };
-    let node = Node::new(Arc::clone(&store), tag)?;
+    let node = Node::new(Arc::clone(&store), tag, secret)?;
     let transfer_addr = peer_listener.as_ref().map(|(_, a)| *a);
     let peers = match peer_listener {
         Some((l, _)) => {
@@ -446,6 +461,10 @@ pub fn handle(node: &Node, client: ClientId, req: Request) -> Option<Response> {
         Request::Free { ids } => {
             node.free(client, &ids);
             return None;
+        }
+        Request::SetPeers { addrs } => {
+            node.set_peers(&addrs);
+            Response::Ok
         }
         Request::KvBind { key, id } => ok_or(store.kv_bind(&key, id)),
         Request::KvGet { key, timeout_ms } => {

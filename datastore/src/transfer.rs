@@ -10,6 +10,22 @@
 //! intermediate buffer on either side). The copy is sealed as a *secondary*:
 //! under memory pressure the store drops it instead of spilling it.
 //!
+//! Who is connected to: only members. The node's agent tells this worker the
+//! transfer addresses of the cluster's data workers (`Request::SetPeers`, from
+//! the node records in etcd) whenever they change. A pull or delete goes only
+//! to an address in that set; an ID naming any other address (an ID is just
+//! bytes, and REST callers choose them) is refused with
+//! [`ErrorCode::NotMember`] without connecting anywhere. An address that was
+//! a member and left gives [`ErrorCode::ObjectLost`], as a dead node does.
+//!
+//! Who is served: only peers that hold the cluster secret. Both ends of every
+//! peer connection run the challenge–response of [`crate::peer_auth`] before
+//! anything else; a stranger gets one random nonce and a closed connection
+//! (and a warning in this worker's log). A peer's reply is checked before it
+//! costs anything: a `PullOk` claiming more bytes than this node's arena
+//! could ever hold is refused with [`ErrorCode::BadPeer`] before allocating.
+//! The bytes after the handshake travel unencrypted (see the README).
+//!
 //! Ownership: a client that owns objects says so ([`Node::own`]); when it
 //! frees them or disconnects, this worker deletes its own copy and tells the
 //! primary's worker, which deletes the primary and tells every worker that
@@ -27,13 +43,14 @@
 //!   remembered and applied right after the pull seals it.
 //!
 //! Peer wire format: the connecting side first writes [`PEER_MAGIC`]; then
-//! frames as in [`crate::protocol`] (u32 length, tag, fields; the tags are
+//! the handshake of [`crate::peer_auth`]; then frames as in [`crate::protocol`] (u32 length, tag, fields; the tags are
 //! declared once, by `wire_tags!`). [`PeerRequest::decode`] is a pure
 //! function of the bytes, fuzzed by `fuzz/`'s `decode_peer_request`. Requests:
 //! `Pull{id, timeout_ms, requester_tag}` answered by `PullOk{data_size,
 //! meta_size}` plus the raw bytes, or `Error`; `Delete{ids}` answered by `Ok`.
 
 use crate::id::{NodeTag, ObjectId};
+use crate::peer_auth::{self, Secret};
 use crate::protocol::{read_frame, wire_tags, DecodeError, ErrorCode, ErrorReply, Reader, Writer};
 use crate::store::{ClientId, Store};
 use parking_lot::{Condvar, Mutex};
@@ -43,16 +60,24 @@ use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// First bytes a peer connection carries (protocol name and version).
-pub const PEER_MAGIC: &[u8; 4] = b"YRP1";
+pub const PEER_MAGIC: &[u8; 4] = b"YRP2";
 /// How long connecting to a peer may take before its objects count as lost.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest silence allowed in the middle of a transfer.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest peer request frame (a delete of many IDs).
 const MAX_PEER_FRAME: usize = 1 << 20;
+/// How long a peer may take over its side of the handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a pull naming an address not (yet) known as a member waits for
+/// the agent's next member list: a node that just joined may be a few
+/// milliseconds ahead of its record reaching this worker.
+const MEMBER_WAIT: Duration = Duration::from_secs(2);
+/// Largest metadata part of an object (the store's own limit).
+const MAX_META: u64 = u32::MAX as u64;
 
 fn err(code: ErrorCode, message: impl Into<String>) -> ErrorReply {
     ErrorReply::new(code, message)
@@ -201,11 +226,24 @@ pub struct TransferStats {
     pub serves: u64,
 }
 
+/// The cluster's data workers as this worker was last told.
+#[derive(Default)]
+struct Members {
+    current: HashSet<SocketAddrV4>,
+    /// Were members, are no longer: their objects are lost, not foreign.
+    former: HashSet<SocketAddrV4>,
+}
+
 /// This node's side of cross-node objects. Shared by the client threads and
 /// the peer server.
 pub struct Node {
     store: Arc<Store>,
     tag: NodeTag,
+    /// What peers must prove, and what this node proves to them; without
+    /// it this node neither pulls nor serves.
+    secret: Option<Secret>,
+    members: Mutex<Members>,
+    members_changed: Condvar,
     inflight: Mutex<HashMap<ObjectId, Arc<Flight>>>,
     /// For our primaries: the nodes that pulled a copy.
     holders: Mutex<HashMap<ObjectId, Vec<NodeTag>>>,
@@ -223,11 +261,14 @@ pub struct Node {
 impl Node {
     /// A node with the given tag over `store`; starts the thread that sends
     /// deletes to other nodes.
-    pub fn new(store: Arc<Store>, tag: NodeTag) -> io::Result<Arc<Node>> {
+    pub fn new(store: Arc<Store>, tag: NodeTag, secret: Option<Secret>) -> io::Result<Arc<Node>> {
         let (tx, rx) = crossbeam::channel::unbounded::<(NodeTag, Vec<ObjectId>)>();
         let node = Arc::new(Node {
             store,
             tag,
+            secret,
+            members: Mutex::default(),
+            members_changed: Condvar::new(),
             inflight: Mutex::default(),
             holders: Mutex::default(),
             owned: Mutex::default(),
@@ -281,6 +322,69 @@ impl Node {
             pulled_bytes: self.pulled_bytes.load(Ordering::Relaxed),
             serves: self.serves.load(Ordering::Relaxed),
         }
+    }
+
+    /// Replaces the member list (the transfer addresses of the cluster's
+    /// data workers). Addresses no longer listed become former members, and
+    /// idle connections to them are closed.
+    pub fn set_peers(&self, addrs: &[SocketAddrV4]) {
+        let new: HashSet<SocketAddrV4> = addrs.iter().copied().collect();
+        let gone: Vec<SocketAddrV4> = {
+            let mut m = self.members.lock();
+            let gone: Vec<_> = m.current.difference(&new).copied().collect();
+            m.former.extend(gone.iter().copied());
+            for a in &new {
+                m.former.remove(a);
+            }
+            m.current = new;
+            gone
+        };
+        self.members_changed.notify_all();
+        let mut pool = self.pool.lock();
+        for a in gone {
+            pool.remove(&a);
+        }
+    }
+
+    /// Whether `addr` is a current member, waiting up to `wait` for a
+    /// member list that names it. The error names the object `id`.
+    fn check_member(
+        &self,
+        addr: SocketAddrV4,
+        id: ObjectId,
+        wait: Duration,
+    ) -> Result<(), ErrorReply> {
+        let deadline = Instant::now() + wait;
+        let mut m = self.members.lock();
+        loop {
+            if m.current.contains(&addr) {
+                return Ok(());
+            }
+            if m.former.contains(&addr) {
+                return Err(err(
+                    ErrorCode::ObjectLost,
+                    format!("object {id} is lost: its node {addr} has left the cluster"),
+                ));
+            }
+            if self
+                .members_changed
+                .wait_until(&mut m, deadline)
+                .timed_out()
+            {
+                return Err(err(
+                    ErrorCode::NotMember,
+                    format!(
+                        "object {id} names the node {addr}, which is not a member of this \
+                         cluster (no data worker of the cluster has that transfer address); \
+                         refused without connecting"
+                    ),
+                ));
+            }
+        }
+    }
+
+    fn is_member(&self, addr: SocketAddrV4) -> bool {
+        self.members.lock().current.contains(&addr)
     }
 
     /// Pins an object for `client`, pulling it from its primary's node first
@@ -364,14 +468,26 @@ impl Node {
         r
     }
 
-    /// Takes a pooled connection to `addr` or opens a new one.
+    /// Takes a pooled connection to `addr` or opens a new one and runs the
+    /// handshake on it (callers have checked that `addr` is a member). A
+    /// failed handshake is `PermissionDenied` (the peer does not hold our
+    /// secret, or refused ours).
     fn connect(&self, addr: SocketAddrV4) -> io::Result<(TcpStream, bool)> {
         if let Some(c) = self.pool.lock().get_mut(&addr).and_then(|v| v.pop()) {
             return Ok((c, true));
         }
-        let s = TcpStream::connect_timeout(&SocketAddr::V4(addr), CONNECT_TIMEOUT)?;
+        let Some(secret) = &self.secret else {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "this data worker has no cluster secret (--cluster-secret), so it cannot \
+                 prove to other nodes that it belongs to the cluster",
+            ));
+        };
+        let mut s = TcpStream::connect_timeout(&SocketAddr::V4(addr), CONNECT_TIMEOUT)?;
         s.set_nodelay(true)?;
-        (&s).write_all(PEER_MAGIC)?;
+        s.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+        s.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
+        peer_auth::client(&mut s, secret, PEER_MAGIC)?;
         Ok((s, false))
     }
 
@@ -394,7 +510,7 @@ impl Node {
         let frame = req.encode();
         loop {
             let (s, pooled) = self.connect(addr)?;
-            let attempt = (|| {
+            let attempt = (|| -> io::Result<(BufReader<TcpStream>, PeerResponse)> {
                 s.set_read_timeout(Some(wait + IO_TIMEOUT))?;
                 s.set_write_timeout(Some(IO_TIMEOUT))?;
                 (&s).write_all(&frame)?;
@@ -434,15 +550,23 @@ impl Node {
                 format!("object {id} is lost: its node {addr} {what}"),
             )
         };
+        self.check_member(addr, id, MEMBER_WAIT)?;
         self.pulls.fetch_add(1, Ordering::Relaxed);
         let req = PeerRequest::Pull {
             id,
             timeout_ms: timeout.as_millis().min(u64::MAX as u128) as u64,
             requester: self.tag,
         };
-        let (mut reader, resp) = self
-            .exchange(addr, &req, timeout)
-            .map_err(|e| lost(format!("cannot be reached ({e})")))?;
+        let (mut reader, resp) = self.exchange(addr, &req, timeout).map_err(|e| {
+            if e.kind() == io::ErrorKind::PermissionDenied {
+                err(
+                    ErrorCode::BadPeer,
+                    format!("cannot pull object {id} from node {addr}: {e}"),
+                )
+            } else {
+                lost(format!("cannot be reached ({e})"))
+            }
+        })?;
         let (data_size, meta_size) = match resp {
             PeerResponse::PullOk {
                 data_size,
@@ -456,7 +580,15 @@ impl Node {
                 ))
             }
         };
-        let total = data_size.saturating_add(meta_size);
+        let total = pull_size(data_size, meta_size, self.store.arena().size()).map_err(|why| {
+            err(
+                ErrorCode::BadPeer,
+                format!(
+                    "node {addr} claimed object {id} has {data_size} data and {meta_size} \
+                     metadata bytes, {why}; refused without allocating"
+                ),
+            )
+        })?;
         let client = self.store.connect();
         let result = (|| {
             let off = match self
@@ -585,6 +717,11 @@ impl Node {
 
     fn send_delete(&self, tag: NodeTag, ids: &[ObjectId]) {
         let Some(addr) = tag.addr() else { return };
+        if !self.is_member(addr) {
+            // Nothing of ours lives on a non-member (or one that left).
+            tracing::debug!("not telling {addr} to delete: not a member of the cluster");
+            return;
+        }
         let req = PeerRequest::Delete { ids: ids.to_vec() };
         match self.exchange(addr, &req, Duration::ZERO) {
             Ok((reader, _)) => self.give_back(addr, reader.into_inner()),
@@ -593,17 +730,31 @@ impl Node {
         }
     }
 
-    /// Serves one peer connection until it closes or misbehaves.
-    fn serve_peer(&self, stream: TcpStream) -> io::Result<()> {
+    /// Serves one peer connection until it closes or misbehaves; a peer
+    /// that does not prove it holds the cluster secret gets nothing.
+    fn serve_peer(&self, mut stream: TcpStream, peer: SocketAddr) -> io::Result<()> {
         stream.set_nodelay(true)?;
         let mut magic = [0u8; 4];
-        stream.set_read_timeout(Some(IO_TIMEOUT))?;
-        (&stream).read_exact(&mut magic)?;
-        if &magic != PEER_MAGIC {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("not a yr peer (first bytes {magic:?})"),
-            ));
+        stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+        stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
+        let authenticated = (&stream).read_exact(&mut magic).and_then(|()| {
+            if &magic != PEER_MAGIC {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("not a yr peer (first bytes {magic:?})"),
+                ));
+            }
+            match &self.secret {
+                Some(secret) => peer_auth::server(&mut stream, secret),
+                None => Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    "this worker has no cluster secret",
+                )),
+            }
+        });
+        if let Err(e) = authenticated {
+            tracing::warn!("transfer port: refused {peer} and closed the connection: {e}");
+            return Ok(());
         }
         // Idle pooled connections may sit for long between requests.
         stream.set_read_timeout(None)?;
@@ -725,6 +876,21 @@ impl Node {
     }
 }
 
+/// The bytes a pull may allocate for a `PullOk` claiming `data` + `meta`
+/// bytes: their sum, if it fits in an arena of `arena` bytes and the
+/// metadata within the store's limit; else why not.
+fn pull_size(data: u64, meta: u64, arena: u64) -> Result<u64, String> {
+    if meta > MAX_META {
+        return Err(format!("more metadata than the limit of {MAX_META} bytes"));
+    }
+    match data.checked_add(meta) {
+        Some(total) if total <= arena => Ok(total),
+        _ => Err(format!(
+            "more than this node's whole arena ({arena} bytes) could ever hold"
+        )),
+    }
+}
+
 /// Binds the peer listener. Port 0 picks a free port; the returned address
 /// is the one bound.
 pub fn bind(addr: SocketAddrV4) -> io::Result<(TcpListener, SocketAddrV4)> {
@@ -772,7 +938,7 @@ pub fn serve(node: Arc<Node>, listener: TcpListener, stop_fd: std::os::fd::RawFd
                         if stream.set_nonblocking(false).is_err() {
                             return;
                         }
-                        if let Err(e) = node.serve_peer(stream) {
+                        if let Err(e) = node.serve_peer(stream, peer) {
                             tracing::debug!("peer {peer}: {e}");
                         }
                     });
@@ -851,6 +1017,171 @@ mod tests {
             PeerResponse::decode(&ok[4..]),
             Ok(PeerResponse::Ok)
         ));
+    }
+
+    fn store(capacity: u64) -> Arc<Store> {
+        Arc::new(
+            Store::new(crate::StoreConfig {
+                capacity,
+                prefault: false,
+                high_watermark: 0.9,
+                low_watermark: 0.8,
+                spill: None,
+            })
+            .expect("store"),
+        )
+    }
+
+    fn secret() -> Secret {
+        Secret::from_bytes(vec![42; 32]).expect("secret")
+    }
+
+    fn listener() -> (TcpListener, SocketAddrV4) {
+        bind("127.0.0.1:0".parse().expect("addr")).expect("bind")
+    }
+
+    /// A node over a fresh store, with a tag on an unused loopback port.
+    fn node(secret: Option<Secret>) -> Arc<Node> {
+        let tag = NodeTag::new("127.0.0.1:9".parse().expect("addr"), 1);
+        Node::new(store(1 << 20), tag, secret).expect("node")
+    }
+
+    #[test]
+    fn pull_sizes_are_bounded_by_the_arena() {
+        assert_eq!(pull_size(10, 5, 15), Ok(15));
+        assert!(pull_size(10, 6, 15).is_err());
+        assert!(pull_size(u64::MAX, 1, u64::MAX).is_err(), "overflow");
+        assert!(pull_size(0, MAX_META + 1, u64::MAX).is_err());
+        let e = pull_size(1 << 40, 0, 1 << 20).expect_err("too big");
+        assert!(e.contains("whole arena (1048576 bytes)"), "{e}");
+    }
+
+    #[test]
+    fn an_id_naming_a_non_member_is_refused_without_connecting() {
+        let (l, addr) = listener();
+        l.set_nonblocking(true).expect("nonblocking");
+        let n = node(Some(secret()));
+        let id = ObjectId::random(NodeTag::new(addr, 3).0);
+        let c = n.store().connect();
+        let t = Instant::now();
+        let e = n
+            .get_remote(c, id, Duration::from_secs(30))
+            .expect_err("refused");
+        assert_eq!(e.code, ErrorCode::NotMember, "{e:?}");
+        assert!(e.message.contains(&addr.to_string()), "{}", e.message);
+        assert!(t.elapsed() >= MEMBER_WAIT, "waited for a member list first");
+        assert!(
+            matches!(l.accept(), Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+            "nothing connected to {addr}"
+        );
+        // A delete for it goes nowhere either.
+        n.send_delete(id.tag(), &[id]);
+        assert!(matches!(l.accept(), Err(e) if e.kind() == io::ErrorKind::WouldBlock));
+        // Once a member, then gone: its objects are lost, still without connecting.
+        n.set_peers(&[addr]);
+        n.set_peers(&[]);
+        let e = n.get_remote(c, id, Duration::ZERO).expect_err("left");
+        assert_eq!(e.code, ErrorCode::ObjectLost, "{e:?}");
+        assert!(e.message.contains("left the cluster"), "{}", e.message);
+        assert!(matches!(l.accept(), Err(e) if e.kind() == io::ErrorKind::WouldBlock));
+    }
+
+    #[test]
+    fn a_member_list_arriving_during_the_wait_lets_the_pull_go_ahead() {
+        let (l, addr) = listener();
+        let n = node(Some(secret()));
+        let id = ObjectId::random(NodeTag::new(addr, 3).0);
+        // The puller usually starts waiting before the list comes; either
+        // order must end in a connection.
+        let puller = {
+            let n = Arc::clone(&n);
+            std::thread::spawn(move || {
+                let c = n.store().connect();
+                n.get_remote(c, id, Duration::ZERO).map(|_| ())
+            })
+        };
+        let setter = {
+            let n = Arc::clone(&n);
+            std::thread::spawn(move || n.set_peers(&[addr]))
+        };
+        // The pull connects once the list names the address; nobody answers
+        // the handshake, so it then fails as a protocol error.
+        let (s, _) = l.accept().expect("the pull connected");
+        drop(s);
+        setter.join().expect("setter");
+        let e = puller.join().expect("puller").expect_err("no server");
+        assert_ne!(e.code, ErrorCode::NotMember, "{e:?}");
+    }
+
+    /// Serves one connection at `l` as a peer holding `secret` would, but
+    /// answers every pull with `PullOk { data_size, meta_size }` and no bytes.
+    fn lying_peer(l: TcpListener, secret: Secret, data_size: u64, meta_size: u64) {
+        std::thread::spawn(move || {
+            let Ok((mut s, _)) = l.accept() else { return };
+            let mut magic = [0u8; 4];
+            if s.read_exact(&mut magic).is_err() || peer_auth::server(&mut s, &secret).is_err() {
+                return;
+            }
+            let mut buf = Vec::new();
+            let mut r = BufReader::new(s.try_clone().expect("clone"));
+            while read_frame(&mut r, &mut buf, MAX_PEER_FRAME).is_ok() {
+                let reply = PeerResponse::PullOk {
+                    data_size,
+                    meta_size,
+                };
+                if s.write_all(&reply.encode()).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    #[test]
+    fn a_peer_claiming_more_than_the_arena_is_refused_before_allocating() {
+        for (data, meta) in [(1u64 << 40, 0u64), (0, 1 << 33), (u64::MAX, u64::MAX)] {
+            let (l, addr) = listener();
+            lying_peer(l, secret(), data, meta);
+            let n = node(Some(secret()));
+            n.set_peers(&[addr]);
+            let id = ObjectId::random(NodeTag::new(addr, 3).0);
+            let c = n.store().connect();
+            let e = n.get_remote(c, id, Duration::ZERO).expect_err("lying peer");
+            assert_eq!(e.code, ErrorCode::BadPeer, "{e:?}");
+            assert!(
+                e.message.contains("refused without allocating"),
+                "{}",
+                e.message
+            );
+            let st = n.store().stats();
+            assert_eq!((st.used, st.unsealed), (0, 0), "nothing allocated");
+            assert!(!n.store().contains(&id));
+        }
+    }
+
+    #[test]
+    fn a_peer_with_another_secret_is_refused_both_ways() {
+        // We pull from a peer holding another secret: refused, BadPeer.
+        let (l, addr) = listener();
+        let other = Secret::from_bytes(vec![7; 32]).expect("secret");
+        lying_peer(l, other.clone(), 1, 0);
+        let n = node(Some(secret()));
+        n.set_peers(&[addr]);
+        let id = ObjectId::random(NodeTag::new(addr, 3).0);
+        let c = n.store().connect();
+        let e = n.get_remote(c, id, Duration::ZERO).expect_err("refused");
+        assert_eq!(e.code, ErrorCode::BadPeer, "{e:?}");
+        assert!(e.message.contains("cluster secret"), "{}", e.message);
+        // A node without a secret cannot pull at all, and says why.
+        let (_l2, addr2) = listener();
+        let bare = node(None);
+        bare.set_peers(&[addr2]);
+        let id2 = ObjectId::random(NodeTag::new(addr2, 3).0);
+        let c2 = bare.store().connect();
+        let e = bare
+            .get_remote(c2, id2, Duration::ZERO)
+            .expect_err("no secret");
+        assert_eq!(e.code, ErrorCode::BadPeer, "{e:?}");
+        assert!(e.message.contains("--cluster-secret"), "{}", e.message);
     }
 
     #[test]

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The README's REST examples, runnable against a cluster started with `yr start --master`
-# (YR_SESSION names its session folder; default: the newest session on this host).
+# (YR_SESSION names its session folder; default: this user's newest session, `yr session`).
 # `make demo` runs this file against its cluster; each command is printed before it runs.
 set -euo pipefail
-S=${YR_SESSION:-/tmp/yr_sessions/latest}
+S=${YR_SESSION:-$(yr session)}
 field() { sed -n "s/.*\"$1\": \"\(.*\)\".*/\1/p" "$S/session.json"; }
 META=$(field meta_url) FRONTEND=$(field frontend_url)
 AUTH="Authorization: Bearer $(cat "$(field token_file)")"

@@ -178,6 +178,10 @@ fn fetch_object(py: Python<'_>, id: &str, timeout: f64) -> PyResult<Pinned> {
 }
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // A function process's instance secret leaves the environment as the module loads, before
+    // the interpreter runs any thread of ours or the function's code starts a child; `serve`
+    // finds it kept by the runtime.
+    let _ = yr_runtime::take_instance_secret();
     m.add_function(wrap_pyfunction!(serve, m)?)?;
     m.add_function(wrap_pyfunction!(fetch_object, m)?)?;
     Ok(())

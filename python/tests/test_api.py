@@ -102,6 +102,26 @@ class Broken:
         return 1
 
 
+@yr.invoke
+def secret_seen():
+    """What of the instance's secret this function process can still see: in os.environ, in a
+    child's environment, and in /proc/self/environ (what other processes of the user read)."""
+    import posix
+    import subprocess as sp
+    child = sp.run(["/usr/bin/env"], capture_output=True, text=True).stdout
+    with open("/proc/self/environ", "rb") as f:
+        proc = [e for e in f.read().split(b"\0") if e.startswith(b"YR_INSTANCE_SECRET=")]
+    return (os.environ.get("YR_INSTANCE_SECRET"), b"YR_INSTANCE_SECRET" in posix.environ,
+            "YR_INSTANCE_SECRET" in child, [set(e.split(b"=", 1)[1]) for e in proc])
+
+
+def test_a_function_process_does_not_keep_its_instance_secret_in_sight(cluster):
+    in_environ, in_posix, in_child, in_proc = yr.get(secret_seen.invoke(), timeout=60)
+    assert (in_environ, in_posix, in_child) == (None, False, False)
+    # The agent gave it one; its bytes are overwritten where /proc shows them.
+    assert in_proc == [{ord("x")}]
+
+
 def test_stateless_calls_return_refs_at_once_and_values_on_get(cluster):
     refs = [add.invoke(i) for i in range(20)]
     assert yr.get(refs, timeout=60) == [i + 1 for i in range(20)]

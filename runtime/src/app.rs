@@ -7,6 +7,11 @@
 //! the proxy's configuration which handler (or class) this instance serves, and answers calls
 //! until the proxy goes away. [`reply`] writes the answers; [`workers`] runs stateless calls.
 //!
+//! The hello carries the instance's secret that the agent put in `YR_INSTANCE_SECRET`; it is
+//! taken out of the environment (and its bytes overwritten where `/proc/<pid>/environ` shows
+//! them) the first time it is read ([`take_instance_secret`]), so neither the process's children
+//! nor other processes of the user read it there.
+//!
 //! Invariants: a stateless handler may run on several threads at once (the function's
 //! concurrency, enforced by the proxy); a stateful instance's methods run one at a time, in the
 //! order the proxy delivered them, on one thread that owns the state. A panicking handler fails
@@ -33,6 +38,49 @@ use crate::context::Context;
 use crate::error::Error;
 use reply::Replies;
 use workers::Workers;
+
+/// The environment variable through which the agent gives a function process its instance's
+/// secret (`yr_control::secret::INSTANCE_SECRET_ENV`).
+pub const INSTANCE_SECRET_ENV: &str = "YR_INSTANCE_SECRET";
+
+/// This function process's instance secret: taken out of the environment on the first call
+/// (which the serve loop, and the Python module when it is imported, make before they start
+/// threads), then kept here. `None` outside a process started by an agent.
+pub fn take_instance_secret() -> Option<String> {
+    static SECRET: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    SECRET
+        .get_or_init(|| {
+            let value = std::env::var(INSTANCE_SECRET_ENV).ok()?;
+            scrub_from_environ_block(INSTANCE_SECRET_ENV);
+            // Removing a variable races with other threads that read the environment through
+            // libc: this runs before the serve loop or the Python module starts threads of ours.
+            std::env::remove_var(INSTANCE_SECRET_ENV);
+            Some(value)
+        })
+        .clone()
+}
+
+/// Overwrites the value of `key` in place in the environment block the process started with,
+/// which is what `/proc/<pid>/environ` shows to other processes of the same user: removing the
+/// variable alone leaves its bytes there.
+fn scrub_from_environ_block(key: &str) {
+    let Ok(name) = std::ffi::CString::new(key) else {
+        return;
+    };
+    // SAFETY: getenv returns null or a pointer to the NUL-terminated value inside the
+    // environment entry of `key`, valid until the environment is changed; nothing changes it
+    // before the overwrite below (this runs before the process starts threads of its own, see
+    // `take_instance_secret`). Overwriting the value's bytes (not its terminator) keeps the
+    // entry a valid C string; environment strings live in writable memory (the initial stack,
+    // or putenv/setenv buffers).
+    unsafe {
+        let v = libc::getenv(name.as_ptr());
+        if !v.is_null() {
+            let len = libc::strlen(v);
+            std::ptr::write_bytes(v, b'x', len);
+        }
+    }
+}
 
 /// What a handler returns: the reply's bytes, or an error message for the caller.
 pub type HandlerResult = Result<Vec<u8>, String>;
@@ -138,6 +186,7 @@ impl App {
         let instance_id = env("YR_INSTANCE_ID")?;
         let socket_path = env("YR_PROXY_SOCKET")?;
         let proxy_address = env("YR_PROXY_ADDRESS")?;
+        let secret = take_instance_secret().ok_or(Error::NotStartedByAgent(INSTANCE_SECRET_ENV))?;
         let data_socket = std::env::var("YR_DATA_SOCKET").unwrap_or_default();
         let socket = UnixStream::connect(&socket_path).map_err(|e| {
             Error::InstanceSocket(format!(
@@ -151,6 +200,7 @@ impl App {
                 instance_id: instance_id.clone(),
                 handlers: names,
                 pid: std::process::id(),
+                secret,
             })),
         };
         let greet = |e: std::io::Error| {
@@ -292,6 +342,22 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_instance_secret_is_taken_out_of_the_environment_once() {
+        // The only test of this process that touches the variable (it is process-wide).
+        std::env::set_var(INSTANCE_SECRET_ENV, "abc123");
+        assert_eq!(take_instance_secret().as_deref(), Some("abc123"));
+        assert!(
+            std::env::var_os(INSTANCE_SECRET_ENV).is_none(),
+            "still in the environment"
+        );
+        assert_eq!(
+            take_instance_secret().as_deref(),
+            Some("abc123"),
+            "kept for the hello"
+        );
+    }
 
     #[test]
     fn a_panic_becomes_the_calls_error_message() {

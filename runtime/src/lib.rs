@@ -33,7 +33,10 @@ mod error;
 pub mod remote;
 pub mod session;
 
-pub use app::{App, Failure, HandlerResult, Instance, Reply, Stateful};
+pub use app::{
+    take_instance_secret, App, Failure, HandlerResult, Instance, Reply, Stateful,
+    INSTANCE_SECRET_ENV,
+};
 pub use context::Context;
 pub use error::Error;
 pub use remote::{

@@ -118,9 +118,10 @@ impl Builder {
                 return self.connect_master(&master);
             }
         }
-        let session = std::env::var_os("YR_SESSION")
-            .map(PathBuf::from)
-            .unwrap_or_else(crate::session::latest);
+        let session = match std::env::var_os("YR_SESSION") {
+            Some(s) => PathBuf::from(s),
+            None => crate::session::latest().map_err(|e| Error::Connect(e.to_string()))?,
+        };
         self.connect(session)
     }
 }

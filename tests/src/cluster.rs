@@ -779,18 +779,35 @@ impl Drop for Cluster {
 }
 
 /// SIGKILL to a component and its process group (each component leads its own session).
+/// A gRPC endpoint for `address` (host:port) that presents node `s`'s certificate and trusts
+/// its cluster's CA: how the cluster's own components and the CLI connect.
+pub fn member_endpoint(s: &Session, address: &str) -> tonic::transport::Endpoint {
+    let tls = s
+        .tls()
+        .unwrap_or_else(|| panic!("the session of node {} names no TLS files", s.node_id))
+        .load()
+        .unwrap_or_else(|e| panic!("node {}'s credentials: {e}", s.node_id));
+    tonic::transport::Endpoint::from_shared(format!("https://{address}"))
+        .unwrap_or_else(|e| panic!("address {address:?}: {e}"))
+        .tls_config(tls.client())
+        .unwrap_or_else(|e| panic!("TLS config: {e}"))
+        .connect_timeout(Duration::from_secs(5))
+}
+
 /// The TLS flags `yr start` gave the master node's function master (its credentials folder,
 /// the CA key and the join token), from its session.
 fn master_tls_args(s: &Session) -> Vec<String> {
     let mut args = Vec::new();
     if let Some(dir) = s.tls_cert.as_deref().and_then(Path::parent) {
         args.extend(["--tls-dir".to_string(), dir.display().to_string()]);
-        if let Some(t) = &s.join_token_file {
+        if let (Some(t), Some(secret)) = (&s.join_token_file, &s.cluster_secret) {
             args.extend([
                 "--ca-key".to_string(),
                 dir.join("ca.key").display().to_string(),
                 "--join-token-file".to_string(),
                 t.display().to_string(),
+                "--cluster-secret".to_string(),
+                secret.display().to_string(),
             ]);
         }
     }

@@ -85,9 +85,26 @@ impl DataWorker {
         }
     }
 
-    /// Starts a worker that serves other workers on a free loopback port.
+    /// Starts a worker that serves other workers on a free loopback port,
+    /// holding the [`cluster_secret`] every networked worker of this test
+    /// process holds. Workers only pull from those they are introduced to
+    /// ([`introduce`]).
     pub fn start_networked(shm_size: u64) -> DataWorker {
-        Self::start(shm_size, &["--transfer-address", "127.0.0.1:0"])
+        let secret = cluster_secret().display().to_string();
+        Self::start(
+            shm_size,
+            &[
+                "--transfer-address",
+                "127.0.0.1:0",
+                "--cluster-secret",
+                &secret,
+            ],
+        )
+    }
+
+    /// Its transfer address, parsed.
+    pub fn transfer_addr(&self) -> Option<std::net::SocketAddrV4> {
+        self.transfer.as_deref().and_then(|t| t.parse().ok())
     }
 
     /// A new client connection.
@@ -112,6 +129,31 @@ impl Drop for DataWorker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The cluster secret shared by the networked workers this test process
+/// starts: a 0600 file in a folder that lives as long as the process.
+pub fn cluster_secret() -> &'static Path {
+    static SECRET: std::sync::OnceLock<(tempfile::TempDir, PathBuf)> = std::sync::OnceLock::new();
+    let (_, path) = SECRET.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("yr-test-secret-")
+            .tempdir()
+            .expect("temp dir");
+        let path = dir.path().join("cluster-secret");
+        yr_datastore::peer_auth::create_secret_file(&path).expect("cluster secret");
+        (dir, path)
+    });
+    path
+}
+
+/// Makes `workers` one cluster, as the nodes' agents do: tells each the
+/// transfer addresses of all (the only workers it pulls from).
+pub fn introduce(workers: &[&DataWorker]) {
+    let addrs: Vec<_> = workers.iter().filter_map(|w| w.transfer_addr()).collect();
+    for w in workers {
+        w.client().set_peers(&addrs).expect("set peers");
     }
 }
 

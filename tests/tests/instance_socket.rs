@@ -3,6 +3,10 @@
 //! hello naming no instance, a connection closed at once. Each gets a `refused` frame that names the problem (or is
 //! dropped), and the proxy keeps serving the instances it has. A real function process started
 //! by hand with an unknown instance ID exits with the proxy's reason on stderr.
+//!
+//! A hello is served only with the instance's secret that the agent gave that instance's process:
+//! a forged hello (no secret, a wrong one, another instance's) is refused, and so is a second
+//! hello for an instance that is connected, even with the right secret.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -44,11 +48,16 @@ fn refusal(mut s: UnixStream) -> String {
 }
 
 fn hello(id: &str) -> Vec<u8> {
+    hello_with(id, "")
+}
+
+fn hello_with(id: &str, secret: &str) -> Vec<u8> {
     frame::to_frame(&InstanceMessage {
         msg: Some(instance_message::Msg::Hello(InstanceHello {
             instance_id: id.into(),
             handlers: vec!["hello".into()],
             pid: std::process::id(),
+            secret: secret.into(),
         })),
     })
     .expect("encode")
@@ -104,18 +113,22 @@ fn bad_input_on_the_instance_socket_is_refused_and_the_proxy_keeps_serving() {
     let why = refusal(s);
     assert!(why.contains("first frame must be a hello"), "{why}");
 
-    // A hello from an instance the cluster never started.
+    // A hello from an instance the cluster never started: it cannot carry a secret.
     let mut s = connect(&path);
     s.write_all(&hello("no-such-instance")).expect("write");
     let why = refusal(s);
-    assert!(why.contains("unknown instance no-such-instance"), "{why}");
+    assert!(
+        why.contains("\"no-such-instance\" does not carry that instance's secret"),
+        "{why}"
+    );
 
     // A stranger that connects and closes at once is simply forgotten.
     drop(connect(&path));
 
-    // A real function process told an ID the cluster does not know exits with the reason.
+    // A real function process started by hand (with a made-up secret) exits with the reason.
     let out = Command::new(&code)
         .env("YR_INSTANCE_ID", "hand-started")
+        .env("YR_INSTANCE_SECRET", "00".repeat(32))
         .env("YR_PROXY_SOCKET", &path)
         .env("YR_PROXY_ADDRESS", &c.master().proxy_address)
         .output()
@@ -123,13 +136,27 @@ fn bad_input_on_the_instance_socket_is_refused_and_the_proxy_keeps_serving() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("the proxy refused instance hand-started: unknown instance hand-started"),
+        stderr.contains("the proxy refused instance hand-started: the hello for instance \"hand-started\" does not carry that instance's secret"),
+        "{stderr}"
+    );
+    // One without a secret at all says what is missing.
+    let out = Command::new(&code)
+        .env("YR_INSTANCE_ID", "hand-started")
+        .env_remove("YR_INSTANCE_SECRET")
+        .env("YR_PROXY_SOCKET", &path)
+        .env("YR_PROXY_ADDRESS", &c.master().proxy_address)
+        .output()
+        .expect("run the hello example");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("YR_INSTANCE_SECRET is not set"),
         "{stderr}"
     );
 
     // One without the socket's path says what is missing.
     let out = Command::new(&code)
         .env("YR_INSTANCE_ID", "hand-started")
+        .env("YR_INSTANCE_SECRET", "00")
         .env_remove("YR_PROXY_SOCKET")
         .output()
         .expect("run the hello example");
@@ -142,4 +169,94 @@ fn bad_input_on_the_instance_socket_is_refused_and_the_proxy_keeps_serving() {
     // None of it disturbed the instance that was serving.
     let after = c.invoke("hello", "after").expect_ok("invoke after");
     assert!(after.stdout.starts_with("hello, after"), "{after}");
+}
+
+/// A function whose entrypoint writes the secret the agent gave its process to the instance's
+/// folder, then runs the hello example: the test's stand-in for the process that owns the
+/// instance, so that the test can say hello with the right secret.
+fn leaky_code(dir: &std::path::Path) -> PathBuf {
+    let code = dir.join("leaky");
+    std::fs::create_dir_all(&code).expect("mkdir");
+    let script = code.join("leak.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nprintf %s \"$YR_INSTANCE_SECRET\" > \"$YR_INSTANCE_DIR/leaked-secret\"\nexec {}\n",
+            example("hello").display()
+        ),
+    )
+    .expect("write");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    code
+}
+
+#[test]
+fn forged_and_second_hellos_are_refused() {
+    let c = Cluster::start(NodeOptions::default());
+    let path = socket_of(&c);
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let code = leaky_code(tmp.path());
+    c.deploy(&[
+        "--name",
+        "leaky",
+        "--code",
+        code.to_str().expect("UTF-8 path"),
+        "--entrypoint",
+        "leak.sh",
+        "--handler",
+        "hello",
+    ]);
+    let out = c.invoke("leaky", "first").expect_ok("invoke");
+    assert!(out.stdout.starts_with("hello, first"), "{out}");
+    let id = c.status().instances_of("leaky")[0].instance_id.clone();
+    let leaked = c
+        .master()
+        .session_dir
+        .join("node/work/instances")
+        .join(&id)
+        .join("leaked-secret");
+    let secret =
+        std::fs::read_to_string(&leaked).unwrap_or_else(|e| panic!("{}: {e}", leaked.display()));
+    assert_eq!(secret.len(), 64, "{secret:?}");
+
+    // The instance's ID without its secret, or with a wrong one: refused.
+    let wrong = if secret.starts_with('0') { "1" } else { "0" }.to_string() + &secret[1..];
+    for forged in ["", wrong.as_str(), "not hex"] {
+        let mut s = connect(&path);
+        s.write_all(&hello_with(&id, forged)).expect("write");
+        let why = refusal(s);
+        assert!(
+            why.contains("does not carry that instance's secret"),
+            "{forged:?}: {why}"
+        );
+    }
+    // Its secret does not open another instance.
+    let mut s = connect(&path);
+    s.write_all(&hello_with("leaky-000000000000", &secret))
+        .expect("write");
+    let why = refusal(s);
+    assert!(
+        why.contains("does not carry that instance's secret"),
+        "{why}"
+    );
+    // The right secret, but the instance is connected already: refused, and the real process
+    // keeps its calls (it is not unregistered when the second connection goes).
+    let mut s = connect(&path);
+    s.write_all(&hello_with(&id, &secret)).expect("write");
+    let why = refusal(s);
+    assert!(
+        why.contains(&format!("instance {id} is connected already")),
+        "{why}"
+    );
+    let out = c.invoke("leaky", "after").expect_ok("invoke after");
+    assert!(out.stdout.starts_with("hello, after"), "{out}");
+    let st = c.status();
+    let inst = st.instance(&id).expect("the instance");
+    assert_eq!(inst.state, "RUNNING", "{inst:?}");
+    let log = &c.master().component("function-proxy").expect("a proxy").log;
+    let log = std::fs::read_to_string(log).expect("the proxy's log");
+    assert!(
+        log.contains("is connected already") && log.contains("does not carry"),
+        "the proxy logs its refusals:\n{log}"
+    );
 }

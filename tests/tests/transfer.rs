@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 use yr_datastore::{Client, ErrorCode, ObjectId, StoreStats};
-use yr_tests::{bytes, DataWorker};
+use yr_tests::{bytes, introduce, DataWorker};
 
 const MIB: u64 = 1 << 20;
 
@@ -26,6 +26,7 @@ fn stats(c: &Client) -> StoreStats {
 fn a_remote_get_pulls_once_and_concurrent_gets_share_the_pull() {
     let a = DataWorker::start_networked(256 * MIB);
     let b = DataWorker::start_networked(256 * MIB);
+    introduce(&[&a, &b]);
     let producer = a.client();
     let id = producer.new_id();
     assert_eq!(id.tag(), producer.node_tag(), "new IDs name their node");
@@ -75,6 +76,7 @@ fn freeing_an_owned_object_deletes_every_copy_on_every_node() {
     let a = DataWorker::start_networked(128 * MIB);
     let b = DataWorker::start_networked(128 * MIB);
     let c = DataWorker::start_networked(128 * MIB);
+    introduce(&[&a, &b, &c]);
     let (ca, cb, cc) = (a.client(), b.client(), c.client());
     let start = [stats(&ca).used, stats(&cb).used, stats(&cc).used];
     // Primary on A; copies pulled to B and C; the owner is a client on B.
@@ -123,6 +125,7 @@ fn freeing_an_owned_object_deletes_every_copy_on_every_node() {
 fn the_only_holder_dying_gives_object_lost_naming_object_and_node() {
     let mut a = DataWorker::start_networked(64 * MIB);
     let b = DataWorker::start_networked(64 * MIB);
+    introduce(&[&a, &b]);
     let ca = a.client();
     let x = ca.new_id();
     ca.put(x, &bytes(MIB as usize, 3)).expect("put");
@@ -148,7 +151,11 @@ fn the_only_holder_dying_gives_object_lost_naming_object_and_node() {
 
     // A worker restarted on the same address does not have objects made by
     // its earlier run, and says so.
-    let again = DataWorker::start(64 * MIB, &["--transfer-address", &addr]);
+    let secret = yr_tests::cluster_secret().display().to_string();
+    let again = DataWorker::start(
+        64 * MIB,
+        &["--transfer-address", &addr, "--cluster-secret", &secret],
+    );
     let e = cb
         .get_remote(x, Duration::from_secs(120))
         .expect_err("made by an earlier run");
@@ -161,6 +168,7 @@ fn the_only_holder_dying_gives_object_lost_naming_object_and_node() {
 fn pressure_evicts_secondary_copies_instead_of_spilling_them() {
     let a = DataWorker::start_networked(256 * MIB);
     let b = DataWorker::start_networked(64 * MIB);
+    introduce(&[&a, &b]);
     let ca = a.client();
     let cb = b.client();
     let ids: Vec<ObjectId> = (0..4).map(|_| ca.new_id()).collect();
@@ -213,4 +221,97 @@ fn a_worker_without_a_transfer_address_keeps_objects_local_and_says_so() {
     let _ = s.read_to_end(&mut buf);
     assert!(buf.is_empty(), "a stranger gets nothing back");
     assert!(b.client().stats().is_ok());
+}
+
+/// Sends `frame` to `addr` as a stranger would (the peer magic, then a
+/// request, no handshake) and returns everything the port sends back before
+/// closing.
+fn as_a_stranger(addr: &str, frame: &[u8]) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut hello = yr_datastore::transfer::PEER_MAGIC.to_vec();
+    hello.extend_from_slice(frame);
+    // The server may close before reading everything.
+    let _ = s.write_all(&hello);
+    // Nothing more is coming: the port sees the end at once instead of
+    // waiting out its handshake deadline.
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    buf
+}
+
+#[test]
+fn a_transfer_port_serves_and_deletes_nothing_for_a_peer_without_the_secret() {
+    use yr_datastore::transfer::PeerRequest;
+    let a = DataWorker::start_networked(64 * MIB);
+    let ca = a.client();
+    let x = ca.new_id();
+    let data = bytes(MIB as usize, 9);
+    ca.put(x, &data).expect("put");
+    let addr = a.transfer.clone().expect("transfer address");
+    let pull = PeerRequest::Pull {
+        id: x,
+        timeout_ms: 0,
+        requester: ca.node_tag(),
+    }
+    .encode();
+    let delete = PeerRequest::Delete { ids: vec![x] }.encode();
+    // A request where the handshake's nonce and proof belong, and the same
+    // after 64 bytes of zeros standing in for them.
+    for frame in [pull.clone(), delete.clone()] {
+        for padded in [frame.clone(), [vec![0u8; 64], frame].concat()] {
+            let got = as_a_stranger(&addr, &padded);
+            assert!(
+                got.len() <= 32,
+                "a stranger gets at most the server's nonce, got {} bytes",
+                got.len()
+            );
+            assert!(
+                !got.windows(16).any(|w| data.windows(16).next() == Some(w)),
+                "no object bytes"
+            );
+        }
+    }
+    let st = ca.stats().expect("stats");
+    assert_eq!(st.serves, 0, "nothing served");
+    assert!(
+        ca.contains(x).expect("contains"),
+        "the object is still there"
+    );
+    // A member with the secret is still served.
+    let b = DataWorker::start_networked(64 * MIB);
+    introduce(&[&a, &b]);
+    let g = b.client().get_remote(x, Duration::ZERO).expect("pull");
+    assert_eq!(yr_tests::checksum(&g), yr_tests::checksum(&data));
+}
+
+#[test]
+fn a_transfer_between_workers_with_different_secrets_is_refused() {
+    let a = DataWorker::start_networked(64 * MIB);
+    let dir = tempfile::tempdir().expect("tmp");
+    let other = dir.path().join("other-secret");
+    yr_datastore::peer_auth::create_secret_file(&other).expect("secret");
+    let other = other.display().to_string();
+    let b = DataWorker::start(
+        64 * MIB,
+        &[
+            "--transfer-address",
+            "127.0.0.1:0",
+            "--cluster-secret",
+            &other,
+        ],
+    );
+    introduce(&[&a, &b]);
+    let x = a.client().new_id();
+    a.client().put(x, b"for members only").expect("put");
+    let e = b
+        .client()
+        .get_remote(x, Duration::ZERO)
+        .expect_err("refused");
+    assert_eq!(e.code(), Some(ErrorCode::BadPeer), "{e}");
+    assert!(e.to_string().contains("cluster secret"), "{e}");
+    assert_eq!(a.client().stats().expect("stats").serves, 0);
 }

@@ -72,6 +72,15 @@ struct Report {
     /// Median over rounds of (TCP time / pull time): the pull's speed
     /// relative to raw TCP under the same load (the target is 0.7 or more).
     transfer_vs_tcp: f64,
+    /// Median time to open a peer connection on loopback with the
+    /// authentication handshake (TCP connect, then the challenge–response),
+    /// in µs. A pull pays it once per pooled connection, not per object.
+    connect_auth_us: f64,
+    /// The same without the handshake (TCP connect, then one one-byte round
+    /// trip, so both sides carry a request's first round trip).
+    connect_plain_us: f64,
+    /// What the handshake adds: `connect_auth_us - connect_plain_us`.
+    handshake_us: f64,
     /// Array size / median round time of the three-stage pipeline on two
     /// nodes (absent with --no-pipeline).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -136,6 +145,10 @@ impl WorkerPair {
             "starting two data workers ({} MiB arenas, prefaulted)...",
             shm >> 20
         ));
+        // Both workers hold one cluster secret, as the nodes of a cluster do.
+        let secret = dir.path().join("cluster-secret");
+        yr_datastore::peer_auth::create_secret_file(&secret)?;
+        let secret = secret.to_string_lossy().into_owned();
         let start = |name: &str| -> Result<(WorkerProcess, std::path::PathBuf)> {
             let socket = dir.path().join(format!("{name}.sock"));
             let w = WorkerProcess::start_with(
@@ -143,7 +156,13 @@ impl WorkerPair {
                 &socket,
                 shm,
                 &dir.path().join(format!("spill-{name}")),
-                &["--prefault", "--transfer-address", "127.0.0.1:0"],
+                &[
+                    "--prefault",
+                    "--transfer-address",
+                    "127.0.0.1:0",
+                    "--cluster-secret",
+                    &secret,
+                ],
             )
             .with_context(|| format!("data worker {name}"))?;
             if w.transfer_addr().is_none() {
@@ -157,6 +176,15 @@ impl WorkerPair {
             .context("cannot connect to data worker a")?;
         let client_b = Client::connect_named(&socket_b, "yr-bench-transfer")
             .context("cannot connect to data worker b")?;
+        // What a node's agent does in a cluster: tell each worker the members.
+        let members: Vec<_> = [&worker_a, &worker_b]
+            .iter()
+            .filter_map(|w| w.transfer_addr())
+            .collect();
+        for c in [&client_a, &client_b] {
+            c.set_peers(&members)
+                .context("cannot tell the workers their peers")?;
+        }
         log(&format!(
             "putting a {} MiB object into worker a...",
             len >> 20
@@ -244,6 +272,8 @@ pub fn run(a: TransferArgs) -> Result<()> {
         log("running the three-stage pipeline on a two-node cluster...");
         Some(pipeline_round(&yr, a.size, a.runs + 1)?)
     };
+    log("timing peer connections with and without the handshake...");
+    let (auth, plain) = handshake_cost(HANDSHAKE_ROUNDS)?;
     let gbps = |d: Duration| a.size as f64 / d.as_secs_f64() / 1e9;
     let (pull_p50, pull_best) = (median(&mut pulls), best(&pulls));
     let (tcp_p50, tcp_best) = (median(&mut streams), best(&streams));
@@ -255,6 +285,9 @@ pub fn run(a: TransferArgs) -> Result<()> {
         tcp_best_gbps: gbps(tcp_best),
         tcp_p50_ms: ms(tcp_p50),
         transfer_vs_tcp: ratio,
+        connect_auth_us: us(auth),
+        connect_plain_us: us(plain),
+        handshake_us: us(auth) - us(plain),
         pipeline_gbps: pipeline.map(gbps),
         pipeline_p50_ms: pipeline.map(ms),
         object_bytes: a.size,
@@ -266,6 +299,62 @@ pub fn run(a: TransferArgs) -> Result<()> {
         print_table(&report)?;
     }
     Ok(())
+}
+
+/// Connections timed by [`handshake_cost`], of each kind.
+const HANDSHAKE_ROUNDS: usize = 400;
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// Median times of `rounds` loopback connections of each kind, alternating:
+/// connect + the peer handshake of `yr_datastore::peer_auth` (both sides in
+/// this process, the server on its own thread as a data worker's is), and
+/// connect + a one-byte round trip.
+fn handshake_cost(rounds: usize) -> Result<(Duration, Duration)> {
+    use yr_datastore::peer_auth::{self, Secret};
+    let mut key = vec![0u8; peer_auth::MIN_SECRET_LEN];
+    peer_auth::random(&mut key)?;
+    let secret = Secret::from_bytes(key)?;
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    let addr = listener.local_addr()?;
+    let server_secret = secret.clone();
+    let server = std::thread::spawn(move || -> io::Result<()> {
+        for i in 0..2 * rounds {
+            let (mut s, _) = listener.accept()?;
+            s.set_nodelay(true)?;
+            if i % 2 == 0 {
+                let mut magic = [0u8; 4];
+                s.read_exact(&mut magic)?;
+                peer_auth::server(&mut s, &server_secret)?;
+            } else {
+                let mut b = [0u8; 1];
+                s.read_exact(&mut b)?;
+                s.write_all(&b)?;
+            }
+        }
+        Ok(())
+    });
+    let (mut auth, mut plain) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let mut s = TcpStream::connect(addr)?;
+        s.set_nodelay(true)?;
+        peer_auth::client(&mut s, &secret, yr_datastore::transfer::PEER_MAGIC)?;
+        auth.push(t.elapsed());
+        let t = Instant::now();
+        let mut s = TcpStream::connect(addr)?;
+        s.set_nodelay(true)?;
+        s.write_all(&[1])?;
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b)?;
+        plain.push(t.elapsed());
+    }
+    server
+        .join()
+        .map_err(|_| anyhow!("the handshake server panicked"))??;
+    Ok((median(&mut auth), median(&mut plain)))
 }
 
 /// Runs the pipeline example for `rounds` rounds of `size`-byte arrays on a

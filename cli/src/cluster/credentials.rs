@@ -75,8 +75,15 @@ pub fn make_master(
 }
 
 /// Joins the cluster of the master at `master` (host:port) with `token`: writes this node's
-/// credentials into `tls` and returns the cluster's etcd endpoints.
-pub fn join(master: &str, token: &str, tls: &NodeTls, names: &[String]) -> Result<Vec<String>> {
+/// credentials into `tls` (and the cluster secret into `secret`, if given) and returns the
+/// cluster's etcd endpoints.
+pub fn join(
+    master: &str,
+    token: &str,
+    tls: &NodeTls,
+    names: &[String],
+    secret: Option<&Path>,
+) -> Result<Vec<String>> {
     let token = JoinToken::parse(token)?;
     let rt = super::rt()?;
     let (ca_pem, reply, key_pem) = rt.block_on(async {
@@ -118,5 +125,11 @@ pub fn join(master: &str, token: &str, tls: &NodeTls, names: &[String]) -> Resul
     write_private(&tls.ca, &ca_pem)?;
     write_private(&tls.cert, &reply.cert_pem)?;
     write_private(&tls.key, &key_pem)?;
+    if let Some(path) = secret {
+        if reply.cluster_secret.trim().is_empty() {
+            bail!("the master at {master} sent no cluster secret");
+        }
+        write_private(path, &reply.cluster_secret)?;
+    }
     Ok(reply.etcd_endpoints)
 }

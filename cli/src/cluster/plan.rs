@@ -36,6 +36,11 @@ pub struct StartArgs {
     /// again), for --worker.
     #[arg(long)]
     pub(super) join_token: Option<String>,
+    /// The cluster secret data workers prove to each other on their transfer ports (a file,
+    /// mode 0600). A master creates `<session>/cluster-secret` unless given one; a worker node
+    /// receives the master's when it joins, unless given one.
+    #[arg(long)]
+    pub(super) cluster_secret: Option<PathBuf>,
     /// Use an existing etcd instead of starting one (comma-separated URLs).
     #[arg(long)]
     pub(super) etcd_endpoints: Option<String>,
@@ -43,7 +48,8 @@ pub struct StartArgs {
     /// cluster is given the same.
     #[command(flatten)]
     pub(super) etcd_auth: crate::component::EtcdAuthFlags,
-    /// Session folder (default /tmp/yr_sessions/<timestamp>).
+    /// Session folder (default: <timestamp> in this user's session root, $XDG_RUNTIME_DIR/yr or
+    /// /tmp/yr-<uid>).
     #[arg(long)]
     pub(super) session_dir: Option<PathBuf>,
     /// `auto`: pick free ports (to run several nodes on one host); default: the standard ports.
@@ -244,6 +250,9 @@ pub fn check(a: &StartArgs) -> Result<Checked, ConfigError> {
 /// The folder of a node's TLS credentials inside its session folder.
 pub const TLS_DIR: &str = "tls";
 
+/// The cluster secret's file inside a session folder (made by a master, received by a worker).
+pub const CLUSTER_SECRET_FILE: &str = "cluster-secret";
+
 /// The master's address without openYuanrong's `http://` (or an `https://`) in front.
 pub fn master_host_port(address: &str) -> &str {
     let a = address.trim();
@@ -331,6 +340,9 @@ pub struct NodePlan {
     /// The CA's key and the join token's file (master).
     pub ca_key: Option<PathBuf>,
     pub join_token_file: Option<PathBuf>,
+    /// The cluster secret's file; the executor creates it before launching when `new_secret`.
+    pub cluster_secret: PathBuf,
+    pub new_secret: bool,
     /// In launch order.
     pub components: Vec<ComponentPlan>,
 }
@@ -349,6 +361,7 @@ impl NodePlan {
             proxy_address: self.proxy_address.clone(),
             data_socket: self.data_socket.clone(),
             token_file: self.token_file.clone(),
+            cluster_secret: Some(self.cluster_secret.clone()),
             data_transfer: self.data_transfer.clone(),
             tls_ca: Some(yr_proto::tls::NodeTls::in_dir(&self.tls_dir).ca),
             tls_cert: Some(yr_proto::tls::NodeTls::in_dir(&self.tls_dir).cert),
@@ -432,6 +445,14 @@ pub fn plan(a: &StartArgs, inputs: Inputs) -> Result<NodePlan, ConfigError> {
         ready: Ready::Line,
         address,
     };
+    // The cluster secret of the data workers' transfer ports. A master without
+    // --cluster-secret makes a new one; a worker without it receives the master's when it joins
+    // (the executor writes it before launching). The master hands it to joining nodes.
+    let new_secret = role == Role::Master && a.cluster_secret.is_none();
+    let cluster_secret = a
+        .cluster_secret
+        .clone()
+        .unwrap_or_else(|| dir.join(CLUSTER_SECRET_FILE));
     let mut components = Vec::new();
 
     let (etcd_endpoints, master_address) = match role {
@@ -484,6 +505,7 @@ pub fn plan(a: &StartArgs, inputs: Inputs) -> Result<NodePlan, ConfigError> {
                     .flag("--listen", &master)
                     .flag("--etcd", &etcd)
                     .all(&a.etcd_auth.args())
+                    .flag("--cluster-secret", &cluster_secret)
                     .flag_if("--ca-key", ca_key.as_ref())
                     .flag_if("--join-token-file", join_token_file.as_ref()),
                 master.clone(),
@@ -557,7 +579,8 @@ pub fn plan(a: &StartArgs, inputs: Inputs) -> Result<NodePlan, ConfigError> {
             .flag("--spill-dir", node_dir.join("spill"))
             .flag_if("--shm-size", a.shm_size.map(|s| s.to_string()))
             .switch("--prefault", a.prefault_shm)
-            .flag("--transfer-address", &data_transfer),
+            .flag("--transfer-address", &data_transfer)
+            .flag("--cluster-secret", &cluster_secret),
         data_transfer.clone(),
     ));
     let node_flags = CommandLine::default()
@@ -571,7 +594,8 @@ pub fn plan(a: &StartArgs, inputs: Inputs) -> Result<NodePlan, ConfigError> {
     let mut proxy = CommandLine::default()
         .flag("--listen", &proxy_address)
         .all(&node_flags)
-        .flag("--instance-socket", &instance_socket);
+        .flag("--instance-socket", &instance_socket)
+        .flag("--instance-secret-file", instance_secret_file(&node_dir));
     // The master node's REST frontend runs inside its proxy: calls skip a gRPC hop.
     let mut frontend_url = None;
     if role == Role::Master {
@@ -591,6 +615,7 @@ pub fn plan(a: &StartArgs, inputs: Inputs) -> Result<NodePlan, ConfigError> {
             .all(&node_flags)
             .flag("--proxy", &proxy_address)
             .flag("--proxy-socket", &instance_socket)
+            .flag("--instance-secret-file", instance_secret_file(&node_dir))
             .flag("--data-socket", &data_socket)
             .flag("--data-transfer", &data_transfer)
             .flag("--work-dir", node_dir.join("work"))
@@ -625,6 +650,8 @@ pub fn plan(a: &StartArgs, inputs: Inputs) -> Result<NodePlan, ConfigError> {
         tls_dir,
         ca_key,
         join_token_file,
+        cluster_secret,
+        new_secret,
         components,
     })
 }
@@ -797,6 +824,13 @@ mod tests {
             value(&p, "function-agent", "--data-transfer").as_deref(),
             Some("127.0.0.1:31501")
         );
+        // A master makes the cluster secret its data worker (and every worker node's) proves.
+        assert!(p.new_secret);
+        assert_eq!(p.cluster_secret, Path::new("/s/cluster-secret"));
+        assert_eq!(
+            value(&p, "data-worker", "--cluster-secret").as_deref(),
+            Some("/s/cluster-secret")
+        );
     }
 
     #[test]
@@ -811,6 +845,8 @@ mod tests {
                 "10.0.0.1:22770",
                 "--join-token",
                 "t",
+                "--cluster-secret",
+                "/m/cluster-secret",
             ],
             i,
         );
@@ -827,6 +863,12 @@ mod tests {
         );
         assert!(!has(&p, "function-proxy", "--frontend-listen"));
         assert!(!has(&p, "function-proxy", "--token-file"));
+        // Its data worker proves the master's secret; the worker makes none of its own.
+        assert_eq!(
+            value(&p, "data-worker", "--cluster-secret").as_deref(),
+            Some("/m/cluster-secret")
+        );
+        assert!(!p.new_secret);
         for name in ["function-proxy", "function-agent"] {
             assert_eq!(
                 value(&p, name, "--master").as_deref(),
@@ -846,10 +888,31 @@ mod tests {
                 "10.0.0.1:22770",
                 "--join-token",
                 "t",
+                "--cluster-secret",
+                "/m/cluster-secret",
             ]),
             inputs(Ports::STANDARD),
         );
         assert_eq!(p.err().map(|e| e.field()), Some("master-address"));
+        // Without --cluster-secret, a worker's data worker proves the secret it receives
+        // when it joins, written into its own session folder.
+        let mut i = inputs(Ports::STANDARD);
+        i.master_etcd = vec!["https://10.0.0.1:32379".into()];
+        let p = planned(
+            &[
+                "--worker",
+                "--master-address",
+                "10.0.0.1:22770",
+                "--join-token",
+                "t",
+            ],
+            i,
+        );
+        assert!(!p.new_secret);
+        assert_eq!(
+            value(&p, "data-worker", "--cluster-secret").as_deref(),
+            Some("/s/cluster-secret")
+        );
     }
 
     #[test]
@@ -1120,6 +1183,8 @@ mod tests {
                     "127.0.0.1:22770",
                     "--join-token",
                     "t",
+                    "--cluster-secret",
+                    "/m/cluster-secret",
                 ],
                 worker,
             ),
@@ -1145,6 +1210,10 @@ mod tests {
         assert_eq!(s.proxy_address, p.proxy_address);
         assert_eq!(s.data_transfer, p.data_transfer);
         assert_eq!(s.token_file, p.token_file);
+        assert_eq!(
+            s.cluster_secret.as_deref(),
+            Some(Path::new("/s/cluster-secret"))
+        );
         assert_eq!(s.created_unix_ms, 7);
     }
 
@@ -1154,5 +1223,55 @@ mod tests {
         let b = node_id("box", 1_000, 2);
         assert!(a.starts_with("box-") && a.len() == "box-".len() + 6, "{a}");
         assert_ne!(a, b);
+    }
+}
+
+// ---- Local hardening (issue 12): the node secret between a node's proxy and its agent. ----
+
+/// The file through which a node's proxy hands the node secret to its agent, which removes it
+/// (see `yr_control::secret`); inside the node's private folder.
+fn instance_secret_file(node_dir: &std::path::Path) -> PathBuf {
+    node_dir.join("instance.key")
+}
+
+#[cfg(test)]
+mod instance_secret_tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Start {
+        #[command(flatten)]
+        a: StartArgs,
+    }
+
+    #[test]
+    fn the_proxy_and_the_agent_name_one_secret_file_in_the_node_folder() {
+        let a = Start::try_parse_from(["yr-start", "--master"])
+            .expect("flags")
+            .a;
+        let p = plan(
+            &a,
+            Inputs {
+                exe: "/opt/yr/bin/yr".into(),
+                dir: "/s".into(),
+                node_id: "host-00abcd".into(),
+                ports: Ports::STANDARD,
+                etcd_program: Some("/usr/bin/etcd".into()),
+                master_etcd: Vec::new(),
+                python_env: None,
+            },
+        )
+        .expect("plan");
+        let file_of = |name: &str| {
+            let c = p.components.iter().find(|c| c.name == name).expect(name);
+            c.args
+                .windows(2)
+                .find(|w| w[0] == "--instance-secret-file")
+                .map(|w| PathBuf::from(&w[1]))
+        };
+        let proxy = file_of(name::FUNCTION_PROXY).expect("the proxy writes it");
+        assert_eq!(file_of(name::FUNCTION_AGENT), Some(proxy.clone()));
+        assert_eq!(proxy, p.node_dir.join("instance.key"));
     }
 }

@@ -2,35 +2,41 @@
 //! the REST access token kept in it, and finding a session for the other commands
 //! (`--session-dir`, else `latest`). The `session.json` inside is `yr_runtime::session::Session`.
 //!
-//! Invariant: a folder holds at most one session; `yr start` refuses a folder whose
-//! `session.json` exists, and `yr stop` removes the file (and `latest`, if it points there).
+//! Invariants: a folder holds at most one session; `yr start` refuses a folder whose
+//! `session.json` exists, and `yr stop` removes the file (and `latest`, if it points there). A
+//! session folder and its `logs/` are 0700 and checked as private before use (see
+//! `yr_runtime::session::check_private_dir`); the session root is this user's own
+//! (`yr_runtime::session::ensure_root`), and `latest` is followed only as
+//! `yr_runtime::session::latest` allows.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use yr_runtime::session::{Session, SESSIONS_ROOT, SESSION_FILE};
+use yr_runtime::session::{Session, SESSION_FILE};
 
 #[derive(Args)]
 pub struct SessionArg {
-    /// Session folder (default: /tmp/yr_sessions/latest).
+    /// Session folder (default: `latest` in this user's session root, $XDG_RUNTIME_DIR/yr or
+    /// /tmp/yr-<uid>).
     #[arg(long)]
     session_dir: Option<PathBuf>,
 }
 
 impl SessionArg {
-    /// The folder named, else the newest session on this host.
-    pub fn dir(&self) -> PathBuf {
-        self.session_dir
-            .clone()
-            .unwrap_or_else(yr_runtime::session::latest)
+    /// The folder named, else this user's newest session on this host.
+    pub fn dir(&self) -> Result<PathBuf> {
+        match &self.session_dir {
+            Some(d) => Ok(d.clone()),
+            None => Ok(yr_runtime::session::latest()?),
+        }
     }
 
     /// Reads the session's `session.json` and installs its node's TLS credentials, so that
     /// the command's gRPC goes out as that node.
     pub fn load(&self) -> Result<Session> {
-        let s = Session::load(&self.dir())?;
+        let s = Session::load(&self.dir()?)?;
         s.install_tls().map_err(anyhow::Error::msg)?;
         Ok(s)
     }
@@ -60,12 +66,14 @@ pub fn folder_name(now_ms: u64, pid: u32) -> String {
     )
 }
 
-/// Claims `dir` (default: a new folder under `SESSIONS_ROOT`) for a new session: refuses one
-/// that holds a session, creates it with its `logs/`, and returns its canonical path.
+/// Claims `dir` (default: a new folder under this user's session root) for a new session:
+/// refuses one that holds a session or is not private to this user, creates it and its `logs/`
+/// with mode 0700, and returns its canonical path.
 pub fn claim(dir: Option<&Path>) -> Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let dir = match dir {
         Some(d) => d.to_path_buf(),
-        None => Path::new(SESSIONS_ROOT)
+        None => yr_runtime::session::ensure_root()?
             .join(folder_name(yr_control::etcd::now_ms(), std::process::id())),
     };
     if dir.join(SESSION_FILE).exists() {
@@ -75,23 +83,49 @@ pub fn claim(dir: Option<&Path>) -> Result<PathBuf> {
             dir.display()
         );
     }
-    std::fs::create_dir_all(dir.join("logs"))
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
         .with_context(|| format!("cannot create {}", dir.display()))?;
+    // A folder that existed keeps the mode it had: make it private, or refuse it below if it is
+    // not ours to change.
+    let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+    yr_runtime::session::check_private_dir(&dir)?;
+    let logs = dir.join("logs");
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&logs)
+        .or_else(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => Ok(()),
+            _ => Err(e),
+        })
+        .with_context(|| format!("cannot create {}", logs.display()))?;
+    std::fs::set_permissions(&logs, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot make {} private", logs.display()))?;
     Ok(dir.canonicalize()?)
 }
 
-/// Points `latest` at `dir` (best effort: a stale link only misleads commands run without
-/// `--session-dir`).
+/// Points `latest` in this user's session root at `dir`, replacing the old link at once (a
+/// reader sees the old link or the new one). Best effort: a stale link only misleads commands
+/// run without `--session-dir`.
 pub fn link_latest(dir: &Path) {
-    let latest = yr_runtime::session::latest();
-    let _ = std::fs::remove_file(&latest);
-    let _ = std::os::unix::fs::symlink(dir, &latest);
+    let Ok(root) = yr_runtime::session::ensure_root() else {
+        return;
+    };
+    let tmp = root.join(format!(".latest.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    if std::os::unix::fs::symlink(dir, &tmp).is_ok()
+        && std::fs::rename(&tmp, root.join(yr_runtime::session::LATEST)).is_err()
+    {
+        let _ = std::fs::remove_file(&tmp);
+    }
 }
 
 /// Removes the session file of `s`, and `latest` if it points at that session.
 pub fn remove(s: &Session) -> Result<()> {
     std::fs::remove_file(s.session_dir.join(SESSION_FILE))?;
-    let latest = yr_runtime::session::latest();
+    let latest = yr_runtime::session::latest_link();
     if std::fs::read_link(&latest).ok().as_deref() == Some(s.session_dir.as_path()) {
         let _ = std::fs::remove_file(&latest);
     }
@@ -115,6 +149,14 @@ pub fn write_token(path: &Path) -> Result<()> {
         .open(path)
         .with_context(|| format!("cannot create {}", path.display()))?;
     writeln!(f, "{token}")?;
+    Ok(())
+}
+
+/// Prints the session folder that commands without `--session-dir` use (after the checks that
+/// `latest` must pass), once its `session.json` is there.
+pub fn print_session(a: SessionArg) -> Result<()> {
+    let s = a.load()?;
+    println!("{}", s.session_dir.display());
     Ok(())
 }
 
@@ -182,6 +224,11 @@ mod tests {
         let dir = tmp.path().join("s");
         let claimed = claim(Some(&dir)).expect("a fresh folder");
         assert!(claimed.join("logs").is_dir());
+        use std::os::unix::fs::PermissionsExt;
+        for d in [&claimed, &claimed.join("logs")] {
+            let mode = std::fs::metadata(d).expect("stat").permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "{}: {mode:o}", d.display());
+        }
         std::fs::write(claimed.join(SESSION_FILE), "{}").expect("write");
         let e = claim(Some(&dir)).expect_err("holds a session");
         assert!(e.to_string().contains("already holds a session"), "{e}");

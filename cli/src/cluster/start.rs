@@ -33,9 +33,9 @@ pub fn start(a: StartArgs) -> Result<()> {
     if !a.bind.is_loopback() {
         eprintln!(
             "warning: yr services of this node listen on {}, reachable from other hosts. REST \
-             routes require the access token, gRPC and etcd a certificate from the cluster CA; \
-             the data transfer port has no authentication yet: only bind an address on a network \
-             you trust.",
+             routes require the access token, gRPC and etcd a certificate from the cluster CA, \
+             and the data transfer port the cluster secret: still, only bind an address on a \
+             network you trust.",
             a.bind
         );
     }
@@ -55,7 +55,12 @@ pub fn start(a: StartArgs) -> Result<()> {
         Role::Worker => {
             let master = plan::master_host_port(a.master_address.as_deref().unwrap_or_default());
             let token = a.join_token.as_deref().unwrap_or_default();
-            (None, credentials::join(master, token, &tls, &names)?)
+            // Without --cluster-secret, the master's comes with the certificate.
+            let secret = (a.cluster_secret.is_none()).then(|| dir.join(plan::CLUSTER_SECRET_FILE));
+            (
+                None,
+                credentials::join(master, token, &tls, &names, secret.as_deref())?,
+            )
         }
     };
     // This process speaks as the node from here on (waiting for etcd and for registration).
@@ -133,6 +138,9 @@ fn launch_plan(plan: &NodePlan) -> Result<Session> {
             .with_context(|| format!("cannot create {}", plan.node_dir.display()))?;
         if let Some(t) = &plan.token_file {
             session::write_token(t)?;
+        }
+        if plan.new_secret {
+            yr_datastore::peer_auth::create_secret_file(&plan.cluster_secret)?;
         }
         for c in &plan.components {
             let mut cmd = Command::new(&c.program);
@@ -222,7 +230,11 @@ fn print_started(session: &Session, join_token: Option<&yr_control::pki::JoinTok
         )?;
     }
     if session.is_master() {
-        writeln!(out, "To add a worker node, run on it:")?;
+        writeln!(
+            out,
+            "To add a worker node, run on it (the join token brings its certificate and the \
+             cluster secret):"
+        )?;
         writeln!(
             out,
             "  yr start --worker --master-address {} --join-token {}",

@@ -92,6 +92,7 @@ impl yr_proto::join_server::Join for JoinService {
             cert_pem,
             ca_pem: a.ca_pem.clone(),
             etcd_endpoints: self.etcd_endpoints.clone(),
+            cluster_secret: a.cluster_secret.clone(),
         }))
     }
 }

@@ -2,14 +2,17 @@
 //! length-prefixed frames of [`yr_proto::frame`] (InstanceMessage upwards, ProxyMessage
 //! downwards).
 //!
-//! A process says hello first, naming its instance; the proxy looks the instance and its
+//! A process says hello first, naming its instance and carrying the instance's secret that the
+//! agent gave it (see [`crate::secret`]); the proxy checks the secret, looks the instance and its
 //! function up, answers with the instance's configuration (or `refused` and closes), registers
 //! it as a local instance and reports it RUNNING to the master. Calls then go down the socket and
 //! results come up until it closes, which fails every call still waiting on the instance.
 //!
 //! Invariants: only this user may connect (mode 0600); a connection that does not say hello
-//! within [`HELLO_TIMEOUT`] is refused; one peer's frames are written in order, the small ones
-//! that are ready gathered into one write.
+//! within [`HELLO_TIMEOUT`] is refused, and so is a hello whose secret is not its instance's, and
+//! a hello for an instance that is connected already (so no process can take over another's
+//! calls, or unregister it by leaving); each refusal is logged. One peer's frames are written in
+//! order, the small ones that are ready gathered into one write.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +28,7 @@ use super::local::LocalInstance;
 use super::{unavailable, State};
 use crate::error::Error;
 use crate::etcd;
+use crate::secret::NodeSecret;
 use crate::Shutdown;
 
 /// How long a new connection on the instance socket has to say which instance it is.
@@ -33,9 +37,19 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames smaller than this are gathered into one write; larger ones are written on their own.
 const BATCH: usize = 64 << 10;
 
+/// The bound instance socket and the node secret its hellos are checked against.
+pub(super) struct InstanceSocket {
+    listener: UnixListener,
+    secret: Arc<NodeSecret>,
+}
+
 /// Binds the instance socket at `path`: a file left by an earlier proxy is replaced, one that a
-/// live proxy answers on is not. Only this user may connect (mode 0600).
-pub(super) fn bind(path: &std::path::Path) -> Result<UnixListener, Error> {
+/// live proxy answers on is not. Only this user may connect (mode 0600). Creates the node secret
+/// and writes it to `secret_file` for the agent (see [`crate::secret`]).
+pub(super) fn bind(
+    path: &std::path::Path,
+    secret_file: &std::path::Path,
+) -> Result<InstanceSocket, Error> {
     use std::os::unix::fs::PermissionsExt;
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -54,16 +68,18 @@ pub(super) fn bind(path: &std::path::Path) -> Result<UnixListener, Error> {
         .map_err(|e| Error::io(format!("cannot listen on {}", path.display()), e))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| Error::io(format!("cannot restrict {}", path.display()), e))?;
-    Ok(listener)
+    let secret = Arc::new(NodeSecret::create(secret_file)?);
+    Ok(InstanceSocket { listener, secret })
 }
 
 /// Accepts function processes' connections until `shutdown`.
-pub(super) async fn accept(state: Arc<State>, listener: UnixListener, shutdown: Shutdown) {
+pub(super) async fn accept(state: Arc<State>, socket: InstanceSocket, shutdown: Shutdown) {
+    let InstanceSocket { listener, secret } = socket;
     loop {
         tokio::select! {
             conn = listener.accept() => match conn {
                 Ok((stream, _)) => {
-                    tokio::spawn(serve(Arc::clone(&state), stream));
+                    tokio::spawn(serve(Arc::clone(&state), Arc::clone(&secret), stream));
                 }
                 Err(e) => {
                     tracing::warn!("instance socket: accept failed: {e}");
@@ -77,7 +93,7 @@ pub(super) async fn accept(state: Arc<State>, listener: UnixListener, shutdown: 
 
 /// One function process's connection, from its hello to its end: registers the instance, then
 /// delivers replies to the calls waiting for them until the socket closes.
-async fn serve(state: Arc<State>, stream: UnixStream) {
+async fn serve(state: Arc<State>, secret: Arc<NodeSecret>, stream: UnixStream) {
     let (rd, mut wr) = stream.into_split();
     let mut rd = BufReader::with_capacity(BATCH, rd);
     let mut buf = Vec::new();
@@ -101,6 +117,15 @@ async fn serve(state: Arc<State>, stream: UnixStream) {
             .await
         }
     };
+    if !secret.verify(&hello.instance_id, &hello.secret) {
+        let why = format!(
+            "the hello for instance {:?} does not carry that instance's secret (only the process \
+             the node's agent started for an instance may serve it)",
+            hello.instance_id
+        );
+        tracing::warn!(instance = %hello.instance_id, pid = hello.pid, "refused: {why}");
+        return refuse(&mut wr, &why).await;
+    }
     let (record, function) = match instance_and_function(&state, &hello.instance_id).await {
         Ok(rf) => rf,
         Err(why) => {
@@ -129,14 +154,28 @@ async fn serve(state: Arc<State>, stream: UnixStream) {
             name: record.name.clone(),
         })),
     };
+    // Checked and registered under one lock: of two hellos for one instance, one wins. Calls
+    // routed to it before its configuration is written wait in `tx`, behind the configuration.
+    let taken = match state.locals.write() {
+        Ok(mut l) if !l.contains_key(&inst.id) => {
+            l.insert(inst.id.clone(), Arc::clone(&inst));
+            false
+        }
+        _ => true,
+    };
+    if taken {
+        let why = format!("instance {} is connected already", inst.id);
+        tracing::warn!(instance = %inst.id, pid = hello.pid, "refused: {why}");
+        return refuse(&mut wr, &why).await;
+    }
     match frame::to_frame(&config) {
         Ok(f) if wr.write_all(&f).await.is_ok() => {}
-        _ => return,
+        _ => {
+            unregister(&state, &inst);
+            return;
+        }
     }
     tokio::spawn(write_frames(wr, rx));
-    if let Ok(mut l) = state.locals.write() {
-        l.insert(inst.id.clone(), Arc::clone(&inst));
-    }
     if let Some(pool) = &inst.pool {
         // Calls waiting for a free instance can take this one.
         pool.freed.notify_waiters();
@@ -165,11 +204,19 @@ async fn serve(state: Arc<State>, stream: UnixStream) {
             }
         }
     }
+    unregister(&state, &inst);
+    tracing::info!(instance = %inst.id, "instance disconnected");
+}
+
+/// Removes `inst` from this node's local instances (if it is still the one registered under its
+/// ID) and fails the calls waiting on it.
+fn unregister(state: &State, inst: &Arc<LocalInstance>) {
     if let Ok(mut l) = state.locals.write() {
-        l.remove(&inst.id);
+        if l.get(&inst.id).is_some_and(|i| Arc::ptr_eq(i, inst)) {
+            l.remove(&inst.id);
+        }
     }
     inst.close();
-    tracing::info!(instance = %inst.id, "instance disconnected");
 }
 
 /// The record of a connecting instance and its function's spec, from the mirrors or etcd.

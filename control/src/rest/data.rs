@@ -207,7 +207,9 @@ fn store_problem(what: &str, e: &yr_datastore::Error, socket: &Path) -> Problem 
         }
     };
     let (status, code) = match reply.code {
-        ErrorCode::NotFound => (StatusCode::NOT_FOUND, 1003),
+        // An ID naming a node outside the cluster names no object of it.
+        ErrorCode::NotFound | ErrorCode::NotMember => (StatusCode::NOT_FOUND, 1003),
+        ErrorCode::BadPeer => (StatusCode::BAD_GATEWAY, 3003),
         ErrorCode::ObjectLost => (StatusCode::GONE, 1003),
         ErrorCode::Timeout => (StatusCode::GATEWAY_TIMEOUT, 3002),
         ErrorCode::AlreadyExists => (StatusCode::CONFLICT, 1001),

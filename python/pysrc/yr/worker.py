@@ -36,6 +36,16 @@ from typing import Any, Callable, Optional, Tuple
 from . import _yr
 from .functionservice import Context
 
+# The instance's secret for the proxy: importing `_yr` took it out of the C environment; drop
+# Python's copies too, so that the function's code and its children do not see it.
+os.environ.pop("YR_INSTANCE_SECRET", None)
+try:
+    import posix
+
+    posix.environ.pop(b"YR_INSTANCE_SECRET", None)
+except ImportError:  # not a POSIX system: no such copy
+    pass
+
 # Why the main thread woke up: one byte on a pipe, written by the signal handler or by the serve
 # thread. A pipe rather than an Event: a signal handler must not take a lock the interrupted main
 # thread may hold.

@@ -101,8 +101,8 @@ impl Builder {
     /// Connects a driver through the master at `master` (host:port), to
     /// the first live node on this host (its proxy and data worker).
     pub fn connect_master(self, master: &str) -> Result<Yr, Error> {
-        install_node_tls()?;
         let rt = driver_runtime()?;
+        install_node_tls()?;
         let status = rt
             .block_on(async {
                 let mut m = MasterClient::new(connect(master).await?);
@@ -229,16 +229,19 @@ fn install_node_tls() -> Result<(), Error> {
     {
         return Ok(());
     }
-    let session = std::env::var_os("YR_SESSION")
-        .map(PathBuf::from)
-        .unwrap_or_else(crate::session::latest);
-    let s = crate::session::Session::load(&session).map_err(|e| {
-        Error::Connect(format!(
-            "a driver given only a master's address needs this node's credentials: set \
+    let session = match std::env::var_os("YR_SESSION") {
+        Some(s) => Ok(PathBuf::from(s)),
+        None => crate::session::latest(),
+    };
+    let s = session
+        .and_then(|s| crate::session::Session::load(&s))
+        .map_err(|e| {
+            Error::Connect(format!(
+                "a driver given only a master's address needs this node's credentials: set \
              YR_SESSION to the session folder of the yr node on this host (or YR_TLS_CA, \
              YR_TLS_CERT and YR_TLS_KEY); {e}"
-        ))
-    })?;
+            ))
+        })?;
     s.install_tls().map_err(Error::Connect)
 }
 
