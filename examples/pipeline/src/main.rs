@@ -8,7 +8,7 @@
 //! starts copies of this executable to serve the stages.
 //!
 //! ```text
-//! yr start --master && yr start --worker --master-address <printed address> --ports auto
+//! yr start --master && yr start --worker --master-address <printed address> --join-token <printed token> --ports auto
 //! ./target/release/pipeline --size 256MiB --rounds 3
 //! ```
 //!
