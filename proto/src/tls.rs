@@ -8,15 +8,18 @@
 //! cluster CA, [`server_config`] makes the servers' config, and [`require_client_cert`] is the
 //! check every service but `Join` runs on each call.
 //!
-//! Invariants: credentials are installed at most once per process (the first install wins; a
-//! second one with other files is an error), so every channel of a process speaks the same
-//! identity. Without an install, endpoints are plaintext and [`require_client_cert`] lets calls
-//! through: that is a component started without `--tls-dir`, which warns that it is open. A
+//! Invariants: a component installs its node's credentials once, at start, so every channel
+//! and server of it speaks one identity. A driver installs those of the session it connects to;
+//! connecting to another cluster later installs that one's, for the channels made after it (a
+//! channel keeps the credentials it was made with). Without an install, endpoints are plaintext
+//! and [`require_client_cert`] lets calls through: that is a component started without
+//! `--tls-dir`, which warns that it is open. A
 //! server with TLS accepts a handshake without a client certificate only so that a joining node
 //! can call `Join`; every other service refuses such a call with `UNAUTHENTICATED`.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
@@ -55,11 +58,11 @@ impl NodeTls {
     }
 
     /// The environment variables that name these files to a child process.
-    pub fn env(&self) -> [(&'static str, &Path); 3] {
+    pub fn env(&self) -> [(&'static str, PathBuf); 3] {
         [
-            (ENV_CA, &self.ca),
-            (ENV_CERT, &self.cert),
-            (ENV_KEY, &self.key),
+            (ENV_CA, self.ca.clone()),
+            (ENV_CERT, self.cert.clone()),
+            (ENV_KEY, self.key.clone()),
         ]
     }
 
@@ -129,30 +132,31 @@ impl Credentials {
 /// A peer that opens a connection and says nothing holds no more than this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-static INSTALLED: OnceLock<Credentials> = OnceLock::new();
+static INSTALLED: RwLock<Option<Arc<Credentials>>> = RwLock::new(None);
+/// Set by the first install and never cleared: from then on a server of this process refuses
+/// calls without a client certificate (read on every call, so kept apart from the lock).
+static ENFORCED: AtomicBool = AtomicBool::new(false);
 
-/// Installs `files` as this process's credentials (see the module's invariants).
-pub fn install(files: &NodeTls) -> Result<&'static Credentials, String> {
-    if let Some(c) = INSTALLED.get() {
-        return if c.files == *files {
-            Ok(c)
-        } else {
-            Err(format!(
-                "this process already uses the TLS credentials {:?}, not {files:?}",
-                c.files
-            ))
-        };
+/// Installs `files` as this process's credentials (see the module's invariants); installing
+/// the ones already installed reads nothing.
+pub fn install(files: &NodeTls) -> Result<Arc<Credentials>, String> {
+    if let Some(c) = installed() {
+        if c.files == *files {
+            return Ok(c);
+        }
     }
-    let c = files.load()?;
-    let _ = INSTALLED.set(c);
-    INSTALLED
-        .get()
-        .ok_or_else(|| "TLS credentials were not installed".to_string())
+    let c = Arc::new(files.load()?);
+    let mut slot = INSTALLED
+        .write()
+        .map_err(|_| "the TLS credentials' lock is poisoned".to_string())?;
+    *slot = Some(Arc::clone(&c));
+    ENFORCED.store(true, Ordering::Release);
+    Ok(c)
 }
 
 /// Installs the credentials named by [`ENV_CA`], [`ENV_CERT`] and [`ENV_KEY`], if they are
 /// set (function processes).
-pub fn install_from_env() -> Result<Option<&'static Credentials>, String> {
+pub fn install_from_env() -> Result<Option<Arc<Credentials>>, String> {
     let var = |k| {
         std::env::var_os(k)
             .filter(|v| !v.is_empty())
@@ -165,8 +169,8 @@ pub fn install_from_env() -> Result<Option<&'static Credentials>, String> {
 }
 
 /// This process's credentials, if installed.
-pub fn installed() -> Option<&'static Credentials> {
-    INSTALLED.get()
+pub fn installed() -> Option<Arc<Credentials>> {
+    INSTALLED.read().ok().and_then(|c| c.clone())
 }
 
 /// An endpoint for `address` (host:port): `https` with the installed credentials, else plain
@@ -187,7 +191,7 @@ pub fn endpoint(address: &str) -> Result<Endpoint, String> {
 /// handshake) is refused.
 #[allow(clippy::result_large_err)] // tonic's interceptor signature
 pub fn require_client_cert(req: Request<()>) -> Result<Request<()>, Status> {
-    if installed().is_none() {
+    if !ENFORCED.load(Ordering::Acquire) {
         return Ok(req);
     }
     match req.peer_certs() {
