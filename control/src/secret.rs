@@ -15,7 +15,7 @@
 //! Invariant: the node secret itself never leaves the proxy's and agent's memory once the file
 //! is taken; a process learns only its own instance's secret, from which no other is derived.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
@@ -43,9 +43,8 @@ impl NodeSecret {
     /// A fresh secret from the kernel's random source.
     pub fn generate() -> Result<NodeSecret, Error> {
         let mut raw = [0u8; LEN];
-        std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| f.read_exact(&mut raw))
-            .map_err(|e| Error::io("cannot read /dev/urandom for the node secret", e))?;
+        yr_datastore::peer_auth::random(&mut raw)
+            .map_err(|e| Error::io("no randomness for the node secret", e))?;
         Ok(NodeSecret(raw))
     }
 

@@ -258,15 +258,15 @@ fn wait(
         .allow_threads(|| yr.wait(&refs, num, t))
         .map_err(to_py)?
         .0;
-    // A reference is the same object as the one passed in when it shares its cell; the
-    // runtime returns clones, so match them by identity of state.
-    let mut idx = Vec::with_capacity(ready.len());
-    for r in &ready {
-        if let Some(i) = (0..refs.len()).find(|&i| refs[i].same(r) && !idx.contains(&i)) {
-            idx.push(i);
-        }
+    // The runtime returns clones: match them to the references passed in by identity.
+    let mut at: HashMap<usize, Vec<usize>> = HashMap::new();
+    for (i, r) in refs.iter().enumerate().rev() {
+        at.entry(r.identity()).or_default().push(i);
     }
-    Ok(idx)
+    Ok(ready
+        .iter()
+        .filter_map(|r| at.get_mut(&r.identity()).and_then(Vec::pop))
+        .collect())
 }
 
 /// A call's arguments: bytes travel inline, references as their objects.

@@ -9,7 +9,6 @@
 //! (`yr_runtime::session::ensure_root`), and `latest` is followed only as
 //! `yr_runtime::session::latest` allows.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -135,21 +134,8 @@ pub fn remove(s: &Session) -> Result<()> {
 /// Generates the cluster's REST access token (256 bits from the kernel's random source) into
 /// `path`, readable by this user only; refuses to overwrite a file.
 pub fn write_token(path: &Path) -> Result<()> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut raw = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut raw))
-        .context("cannot read /dev/urandom for the access token")?;
-    let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    writeln!(f, "{token}")?;
-    Ok(())
+    // The same form as the cluster secret: 32 random bytes, hex, in a new 0600 file.
+    yr_datastore::peer_auth::create_secret_file(path).context("cannot write the access token")
 }
 
 /// Prints the session folder that commands without `--session-dir` use (after the checks that

@@ -29,6 +29,7 @@ from .config import Config, InvokeOptions
 from .exception import (
     FunctionNotFoundError,
     GetTimeoutError,
+    YRRuntimeError,
     YRTypeError,
     YRValueError,
 )
@@ -180,7 +181,7 @@ def kv_write(key, value, existence=0, write_mode=0, ttl_second=0, cache_type=0):
     """Writes `value` (bytes-like) under `key` in this node's data worker. With
     existence=ExistenceOpt.NX an existing key is an error."""
     if int(existence) == 1 and _yr.kv_exists(_key(key)):
-        raise _kv_error(f"failed to kv_write, key {key!r} already exists (ExistenceOpt.NX)")
+        raise YRRuntimeError(f"failed to kv_write, key {key!r} already exists (ExistenceOpt.NX)")
     if not isinstance(value, (bytes, bytearray, memoryview)):
         raise YRTypeError(f"a KV value is bytes-like, got {type(value).__name__}")
     _yr.kv_set(_key(key), bytes(value))
@@ -195,21 +196,16 @@ def kv_write_with_param(key, value, set_param):
     kv_set(key, value, set_param)
 
 
-def _kv_error(msg):
-    from .exception import YRRuntimeError
-    return YRRuntimeError(msg)
-
-
 def _kv_read_one(key, timeout):
     t = 0.0 if timeout in (None, 0) else (float(2 ** 31) if timeout == -1 else float(timeout))
     try:
         return memoryview(ser._view(_yr.kv_get(_key(key), t)))
     except GetTimeoutError as e:
-        raise _kv_error(f"failed to kv_read, key {key!r} not found within {timeout} s: {e}") from None
+        raise YRRuntimeError(f"failed to kv_read, key {key!r} not found within {timeout} s: {e}") from None
     except Exception as e:  # the data worker's own refusal (no such key)
         if isinstance(e, (TypeError, ValueError)):
             raise
-        raise _kv_error(f"failed to kv_read, key {key!r}: {e}") from None
+        raise YRRuntimeError(f"failed to kv_read, key {key!r}: {e}") from None
 
 
 def kv_read(key, timeout=300):

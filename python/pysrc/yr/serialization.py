@@ -161,7 +161,7 @@ def decode_meta(meta, window):
     for i in range(nbuf):
         off, length = ENTRY.unpack_from(meta, HEADER.size + i * ENTRY.size)
         buffers.append(_view(window.window(off, length)))
-    stream = window.window(0, plen).tobytes() if plen < len(window) or nbuf else window.tobytes()
+    stream = window.window(0, plen).tobytes()
     if flags & FLAG_NDARRAY:
         if _np is None:
             raise ValueError("the value is a numpy array, and numpy cannot be imported here")

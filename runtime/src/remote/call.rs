@@ -326,14 +326,39 @@ impl Driver {
             description: format!("{function} of {}", self.app),
             ..Default::default()
         };
+        self.deploy(spec, function)?;
+        Ok(name)
+    }
+
+    /// Deploys `spec` unless this driver already has; `label` names it in errors.
+    fn deploy(&self, spec: FunctionSpec, label: &str) -> Result<(), Error> {
+        let name = spec.name.clone();
+        if self.deployed.lock().contains(&name) {
+            return Ok(());
+        }
         let mut master = self.master.clone();
         self.block_on(master.deploy(DeployRequest {
             spec: Some(spec),
             ..Default::default()
         }))?
-        .map_err(|e| Error::Deploy(format!("deploying {function}: {}", e.message())))?;
-        self.deployed.lock().insert(name.clone());
-        Ok(name)
+        .map_err(|e| Error::Deploy(format!("deploying {label}: {}", e.message())))?;
+        self.deployed.lock().insert(name);
+        Ok(())
+    }
+
+    /// Creates (or finds) the stateful instance `name` of the deployed `function`; `label` (the
+    /// class) names it in errors.
+    fn create_named(&self, function: String, name: &str, label: &str) -> Result<(), Error> {
+        let mut master = self.master.clone();
+        self.block_on(master.create_instance(CreateInstanceRequest {
+            function,
+            name: name.to_string(),
+            stateful: true,
+            wait_ms: 60_000,
+            ..Default::default()
+        }))?
+        .map(|_| ())
+        .map_err(|e| Error::Deploy(format!("creating {label} {name:?}: {}", e.message())))
     }
 
     /// The proxy of the node whose data worker is at `addr`, if known.
@@ -534,18 +559,7 @@ impl Yr {
     /// code or pool settings do: a second deploy of a known name is taken as the same one).
     pub fn deploy(&self, spec: FunctionSpec) -> Result<(), Error> {
         let name = spec.name.clone();
-        if self.d.deployed.lock().contains(&name) {
-            return Ok(());
-        }
-        let mut master = self.d.master.clone();
-        self.d
-            .block_on(master.deploy(DeployRequest {
-                spec: Some(spec),
-                ..Default::default()
-            }))?
-            .map_err(|e| Error::Deploy(format!("deploying {name}: {}", e.message())))?;
-        self.d.deployed.lock().insert(name);
-        Ok(())
+        self.d.deploy(spec, &name)
     }
 
     /// Deletes the deployed function `name` and stops its instances; one that is already gone
@@ -566,22 +580,8 @@ impl Yr {
 
     /// Creates (or finds) the stateful instance `name` of the deployed function `function`.
     pub fn create_instance(&self, function: &str, name: &str) -> Result<InstanceHandle, Error> {
-        let mut master = self.d.master.clone();
-        self.d
-            .block_on(master.create_instance(CreateInstanceRequest {
-                function: function.to_string(),
-                name: name.to_string(),
-                stateful: true,
-                wait_ms: 60_000,
-                ..Default::default()
-            }))?
-            .map_err(|e| Error::Deploy(format!("creating {function} {name:?}: {}", e.message())))?;
-        Ok(InstanceHandle {
-            yr: self.clone(),
-            function: function.to_string(),
-            name: name.to_string(),
-            order: Arc::default(),
-        })
+        self.d.create_named(function.to_string(), name, function)?;
+        Ok(self.handle(function.to_string(), name))
     }
 
     /// The live stateful instance named `name`, if the cluster has one, with its function.
@@ -596,12 +596,17 @@ impl Yr {
             .instances
             .into_iter()
             .find(|i| i.stateful && i.name == name && !lifecycle_ended(i.state))
-            .map(|i| InstanceHandle {
-                yr: self.clone(),
-                function: i.function,
-                name: name.to_string(),
-                order: Arc::default(),
-            }))
+            .map(|i| self.handle(i.function, name)))
+    }
+
+    /// A handle on the instance `name` of `function`, with calls in submission order.
+    fn handle(&self, function: String, name: &str) -> InstanceHandle {
+        InstanceHandle {
+            yr: self.clone(),
+            function,
+            name: name.to_string(),
+            order: Arc::default(),
+        }
     }
 
     /// Creates (or finds) the named stateful instance of `class`.
@@ -612,22 +617,8 @@ impl Yr {
         opts: Options,
     ) -> Result<InstanceHandle, Error> {
         let function = self.d.variant(class, &opts)?;
-        let mut master = self.d.master.clone();
-        self.d
-            .block_on(master.create_instance(CreateInstanceRequest {
-                function: function.clone(),
-                name: name.to_string(),
-                stateful: true,
-                wait_ms: 60_000,
-                ..Default::default()
-            }))?
-            .map_err(|e| Error::Deploy(format!("creating {class} {name:?}: {}", e.message())))?;
-        Ok(InstanceHandle {
-            yr: self.clone(),
-            function,
-            name: name.to_string(),
-            order: Arc::default(),
-        })
+        self.d.create_named(function.clone(), name, class)?;
+        Ok(self.handle(function, name))
     }
 }
 
