@@ -61,6 +61,10 @@ pub struct StartArgs {
     /// Allocate and map the data worker's shared memory at start (faster first puts).
     #[arg(long)]
     pub(super) prefault_shm: bool,
+    /// Encrypt the bytes of every object transfer this node takes part in (AES-256-GCM);
+    /// default: transfers are authenticated at the handshake and travel in the clear.
+    #[arg(long)]
+    pub(super) encrypt_transfers: bool,
     /// CPU this node offers, in millicores.
     #[arg(long)]
     pub(super) cpu: Option<u64>,
@@ -579,6 +583,7 @@ pub fn plan(a: &StartArgs, inputs: Inputs) -> Result<NodePlan, ConfigError> {
             .flag("--spill-dir", node_dir.join("spill"))
             .flag_if("--shm-size", a.shm_size.map(|s| s.to_string()))
             .switch("--prefault", a.prefault_shm)
+            .switch("--encrypt-transfers", a.encrypt_transfers)
             .flag("--transfer-address", &data_transfer)
             .flag("--cluster-secret", &cluster_secret),
         data_transfer.clone(),
