@@ -279,7 +279,7 @@ pub mod size {
         const UNITS: [(u32, &str); 4] = [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")];
         UNITS
             .iter()
-            .find(|(shift, _)| n != 0 && n % (1u64 << shift) == 0)
+            .find(|(shift, _)| n != 0 && n.is_multiple_of(1u64 << shift))
             .map(|(shift, unit)| format!("{}{unit}", n >> shift))
     }
 

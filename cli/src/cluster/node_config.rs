@@ -492,7 +492,7 @@ fn check_pairs(c: &StartConfig) -> Result<(), ConfigError> {
         "etcd-user",
         e.etcd_user.is_some(),
     )?;
-    for (k, _) in &c.labels {
+    for k in c.labels.keys() {
         if k.is_empty() {
             return Err(ConfigError::invalid("label", "", "a label needs a name"));
         }
@@ -579,7 +579,7 @@ pub enum ConfigCmd {
     Template,
     /// Print the effective settings of a `yr start` command line (same flags), as a settings
     /// file; the join token is not shown.
-    Dump(StartArgs),
+    Dump(Box<StartArgs>),
 }
 
 /// Runs `yr config ...`.
