@@ -572,6 +572,21 @@ pub fn render(c: &StartConfig, secrets: Secrets) -> String {
     out
 }
 
+/// Test support: `yr start`'s flags parsed as its command line is; panics if clap refuses them.
+#[cfg(test)]
+pub(super) fn start_args(flags: &[&str]) -> StartArgs {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Start {
+        #[command(flatten)]
+        a: StartArgs,
+    }
+    match Start::try_parse_from(std::iter::once("yr-start").chain(flags.iter().copied())) {
+        Ok(s) => s.a,
+        Err(e) => panic!("{flags:?}: {e}"),
+    }
+}
+
 /// `yr config`: the settings `yr start` takes.
 #[derive(clap::Subcommand)]
 pub enum ConfigCmd {
@@ -595,23 +610,9 @@ pub fn config(c: ConfigCmd) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Start {
-        #[command(flatten)]
-        a: StartArgs,
-    }
-
-    fn args(flags: &[&str]) -> StartArgs {
-        match Start::try_parse_from(std::iter::once("yr-start").chain(flags.iter().copied())) {
-            Ok(s) => s.a,
-            Err(e) => panic!("{flags:?}: {e}"),
-        }
-    }
 
     fn resolved(flags: &[&str]) -> Result<StartConfig, ConfigError> {
-        resolve(&args(flags))
+        resolve(&start_args(flags))
     }
 
     fn file(text: &str) -> (tempfile::NamedTempFile, String) {

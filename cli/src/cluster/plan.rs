@@ -673,22 +673,10 @@ pub fn plan(a: &StartConfig, inputs: Inputs) -> Result<NodePlan, ConfigError> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::node_config::start_args;
     use super::*;
     use clap::Parser;
     use std::path::Path;
-
-    #[derive(Parser)]
-    struct Start {
-        #[command(flatten)]
-        a: StartArgs,
-    }
-
-    fn start_args(flags: &[&str]) -> StartArgs {
-        match Start::try_parse_from(std::iter::once("yr-start").chain(flags.iter().copied())) {
-            Ok(s) => s.a,
-            Err(e) => panic!("{flags:?}: {e}"),
-        }
-    }
 
     /// The settings of a command line; panics if they are refused.
     fn args(flags: &[&str]) -> StartConfig {
@@ -1123,7 +1111,7 @@ mod tests {
             "master-address",
             "a worker needs --master-address"
         );
-        assert!(Start::try_parse_from(["yr-start", "--master", "--worker"]).is_err());
+        assert!(crate::Cli::try_parse_from(["yr", "start", "--master", "--worker"]).is_err());
         assert_eq!(
             refused(&["--worker", "--master-address", "m:1"], i()),
             "join-token",
@@ -1305,22 +1293,12 @@ fn instance_secret_file(node_dir: &std::path::Path) -> PathBuf {
 
 #[cfg(test)]
 mod instance_secret_tests {
+    use super::super::node_config::start_args;
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Start {
-        #[command(flatten)]
-        a: StartArgs,
-    }
 
     #[test]
     fn the_proxy_and_the_agent_name_one_secret_file_in_the_node_folder() {
-        let a = Start::try_parse_from(["yr-start", "--master"])
-            .expect("flags")
-            .a
-            .resolve()
-            .expect("settings");
+        let a = start_args(&["--master"]).resolve().expect("settings");
         let p = plan(
             &a,
             Inputs {
