@@ -52,6 +52,8 @@ pub struct StartConfig {
     #[serde(skip_serializing_if = "Option::is_none", with = "config::size::option")]
     pub shm_size: Option<u64>,
     pub prefault_shm: bool,
+    /// Seal every object transfer this node takes part in.
+    pub encrypt_transfers: bool,
     /// Millicores.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu: Option<u64>,
@@ -87,6 +89,7 @@ impl Default for StartConfig {
             ports: PortMode::Standard,
             shm_size: None,
             prefault_shm: false,
+            encrypt_transfers: false,
             cpu: None,
             memory: None,
             labels: BTreeMap::new(),
@@ -185,6 +188,12 @@ pub const KEYS: &[KeyDoc] = &[
     key(
         "prefault-shm",
         "Allocate and map the shared memory at start (faster first puts).",
+        None,
+    ),
+    key(
+        "encrypt-transfers",
+        "Encrypt the bytes of every object transfer this node takes part in (AES-256-GCM); by \
+         default only the handshake is protected and bytes travel in the clear at wire speed.",
         None,
     ),
     key(
@@ -422,6 +431,9 @@ fn apply_flags(a: &StartArgs, c: &mut StartConfig) -> Result<(), ConfigError> {
     if a.prefault_shm {
         c.prefault_shm = true;
     }
+    if a.encrypt_transfers {
+        c.encrypt_transfers = true;
+    }
     set(&mut c.cpu, &a.cpu);
     set(&mut c.memory, &a.memory);
     c.labels.extend(config::key_values("label", &a.labels)?);
@@ -633,6 +645,7 @@ mod tests {
             ports: PortMode::Auto,
             shm_size: Some(1 << 30),
             prefault_shm: true,
+            encrypt_transfers: true,
             cpu: Some(1500),
             memory: Some(2048),
             labels: [("zone".to_string(), "a".to_string())].into(),

@@ -76,7 +76,7 @@ pub struct StartArgs {
     pub(super) prefault_shm: bool,
     /// Encrypt the bytes of every object transfer this node takes part in (AES-256-GCM);
     /// default: transfers are authenticated at the handshake and travel in the clear.
-    #[arg(long)]
+    #[arg(long, alias = "encrypt_transfers")]
     pub(super) encrypt_transfers: bool,
     /// CPU this node offers, in millicores.
     #[arg(long)]
