@@ -94,9 +94,7 @@ pub fn decide(r: &InstanceRecord, on_node: OnNode) -> Fix {
              create failed"
                 .into(),
         ),
-        (InstanceState::New | InstanceState::Scheduling | InstanceState::Failed, _) => {
-            Fix::Restart
-        }
+        (InstanceState::New | InstanceState::Scheduling | InstanceState::Failed, _) => Fix::Restart,
         (InstanceState::Exiting, OnNode::Runs { .. }) => Fix::Stop,
         (InstanceState::Exiting, OnNode::Gone) => Fix::Exited,
         // Terminal states returned above; every other state is listed.
@@ -109,10 +107,12 @@ fn never_ran(r: &InstanceRecord) -> bool {
     r.pid == 0 && r.restarts == 0
 }
 
-/// Whether a node's report about process `pid` (FAILED or EXITED) concerns an earlier process
-/// than the one record `r` knows: then it changes nothing.
+/// Whether a node's report about process `pid` (FAILED or EXITED) concerns a process of the
+/// instance that already ended and was replaced: then it changes nothing. Only a process known
+/// to have ended counts (not merely "another pid than the record's"): a process that crashes
+/// right after its start may report before the master has recorded its pid.
 pub fn stale_report(r: &InstanceRecord, pid: u32) -> bool {
-    pid != 0 && r.pid != 0 && pid != r.pid
+    pid != 0 && pid == r.ended_pid
 }
 
 #[cfg(test)]
@@ -147,12 +147,29 @@ mod tests {
         use InstanceState::*;
         let runs = OnNode::Runs { pid: 7 };
         assert_eq!(decide(&record(Running, 7, 0), runs), Fix::Keep);
-        assert!(matches!(decide(&record(Running, 7, 0), OnNode::Gone), Fix::Failed(m) if m.contains("n-1")));
-        assert_eq!(decide(&record(Creating, 0, 0), runs), Fix::Running { pid: 7 });
-        assert!(matches!(decide(&record(Creating, 0, 0), OnNode::Gone), Fix::Failed(_)));
-        assert!(matches!(decide(&record(Scheduling, 0, 0), OnNode::Gone), Fix::Fatal(_)));
-        assert!(matches!(decide(&record(New, 0, 0), OnNode::Gone), Fix::Fatal(_)));
-        assert_eq!(decide(&record(Scheduling, 5, 1), OnNode::Gone), Fix::Restart);
+        assert!(
+            matches!(decide(&record(Running, 7, 0), OnNode::Gone), Fix::Failed(m) if m.contains("n-1"))
+        );
+        assert_eq!(
+            decide(&record(Creating, 0, 0), runs),
+            Fix::Running { pid: 7 }
+        );
+        assert!(matches!(
+            decide(&record(Creating, 0, 0), OnNode::Gone),
+            Fix::Failed(_)
+        ));
+        assert!(matches!(
+            decide(&record(Scheduling, 0, 0), OnNode::Gone),
+            Fix::Fatal(_)
+        ));
+        assert!(matches!(
+            decide(&record(New, 0, 0), OnNode::Gone),
+            Fix::Fatal(_)
+        ));
+        assert_eq!(
+            decide(&record(Scheduling, 5, 1), OnNode::Gone),
+            Fix::Restart
+        );
         assert_eq!(decide(&record(Failed, 5, 1), OnNode::Gone), Fix::Restart);
         assert_eq!(decide(&record(Failed, 5, 1), runs), Fix::Restart);
         assert_eq!(decide(&record(Exiting, 7, 0), runs), Fix::Stop);
@@ -184,9 +201,10 @@ mod tests {
         }
 
         #[test]
-        fn only_reports_about_another_known_process_are_stale(a in 0u32..4, b in 0u32..4) {
-            let r = record(InstanceState::Running, a, 0);
-            prop_assert_eq!(stale_report(&r, b), a != 0 && b != 0 && a != b);
+        fn only_reports_about_an_ended_process_are_stale(ended in 0u32..4, b in 0u32..4, now in 0u32..4) {
+            let mut r = record(InstanceState::Creating, now, 1);
+            r.ended_pid = ended;
+            prop_assert_eq!(stale_report(&r, b), b != 0 && b == ended);
         }
     }
 }

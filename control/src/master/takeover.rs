@@ -184,7 +184,11 @@ impl MasterState {
             .as_ref()
             .is_some_and(|r| lifecycle::state_of(r) == InstanceState::Fatal);
         if ended && !r.name.is_empty() {
-            if let Err(e) = self.meta.delete(&etcd::name_key(&r.function, &r.name)).await {
+            if let Err(e) = self
+                .meta
+                .delete(&etcd::name_key(&r.function, &r.name))
+                .await
+            {
                 tracing::warn!(instance = %r.instance_id, "cannot release the name {:?}: {e}", r.name);
             }
         }
