@@ -3,18 +3,22 @@
 //! one of them.
 //!
 //! Invariants: a call runs only while it holds one of its instance's permits, so an instance has
-//! at most `concurrency` calls in flight; every call delivered here ends with a reply (the
-//! result, the function's error, a timeout, or the instance's exit), never by waiting forever.
+//! at most `concurrency` calls in flight — a call that timed out keeps its permit until the
+//! process answers it (see [`super::cancel`]), so calls given up on cannot pile up in the
+//! process either; every call delivered here ends with a reply (the result, the function's
+//! error, a timeout, or the instance's exit), never by waiting forever. A recycled instance gets
+//! no call after the decision to recycle it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, Semaphore, SemaphorePermit};
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore, SemaphorePermit};
 use yr_proto::frame;
 use yr_proto::*;
 
+use super::cancel::{self, Late};
 use super::route;
 use super::MAX_MESSAGE;
 use crate::error::Error;
@@ -26,8 +30,15 @@ pub(super) struct LocalInstance {
     pub(super) function: String,
     /// Encoded frames for the instance's socket.
     pub(super) tx: mpsc::Sender<Vec<u8>>,
-    /// Calls sent and not yet answered, by call ID; dropping a sender fails its call.
-    pub(super) pending: std::sync::Mutex<HashMap<u64, oneshot::Sender<CallResult>>>,
+    /// Calls sent and not yet answered, by call ID.
+    pub(super) pending: std::sync::Mutex<HashMap<u64, Waiter>>,
+    /// A stateful instance (its timed-out calls recycle it unless cancelled before starting).
+    pub(super) stateful: bool,
+    /// Set once when the instance is recycled: nothing is delivered to it after.
+    recycled: AtomicBool,
+    /// Woken once when the instance is recycled, for its connection's task to unregister it
+    /// (and end its process if it lingers).
+    pub(super) recycling: Notify,
     pub(super) permits: Semaphore,
     pub(super) concurrency: u32,
     /// Calls waiting for one of this instance's permits.
@@ -38,6 +49,14 @@ pub(super) struct LocalInstance {
     pub(super) pool: Option<Arc<Pool>>,
     /// The next call's ID (unique per instance: the instance answers on its own connection).
     next_call: AtomicU64,
+}
+
+/// A call sent to the instance and not yet answered.
+pub(super) enum Waiter {
+    /// Its caller waits for the outcome; dropping the sender fails the call.
+    Caller(oneshot::Sender<CallResult>),
+    /// Its caller was told it timed out; its outcome only gives its permit back.
+    Abandoned,
 }
 
 /// Stateless calls of one function waiting on this node for any local instance to free up.
@@ -74,6 +93,9 @@ impl LocalInstance {
             function,
             tx,
             pending: std::sync::Mutex::new(HashMap::new()),
+            stateful: pool.is_none(),
+            recycled: AtomicBool::new(false),
+            recycling: Notify::new(),
             permits: Semaphore::new(concurrency as usize),
             concurrency,
             waiting: AtomicUsize::new(0),
@@ -85,7 +107,7 @@ impl LocalInstance {
 
     /// Delivers a call to this instance, waiting in its queue for a permit up to `timeout`.
     pub(super) async fn deliver(
-        &self,
+        self: &Arc<Self>,
         function: &FunctionSpec,
         req: &InvokeRequest,
         timeout: Duration,
@@ -120,7 +142,7 @@ impl LocalInstance {
     /// Sends one call to this instance, whose permit the caller holds, and waits for its end.
     /// A function's own error is a reply (it names the instance), not an `Err`.
     pub(super) async fn run_call(
-        &self,
+        self: &Arc<Self>,
         permit: SemaphorePermit<'_>,
         function: &FunctionSpec,
         req: &InvokeRequest,
@@ -128,7 +150,9 @@ impl LocalInstance {
         node_id: &str,
     ) -> Result<InvokeReply, Error> {
         let _busy = Busy(self);
-        let _permit = permit;
+        // Dropped at the end of the call, or kept past it by a call that timed out (see
+        // `timed_out`).
+        let mut permit = Some(permit);
         let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
         let call_id = self.next_call.fetch_add(1, Ordering::Relaxed);
         if req.payload.len() > MAX_MESSAGE {
@@ -150,9 +174,9 @@ impl LocalInstance {
         };
         let call = frame::to_frame(&call)
             .map_err(|e| Error::Internal(format!("{}: {e}", function.name)))?;
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = oneshot::channel();
         if let Ok(mut p) = self.pending.lock() {
-            p.insert(call_id, tx);
+            p.insert(call_id, Waiter::Caller(tx));
         }
         // Bounded by the deadline too: a process that stopped reading its socket fills the
         // queue to it, and the call must still end.
@@ -167,7 +191,7 @@ impl LocalInstance {
                 _ => Error::InstanceFatal(format!("instance {} exited", self.id)),
             });
         }
-        match tokio::time::timeout_at(deadline, rx).await {
+        match tokio::time::timeout_at(deadline, &mut rx).await {
             Ok(Ok(r)) if r.error.is_empty() => Ok(InvokeReply {
                 payload: r.payload,
                 instance_id: self.id.clone(),
@@ -190,14 +214,116 @@ impl LocalInstance {
                 "instance {} of {} exited during the call",
                 self.id, self.function
             ))),
-            Err(_) => {
-                self.forget(call_id);
-                Err(Error::Timeout(format!(
-                    "{} did not answer within {timeout:?}",
-                    function.name
-                )))
+            Err(_) => Err(self
+                .timed_out(call_id, rx, &mut permit, &function.name, timeout)
+                .await),
+        }
+    }
+
+    /// A call sent to this instance passed its deadline: cancels it where it runs and decides
+    /// (see [`cancel`]) whether the instance serves on or is recycled. For a stateless call,
+    /// the permit is kept past the call until the process answers it; for a stateful one the
+    /// caller is answered only once the call's effect is known never to show.
+    async fn timed_out(
+        self: &Arc<Self>,
+        call_id: u64,
+        rx: oneshot::Receiver<CallResult>,
+        permit: &mut Option<SemaphorePermit<'_>>,
+        function: &str,
+        timeout: Duration,
+    ) -> Error {
+        let cancel = ProxyMessage {
+            msg: Some(proxy_message::Msg::Cancel(CancelCall { call_id })),
+        };
+        if let Ok(f) = frame::to_frame(&cancel) {
+            // A full queue means the process is not reading: it cannot answer, and the wait
+            // below ends without an answer.
+            let _ = self.tx.try_send(f);
+        }
+        let after = cancel::wait_after_deadline(self.stateful);
+        if !cancel::caller_waits(self.stateful) {
+            let abandoned = match self.pending.lock() {
+                Ok(mut p) => match p.get_mut(&call_id) {
+                    Some(w) => {
+                        *w = Waiter::Abandoned;
+                        true
+                    }
+                    None => false,
+                },
+                Err(_) => false,
+            };
+            if abandoned {
+                // The slot stays taken until the process answers (`answer` gives it back).
+                if let Some(p) = permit.take() {
+                    p.forget();
+                }
+                let me = Arc::downgrade(self);
+                tokio::spawn(async move {
+                    tokio::time::sleep(after).await;
+                    let Some(me) = me.upgrade() else { return };
+                    let still = me
+                        .pending
+                        .lock()
+                        .is_ok_and(|p| matches!(p.get(&call_id), Some(Waiter::Abandoned)));
+                    if still
+                        && cancel::after_deadline(false, Late::NoAnswer) == cancel::Then::Recycle
+                    {
+                        me.recycle(format!(
+                            "call {call_id} was still running {after:?} after its deadline"
+                        ));
+                    }
+                });
+            }
+            return Error::Timeout(format!("{function} did not answer within {timeout:?}"));
+        }
+        let late = match tokio::time::timeout(after, rx).await {
+            Ok(Ok(r)) if r.cancelled => Late::Cancelled,
+            Ok(Ok(_)) => Late::Finished,
+            Ok(Err(_)) => Late::Gone,
+            Err(_) => Late::NoAnswer,
+        };
+        self.forget(call_id);
+        match cancel::after_deadline(true, late) {
+            cancel::Then::Keep if late == Late::Cancelled => Error::Timeout(format!(
+                "{function} did not answer within {timeout:?}; the call was cancelled before \
+                 it started, so it had no effect"
+            )),
+            cancel::Then::Keep => Error::Timeout(format!(
+                "{function} did not answer within {timeout:?}; instance {} ended, so the \
+                 call's effect never shows (the instance restarts)",
+                self.id
+            )),
+            cancel::Then::Recycle => {
+                self.recycle(format!(
+                    "call {call_id} to stateful instance {} timed out and could not be \
+                     cancelled ({late:?})",
+                    self.id
+                ));
+                Error::Timeout(format!(
+                    "{function} did not answer within {timeout:?}; instance {} is restarted so \
+                     that the call's effect never shows",
+                    self.id
+                ))
             }
         }
+    }
+
+    /// Stops delivering to this instance and ends its process (once): its calls waiting or in
+    /// flight fail as on an exit, the process is told to end, and its connection's task
+    /// unregisters it. The agent reports the exit and the master restarts the instance.
+    pub(super) fn recycle(&self, why: String) {
+        if self.recycled.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::warn!(instance = %self.id, function = %self.function, "recycling: {why}");
+        self.close();
+        let msg = ProxyMessage {
+            msg: Some(proxy_message::Msg::Recycle(why)),
+        };
+        if let Ok(f) = frame::to_frame(&msg) {
+            let _ = self.tx.try_send(f);
+        }
+        self.recycling.notify_one();
     }
 
     fn forget(&self, call_id: u64) {
@@ -206,15 +332,23 @@ impl LocalInstance {
         }
     }
 
-    /// Hands a result from the instance to the call waiting for it (none if it timed out).
+    /// Hands a result from the instance to the call waiting for it; for a call that timed out
+    /// and was answered already, gives its permit back.
     pub(super) fn answer(&self, r: CallResult) {
         let waiter = self
             .pending
             .lock()
             .ok()
             .and_then(|mut p| p.remove(&r.call_id));
-        if let Some(w) = waiter {
-            let _ = w.send(r);
+        match waiter {
+            Some(Waiter::Caller(w)) => {
+                let _ = w.send(r);
+            }
+            Some(Waiter::Abandoned) => {
+                self.permits.add_permits(1);
+                drop(Busy(self));
+            }
+            None => {}
         }
     }
 
