@@ -1,0 +1,332 @@
+//! Calls that time out, and instances that keep crashing, on a real cluster (etcd, master,
+//! proxy, agent started by `yr start`; function processes from the example executables).
+//!
+//! - A stateful call that timed out never applies afterwards: the counter's slow increment times
+//!   out, and no later read sees it (the instance is recycled and restarts from fresh state).
+//! - Many timed-out calls do not grow the function process's threads: they stay within the
+//!   function's concurrency (read from `/proc/<pid>/status`).
+//! - A crash-looping instance is restarted at growing intervals (measured from the failure times
+//!   the master writes in its record).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use tonic::transport::Channel;
+use yr_proto::master_client::MasterClient;
+use yr_proto::proxy_client::ProxyClient;
+use yr_proto::{CreateInstanceRequest, Empty, ErrorKind, InstanceRecord, InvokeRequest};
+use yr_tests::cluster::{example, example_dir, member_endpoint, Cluster, NodeOptions, Session};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+async fn proxy(s: &Session) -> ProxyClient<Channel> {
+    let ch = member_endpoint(s, &s.proxy_address)
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach the proxy at {}: {e}", s.proxy_address));
+    ProxyClient::new(ch)
+}
+
+async fn master(s: &Session) -> MasterClient<Channel> {
+    let ch = member_endpoint(s, &s.master_address)
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach the master at {}: {e}", s.master_address));
+    MasterClient::new(ch)
+}
+
+fn request(
+    function: &str,
+    instance: &str,
+    method: &str,
+    data: &str,
+    timeout_ms: u32,
+) -> InvokeRequest {
+    InvokeRequest {
+        function: function.into(),
+        instance: instance.into(),
+        method: method.into(),
+        payload: data.as_bytes().to_vec().into(),
+        timeout_ms,
+        ..Default::default()
+    }
+}
+
+fn text(payload: &[u8]) -> String {
+    String::from_utf8_lossy(payload).into_owned()
+}
+
+/// The number of threads of process `pid`.
+fn threads(pid: u32) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no Threads line in /proc/{pid}/status:\n{status}"))
+}
+
+#[test]
+fn a_stateful_call_that_timed_out_never_applies_afterwards() {
+    let c = Cluster::start(NodeOptions::default());
+    let counter = example("counter");
+    let toml = example_dir("counter").join("function.toml");
+    c.deploy(&[
+        "--file",
+        toml.to_str().expect("UTF-8 path"),
+        "--code",
+        counter.to_str().expect("UTF-8 path"),
+        "--max-retries",
+        "3",
+    ]);
+    c.yr(&["instance", "create", "counter", "--name", "c1"])
+        .expect_ok("create instance c1");
+    let pid_before = c.status().named("c1").expect("c1 in status").pid;
+
+    let rt = runtime();
+    let mut p = rt.block_on(proxy(c.master()));
+    let mut call = |method: &str, data: &str, timeout_ms: u32| {
+        rt.block_on(p.invoke(request("counter", "c1", method, data, timeout_ms)))
+            .unwrap_or_else(|e| panic!("invoke {method}: {e}"))
+            .into_inner()
+    };
+    let r = call("add", "1", 10_000);
+    assert_eq!(
+        (r.error.as_str(), text(&r.payload).as_str()),
+        ("", "1"),
+        "{r:?}"
+    );
+
+    // The slow increment (3 s) times out after 500 ms: the caller is told it failed...
+    let t0 = Instant::now();
+    let r = call("add_after", "3000 1", 500);
+    assert_eq!(r.error_kind, ErrorKind::ErrorTimeout as i32, "{r:?}");
+    assert!(
+        t0.elapsed() < Duration::from_millis(2900),
+        "the caller heard of the timeout only after {:?}: it waited for the call",
+        t0.elapsed()
+    );
+
+    // ...so no read may ever see it applied, also after the 3 s it would have taken. The
+    // instance is recycled (its state was in the process that ran the call) and restarts from
+    // its constructor: reads during the restart may fail, those that answer say 0.
+    let mut seen = Vec::new();
+    let mut errors = Vec::new();
+    while t0.elapsed() < Duration::from_secs(6) || seen.is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no read answered within 60 s: {errors:?}"
+        );
+        let r = call("get", "", 5_000);
+        if r.error.is_empty() {
+            seen.push(text(&r.payload));
+        } else {
+            errors.push(r.error);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !seen.iter().any(|v| v == "2"),
+        "a read saw the timed-out increment applied: {seen:?}"
+    );
+    assert!(
+        seen.iter().all(|v| v == "0"),
+        "reads after the recycle see the restarted instance's fresh state: {seen:?}"
+    );
+    let st = c.status();
+    let c1 = st.named("c1").expect("c1 in status");
+    assert_eq!(
+        (c1.state.as_str(), c1.restarts),
+        ("RUNNING", 1),
+        "the instance was recycled once and runs again\n{}",
+        st.raw
+    );
+    assert_ne!(c1.pid, pid_before, "a new process serves it");
+    // And it serves on, in order.
+    let r = call("add", "5", 10_000);
+    assert_eq!(
+        (r.error.as_str(), text(&r.payload).as_str()),
+        ("", "5"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn timed_out_calls_do_not_grow_the_function_process_threads() {
+    let c = Cluster::start(NodeOptions::default());
+    let hello = example("hello");
+    c.deploy(&[
+        "--name",
+        "sleeper",
+        "--code",
+        hello.to_str().expect("UTF-8 path"),
+        "--handler",
+        "sleep",
+        "--concurrency",
+        "2",
+        "--max-instances",
+        "1",
+    ]);
+    let rt = runtime();
+    let p = rt.block_on(proxy(c.master()));
+    let call = |data: &str, timeout_ms: u32| {
+        let mut p = p.clone();
+        let req = request("sleeper", "", "", data, timeout_ms);
+        async move { p.invoke(req).await.map(|r| r.into_inner()) }
+    };
+    let first = rt
+        .block_on(call("10", 30_000))
+        .unwrap_or_else(|e| panic!("first call: {e}"));
+    assert!(first.error.is_empty(), "{first:?}");
+    let instance = first.instance_id.clone();
+    let pid = c
+        .status()
+        .instance(&instance)
+        .unwrap_or_else(|| panic!("{instance} in status"))
+        .pid;
+    let before = threads(pid);
+
+    // 60 calls that each would sleep 5 s, each given 200 ms: every one times out. Before
+    // cancellation every timed-out call left a thread sleeping in the process.
+    let started = Instant::now();
+    let outcomes = rt.block_on(async {
+        let mut kinds = Vec::new();
+        for _ in 0..3 {
+            let batch: Vec<_> = (0..20).map(|_| tokio::spawn(call("5000", 200))).collect();
+            for t in batch {
+                let r = t.await.expect("the call task").expect("a reply");
+                kinds.push(r.error_kind);
+            }
+        }
+        kinds
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the timed-out calls took {:?} to answer",
+        started.elapsed()
+    );
+    assert!(
+        outcomes
+            .iter()
+            .all(|k| *k == ErrorKind::ErrorTimeout as i32 || *k == ErrorKind::ErrorBusy as i32),
+        "every call timed out (or was refused as busy): {outcomes:?}"
+    );
+    let after = threads(pid);
+    assert!(
+        after <= before + 2,
+        "the process had {before} threads, {after} after 60 timed-out calls: more call threads \
+         than the function's concurrency (2)"
+    );
+
+    // The calls given up on end in their time and give their slots back: the same process
+    // serves again, without having been recycled.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = rt
+            .block_on(call("10", 2_000))
+            .unwrap_or_else(|e| panic!("call after the timeouts: {e}"));
+        if r.error.is_empty() {
+            assert_eq!(r.instance_id, instance, "served by the same instance");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no call succeeded within 30 s after the timeouts: {r:?}"
+        );
+    }
+    let st = c.status();
+    let i = st.instance(&instance).expect("the instance in status");
+    assert_eq!((i.pid, i.restarts), (pid, 0), "not recycled\n{}", st.raw);
+    assert!(threads(pid) <= before + 2);
+}
+
+#[test]
+fn a_crash_looping_instance_is_restarted_at_growing_intervals() {
+    let c = Cluster::start(NodeOptions::default());
+    let counter = example("counter");
+    // The executable registers no class of this name: each process ends as soon as the proxy
+    // configures it.
+    c.deploy(&[
+        "--name",
+        "crashloop",
+        "--code",
+        counter.to_str().expect("UTF-8 path"),
+        "--handler",
+        "no-such-class",
+        "--max-retries",
+        "6",
+    ]);
+    let rt = runtime();
+    let mut m = rt.block_on(master(c.master()));
+    // It may be seen RUNNING for a moment (between its hello and its exit), or the create may
+    // give up after its short wait: either way the restarts go on.
+    let _ = rt.block_on(m.create_instance(CreateInstanceRequest {
+        function: "crashloop".into(),
+        name: "cl".into(),
+        wait_ms: 500,
+        ..Default::default()
+    }));
+
+    // The master's record of each failure (by restart count), polled until the fifth. The
+    // first restart follows the first failure at once (tens of ms), so polling may miss that
+    // record; from the second on, restarts are at least a second apart.
+    let mut failures: BTreeMap<u32, InstanceRecord> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !failures.contains_key(&5) {
+        assert!(
+            Instant::now() < deadline,
+            "fewer than 5 restarts within 90 s: {failures:#?}"
+        );
+        let st = rt
+            .block_on(m.status(Empty {}))
+            .unwrap_or_else(|e| panic!("status: {e}"))
+            .into_inner();
+        if let Some(r) = st.instances.iter().find(|r| r.name == "cl") {
+            if r.restarts > 0 && r.failed_unix_ms != 0 {
+                failures.entry(r.restarts).or_insert_with(|| r.clone());
+            }
+            assert_ne!(
+                r.state,
+                yr_proto::InstanceState::Fatal as i32,
+                "FATAL before 5 restarts: {r:?}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    failures.remove(&1);
+    let restarts: Vec<u32> = failures.keys().copied().collect();
+    assert_eq!(
+        restarts,
+        vec![2, 3, 4, 5],
+        "every failure after the first was seen"
+    );
+    let records: Vec<&InstanceRecord> = failures.values().collect();
+    // Each restart waited for its due time before the instance failed again.
+    for w in records.windows(2) {
+        assert!(
+            w[1].failed_unix_ms >= w[0].restart_at_unix_ms,
+            "failed at {} before its restart was due at {}",
+            w[1].failed_unix_ms,
+            w[0].restart_at_unix_ms
+        );
+    }
+    let gaps: Vec<u64> = records
+        .windows(2)
+        .map(|w| w[1].failed_unix_ms - w[0].failed_unix_ms)
+        .collect();
+    eprintln!("gaps between failures (ms): {gaps:?}");
+    assert!(
+        gaps.windows(2).all(|g| g[1] > g[0]),
+        "the gaps between failures (ms) do not grow: {gaps:?}"
+    );
+    let streaks: Vec<u32> = records.iter().map(|r| r.crash_streak).collect();
+    assert_eq!(streaks, vec![2, 3, 4, 5], "one streak of quick failures");
+    c.yr(&["instance", "kill", "cl"]);
+}
