@@ -221,6 +221,7 @@ impl App {
                 handlers: names,
                 pid: std::process::id(),
                 secret,
+                cancels: true,
             })),
         };
         let greet = |e: std::io::Error| {

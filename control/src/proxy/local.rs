@@ -34,6 +34,9 @@ pub(super) struct LocalInstance {
     pub(super) pending: std::sync::Mutex<HashMap<u64, Waiter>>,
     /// A stateful instance (its timed-out calls recycle it unless cancelled before starting).
     pub(super) stateful: bool,
+    /// The process's runtime handles `CancelCall` (it said so in its hello); older ones are
+    /// sent none (they would take it for the end of the connection).
+    pub(super) cancels: bool,
     /// Set once when the instance is recycled: nothing is delivered to it after.
     recycled: AtomicBool,
     /// Woken once when the instance is recycled, for its connection's task to unregister it
@@ -87,6 +90,7 @@ impl LocalInstance {
         tx: mpsc::Sender<Vec<u8>>,
         concurrency: u32,
         pool: Option<Arc<Pool>>,
+        cancels: bool,
     ) -> LocalInstance {
         LocalInstance {
             id,
@@ -94,6 +98,7 @@ impl LocalInstance {
             tx,
             pending: std::sync::Mutex::new(HashMap::new()),
             stateful: pool.is_none(),
+            cancels,
             recycled: AtomicBool::new(false),
             recycling: Notify::new(),
             permits: Semaphore::new(concurrency as usize),
@@ -235,7 +240,7 @@ impl LocalInstance {
         let cancel = ProxyMessage {
             msg: Some(proxy_message::Msg::Cancel(CancelCall { call_id })),
         };
-        if let Ok(f) = frame::to_frame(&cancel) {
+        if let (true, Ok(f)) = (self.cancels, frame::to_frame(&cancel)) {
             // A full queue means the process is not reading: it cannot answer, and the wait
             // below ends without an answer.
             let _ = self.tx.try_send(f);
@@ -276,7 +281,10 @@ impl LocalInstance {
             }
             return Error::Timeout(format!("{function} did not answer within {timeout:?}"));
         }
-        let late = match tokio::time::timeout(after, rx).await {
+        // A runtime that knows no cancels cannot say the call never started: only an outcome
+        // already in is waited for.
+        let wait = if self.cancels { after } else { Duration::ZERO };
+        let late = match tokio::time::timeout(wait, rx).await {
             Ok(Ok(r)) if r.cancelled => Late::Cancelled,
             Ok(Ok(_)) => Late::Finished,
             Ok(Err(_)) => Late::Gone,

@@ -161,6 +161,7 @@ async fn serve(state: Arc<State>, secret: Arc<NodeSecret>, stream: UnixStream) {
         tx,
         concurrency,
         (!record.stateful).then(|| state.pool(&record.function)),
+        hello.cancels,
     ));
     let config = ProxyMessage {
         msg: Some(proxy_message::Msg::Config(InstanceConfig {
