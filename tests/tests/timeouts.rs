@@ -193,13 +193,14 @@ fn timed_out_calls_do_not_grow_the_function_process_threads() {
         .pid;
     let before = threads(pid);
 
-    // 60 calls that each would sleep 5 s, each given 200 ms: every one times out. Before
-    // cancellation every timed-out call left a thread sleeping in the process.
+    // 60 calls that each would sleep 5 s, each given 200 ms, in 15 rounds of 4: every one times
+    // out. Were a timed-out call's slot freed at its deadline, each round would start two more
+    // sleeping threads in the process (about 30 in all).
     let started = Instant::now();
     let outcomes = rt.block_on(async {
         let mut kinds = Vec::new();
-        for _ in 0..3 {
-            let batch: Vec<_> = (0..20).map(|_| tokio::spawn(call("5000", 200))).collect();
+        for _ in 0..15 {
+            let batch: Vec<_> = (0..4).map(|_| tokio::spawn(call("5000", 200))).collect();
             for t in batch {
                 let r = t.await.expect("the call task").expect("a reply");
                 kinds.push(r.error_kind);
@@ -225,9 +226,10 @@ fn timed_out_calls_do_not_grow_the_function_process_threads() {
          than the function's concurrency (2)"
     );
 
-    // The calls given up on end in their time and give their slots back: the same process
-    // serves again, without having been recycled.
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // The calls given up on end in their time (5 s after they started) and give their slots
+    // back: the same process serves again soon, without having been recycled, and without a
+    // queue of abandoned calls to work through first.
+    let deadline = started + Duration::from_secs(15);
     loop {
         let r = rt
             .block_on(call("10", 2_000))
@@ -238,7 +240,7 @@ fn timed_out_calls_do_not_grow_the_function_process_threads() {
         }
         assert!(
             Instant::now() < deadline,
-            "no call succeeded within 30 s after the timeouts: {r:?}"
+            "no call succeeded within 15 s of the timed-out calls: {r:?}"
         );
     }
     let st = c.status();
