@@ -1,5 +1,5 @@
 //! What the proxy does with a call whose deadline passed after it was sent to its instance: a
-//! pure decision, applied by [`super::local`].
+//! pure decision, applied by the `local` module.
 //!
 //! A timed-out call is cancelled where it runs: the proxy sends `CancelCall` on the instance
 //! socket. The function process drops a call that has not started and answers `cancelled`; it
