@@ -393,3 +393,152 @@ impl LocalInstance {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! How a local instance applies [`cancel`]'s decisions, with the function process played
+    //! by a task on the other end of the instance's frame queue.
+    use super::*;
+
+    /// The frames sent to the instance, decoded.
+    fn decoded(f: &[u8]) -> ProxyMessage {
+        frame::decode(f.get(4..).unwrap_or_default()).expect("a frame of ours")
+    }
+
+    fn function() -> FunctionSpec {
+        FunctionSpec {
+            name: "f".into(),
+            handler: "h".into(),
+            ..Default::default()
+        }
+    }
+
+    /// An instance (stateful when `pool` is None) and its process's end of the frame queue.
+    fn instance(pool: Option<Arc<Pool>>) -> (Arc<LocalInstance>, mpsc::Receiver<Vec<u8>>) {
+        let (tx, rx) = mpsc::channel(16);
+        let concurrency = 1;
+        (
+            Arc::new(LocalInstance::new(
+                "i".into(),
+                "f".into(),
+                tx,
+                concurrency,
+                pool,
+                true,
+            )),
+            rx,
+        )
+    }
+
+    /// Plays the process: takes the call, waits for its cancel, then answers with `reply`
+    /// (`None`: no answer); returns the call's ID and its end of the queue.
+    async fn process(
+        mut rx: mpsc::Receiver<Vec<u8>>,
+        inst: Arc<LocalInstance>,
+        reply: Option<CallResult>,
+    ) -> (u64, mpsc::Receiver<Vec<u8>>) {
+        let call = match rx.recv().await.map(|f| decoded(&f).msg) {
+            Some(Some(proxy_message::Msg::Call(c))) => c,
+            other => panic!("expected a call, got {other:?}"),
+        };
+        match rx.recv().await.map(|f| decoded(&f).msg) {
+            Some(Some(proxy_message::Msg::Cancel(c))) => assert_eq!(c.call_id, call.call_id),
+            other => panic!("expected the call's cancel, got {other:?}"),
+        }
+        if let Some(mut r) = reply {
+            r.call_id = call.call_id;
+            inst.answer(r);
+        }
+        (call.call_id, rx)
+    }
+
+    /// What else the process was sent, once the caller has heard.
+    fn rest(mut rx: mpsc::Receiver<Vec<u8>>) -> Vec<ProxyMessage> {
+        let mut rest = Vec::new();
+        while let Ok(f) = rx.try_recv() {
+            rest.push(decoded(&f));
+        }
+        rest
+    }
+
+    async fn call(inst: &Arc<LocalInstance>) -> Result<InvokeReply, Error> {
+        inst.deliver(
+            &function(),
+            &InvokeRequest::default(),
+            Duration::from_millis(50),
+            "n",
+        )
+        .await
+    }
+
+    fn recycled(rest: &[ProxyMessage]) -> bool {
+        rest.iter()
+            .any(|m| matches!(m.msg, Some(proxy_message::Msg::Recycle(_))))
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_stateless_call_keeps_its_slot_until_the_process_answers() {
+        let (inst, rx) = instance(Some(Arc::default()));
+        let player = tokio::spawn(process(rx, Arc::clone(&inst), None));
+        let r = call(&inst).await;
+        assert!(matches!(r, Err(Error::Timeout(_))), "{r:?}");
+        assert_eq!(
+            inst.permits.available_permits(),
+            0,
+            "the process still runs the call: its slot is taken"
+        );
+        let (id, rx) = player.await.expect("the process");
+        let rest = rest(rx);
+        assert!(!recycled(&rest), "not recycled: {rest:?}");
+        inst.answer(CallResult {
+            call_id: id,
+            ..Default::default()
+        });
+        assert_eq!(inst.permits.available_permits(), 1, "the answer frees it");
+        assert!(inst.pending.lock().is_ok_and(|p| p.is_empty()));
+    }
+
+    #[tokio::test]
+    async fn a_stateful_call_dropped_before_it_started_leaves_the_instance_serving() {
+        let (inst, rx) = instance(None);
+        let dropped = CallResult {
+            cancelled: true,
+            ..Default::default()
+        };
+        let player = tokio::spawn(process(rx, Arc::clone(&inst), Some(dropped)));
+        match call(&inst).await {
+            Err(Error::Timeout(m)) => assert!(m.contains("no effect"), "{m}"),
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+        let (_, rx) = player.await.expect("the process");
+        let rest = rest(rx);
+        assert!(!recycled(&rest), "{rest:?}");
+        assert_eq!(inst.permits.available_permits(), 1, "serving on");
+    }
+
+    #[tokio::test]
+    async fn a_stateful_call_that_ran_recycles_the_instance_before_its_caller_hears() {
+        for reply in [
+            Some(CallResult::default()), // it finished after its deadline
+            None,                        // no answer within the wait
+        ] {
+            let (inst, rx) = instance(None);
+            let player = tokio::spawn(process(rx, Arc::clone(&inst), reply.clone()));
+            match call(&inst).await {
+                Err(Error::Timeout(m)) => assert!(m.contains("restarted"), "{m}"),
+                other => panic!("expected a timeout, got {other:?}"),
+            }
+            // By the time the caller hears, nothing more can be delivered to the instance.
+            assert!(
+                inst.permits.try_acquire().is_err(),
+                "a recycled instance takes no call"
+            );
+            let (_, rx) = player.await.expect("the process");
+            let rest = rest(rx);
+            assert!(
+                recycled(&rest),
+                "the process is told to end ({reply:?}): {rest:?}"
+            );
+        }
+    }
+}
