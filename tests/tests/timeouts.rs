@@ -7,6 +7,10 @@
 //!   function's concurrency (read from `/proc/<pid>/status`).
 //! - A crash-looping instance is restarted at growing intervals (measured from the failure times
 //!   the master writes in its record).
+//! - A function process started by hand against a socket the test serves as its proxy: a
+//!   cancelled call that has not started is dropped (answered `cancelled`); a cancelled stateful
+//!   call that is running ends the process (exit status `RECYCLED_EXIT`) before anything else is
+//!   served; a cancelled stateless call that is running finishes and the process serves on.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -331,4 +335,189 @@ fn a_crash_looping_instance_is_restarted_at_growing_intervals() {
     let streaks: Vec<u32> = records.iter().map(|r| r.crash_streak).collect();
     assert_eq!(streaks, vec![2, 3, 4, 5], "one streak of quick failures");
     c.yr(&["instance", "kill", "cl"]);
+}
+
+/// A function process started by hand against a socket this test serves as its proxy: the
+/// test sends its configuration, calls and cancels, and reads what the process answers.
+struct FakeProxy {
+    child: std::process::Child,
+    handler: String,
+    conn: std::os::unix::net::UnixStream,
+    buf: Vec<u8>,
+    _dir: tempfile::TempDir,
+}
+
+impl FakeProxy {
+    fn start(program: &str, handler: &str, stateful: bool, concurrency: u32) -> FakeProxy {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let path = dir.path().join("proxy.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        let child = std::process::Command::new(example(program))
+            .env("YR_INSTANCE_ID", "i-1")
+            .env("YR_PROXY_SOCKET", &path)
+            .env("YR_PROXY_ADDRESS", "127.0.0.1:1")
+            .env("YR_INSTANCE_SECRET", "s")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+        let (conn, _) = listener.accept().expect("the process connects");
+        conn.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("read timeout");
+        let mut p = FakeProxy {
+            child,
+            handler: handler.into(),
+            conn,
+            buf: Vec::new(),
+            _dir: dir,
+        };
+        match p.read() {
+            Some(yr_proto::instance_message::Msg::Hello(h)) => {
+                assert!(h.cancels, "this runtime says it handles cancels")
+            }
+            other => panic!("expected a hello, got {other:?}"),
+        }
+        p.send(yr_proto::proxy_message::Msg::Config(
+            yr_proto::InstanceConfig {
+                function: "f".into(),
+                handler: handler.into(),
+                stateful,
+                name: String::new(),
+                concurrency,
+            },
+        ));
+        p
+    }
+
+    fn send(&mut self, msg: yr_proto::proxy_message::Msg) {
+        use std::io::Write;
+        let f =
+            yr_proto::frame::to_frame(&yr_proto::ProxyMessage { msg: Some(msg) }).expect("encode");
+        self.conn.write_all(&f).expect("write to the process");
+    }
+
+    fn call(&mut self, call_id: u64, method: &str, payload: &str) {
+        self.send(yr_proto::proxy_message::Msg::Call(yr_proto::Call {
+            call_id,
+            handler: self.handler.clone(),
+            payload: payload.as_bytes().to_vec().into(),
+            timeout_ms: 0,
+            method: method.into(),
+        }));
+    }
+
+    fn cancel(&mut self, call_id: u64) {
+        self.send(yr_proto::proxy_message::Msg::Cancel(yr_proto::CancelCall {
+            call_id,
+        }));
+    }
+
+    /// The next message from the process (`None` once it closed its end; a process that
+    /// ends with frames of ours unread resets the connection instead).
+    fn read(&mut self) -> Option<yr_proto::instance_message::Msg> {
+        match yr_proto::frame::read::<yr_proto::InstanceMessage>(&mut self.conn, &mut self.buf) {
+            Ok(m) => m.and_then(|m| m.msg),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => None,
+            Err(e) => panic!("read from the process: {e}"),
+        }
+    }
+
+    fn result(&mut self) -> yr_proto::CallResult {
+        match self.read() {
+            Some(yr_proto::instance_message::Msg::Result(r)) => r,
+            other => panic!("expected a call's result, got {other:?}"),
+        }
+    }
+}
+
+/// Waits until a thread of process `pid` named `name` sleeps in the kernel (the handler's
+/// `thread::sleep`): the call has started in user code.
+fn wait_sleeping(pid: u32, name: &str) {
+    let sleeps = [libc::SYS_nanosleep, libc::SYS_clock_nanosleep];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap_or_else(|e| panic!("the threads of {pid}: {e}"));
+        for t in tasks.flatten() {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            let syscall = std::fs::read_to_string(t.path().join("syscall")).unwrap_or_default();
+            let number = syscall
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok());
+            if comm.trim() == name && number.is_some_and(|n: libc::c_long| sleeps.contains(&n)) {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no thread {name:?} of {pid} sleeping within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+impl Drop for FakeProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_stateful_process_drops_a_cancelled_queued_call_and_ends_on_a_cancelled_running_one() {
+    let mut p = FakeProxy::start("counter", "counter", true, 1);
+    p.call(1, "add_after", "1500 1"); // runs for 1.5 s
+    wait_sleeping(p.child.id(), "yr-instance");
+    p.call(2, "add", "10"); // waits behind it
+    p.cancel(2);
+    let r = p.result();
+    assert_eq!(
+        (r.call_id, r.cancelled, r.error.as_str()),
+        (2, true, ""),
+        "the queued call is dropped before it starts: {r:?}"
+    );
+    // The running call cannot be stopped: the process ends before anything else is served,
+    // with neither call's result.
+    p.cancel(1);
+    p.call(3, "get", "");
+    assert_eq!(
+        p.read(),
+        None,
+        "the process answers nothing more and closes"
+    );
+    let out = p.child.wait().expect("the process ends");
+    assert_eq!(out.code(), Some(yr_runtime::RECYCLED_EXIT), "{out:?}");
+    let mut stderr = String::new();
+    if let Some(mut e) = p.child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut stderr);
+    }
+    assert!(
+        stderr.contains("instance recycled") && stderr.contains("call 1"),
+        "stderr says why: {stderr}"
+    );
+}
+
+#[test]
+fn a_stateless_process_drops_a_cancelled_queued_call_and_finishes_a_running_one() {
+    let mut p = FakeProxy::start("hello", "sleep", false, 1);
+    p.call(1, "", "700"); // the one call thread sleeps 0.7 s
+    wait_sleeping(p.child.id(), "yr-call");
+    p.call(2, "", "10"); // waits for the thread
+    p.cancel(2);
+    let r = p.result();
+    assert_eq!((r.call_id, r.cancelled), (2, true), "{r:?}");
+    // A running stateless call is left to finish: its result frees its slot.
+    p.cancel(1);
+    let r = p.result();
+    assert_eq!(
+        (r.call_id, r.cancelled, r.error.as_str()),
+        (1, false, ""),
+        "{r:?}"
+    );
+    // And the process serves on.
+    p.call(3, "", "1");
+    let r = p.result();
+    assert_eq!((r.call_id, r.error.as_str()), (3, ""), "{r:?}");
+    assert_eq!(p.child.try_wait().ok().flatten(), None, "still running");
 }
