@@ -58,8 +58,9 @@ pub(super) struct LocalInstance {
 pub(super) enum Waiter {
     /// Its caller waits for the outcome; dropping the sender fails the call.
     Caller(oneshot::Sender<CallResult>),
-    /// Its caller was told it timed out; its outcome only gives its permit back.
-    Abandoned,
+    /// Its caller was told it timed out; its outcome only gives its permit back. Dropping the
+    /// sender (on the outcome, or when the instance closes) ends the call's recycle timer.
+    Abandoned(oneshot::Sender<()>),
 }
 
 /// Stateless calls of one function waiting on this node for any local instance to free up.
@@ -247,10 +248,11 @@ impl LocalInstance {
         }
         let after = cancel::wait_after_deadline(self.stateful);
         if !cancel::caller_waits(self.stateful) {
+            let (answered_tx, answered) = oneshot::channel();
             let abandoned = match self.pending.lock() {
                 Ok(mut p) => match p.get_mut(&call_id) {
                     Some(w) => {
-                        *w = Waiter::Abandoned;
+                        *w = Waiter::Abandoned(answered_tx);
                         true
                     }
                     None => false,
@@ -262,14 +264,19 @@ impl LocalInstance {
                 if let Some(p) = permit.take() {
                     p.forget();
                 }
+                // Ends when the call is answered (or the instance closes), else recycles the
+                // instance once the call has run `after` past its deadline.
                 let me = Arc::downgrade(self);
                 tokio::spawn(async move {
-                    tokio::time::sleep(after).await;
+                    tokio::select! {
+                        _ = answered => return,
+                        _ = tokio::time::sleep(after) => {}
+                    }
                     let Some(me) = me.upgrade() else { return };
                     let still = me
                         .pending
                         .lock()
-                        .is_ok_and(|p| matches!(p.get(&call_id), Some(Waiter::Abandoned)));
+                        .is_ok_and(|p| matches!(p.get(&call_id), Some(Waiter::Abandoned(_))));
                     if still
                         && cancel::after_deadline(false, Late::NoAnswer) == cancel::Then::Recycle
                     {
@@ -352,7 +359,7 @@ impl LocalInstance {
             Some(Waiter::Caller(w)) => {
                 let _ = w.send(r);
             }
-            Some(Waiter::Abandoned) => {
+            Some(Waiter::Abandoned(_timer)) => {
                 self.permits.add_permits(1);
                 drop(Busy(self));
             }
@@ -454,11 +461,7 @@ mod tests {
 
     /// What else the process was sent, once the caller has heard.
     fn rest(mut rx: mpsc::Receiver<Vec<u8>>) -> Vec<ProxyMessage> {
-        let mut rest = Vec::new();
-        while let Ok(f) = rx.try_recv() {
-            rest.push(decoded(&f));
-        }
-        rest
+        rest_now(&mut rx)
     }
 
     async fn call(inst: &Arc<LocalInstance>) -> Result<InvokeReply, Error> {
@@ -469,6 +472,15 @@ mod tests {
             "n",
         )
         .await
+    }
+
+    /// What the process was sent since last looked, leaving the queue open.
+    fn rest_now(rx: &mut mpsc::Receiver<Vec<u8>>) -> Vec<ProxyMessage> {
+        let mut rest = Vec::new();
+        while let Ok(f) = rx.try_recv() {
+            rest.push(decoded(&f));
+        }
+        rest
     }
 
     fn recycled(rest: &[ProxyMessage]) -> bool {
@@ -540,5 +552,42 @@ mod tests {
                 "the process is told to end ({reply:?}): {rest:?}"
             );
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stateless_call_still_running_long_after_its_deadline_recycles_the_instance() {
+        let (inst, rx) = instance(Some(Arc::default()));
+        let player = tokio::spawn(process(rx, Arc::clone(&inst), None));
+        assert!(matches!(call(&inst).await, Err(Error::Timeout(_))));
+        let (_, mut rx) = player.await.expect("the process");
+        tokio::time::sleep(cancel::RECYCLE_STATELESS_AFTER - Duration::from_secs(1)).await;
+        assert!(!recycled(&rest_now(&mut rx)), "not before its time");
+        assert_eq!(
+            inst.permits.available_permits(),
+            0,
+            "its slot is still taken"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(recycled(&rest_now(&mut rx)), "told to end");
+        assert!(
+            inst.permits.try_acquire().is_err(),
+            "no call after the recycle"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stateless_call_answered_late_stops_its_recycle_timer() {
+        let (inst, rx) = instance(Some(Arc::default()));
+        let player = tokio::spawn(process(rx, Arc::clone(&inst), None));
+        assert!(matches!(call(&inst).await, Err(Error::Timeout(_))));
+        let (id, rx) = player.await.expect("the process");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        inst.answer(CallResult {
+            call_id: id,
+            ..Default::default()
+        });
+        tokio::time::sleep(cancel::RECYCLE_STATELESS_AFTER * 2).await;
+        assert!(!recycled(&rest(rx)), "an answered call recycles nothing");
+        assert_eq!(inst.permits.available_permits(), 1);
     }
 }
