@@ -1,6 +1,11 @@
 //! Instances from birth to end: create (admit, place, start, wait until running), reports from
 //! nodes, restarts, and stops. Each step turns into a [`lifecycle::Event`] applied through
 //! [`MasterState::apply`]; what happens next is the lifecycle's [`Then`], carried out here.
+//!
+//! A restart waits until the time its record says (`restart_at_unix_ms`, decided by
+//! [`lifecycle::restart_backoff`] when the failure was written), so a crash-looping instance is
+//! restarted at growing intervals. An instance stopped during the pause is not started again
+//! (its record has left FAILED, and the start event no longer applies).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -337,12 +342,18 @@ impl MasterState {
         Ok(Some(r))
     }
 
-    /// Starts failed instance `r` again in the background: on its node if that node is alive,
-    /// else wherever it fits now; FATAL if it fits nowhere within [`DEFAULT_WAIT`].
+    /// Starts failed instance `r` again in the background, once its backoff pause has passed:
+    /// on its node if that node is alive, else wherever it fits now; FATAL if it fits nowhere
+    /// within [`DEFAULT_WAIT`].
     pub(super) fn restart(self: &Arc<Self>, r: InstanceRecord, function: Spec) {
         let this = Arc::clone(self);
         tokio::spawn(async move {
             let id = r.instance_id.clone();
+            let pause = Duration::from_millis(r.restart_at_unix_ms.saturating_sub(etcd::now_ms()));
+            if !pause.is_zero() {
+                tracing::info!(instance = %id, streak = r.crash_streak, "restart in {pause:?} (backoff)");
+                tokio::time::sleep(pause).await;
+            }
             let same_node = this.nodes.snapshot().get(&r.node_id).cloned();
             let node = match same_node {
                 Some(n) => Ok(n),

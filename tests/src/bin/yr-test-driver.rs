@@ -72,7 +72,8 @@ fn kind(e: &Error) -> &'static str {
         | Error::InstanceSocket(_)
         | Error::NotRegistered { .. }
         | Error::InstanceInit { .. }
-        | Error::Threads(_) => "FunctionProcess",
+        | Error::Threads(_)
+        | Error::Recycled(_) => "FunctionProcess",
     }
 }
 
