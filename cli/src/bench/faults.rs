@@ -402,23 +402,26 @@ impl Load {
     }
 }
 
-/// One no-op call through a frontend at `url` (`http://host:port`).
-fn rest_call(url: &str, token: &str) -> Result<()> {
+/// The no-op function service the REST load calls (registered through the meta service, as
+/// openYuanrong's function services are), and its invocation path.
+const REST_FUNCTION: &str = "0@faults@noop";
+const REST_INVOKE_PATH: &str = "/invocations/default/faults/0@faults@noop/";
+
+/// One HTTP/1.1 request on a fresh connection to `url` (`http://host:port`): the reply's
+/// status line must be 200.
+fn http_once(url: &str, req: Vec<u8>) -> Result<()> {
     use std::io::{Read, Write};
     let host = url
         .strip_prefix("http://")
-        .ok_or_else(|| anyhow!("{url} is not http://"))?;
-    let addr: std::net::SocketAddr = host.parse().context("frontend address")?;
+        .ok_or_else(|| anyhow!("{url} is not http://"))?
+        .trim_end_matches('/');
+    let addr: std::net::SocketAddr = host.parse().context("REST address")?;
     let mut s = std::net::TcpStream::connect_timeout(&addr, CALL_TIMEOUT)?;
     s.set_read_timeout(Some(CALL_TIMEOUT))?;
     s.set_write_timeout(Some(CALL_TIMEOUT))?;
-    let path = format!(
-        "/serverless/v1/functions/{}/invoke",
-        super::invoke::FUNCTION
-    );
-    let mut req = super::rest::request("POST", host, &path, token, b"ping");
+    let mut req = req;
     // One request per connection: the load must not depend on a kept-alive connection to a
-    // frontend that may have died.
+    // service that may have died.
     let at = req
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -439,11 +442,52 @@ fn rest_call(url: &str, token: &str) -> Result<()> {
     let head = String::from_utf8_lossy(&reply[..reply.len().min(64)]).to_string();
     if !head.starts_with("HTTP/1.1 200") {
         bail!(
-            "frontend {url} answered {}",
+            "{url} answered {}",
             head.lines().next().unwrap_or("nothing")
         );
     }
     Ok(())
+}
+
+/// Registers [`REST_FUNCTION`] through the meta service of `s` (one warm instance).
+fn register_rest_function(s: &Session, code: &Path) -> Result<()> {
+    let meta = s
+        .meta_url
+        .as_deref()
+        .ok_or_else(|| anyhow!("the master's session.json has no meta_url"))?;
+    let token_file = s
+        .token_file
+        .as_deref()
+        .ok_or_else(|| anyhow!("the master's session.json has no token_file"))?;
+    let token = yr_control::rest::read_token(token_file)?;
+    let spec = serde_json::json!({
+        "name": REST_FUNCTION, "runtime": "posix-custom-runtime",
+        "handler": super::node::ECHO_HANDLER, "kind": "faas", "cpu": 100, "memory": 64,
+        "timeout": 30, "minInstance": "1", "maxInstance": "2", "concurrentNum": "16",
+        "codePath": code.display().to_string(),
+    })
+    .to_string();
+    let host = meta.trim_start_matches("http://").trim_end_matches('/');
+    http_once(
+        meta,
+        super::rest::request(
+            "POST",
+            host,
+            "/serverless/v1/functions",
+            &token,
+            spec.as_bytes(),
+        ),
+    )
+    .context("registering the REST load's function through the meta service")
+}
+
+/// One no-op call through a frontend at `url` (`http://host:port`).
+fn rest_call(url: &str, token: &str) -> Result<()> {
+    let host = url.trim_start_matches("http://").trim_end_matches('/');
+    http_once(
+        url,
+        super::rest::request("POST", host, REST_INVOKE_PATH, token, b"ping"),
+    )
 }
 
 /// The pids of processes whose command line has every one of `words` (as whole arguments or
@@ -484,6 +528,29 @@ fn kill9(pid: u32) -> Result<()> {
         bail!("kill -9 {pid}: {}", std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The pids of the RUNNING instances of `functions`, as the master reports them.
+fn running_pids(nodes: &Nodes, functions: &[&str]) -> Vec<u32> {
+    let Ok(text) = nodes.yr_on_first(&["status", "--json"]) else {
+        return Vec::new();
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return Vec::new();
+    };
+    v["instances"]
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .filter(|i| {
+                    i["state"] == "RUNNING"
+                        && functions.iter().any(|f| i["function"].as_str() == Some(f))
+                })
+                .filter_map(|i| i["pid"].as_u64().and_then(|p| u32::try_from(p).ok()))
+                .filter(|p| *p != 0)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// What the cluster acknowledged before a fault, checked after it.
@@ -559,7 +626,7 @@ impl Acknowledged {
             Some(v) => {
                 let has_function = v["functions"]
                     .as_array()
-                    .is_some_and(|f| f.iter().any(|f| f.as_str() == Some(&self.function)));
+                    .is_some_and(|f| f.iter().any(|f| f["name"].as_str() == Some(&self.function)));
                 if !has_function {
                     lost.push(format!("function {}", self.function));
                 }
@@ -623,6 +690,7 @@ pub fn run(a: FaultsArgs) -> Result<()> {
         "--concurrency",
         "16",
     ])?;
+    register_rest_function(&nodes.masters[0], &bins.function)?;
     let ack = Acknowledged::make(&nodes)?;
     let load = Load::start(&nodes)?;
     let deadline = Duration::from_secs(a.deadline_s);
@@ -639,8 +707,14 @@ pub fn run(a: FaultsArgs) -> Result<()> {
             .wait_served(Instant::now(), Instant::now() + deadline)
             .is_none()
         {
+            let mut last: BTreeMap<&str, String> = BTreeMap::new();
+            for (_, kind, e) in load.since(Instant::now() - SETTLE * 5) {
+                if let Some(e) = e {
+                    last.insert(kind, e);
+                }
+            }
             log(&format!(
-                "fault {name}: the load is not served before it; skipped"
+                "fault {name}: the load is not served before it; skipped. Last errors: {last:?}"
             ));
             reports.push(FaultReport {
                 fault: name.into(),
@@ -659,8 +733,8 @@ pub fn run(a: FaultsArgs) -> Result<()> {
         let mut driver = None;
         match name {
             "function-process" => {
-                // The warm instance of the no-op function (on whichever node runs it).
-                for pid in pids_matching(&[&bins.function.display().to_string()]) {
+                // The warm instances of the no-op functions, wherever they run.
+                for pid in running_pids(&nodes, &[super::invoke::FUNCTION, REST_FUNCTION]) {
                     kill9(pid)?;
                     killed.push(format!("function process {pid}"));
                 }
