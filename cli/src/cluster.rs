@@ -1,8 +1,9 @@
 //! Cluster commands: `yr start`, `yr stop`, `yr status`, `yr token`, `yr function`, `yr invoke`,
 //! `yr instance`.
 //!
-//! `yr start` launches every component as its own process, waits for each one to be ready, and
-//! records what it started in `DIR/session.json`; everything else reads that file to find the
+//! `yr start` launches a node supervisor that launches every component as its own process, waits
+//! for each one to be ready, records what it started in `DIR/session.json`, and restarts a
+//! component that exits; everything else reads that file to find the
 //! cluster. Invariant: a session file lists every process its `yr start` left running, so
 //! `yr stop` can end them all.
 //!
@@ -11,7 +12,9 @@
 //! - [`credentials`]: the node's TLS credentials (a master's new CA, a worker's join);
 //! - [`launch`]: start a process, wait until it is ready, stop pids;
 //! - [`plan`]: `yr start`'s flags to a typed node plan, without I/O;
-//! - [`start`]: the executor of a plan, and `yr stop`;
+//! - [`supervise`]: the node supervisor, which launches a plan's components as its children and
+//!   restarts those that exit;
+//! - [`start`]: the executor of a plan (through the supervisor), and `yr stop`;
 //! - [`status`], [`function`], [`instance`]: the commands that talk to the running cluster.
 //!
 //! The helpers below (a runtime, a master client) are shared by the parts.
@@ -24,6 +27,7 @@ pub mod plan;
 pub mod session;
 pub mod start;
 pub mod status;
+pub mod supervise;
 
 use anyhow::Result;
 use yr_proto::master_client::MasterClient;

@@ -44,6 +44,10 @@ pub enum ComponentCmd {
     /// The frontend: function invocation over REST.
     #[command(name = name::FRONTEND)]
     Frontend(RestArgs),
+    /// The node supervisor that `yr start` leaves running: launches the node's components and
+    /// restarts those that exit.
+    #[command(name = crate::cluster::supervise::SUPERVISOR)]
+    Supervisor(crate::cluster::supervise::SuperviseArgs),
 }
 
 #[derive(Args, Serialize, Deserialize, Debug, PartialEq)]
@@ -601,6 +605,10 @@ pub struct DataWorkerArgs {
 
 pub fn run(cmd: ComponentCmd) -> Result<()> {
     match cmd {
+        ComponentCmd::Supervisor(a) => {
+            crate::cluster::supervise::check_spec(&a.session_dir)?;
+            crate::cluster::supervise::run(a)
+        }
         ComponentCmd::DataWorker(a) => data_worker(a),
         ComponentCmd::FunctionMaster(a) => {
             install_tls(a.tls_dir.as_deref())?;

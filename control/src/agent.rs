@@ -18,7 +18,9 @@
 //! - Every exit is reported to the master: EXITED when the master asked for it, FAILED (with the
 //!   tail of stderr) when the process ended on its own. The agent never restarts anything itself;
 //!   the master decides.
-//! - Stopping the agent stops every function process it started.
+//! - Stopping the agent stops every function process it started, and a function process dies
+//!   with its agent, `kill -9` included ([`spawn`]: no orphan keeps running an instance the master
+//!   restarts elsewhere).
 //! - The node's data worker is kept told the cluster's members ([`members`]), the only data
 //!   workers it exchanges objects with.
 //!
@@ -48,6 +50,7 @@ pub mod members;
 pub mod package;
 pub mod procstat;
 pub mod python;
+pub mod spawn;
 
 use crate::function::Runtime;
 
@@ -231,9 +234,13 @@ impl State {
         // ETXTBSY: another thread of this agent forked while the executable was being copied
         // (for another instance), so its child briefly holds the copy open for writing until
         // it execs. The window is microseconds; a few retries always get past it.
+        // Started by the spawner thread, so that the process dies with this agent.
+        spawn::die_with_parent(&mut cmd);
         let mut attempts = 0;
         let mut child = loop {
-            match cmd.spawn() {
+            let (back, r) = spawn::spawn(cmd).await;
+            cmd = back;
+            match r {
                 Ok(c) => break c,
                 Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempts < 20 => {
                     attempts += 1;

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use yr_runtime::session::ComponentInfo;
+use yr_runtime::session::{ComponentInfo, ComponentState};
 
 /// How long a component may take to print its ready line.
 const READY_WITHIN: Duration = Duration::from_secs(30);
@@ -28,9 +28,21 @@ const ETCD_READY_WITHIN: Duration = Duration::from_secs(20);
 /// log's tail.
 pub fn launch(
     name: &str,
+    cmd: Command,
+    log: &Path,
+    expect_ready_line: bool,
+) -> Result<ComponentInfo> {
+    launch_within(name, cmd, log, expect_ready_line, READY_WITHIN)
+}
+
+/// [`launch`], waiting up to `within` for the ready line (the node supervisor's comes after
+/// every component's).
+pub fn launch_within(
+    name: &str,
     mut cmd: Command,
     log: &Path,
     expect_ready_line: bool,
+    within: Duration,
 ) -> Result<ComponentInfo> {
     let logf = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
     cmd.stdin(Stdio::null())
@@ -63,7 +75,7 @@ pub fn launch(
             let r = BufReader::new(stdout).read_line(&mut line).map(|_| line);
             let _ = tx.send(r);
         });
-        let line = match rx.recv_timeout(READY_WITHIN) {
+        let line = match rx.recv_timeout(within) {
             Ok(Ok(l)) if l.starts_with("ready") => l,
             Ok(_) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                 let _ = child.kill();
@@ -79,7 +91,7 @@ pub fn launch(
                 let _ = child.wait();
                 bail!(
                     "{name} not ready after {} s; its log ({}):\n{}",
-                    READY_WITHIN.as_secs(),
+                    within.as_secs(),
                     log.display(),
                     tail(log)
                 );
@@ -92,6 +104,9 @@ pub fn launch(
         pid,
         address,
         log: log.to_path_buf(),
+        restarts: 0,
+        state: ComponentState::Running,
+        last_exit: String::new(),
     })
 }
 
