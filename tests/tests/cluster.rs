@@ -814,8 +814,16 @@ fn master_restart_rebuilds_from_etcd() {
     let before = st.named("c1").expect("c1 in the status").clone();
     assert_eq!(before.state, "RUNNING", "{}", st.raw);
 
-    // kill -9 the function master that `yr start` began.
+    // kill -9 the function master that `yr start` began (and the node's supervisor before it,
+    // so that the test restarts the master itself).
     let master = c.master().clone();
+    let supervisor = master
+        .pid_of("supervisor")
+        .and_then(|p| Process::find(p, "supervisor"))
+        .expect("the node supervisor runs");
+    // SAFETY: kill(2) on the supervisor's pid, checked above to be that running process.
+    unsafe { libc::kill(supervisor.pid as i32, libc::SIGKILL) };
+    assert!(supervisor.wait_gone(Duration::from_secs(10)));
     let pid = master
         .pid_of("function-master")
         .expect("session.json lists the function master");
@@ -1013,10 +1021,11 @@ fn a_dead_nodes_instances_move_to_a_live_node() {
     let out = c.call("counter", "mover", "add", "3").expect_ok("add 3");
     assert_eq!(out.stdout.trim(), "3");
 
-    // Kill the worker's agent and proxy outright: no lease revocation, no goodbye.
+    // Kill the worker's agent and proxy outright: no lease revocation, no goodbye. Its
+    // supervisor first, as a host failure would, so that nothing restarts them.
     let worker = c.session(1).clone();
     let mut killed = Vec::new();
-    for name in ["function-agent", "function-proxy"] {
+    for name in ["supervisor", "function-agent", "function-proxy"] {
         let pid = worker.pid_of(name).expect("component pid");
         let p = Process::find(pid, name).expect("component running");
         // SAFETY: SIGKILL to a process this test started (checked running just above).

@@ -10,7 +10,8 @@
 //!
 //! Then it watches: a child that exits is started again with the same command line (so the same
 //! ports, socket and data folders) after a backoff ([`Backoff`]: exponential, capped, and reset
-//! once a component stayed up for a while). Every exit and restart is written to
+//! once a component stayed up for a while). The function proxy and agent share a secret made at
+//! the proxy's start, so they restart together ([`RESTART_TOGETHER`]). Every exit and restart is written to
 //! `session.json` (pid, `restarts`, `state`, `last_exit`), which `yr status` shows.
 //!
 //! Invariants: the supervisor never kills a component. On SIGTERM or SIGINT it exits at once,
@@ -32,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use yr_runtime::session::{ComponentInfo, ComponentState, Session};
 
 use super::launch;
+use crate::defaults::name;
 
 /// The launch spec's file name in the session folder.
 pub const SPEC_FILE: &str = "supervisor.json";
@@ -142,6 +144,8 @@ pub fn run(a: SuperviseArgs) -> Result<()> {
             .context("cannot install signal handlers")?;
     }
     let spec = Spec::load(&a.session_dir)?;
+    // Waiting for etcd (a master node's, at start and after a restart) speaks as the node.
+    spec.session.install_tls().map_err(anyhow::Error::msg)?;
     let mut watched: Vec<Watched> = Vec::new();
     for c in &spec.components {
         match start_one(c) {
@@ -229,9 +233,12 @@ fn watch(
                 delay.as_millis()
             );
             w.quick_exits = n;
-            w.due = Some(Instant::now() + delay);
+            let due = Instant::now() + delay;
+            w.due = Some(due);
             w.info.state = ComponentState::Restarting;
             w.info.last_exit = how;
+            let name = w.info.name.clone();
+            restart_partners(watched, &name, due);
             dirty = true;
         }
         let now = Instant::now();
@@ -270,6 +277,36 @@ fn watch(
             changed(watched);
         }
         std::thread::sleep(TICK);
+    }
+}
+
+/// Components that must restart together: the proxy creates the node secret when it starts
+/// and the agent takes it (see `yr_control::secret`), so a new proxy needs a new agent and a new
+/// agent needs a new proxy. Restarts go in launch order, proxy first.
+const RESTART_TOGETHER: [&str; 2] = [name::FUNCTION_PROXY, name::FUNCTION_AGENT];
+
+/// After `exited` exited: stops its running partners (see [`RESTART_TOGETHER`]) and makes the
+/// whole group due at `due`.
+fn restart_partners(watched: &mut [Watched], exited: &str, due: Instant) {
+    if !RESTART_TOGETHER.contains(&exited) {
+        return;
+    }
+    for w in watched
+        .iter_mut()
+        .filter(|w| w.info.name != exited && RESTART_TOGETHER.contains(&w.info.name.as_str()))
+    {
+        if w.due.is_none() {
+            tracing::info!(
+                "stopping {} (pid {}) to start it again with {exited}",
+                w.info.name,
+                w.info.pid
+            );
+            // Reaps it too (it is our child), so reap_any never reports it.
+            launch::stop_pid(w.info.pid, Duration::from_secs(5));
+            w.info.state = ComponentState::Restarting;
+            w.info.last_exit = format!("stopped to restart with {exited}");
+        }
+        w.due = Some(w.due.map_or(due, |d| d.max(due)));
     }
 }
 
