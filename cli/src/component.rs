@@ -46,8 +46,18 @@ pub enum ComponentCmd {
     Frontend(RestArgs),
     /// The node supervisor that `yr start` leaves running: launches the node's components and
     /// restarts those that exit.
-    #[command(name = crate::cluster::supervise::SUPERVISOR)]
-    Supervisor(crate::cluster::supervise::SuperviseArgs),
+    /// (`yr` runs it as `yr::cluster::supervise::run`; this crate's modules do not import
+    /// each other.)
+    #[command(name = name::SUPERVISOR)]
+    Supervisor(SuperviseArgs),
+}
+
+/// `yr component supervisor`'s flags.
+#[derive(Args, Debug, PartialEq)]
+pub struct SuperviseArgs {
+    /// The session folder whose `supervisor.json` `yr start` wrote.
+    #[arg(long)]
+    pub session_dir: PathBuf,
 }
 
 #[derive(Args, Serialize, Deserialize, Debug, PartialEq)]
@@ -605,9 +615,8 @@ pub struct DataWorkerArgs {
 
 pub fn run(cmd: ComponentCmd) -> Result<()> {
     match cmd {
-        ComponentCmd::Supervisor(a) => {
-            crate::cluster::supervise::check_spec(&a.session_dir)?;
-            crate::cluster::supervise::run(a)
+        ComponentCmd::Supervisor(_) => {
+            anyhow::bail!("the supervisor is run by `yr::run`, not by `component::run`")
         }
         ComponentCmd::DataWorker(a) => data_worker(a),
         ComponentCmd::FunctionMaster(a) => {

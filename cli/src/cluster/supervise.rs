@@ -28,7 +28,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use clap::Args;
 use serde::{Deserialize, Serialize};
 use yr_runtime::session::{ComponentInfo, ComponentState, Session};
 
@@ -39,7 +38,7 @@ use crate::defaults::name;
 pub const SPEC_FILE: &str = "supervisor.json";
 
 /// The supervisor's name in `session.json` and its log's name.
-pub const SUPERVISOR: &str = "supervisor";
+pub const SUPERVISOR: &str = name::SUPERVISOR;
 
 /// How often the supervisor looks for exited children and due restarts.
 const TICK: Duration = Duration::from_millis(50);
@@ -119,13 +118,6 @@ impl Backoff {
     }
 }
 
-#[derive(Args, Debug, PartialEq)]
-pub struct SuperviseArgs {
-    /// The session folder whose `supervisor.json` `yr start` wrote.
-    #[arg(long)]
-    pub session_dir: PathBuf,
-}
-
 /// A component under watch.
 struct Watched {
     spec: SpecComponent,
@@ -136,14 +128,16 @@ struct Watched {
     due: Option<Instant>,
 }
 
-/// Runs the supervisor until SIGTERM or SIGINT (see the module header).
-pub fn run(a: SuperviseArgs) -> Result<()> {
+/// Runs the supervisor of the session folder `session_dir` until SIGTERM or SIGINT (see the
+/// module header).
+pub fn run(session_dir: &Path) -> Result<()> {
+    check_spec(session_dir)?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, Arc::clone(&stop))
             .context("cannot install signal handlers")?;
     }
-    let spec = Spec::load(&a.session_dir)?;
+    let spec = Spec::load(session_dir)?;
     // Waiting for etcd (a master node's, at start and after a restart) speaks as the node.
     spec.session.install_tls().map_err(anyhow::Error::msg)?;
     let mut watched: Vec<Watched> = Vec::new();
@@ -168,7 +162,7 @@ pub fn run(a: SuperviseArgs) -> Result<()> {
         name: SUPERVISOR.into(),
         pid: std::process::id(),
         address: String::new(),
-        log: a.session_dir.join("logs").join(format!("{SUPERVISOR}.log")),
+        log: session_dir.join("logs").join(format!("{SUPERVISOR}.log")),
         restarts: 0,
         state: ComponentState::Running,
         last_exit: String::new(),
@@ -177,7 +171,7 @@ pub fn run(a: SuperviseArgs) -> Result<()> {
         let mut s = spec.session.clone();
         s.components = watched.iter().map(|w| w.info.clone()).collect();
         s.components.push(me.clone());
-        Ok(s.save(&a.session_dir)?)
+        Ok(s.save(session_dir)?)
     };
     if let Err(e) = save(&watched) {
         for w in watched.iter().rev() {
@@ -387,13 +381,8 @@ pub fn ready_within(components: usize) -> Duration {
     Duration::from_secs(35 * components as u64 + 10)
 }
 
-/// Checks that `s` has a supervisor entry.
-pub fn supervised(s: &Session) -> bool {
-    s.component(SUPERVISOR).is_some()
-}
-
 /// Fails unless `dir` holds a spec (for a clear error when started by hand).
-pub fn check_spec(dir: &Path) -> Result<()> {
+fn check_spec(dir: &Path) -> Result<()> {
     if !dir.join(SPEC_FILE).is_file() {
         bail!(
             "{} has no {SPEC_FILE}: the supervisor is started by `yr start`",
