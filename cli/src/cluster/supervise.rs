@@ -403,6 +403,16 @@ mod tests {
     };
 
     #[test]
+    fn children_are_found_by_parent_pid() {
+        let mut child = Command::new("sleep").arg("30").spawn().expect("sleep");
+        let kids = children_of(std::process::id());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(kids.contains(&child.id()), "{kids:?} lacks {}", child.id());
+        assert!(children_of(child.id()).is_empty());
+    }
+
+    #[test]
     fn quick_exits_double_the_delay_up_to_the_cap() {
         let quick = Duration::from_secs(1);
         let mut n = 0;
