@@ -273,22 +273,28 @@ fn a_killed_agent_takes_its_function_processes_along_and_calls_work_again() {
 }
 
 #[test]
-fn killed_master_services_are_restarted_on_their_ports() {
+fn killed_etcd_and_master_services_are_restarted_on_their_ports() {
     let mut c = Cluster::start(NodeOptions::default());
     let before = session_now(&c);
-    for name in ["function-master", "meta-service", "function-scheduler"] {
+    for name in [
+        "etcd",
+        "function-master",
+        "meta-service",
+        "function-scheduler",
+    ] {
         let old = kill9(&c, name);
         wait_restarted(&c, name, old.pid, 1);
     }
     let after = session_now(&c);
-    for name in ["function-master", "meta-service"] {
+    for name in ["etcd", "function-master", "meta-service"] {
         assert_eq!(
             before.component(name).map(|x| &x.address),
             after.component(name).map(|x| &x.address),
             "{name} serves where it did"
         );
     }
-    // The restarted master answers (the node re-registers with it), and deploys work.
+    // The restarted master answers (the node re-registers with it), and deploys work (etcd
+    // kept its data folder).
     c.wait_until("the node is seen by the restarted master", |st| {
         st.node(&before.node_id).map(|_| ())
     });
