@@ -191,7 +191,7 @@ fn a_killed_data_worker_is_restarted_and_its_lost_objects_say_so() {
     assert!(msg.contains(&id), "the error names the object {id}: {msg}");
     assert_eq!(
         v["fresh"]["ok"],
-        format!("{} {}", 1 << 20, 1 << 20),
+        format!("{0} {0} {0}", 1 << 20),
         "new objects work after the restart: {v}"
     );
     assert!(
@@ -309,5 +309,30 @@ fn killed_etcd_and_master_services_are_restarted_on_their_ports() {
     ])
     .expect_ok("deploy after the restarts");
     invoke_until(&c, "hello", "back", "hello, back", Duration::from_secs(30));
+    stop_and_check(&mut c, vec![]);
+}
+
+#[test]
+fn a_restarted_data_worker_is_told_the_members_and_pulls_from_other_nodes() {
+    let mut c = Cluster::start(NodeOptions::default());
+    let w = c.add_worker(NodeOptions::default());
+    let worker = c.session(w).node_id.clone();
+    let mut d = Driver::start(&["restart", &worker], &c);
+    let v = d.next();
+    assert_eq!(v["ready"], true, "{v}");
+    // The master node's data worker restarts with an empty member list: its agent tells it the
+    // members again, and the driver on this node pulls an object made on the worker node.
+    let old = kill9(&c, "data-worker");
+    wait_restarted(&c, "data-worker", old.pid, 1);
+    d.proceed();
+    let v = d.next();
+    assert_eq!(v["old"]["kind"], "ObjectLost", "{v}");
+    assert_eq!(
+        v["fresh"]["ok"],
+        format!("{0} {0} {0}", 1 << 20),
+        "objects of the other node are pulled again: {v}"
+    );
+    drop(d);
+    c.stop_node(w, false).expect_ok("yr stop of the worker");
     stop_and_check(&mut c, vec![]);
 }

@@ -1,8 +1,9 @@
 //! Process launch: start a component process in its own session, wait (bounded) until it is
 //! ready, and stop processes by pid.
 //!
-//! A component leads its own session (`setsid`), so it outlives the `yr start` that launched it
-//! and `yr stop` can sweep its whole process group (the agent's function processes with it).
+//! A component leads its own session (`setsid`), so it outlives the process that launched it
+//! (`yr start`, or the node supervisor) and `yr stop` can sweep its whole process group (the
+//! agent's function processes with it).
 //! Ready means: its first stdout line starts with `ready` (every `yr component` prints one once it
 //! serves), or, for etcd, which prints none, that its client endpoint answers. A component that
 //! fails to get ready is killed, and the error carries the tail of its log.

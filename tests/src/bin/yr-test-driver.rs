@@ -13,8 +13,9 @@
 //! - `actors`: a named stateful instance called in order, and `wait`.
 //! - `restart NODE`: puts an object here, prints `READY`, waits for a line on stdin (the test
 //!   kills this node's data worker and sees it restarted meanwhile), then gets the old object
-//!   and, until it works or 30 s pass, puts and gets a new one here and passes an object made by
-//!   a function on NODE to another call; reports the old get's error and the new round's result.
+//!   and, until it works or 30 s pass, puts and gets a new one here, passes an object made by a
+//!   function on NODE to another call and gets it here; reports the old get's error and the new
+//!   round's result.
 
 use std::io::{BufRead, Write};
 use std::time::Duration;
@@ -163,7 +164,9 @@ fn run(yr: &Yr, args: &[String]) -> Result<(), Error> {
                     .submit()?;
                 let r = yr.task("consume").arg_ref(&made).submit()?;
                 let (len, _, _, _): (u64, bool, u64, String) = yr.get(&r, T)?;
-                Ok(format!("{n} {len}"))
+                // Here too: pulled from NODE when it is another node.
+                let pulled = yr.get_bytes(&made, T)?.len();
+                Ok(format!("{n} {len} {pulled}"))
             };
             // Polls with a deadline: the first round may meet connections that broke with the
             // old data worker.
