@@ -41,6 +41,7 @@ impl BenchWorker {
                 },
                 transfer: None,
                 cluster_secret: None,
+                encrypt_transfers: false,
             },
             Shutdown::new().expect("eventfd"),
         )

@@ -17,7 +17,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const SIZE: u64 = 64 << 20;
 
 fn setup() -> anyhow::Result<(WorkerPair, TcpBaseline)> {
-    let pair = WorkerPair::start(&Yr::at(env!("CARGO_BIN_EXE_yr")), SIZE, |_| {})?;
+    let pair = WorkerPair::start(&Yr::at(env!("CARGO_BIN_EXE_yr")), SIZE, false, |_| {})?;
     let mut tcp = TcpBaseline::start(pair.object())?;
     // Both once with their bytes checked (and the first faults and connections paid for).
     pair.pull(true)?;

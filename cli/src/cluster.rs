@@ -11,18 +11,23 @@
 //! - [`session`]: the session folder, the `latest` link, the access token file;
 //! - [`credentials`]: the node's TLS credentials (a master's new CA, a worker's join);
 //! - [`launch`]: start a process, wait until it is ready, stop pids;
-//! - [`plan`]: `yr start`'s flags to a typed node plan, without I/O;
+//! - [`node_config`]: `yr start`'s settings (defaults < `-c FILE` < `-s KEY=VALUE` < flags) as
+//!   one typed struct, and `yr config template|dump`;
+//! - [`plan`]: `yr start`'s settings to a typed node plan, without I/O;
 //! - [`supervise`]: the node supervisor, which launches a plan's components as its children and
 //!   restarts those that exit;
 //! - [`start`]: the executor of a plan (through the supervisor), and `yr stop`;
-//! - [`status`], [`function`], [`instance`]: the commands that talk to the running cluster.
+//! - [`status`], [`health`], [`function`], [`instance`]: the commands that talk to the running
+//!   cluster.
 //!
 //! The helpers below (a runtime, a master client) are shared by the parts.
 
 pub mod credentials;
 pub mod function;
+pub mod health;
 pub mod instance;
 pub mod launch;
+pub mod node_config;
 pub mod plan;
 pub mod session;
 pub mod start;
@@ -33,8 +38,10 @@ use anyhow::Result;
 use yr_proto::master_client::MasterClient;
 
 pub use function::{function, FunctionCmd};
+pub use health::{health, HealthArgs};
 pub use instance::{instance, invoke, InstanceCmd, InvokeArgs};
 pub use launch::running;
+pub use node_config::{config, ConfigCmd};
 pub use plan::StartArgs;
 pub use session::{print_session, token, SessionArg, TokenArgs};
 pub use start::{start, stop, StopArgs};

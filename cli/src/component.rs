@@ -611,6 +611,11 @@ pub struct DataWorkerArgs {
     /// prove they hold it before the transfer port serves them.
     #[arg(long)]
     cluster_secret: Option<PathBuf>,
+    /// Encrypt the bytes of every transfer this worker takes part in (default: only the
+    /// handshake is protected; the bytes travel in the clear at wire speed).
+    #[arg(long)]
+    #[serde(default)]
+    encrypt_transfers: bool,
 }
 
 pub fn run(cmd: ComponentCmd) -> Result<()> {
@@ -734,6 +739,7 @@ fn data_worker(a: DataWorkerArgs) -> Result<()> {
         low_watermark: a.low_watermark,
         transfer_address: a.transfer_address,
         cluster_secret: a.cluster_secret.clone(),
+        encrypt_transfers: a.encrypt_transfers,
     }
     .validate()?;
     let shutdown = Shutdown::new()?;

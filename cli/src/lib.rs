@@ -2,9 +2,9 @@
 //! binary share one cluster set-up instead of copies. `main.rs` only parses and calls [`run`].
 //!
 //! Layout:
-//! - [`cluster`]: `yr start|stop|status|token|function|invoke|instance`, in parts: the session
-//!   folder, process launch, `start`'s typed node plan (pure) and its executor, and the commands
-//!   that talk to a running cluster;
+//! - [`cluster`]: `yr start|stop|status|health|config|token|function|invoke|instance`, in parts:
+//!   the session folder, process launch, `start`'s settings and typed node plan (pure) and its
+//!   executor, and the commands that talk to a running cluster;
 //! - [`component`]: `yr component NAME`, one component in the foreground, its settings in two
 //!   steps (flags or a file, then the validated runtime config);
 //! - [`defaults`]: default ports and component names, defined once; [`config`]: the error that
@@ -50,12 +50,22 @@ pub enum Cmd {
     Bench(bench::BenchCmd),
     /// Pass a large object between two processes through a fresh data worker.
     Demo(demo::DemoArgs),
-    /// Start a node: `--master` for a new cluster, `--worker --master-address ADDR` to join one.
+    /// Start a node: `--master` for a new cluster, `--master_address http://IP:PORT
+    /// --join_token TOKEN` to join one (a worker, the default role). Settings also come from
+    /// `-c FILE` and `-s KEY=VALUE` (see `yr config template`).
     Start(cluster::StartArgs),
     /// Stop this host's node of a session (all its processes).
     Stop(cluster::StopArgs),
     /// Nodes, functions and instances of the cluster.
     Status(cluster::StatusArgs),
+    /// Check the cluster of a session: its processes, the master, every node; exits non-zero
+    /// naming what is unhealthy.
+    Health(cluster::HealthArgs),
+    /// `yr start`'s settings: a commented template, or the effective settings of a command line.
+    #[command(subcommand)]
+    Config(cluster::ConfigCmd),
+    /// Print yr's version (as `yr --version`).
+    Version,
     /// The cluster's REST access token (from the master node's session), for scripts:
     /// `curl -H "$(yr token --header)" ...`.
     Token(cluster::TokenArgs),
@@ -85,6 +95,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Start(a) => cluster::start(a),
         Cmd::Stop(a) => cluster::stop(a),
         Cmd::Status(a) => cluster::status(a),
+        Cmd::Health(a) => cluster::health(a),
+        Cmd::Config(c) => cluster::config(c),
+        Cmd::Version => {
+            println!("yr {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
         Cmd::Token(a) => cluster::token(a),
         Cmd::Session(a) => cluster::print_session(a),
         Cmd::Function(c) => cluster::function(c),

@@ -16,8 +16,12 @@
 //! - A stopping process gets SIGTERM, then SIGKILL after its grace: [`STOP_GRACE`], or longer
 //!   when its function's `pre_stop` hook may take longer.
 //! - Every exit is reported to the master: EXITED when the master asked for it, FAILED (with the
-//!   tail of stderr) when the process ended on its own. The agent never restarts anything itself;
-//!   the master decides.
+//!   tail of stderr) when the process ended on its own, with the process's pid so a late report
+//!   cannot fail a later incarnation. A report is retried (backing off to [`REPORT_RETRY_MAX`])
+//!   until a master acknowledges it: a master that is down or failing over loses none. The agent
+//!   never restarts anything itself; the master decides.
+//! - `ListInstances` tells a master that takes over which processes run here, so it can
+//!   reconcile its records with them.
 //! - Stopping the agent stops every function process it started, and a function process dies
 //!   with its agent, `kill -9` included ([`spawn`]: no orphan keeps running an instance the master
 //!   restarts elsewhere).
@@ -96,6 +100,43 @@ pub struct AgentConfig {
     /// The interpreter of Python function processes (default: `python3` on `PATH`); a
     /// function's environment `YR_PYTHON` overrides it.
     pub python: Option<String>,
+}
+
+/// Longest pause between two attempts to deliver an exit report.
+const REPORT_RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// Delivers `ev` to the master, retrying until one acknowledges it. A master that answers that
+/// it has no such instance (its record was swept or deleted) also ends the retries: nothing is
+/// left to tell.
+async fn report_until_acknowledged(
+    mut master: MasterClient<tonic::transport::Channel>,
+    ev: InstanceEvent,
+) {
+    let mut pause = Duration::from_millis(100);
+    let mut warned = false;
+    loop {
+        match master.report_instance(ev.clone()).await {
+            Ok(_) => {
+                if warned {
+                    tracing::info!(instance = %ev.instance_id, "exit report delivered");
+                }
+                return;
+            }
+            Err(e) if e.code() == tonic::Code::NotFound => return,
+            Err(e) => {
+                if !warned {
+                    tracing::warn!(
+                        instance = %ev.instance_id,
+                        "cannot report exit yet, will retry until a master takes it: {}",
+                        Error::from_status(e)
+                    );
+                    warned = true;
+                }
+            }
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(REPORT_RETRY_MAX);
+    }
 }
 
 struct Running {
@@ -264,7 +305,7 @@ impl State {
                 done: Arc::clone(&done),
             },
         );
-        let mut master = self.master.clone();
+        let master = self.master.clone();
         tokio::spawn(async move {
             let status = child.wait().await;
             done.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -278,6 +319,7 @@ impl State {
                 InstanceEvent {
                     instance_id: id.clone(),
                     state: InstanceState::Exited.into(),
+                    pid,
                     ..Default::default()
                 }
             } else {
@@ -291,12 +333,11 @@ impl State {
                     } else {
                         format!("process {pid} exited ({how}); stderr: {tail}")
                     },
+                    pid,
                     ..Default::default()
                 }
             };
-            if let Err(e) = master.report_instance(ev).await {
-                tracing::warn!(instance = %id, "cannot report exit: {}", Error::from_status(e));
-            }
+            report_until_acknowledged(master, ev).await;
         });
         Ok(pid)
     }
@@ -322,6 +363,23 @@ impl State {
             }
         }
         self.running.lock().await.remove(id);
+    }
+
+    /// The function processes running now.
+    async fn list(&self) -> Vec<RunningInstance> {
+        let mut v: Vec<RunningInstance> = self
+            .running
+            .lock()
+            .await
+            .iter()
+            .filter(|(_, r)| !r.done.load(std::sync::atomic::Ordering::SeqCst))
+            .map(|(id, r)| RunningInstance {
+                instance_id: id.clone(),
+                pid: r.pid,
+            })
+            .collect();
+        v.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+        v
     }
 
     async fn stop_all(&self) {
@@ -352,6 +410,15 @@ impl Agent for Service {
     async fn stop_instance(&self, req: Request<InstanceRef>) -> Result<Response<Empty>, Status> {
         self.0.stop(&req.into_inner().instance_id).await;
         Ok(Response::new(Empty {}))
+    }
+
+    async fn list_instances(
+        &self,
+        _req: Request<Empty>,
+    ) -> Result<Response<RunningInstances>, Status> {
+        Ok(Response::new(RunningInstances {
+            instances: self.0.list().await,
+        }))
     }
 }
 

@@ -320,6 +320,11 @@ fn failed(mut r: InstanceRecord, error: String, spec: Option<&Spec>) -> Transiti
         return fatal(r, why);
     }
     r.restarts += 1;
+    // Reports about that process may still come (an agent retries them until a master takes
+    // them); remembering it lets the master tell them from reports about the next one.
+    if r.pid != 0 {
+        r.ended_pid = r.pid;
+    }
     r.pid = 0;
     r.error = error;
     Transition::To {

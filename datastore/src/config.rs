@@ -60,6 +60,10 @@ pub struct WorkerSettings {
     /// that this worker proves when it pulls. Required with
     /// `transfer_address`. Default: none.
     pub cluster_secret: Option<PathBuf>,
+    /// Encrypt and authenticate the bytes of every transfer this worker
+    /// takes part in (AES-256-GCM over per-connection keys), not only the
+    /// handshake. Default: false (transfers at wire speed, in the clear).
+    pub encrypt_transfers: bool,
 }
 
 impl Default for WorkerSettings {
@@ -74,6 +78,7 @@ impl Default for WorkerSettings {
             low_watermark: DEFAULT_LOW_WATERMARK,
             transfer_address: None,
             cluster_secret: None,
+            encrypt_transfers: false,
         }
     }
 }
@@ -105,6 +110,8 @@ pub struct WorkerConfig {
     pub transfer: Option<SocketAddrV4>,
     /// The cluster secret's file (set whenever `transfer` is).
     pub cluster_secret: Option<PathBuf>,
+    /// Seal every peer connection (see [`crate::peer_seal`]).
+    pub encrypt_transfers: bool,
 }
 
 /// `0 < low < high <= 1`, naming the watermark that breaks it (NaN breaks
@@ -182,6 +189,7 @@ impl WorkerSettings {
             store,
             transfer: self.transfer_address,
             cluster_secret: self.cluster_secret,
+            encrypt_transfers: self.encrypt_transfers,
         })
     }
 }

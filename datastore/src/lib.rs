@@ -39,6 +39,7 @@ pub mod fdpass;
 pub mod id;
 mod listen;
 pub mod peer_auth;
+pub mod peer_seal;
 pub mod protocol;
 pub mod server;
 pub mod spill;

@@ -8,9 +8,14 @@
 //! ```text
 //! client → server   Nc                              (32 random bytes, after the peer magic)
 //! server → client   Ns                              (32 random bytes)
-//! client → server   HMAC-SHA256(K, "yr-peer client" ‖ Nc ‖ Ns)
-//! server → client   HMAC-SHA256(K, "yr-peer server" ‖ Nc ‖ Ns)   only if the client's tag holds
+//! client → server   HMAC-SHA256(K, "yr-peer client" ‖ M ‖ Nc ‖ Ns)
+//! server → client   HMAC-SHA256(K, "yr-peer server" ‖ M ‖ Nc ‖ Ns)   only if the client's tag holds
 //! ```
+//!
+//! `M` is the peer magic the client opened with; it names the protocol
+//! version and whether the connection is sealed (see the `peer_seal` module),
+//! so a man in the middle cannot turn a sealed connection into a plain one
+//! without both tags failing.
 //!
 //! Why this shape:
 //! - each side's tag covers a nonce the *other* side chose fresh for this
@@ -23,9 +28,10 @@
 //! - a puller checks the server's tag before it reads any reply, so a
 //!   process squatting on a member's address cannot feed it objects.
 //!
-//! What it does not do: encrypt or authenticate the bytes after the
-//! handshake. Someone who can rewrite traffic between two nodes can still
-//! tamper with a transfer; see the README's trust model.
+//! What it does not do by itself: encrypt or authenticate the bytes after
+//! the handshake. A sealed connection does that with keys derived here
+//! ([`Handshake::keys`]); on a plain one, someone who can rewrite traffic
+//! between two nodes can still tamper with a transfer (see the README).
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -43,6 +49,53 @@ pub const MIN_SECRET_LEN: usize = 32;
 
 const CLIENT_LABEL: &[u8] = b"yr-peer client";
 const SERVER_LABEL: &[u8] = b"yr-peer server";
+const CLIENT_KEY_LABEL: &[u8] = b"yr-peer key client-to-server";
+const SERVER_KEY_LABEL: &[u8] = b"yr-peer key server-to-client";
+
+/// What a finished handshake leaves behind: the transcript both sides saw,
+/// from which a sealed connection derives its keys.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Handshake {
+    magic: Vec<u8>,
+    client_nonce: [u8; NONCE_LEN],
+    server_nonce: [u8; NONCE_LEN],
+}
+
+impl std::fmt::Debug for Handshake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Handshake({:?})", String::from_utf8_lossy(&self.magic))
+    }
+}
+
+/// One key per direction, both derived from the cluster secret and the two
+/// fresh nonces of one handshake: no two connections (and no two
+/// directions of one) share a key, so per-connection counters can serve as
+/// nonces without ever repeating under one key.
+pub struct SessionKeys {
+    /// Seals what the connecting side sends.
+    pub client_to_server: [u8; 32],
+    /// Seals what the accepting side sends.
+    pub server_to_client: [u8; 32],
+}
+
+impl Handshake {
+    /// The keys of this connection. HMAC-SHA256 keyed by the (uniformly
+    /// random) cluster secret is a PRF, so its outputs over distinct labels
+    /// and this handshake's nonces are independent keys.
+    pub fn keys(&self, secret: &Secret) -> SessionKeys {
+        let derive = |label: &[u8]| -> [u8; 32] {
+            secret
+                .tag_over(label, &self.magic, &self.client_nonce, &self.server_nonce)
+                .finalize()
+                .into_bytes()
+                .into()
+        };
+        SessionKeys {
+            client_to_server: derive(CLIENT_KEY_LABEL),
+            server_to_client: derive(SERVER_KEY_LABEL),
+        }
+    }
+}
 
 /// The cluster secret, held in memory. Its `Debug` never prints the bytes.
 #[derive(Clone)]
@@ -104,13 +157,22 @@ impl Secret {
         Secret::from_bytes(bytes).map_err(named)
     }
 
-    fn tag(&self, label: &[u8], client: &[u8; NONCE_LEN], server: &[u8; NONCE_LEN]) -> HmacSha256 {
+    fn tag_over(
+        &self,
+        label: &[u8],
+        magic: &[u8],
+        client: &[u8; NONCE_LEN],
+        server: &[u8; NONCE_LEN],
+    ) -> HmacSha256 {
         // HMAC takes keys of any length; `new_from_slice` cannot fail for it.
         let mut m = match HmacSha256::new_from_slice(&self.0) {
             Ok(m) => m,
             Err(_) => unreachable!("HMAC accepts every key length"),
         };
         m.update(label);
+        // The labels and the magic are fixed-length per use, so the
+        // concatenation is unambiguous.
+        m.update(magic);
         m.update(client);
         m.update(server);
         m
@@ -184,7 +246,11 @@ fn read_step<R: Read>(r: &mut R, buf: &mut [u8], step: &str) -> io::Result<()> {
 /// The connecting side. Writes `prefix` (the peer magic) and its nonce in
 /// one write, then checks the server's nonce and tag. On success both sides
 /// hold `secret`; on failure nothing may be read from or sent on `stream`.
-pub fn client<S: Read + Write>(stream: &mut S, secret: &Secret, prefix: &[u8]) -> io::Result<()> {
+pub fn client<S: Read + Write>(
+    stream: &mut S,
+    secret: &Secret,
+    prefix: &[u8],
+) -> io::Result<Handshake> {
     let mut nc = [0u8; NONCE_LEN];
     random(&mut nc)?;
     client_with_nonce(stream, secret, prefix, nc)
@@ -195,14 +261,19 @@ fn client_with_nonce<S: Read + Write>(
     secret: &Secret,
     prefix: &[u8],
     nc: [u8; NONCE_LEN],
-) -> io::Result<()> {
+) -> io::Result<Handshake> {
     let mut hello = Vec::with_capacity(prefix.len() + NONCE_LEN);
     hello.extend_from_slice(prefix);
     hello.extend_from_slice(&nc);
     stream.write_all(&hello)?;
     let mut ns = [0u8; NONCE_LEN];
     read_step(stream, &mut ns, "server nonce")?;
-    let mine = secret.tag(CLIENT_LABEL, &nc, &ns).finalize().into_bytes();
+    let hs = Handshake {
+        magic: prefix.to_vec(),
+        client_nonce: nc,
+        server_nonce: ns,
+    };
+    let mine = hs.tag(secret, CLIENT_LABEL).finalize().into_bytes();
     stream.write_all(&mine)?;
     let mut theirs = [0u8; TAG_LEN];
     read_step(stream, &mut theirs, "server proof").map_err(|e| {
@@ -215,37 +286,53 @@ fn client_with_nonce<S: Read + Write>(
             e
         }
     })?;
-    secret
-        .tag(SERVER_LABEL, &nc, &ns)
+    hs.tag(secret, SERVER_LABEL)
         .verify_slice(&theirs)
-        .map_err(|_| refused("the peer does not hold the cluster secret (its proof is wrong)"))
+        .map_err(|_| refused("the peer does not hold the cluster secret (its proof is wrong)"))?;
+    Ok(hs)
 }
 
-/// The accepting side, after the peer magic was read. Returns once the
-/// client has proved it holds `secret` and the server's proof is sent; an
-/// error means the connection must be closed unserved.
-pub fn server<S: Read + Write>(stream: &mut S, secret: &Secret) -> io::Result<()> {
+/// The accepting side, after the peer magic `prefix` was read. Returns
+/// once the client has proved it holds `secret` and the server's proof is
+/// sent; an error means the connection must be closed unserved.
+pub fn server<S: Read + Write>(
+    stream: &mut S,
+    secret: &Secret,
+    prefix: &[u8],
+) -> io::Result<Handshake> {
     let mut ns = [0u8; NONCE_LEN];
     random(&mut ns)?;
-    server_with_nonce(stream, secret, ns)
+    server_with_nonce(stream, secret, prefix, ns)
 }
 
 fn server_with_nonce<S: Read + Write>(
     stream: &mut S,
     secret: &Secret,
+    prefix: &[u8],
     ns: [u8; NONCE_LEN],
-) -> io::Result<()> {
+) -> io::Result<Handshake> {
     let mut nc = [0u8; NONCE_LEN];
     read_step(stream, &mut nc, "client nonce")?;
     stream.write_all(&ns)?;
+    let hs = Handshake {
+        magic: prefix.to_vec(),
+        client_nonce: nc,
+        server_nonce: ns,
+    };
     let mut theirs = [0u8; TAG_LEN];
     read_step(stream, &mut theirs, "client proof")?;
-    secret
-        .tag(CLIENT_LABEL, &nc, &ns)
+    hs.tag(secret, CLIENT_LABEL)
         .verify_slice(&theirs)
         .map_err(|_| refused("the client does not hold the cluster secret (its proof is wrong)"))?;
-    let mine = secret.tag(SERVER_LABEL, &nc, &ns).finalize().into_bytes();
-    stream.write_all(&mine)
+    let mine = hs.tag(secret, SERVER_LABEL).finalize().into_bytes();
+    stream.write_all(&mine)?;
+    Ok(hs)
+}
+
+impl Handshake {
+    fn tag(&self, secret: &Secret, label: &[u8]) -> HmacSha256 {
+        secret.tag_over(label, &self.magic, &self.client_nonce, &self.server_nonce)
+    }
 }
 
 #[cfg(test)]
@@ -270,7 +357,7 @@ mod tests {
                 .expect("timeout");
         }
         let t = std::thread::spawn(move || {
-            let r = server(&mut b, &server_secret);
+            let r = server(&mut b, &server_secret, b"").map(|_| ());
             drop(b);
             r
         });
@@ -281,14 +368,14 @@ mod tests {
 
     #[test]
     fn the_same_secret_passes_both_ways() {
-        let (c, s) = run(secret(7), |s| client(s, &secret(7), b""));
+        let (c, s) = run(secret(7), |s| client(s, &secret(7), b"").map(|_| ()));
         c.expect("client accepted");
         s.expect("server accepted");
     }
 
     #[test]
     fn a_wrong_secret_is_refused_and_the_server_proves_nothing() {
-        let (c, s) = run(secret(7), |s| client(s, &secret(8), b""));
+        let (c, s) = run(secret(7), |s| client(s, &secret(8), b"").map(|_| ()));
         let s = s.expect_err("server refuses");
         assert_eq!(s.kind(), io::ErrorKind::PermissionDenied, "{s}");
         let c = c.expect_err("client learns it was refused");
@@ -308,7 +395,7 @@ mod tests {
             let mut tag = [0u8; TAG_LEN];
             b.read_exact(&mut tag).expect("client tag");
             let fake = secret(9)
-                .tag(SERVER_LABEL, &nc, &ns)
+                .tag_over(SERVER_LABEL, b"", &nc, &ns)
                 .finalize()
                 .into_bytes();
             b.write_all(&fake).expect("fake proof");
@@ -322,12 +409,13 @@ mod tests {
     fn a_replayed_client_proof_is_refused() {
         // Record a good client's transcript against one server nonce...
         let (mut a, mut b) = UnixStream::pair().expect("pair");
-        let t = std::thread::spawn(move || server_with_nonce(&mut b, &secret(7), [1; NONCE_LEN]));
+        let t =
+            std::thread::spawn(move || server_with_nonce(&mut b, &secret(7), b"", [1; NONCE_LEN]));
         let nc = [5u8; NONCE_LEN];
         client_with_nonce(&mut a, &secret(7), b"", nc).expect("good run");
         t.join().expect("server").expect("accepted");
         let recorded = secret(7)
-            .tag(CLIENT_LABEL, &nc, &[1; NONCE_LEN])
+            .tag_over(CLIENT_LABEL, b"", &nc, &[1; NONCE_LEN])
             .finalize()
             .into_bytes();
         // ...and replay it (same client nonce, same proof) to a server that
@@ -355,7 +443,7 @@ mod tests {
         // A server proof recorded for one client nonce does not fit another.
         let ns = [2u8; NONCE_LEN];
         let old = secret(7)
-            .tag(SERVER_LABEL, &[4; NONCE_LEN], &ns)
+            .tag_over(SERVER_LABEL, b"", &[4; NONCE_LEN], &ns)
             .finalize()
             .into_bytes();
         let (mut a, mut b) = UnixStream::pair().expect("pair");
@@ -374,14 +462,53 @@ mod tests {
     }
 
     #[test]
+    fn a_rewritten_magic_fails_both_proofs_and_keys_are_per_connection() {
+        // The client opens sealed; someone on the wire makes the server
+        // read a plain magic: the server refuses the client's proof.
+        let (mut a, mut b) = UnixStream::pair().expect("pair");
+        let t = std::thread::spawn(move || {
+            let mut magic = [0u8; 4];
+            b.read_exact(&mut magic).expect("magic");
+            assert_eq!(&magic, b"SEAL");
+            server(&mut b, &secret(7), b"PLN_")
+        });
+        let c = client(&mut a, &secret(7), b"SEAL");
+        drop(a);
+        let s = t.join().expect("server").expect_err("downgrade refused");
+        assert_eq!(s.kind(), io::ErrorKind::PermissionDenied, "{s}");
+        assert!(c.is_err(), "the client got no proof either");
+        // Two honest handshakes: each side derives the same keys, the two
+        // directions differ, and the next connection's keys differ.
+        let mut keys = Vec::new();
+        for _ in 0..2 {
+            let (mut a, mut b) = UnixStream::pair().expect("pair");
+            let t = std::thread::spawn(move || {
+                let mut magic = [0u8; 4];
+                b.read_exact(&mut magic).expect("magic");
+                server(&mut b, &secret(7), &magic).expect("server")
+            });
+            let hc = client(&mut a, &secret(7), b"SEAL").expect("client");
+            let hs = t.join().expect("server thread");
+            let (kc, ks) = (hc.keys(&secret(7)), hs.keys(&secret(7)));
+            assert_eq!(kc.client_to_server, ks.client_to_server);
+            assert_eq!(kc.server_to_client, ks.server_to_client);
+            assert_ne!(kc.client_to_server, kc.server_to_client);
+            // Another secret gives other keys for the same transcript.
+            assert_ne!(hc.keys(&secret(8)).client_to_server, kc.client_to_server);
+            keys.push(kc.client_to_server);
+        }
+        assert_ne!(keys[0], keys[1], "fresh keys per connection");
+    }
+
+    #[test]
     fn a_client_proof_cannot_be_reflected_as_a_server_proof() {
         let (nc, ns) = ([4u8; NONCE_LEN], [2u8; NONCE_LEN]);
         let c = secret(7)
-            .tag(CLIENT_LABEL, &nc, &ns)
+            .tag_over(CLIENT_LABEL, b"", &nc, &ns)
             .finalize()
             .into_bytes();
         assert!(secret(7)
-            .tag(SERVER_LABEL, &nc, &ns)
+            .tag_over(SERVER_LABEL, b"", &nc, &ns)
             .verify_slice(&c)
             .is_err());
     }
@@ -398,7 +525,7 @@ mod tests {
                     let mut ns = [0u8; NONCE_LEN];
                     s.read_exact(&mut ns)?;
                     let tag = secret(7)
-                        .tag(CLIENT_LABEL, &nc, &ns)
+                        .tag_over(CLIENT_LABEL, b"", &nc, &ns)
                         .finalize()
                         .into_bytes();
                     sent.extend_from_slice(&tag);

@@ -159,7 +159,7 @@ pub fn start(config: WorkerConfig, shutdown: Shutdown) -> Result<Worker, WorkerE
         Some((_, addr)) => NodeTag::new(*addr, epoch),
         None => NodeTag(epoch as u64),
     };
-    let node = Node::new(Arc::clone(&store), tag, secret)?;
+    let node = Node::new(Arc::clone(&store), tag, secret, config.encrypt_transfers)?;
     let transfer_addr = peer_listener.as_ref().map(|(_, a)| *a);
     let peers = match peer_listener {
         Some((l, _)) => {

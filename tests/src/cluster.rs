@@ -448,6 +448,14 @@ impl Cluster {
         self.nodes.len() - 1
     }
 
+    /// Starts a node with `yr start ROLE_ARGS` as given (for instance openYuanrong's
+    /// `--master_address http://IP:PORT --join_token T`) plus `options`, in folder `name`;
+    /// returns its index.
+    pub fn add_node(&mut self, name: &str, role_args: &[&str], options: NodeOptions) -> usize {
+        self.start_node(name, role_args, &options);
+        self.nodes.len() - 1
+    }
+
     fn start_node(&mut self, name: &str, role: &[&str], options: &NodeOptions) {
         let dir = self.root.path().join(name);
         let dir_arg = dir.display().to_string();
@@ -615,6 +623,18 @@ impl Cluster {
             args.push("--force");
         }
         let out = self.yr_on(i, &args);
+        if let Some(n) = self.nodes.get_mut(i) {
+            n.stopped = true;
+        }
+        out
+    }
+
+    /// Runs `yr stop ARGS` as given (naming node `i`'s session the test's own way); node `i` is
+    /// not stopped again on drop, whatever the outcome.
+    pub fn stop_node_with(&mut self, i: usize, args: &[&str]) -> YrOutput {
+        let mut all = vec!["stop"];
+        all.extend_from_slice(args);
+        let out = run_yr(&all);
         if let Some(n) = self.nodes.get_mut(i) {
             n.stopped = true;
         }

@@ -901,6 +901,83 @@ fn master_restart_rebuilds_from_etcd() {
     assert_eq!(out.stdout.trim(), "1", "{out}");
 }
 
+/// What happens while no master runs is not lost: an instance whose process dies then is
+/// restarted once a master is back (the agent keeps its exit report until a master takes it,
+/// and the new master checks every record against what the agents run), while an instance
+/// that kept running is left alone.
+#[test]
+fn a_restarted_master_settles_what_happened_while_it_was_down() {
+    let mut c = Cluster::start(NodeOptions::default());
+    let counter = example("counter");
+    c.deploy(&[
+        "--name",
+        "counter",
+        "--code",
+        counter.to_str().expect("UTF-8 path"),
+        "--handler",
+        "counter",
+    ]);
+    for name in ["dies", "lives"] {
+        c.yr(&["instance", "create", "counter", "--name", name])
+            .expect_ok("create");
+        c.call("counter", name, "add", "3").expect_ok("add 3");
+    }
+    let st = c.status();
+    let dies = st.named("dies").expect("dies").clone();
+    let lives = st.named("lives").expect("lives").clone();
+
+    let master = c.master().clone();
+    let pid = master
+        .pid_of("function-master")
+        .expect("session.json lists the function master");
+    let old = Process::find(pid, "function master").expect("the function master runs");
+    for (p, what) in [
+        (pid, "the function master"),
+        (dies.pid, "the instance's process"),
+    ] {
+        // SAFETY: kill(2) on a pid this test found running (the master, then a function
+        // process the cluster started).
+        let killed = unsafe { libc::kill(i32::try_from(p).expect("pid fits"), libc::SIGKILL) };
+        assert_eq!(killed, 0, "kill -9 {what} ({p})");
+    }
+    assert!(old.wait_gone(Duration::from_secs(10)), "the master is gone");
+    let gone = Process::find(dies.pid, "dies");
+    assert!(
+        gone.is_none_or(|p| p.wait_gone(Duration::from_secs(10))),
+        "the instance's process is gone"
+    );
+
+    c.restart_function_master(Duration::from_secs(30));
+    let st = c.wait_until_within(
+        "the instance that died while no master ran is running again",
+        Duration::from_secs(60),
+        |st| {
+            st.named("dies")
+                .is_some_and(|i| i.state == "RUNNING" && i.pid != dies.pid && i.pid != 0)
+                .then(|| st.clone())
+        },
+    );
+    let again = st.named("dies").expect("dies");
+    assert_eq!(again.instance_id, dies.instance_id, "{}", st.raw);
+    assert_eq!(again.restarts, 1, "restarted once\n{}", st.raw);
+    let still = st.named("lives").expect("lives");
+    assert_eq!(
+        (still.state.as_str(), still.pid, still.restarts),
+        ("RUNNING", lives.pid, 0),
+        "the instance that kept running is untouched\n{}",
+        st.raw
+    );
+    // The restarted one starts from a fresh state; the other kept its own.
+    let out = c.call("counter", "dies", "add", "1").expect_ok("add 1");
+    assert_eq!(out.stdout.trim(), "1", "{out}");
+    let out = c.call("counter", "lives", "add", "1").expect_ok("add 1");
+    assert_eq!(out.stdout.trim(), "4", "{out}");
+    assert!(
+        c.logs().contains("reconciled"),
+        "the new master logs its reconciliation"
+    );
+}
+
 /// The function side: code shipped as a `.tar.gz` package (unpacked per instance, entrypoint
 /// inside it), the deployment's environment reaching the process, and the runtime context: one
 /// function calling another through the proxy, and a handler putting into and reading from its

@@ -129,3 +129,35 @@ fn cluster_transfer_ports_refuse_outsiders_and_only_members_are_pulled_from() {
         "the refusals are logged"
     );
 }
+
+#[test]
+fn a_node_started_with_encrypt_transfers_pulls_and_serves_sealed_in_a_mixed_cluster() {
+    // Only the worker node encrypts: its own pulls open sealed connections, and the master's
+    // plain connection to it is told to reconnect sealed. Objects cross both ways intact.
+    let mut c = Cluster::start(NodeOptions::default());
+    let w = c.add_worker(NodeOptions {
+        extra: vec!["--encrypt-transfers".into()],
+        ..Default::default()
+    });
+    let master = c.master().clone();
+    let worker = c.session(w).clone();
+    let here = Client::connect(&master.data_socket).expect("master's data worker");
+    let there = Client::connect(&worker.data_socket).expect("worker's data worker");
+    for (from, to, seed) in [(&there, &here, 7u64), (&here, &there, 8)] {
+        let data = bytes(5 << 20, seed);
+        let id = from.new_id();
+        from.put(id, &data).expect("put");
+        let g = to
+            .get_remote(id, Duration::from_secs(30))
+            .expect("a sealed cross-node pull");
+        assert_eq!(checksum(&g), checksum(&data));
+    }
+    assert_eq!(there.stats().expect("stats").serves, 1);
+    assert_eq!(here.stats().expect("stats").serves, 1);
+    // An outsider still gets nothing from the encrypting node's port.
+    let got = as_a_stranger(
+        &worker.data_transfer,
+        &PeerRequest::Delete { ids: vec![] }.encode(),
+    );
+    assert!(got.len() <= 32, "an outsider got {} bytes", got.len());
+}

@@ -14,6 +14,11 @@
 //! first faults) that is not counted. `transfer_vs_tcp` is the median of the
 //! per-round ratios (each pair of runs saw the same machine load).
 //!
+//! Then the same rounds again with both workers started with
+//! `--encrypt-transfers` (every pull sealed with AES-256-GCM), against the
+//! same kind of TCP baseline: `encrypted_vs_tcp` and `encrypted_vs_plain`
+//! say what encryption costs.
+//!
 //! Then the three-stage pipeline (`examples/pipeline`, built next to `yr`)
 //! runs on a real two-node cluster started on this host (`yr start --master`
 //! and `yr start --worker`, `--ports auto`): produce and reduce on one node,
@@ -72,6 +77,15 @@ struct Report {
     /// Median over rounds of (TCP time / pull time): the pull's speed
     /// relative to raw TCP under the same load (the target is 0.7 or more).
     transfer_vs_tcp: f64,
+    /// Object size / median sealed pull time (`--encrypt-transfers`), GB/s.
+    encrypted_gbps: f64,
+    /// Median time of one sealed pull, in ms.
+    encrypted_p50_ms: f64,
+    /// Median over rounds of (TCP time / sealed pull time).
+    encrypted_vs_tcp: f64,
+    /// Plain pull median time / sealed pull median time: the share of the
+    /// default speed that encryption keeps.
+    encrypted_vs_plain: f64,
     /// Median time to open a peer connection on loopback with the
     /// authentication handshake (TCP connect, then the challenge–response),
     /// in µs. A pull pays it once per pooled connection, not per object.
@@ -113,8 +127,9 @@ impl WorkerPair {
     /// Starts the two workers of `yr` (prefaulted arenas of twice `size`, at least 64 MiB;
     /// transfer ports on 127.0.0.1) after checking that the machine has the memory for them
     /// and for a [`TcpBaseline`] of the same size, then puts a `size`-byte object into worker
-    /// a. `log` hears what it is doing.
-    pub fn start(yr: &Yr, size: u64, log: impl Fn(&str)) -> Result<WorkerPair> {
+    /// a. With `encrypt`, both workers seal their transfers (`--encrypt-transfers`). `log`
+    /// hears what it is doing.
+    pub fn start(yr: &Yr, size: u64, encrypt: bool, log: impl Fn(&str)) -> Result<WorkerPair> {
         if size == 0 {
             bail!("--size must be greater than zero");
         }
@@ -151,18 +166,22 @@ impl WorkerPair {
         let secret = secret.to_string_lossy().into_owned();
         let start = |name: &str| -> Result<(WorkerProcess, std::path::PathBuf)> {
             let socket = dir.path().join(format!("{name}.sock"));
+            let mut flags = vec![
+                "--prefault",
+                "--transfer-address",
+                "127.0.0.1:0",
+                "--cluster-secret",
+                &secret,
+            ];
+            if encrypt {
+                flags.push("--encrypt-transfers");
+            }
             let w = WorkerProcess::start_with(
                 yr,
                 &socket,
                 shm,
                 &dir.path().join(format!("spill-{name}")),
-                &[
-                    "--prefault",
-                    "--transfer-address",
-                    "127.0.0.1:0",
-                    "--cluster-secret",
-                    &secret,
-                ],
+                &flags,
             )
             .with_context(|| format!("data worker {name}"))?;
             if w.transfer_addr().is_none() {
@@ -233,39 +252,8 @@ pub fn run(a: TransferArgs) -> Result<()> {
         }
     };
     let yr = Yr::this()?;
-    let pair = WorkerPair::start(&yr, a.size, log)?;
-    let mut tcp = TcpBaseline::start(pair.object())?;
-    log(&format!(
-        "{} rounds of a pull a→b against a raw TCP stream (1 warm-up)...",
-        a.runs
-    ));
-    let (mut pulls, mut streams) = (Vec::with_capacity(a.runs), Vec::with_capacity(a.runs));
-    for round in 0..=a.runs {
-        let warm_up = round == 0;
-        let (p, s) = if round % 2 == 0 {
-            let s = tcp.run(warm_up)?;
-            (pair.pull(warm_up)?, s)
-        } else {
-            let p = pair.pull(warm_up)?;
-            (p, tcp.run(warm_up)?)
-        };
-        tracing::debug!(round, pull_ms = ms(p), tcp_ms = ms(s), "transfer round");
-        if !warm_up {
-            pulls.push(p);
-            streams.push(s);
-        }
-    }
-    tcp.stop()?;
-    drop(tcp);
-    pair.stop()?;
-
-    let mut ratios: Vec<f64> = pulls
-        .iter()
-        .zip(&streams)
-        .map(|(p, s)| s.as_secs_f64() / p.as_secs_f64().max(1e-9))
-        .collect();
-    ratios.sort_by(f64::total_cmp);
-    let ratio = ratios[ratios.len() / 2];
+    let (mut pulls, mut streams, ratio) = pull_rounds(&yr, &a, false, log)?;
+    let (mut sealed, _, sealed_ratio) = pull_rounds(&yr, &a, true, log)?;
     let pipeline = if a.no_pipeline {
         None
     } else {
@@ -276,6 +264,7 @@ pub fn run(a: TransferArgs) -> Result<()> {
     let (auth, plain) = handshake_cost(HANDSHAKE_ROUNDS)?;
     let gbps = |d: Duration| a.size as f64 / d.as_secs_f64() / 1e9;
     let (pull_p50, pull_best) = (median(&mut pulls), best(&pulls));
+    let sealed_p50 = median(&mut sealed);
     let (tcp_p50, tcp_best) = (median(&mut streams), best(&streams));
     let report = Report {
         transfer_gbps: gbps(pull_p50),
@@ -285,6 +274,10 @@ pub fn run(a: TransferArgs) -> Result<()> {
         tcp_best_gbps: gbps(tcp_best),
         tcp_p50_ms: ms(tcp_p50),
         transfer_vs_tcp: ratio,
+        encrypted_gbps: gbps(sealed_p50),
+        encrypted_p50_ms: ms(sealed_p50),
+        encrypted_vs_tcp: sealed_ratio,
+        encrypted_vs_plain: pull_p50.as_secs_f64() / sealed_p50.as_secs_f64().max(1e-9),
         connect_auth_us: us(auth),
         connect_plain_us: us(plain),
         handshake_us: us(auth) - us(plain),
@@ -299,6 +292,57 @@ pub fn run(a: TransferArgs) -> Result<()> {
         print_table(&report)?;
     }
     Ok(())
+}
+
+/// Alternating rounds of a pull a→b (sealed with `encrypt`) and a raw TCP
+/// stream of the same bytes, after one warm-up each: the pull times, the
+/// stream times, and the median of the per-round ratios (TCP / pull).
+fn pull_rounds(
+    yr: &Yr,
+    a: &TransferArgs,
+    encrypt: bool,
+    log: impl Fn(&str),
+) -> Result<(Vec<Duration>, Vec<Duration>, f64)> {
+    let pair = WorkerPair::start(yr, a.size, encrypt, &log)?;
+    let mut tcp = TcpBaseline::start(pair.object())?;
+    log(&format!(
+        "{} rounds of a {} pull a→b against a raw TCP stream (1 warm-up)...",
+        a.runs,
+        if encrypt { "sealed" } else { "plain" }
+    ));
+    let (mut pulls, mut streams) = (Vec::with_capacity(a.runs), Vec::with_capacity(a.runs));
+    for round in 0..=a.runs {
+        let warm_up = round == 0;
+        let (p, s) = if round % 2 == 0 {
+            let s = tcp.run(warm_up)?;
+            (pair.pull(warm_up)?, s)
+        } else {
+            let p = pair.pull(warm_up)?;
+            (p, tcp.run(warm_up)?)
+        };
+        tracing::debug!(
+            round,
+            encrypt,
+            pull_ms = ms(p),
+            tcp_ms = ms(s),
+            "transfer round"
+        );
+        if !warm_up {
+            pulls.push(p);
+            streams.push(s);
+        }
+    }
+    tcp.stop()?;
+    drop(tcp);
+    pair.stop()?;
+    let mut ratios: Vec<f64> = pulls
+        .iter()
+        .zip(&streams)
+        .map(|(p, s)| s.as_secs_f64() / p.as_secs_f64().max(1e-9))
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    let ratio = ratios[ratios.len() / 2];
+    Ok((pulls, streams, ratio))
 }
 
 /// Connections timed by [`handshake_cost`], of each kind.
@@ -327,7 +371,7 @@ fn handshake_cost(rounds: usize) -> Result<(Duration, Duration)> {
             if i % 2 == 0 {
                 let mut magic = [0u8; 4];
                 s.read_exact(&mut magic)?;
-                peer_auth::server(&mut s, &server_secret)?;
+                peer_auth::server(&mut s, &server_secret, &magic)?;
             } else {
                 let mut b = [0u8; 1];
                 s.read_exact(&mut b)?;

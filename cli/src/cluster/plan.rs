@@ -15,87 +15,11 @@ use std::ffi::{OsStr, OsString};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use clap::Args;
 use yr_runtime::session::{ComponentInfo, Session};
 
+pub use super::node_config::{PortMode, StartArgs, StartConfig};
 use crate::config::{self, ConfigError};
-use crate::defaults::{self, name, port};
-
-#[derive(Args, Debug)]
-pub struct StartArgs {
-    /// Start a master node: etcd, function master and this node's worker components.
-    #[arg(long, conflicts_with = "worker")]
-    pub(super) master: bool,
-    /// Start a worker node that joins the master at --master-address.
-    #[arg(long, requires = "master_address")]
-    pub(super) worker: bool,
-    /// The master to join (host:port; openYuanrong's `http://IP:PORT` is accepted), for --worker.
-    #[arg(long)]
-    pub(super) master_address: Option<String>,
-    /// The join token `yr start --master` printed (`yr token --join` on the master prints it
-    /// again), for --worker.
-    #[arg(long)]
-    pub(super) join_token: Option<String>,
-    /// The cluster secret data workers prove to each other on their transfer ports (a file,
-    /// mode 0600). A master creates `<session>/cluster-secret` unless given one; a worker node
-    /// receives the master's when it joins, unless given one.
-    #[arg(long)]
-    pub(super) cluster_secret: Option<PathBuf>,
-    /// Use an existing etcd instead of starting one (comma-separated URLs).
-    #[arg(long)]
-    pub(super) etcd_endpoints: Option<String>,
-    /// How to reach that etcd (its CA, a client certificate, a user); a worker of such a
-    /// cluster is given the same.
-    #[command(flatten)]
-    pub(super) etcd_auth: crate::component::EtcdAuthFlags,
-    /// Session folder (default: <timestamp> in this user's session root, $XDG_RUNTIME_DIR/yr or
-    /// /tmp/yr-<uid>).
-    #[arg(long)]
-    pub(super) session_dir: Option<PathBuf>,
-    /// `auto`: pick free ports (to run several nodes on one host); default: the standard ports.
-    #[arg(long)]
-    pub(super) ports: Option<String>,
-    /// Shared memory for this node's data worker (default: a third of memory).
-    #[arg(long, value_parser = crate::util::size_arg)]
-    pub(super) shm_size: Option<u64>,
-    /// Allocate and map the data worker's shared memory at start (faster first puts).
-    #[arg(long)]
-    pub(super) prefault_shm: bool,
-    /// CPU this node offers, in millicores.
-    #[arg(long)]
-    pub(super) cpu: Option<u64>,
-    /// Memory this node offers, in MiB.
-    #[arg(long)]
-    pub(super) memory: Option<u64>,
-    /// Node labels, key=value, repeatable.
-    #[arg(long = "label")]
-    pub(super) labels: Vec<String>,
-    /// Custom resources, name=amount, repeatable.
-    #[arg(long = "resource")]
-    pub(super) resources: Vec<String>,
-    /// Stop stateless instances idle this long (ms), down to each function's minimum (master).
-    #[arg(long, default_value_t = defaults::IDLE_TIMEOUT_MS)]
-    pub(super) idle_timeout_ms: u64,
-    /// Address every service of this node listens on. The default keeps the node reachable
-    /// from this host only; another address is announced with a warning.
-    #[arg(long, default_value_t = Ipv4Addr::LOCALHOST)]
-    pub(super) bind: Ipv4Addr,
-    /// Serve the REST services (master) over HTTPS with this PEM certificate chain (with
-    /// --rest-tls-key); default plain HTTP.
-    #[arg(long, requires = "rest_tls_key")]
-    pub(super) rest_tls_cert: Option<PathBuf>,
-    /// The PEM private key of --rest-tls-cert.
-    #[arg(long, requires = "rest_tls_cert")]
-    pub(super) rest_tls_key: Option<PathBuf>,
-    /// Largest REST request body (master).
-    #[arg(long, value_parser = crate::util::size_arg, default_value = defaults::MAX_BODY)]
-    pub(super) max_body: u64,
-    /// The Python interpreter of this node's python3.x function processes; it must import the
-    /// yr package (default: $YR_PYTHON, else the active virtual environment or the one `make`
-    /// builds when the package is installed there, else `python3` on PATH).
-    #[arg(long)]
-    pub(super) python: Option<String>,
-}
+use crate::defaults::{name, port};
 
 /// What a node is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,15 +39,6 @@ impl Role {
             Role::Worker => "worker",
         }
     }
-}
-
-/// Which ports a node listens on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PortMode {
-    /// The standard ports ([`Ports::STANDARD`]).
-    Standard,
-    /// Free ports the executor picks, so several nodes can share a host.
-    Auto,
 }
 
 /// The port of each listener of a node.
@@ -179,26 +94,26 @@ pub struct Checked {
     pub ports: PortMode,
 }
 
-/// Checks the flags on their own: a role, a port mode, a bind address that names a host, and
-/// well-formed labels, resources and etcd endpoints.
-pub fn check(a: &StartArgs) -> Result<Checked, ConfigError> {
-    let role = match (a.master, a.worker) {
-        (true, false) => Role::Master,
-        (false, true) => Role::Worker,
-        _ => {
-            return Err(ConfigError::Missing {
-                field: "master",
-                message:
-                    "say --master (a new cluster) or --worker --master-address ADDR (join one)"
-                        .into(),
-            })
-        }
-    };
+/// Checks the settings on their own: a role (a worker, the default, needs its master's address
+/// and the join token), a bind address that names a host, and etcd credentials only for an
+/// etcd given by its endpoints. (Keys and values were checked by [`StartArgs::resolve`].)
+pub fn check(a: &StartConfig) -> Result<Checked, ConfigError> {
+    let role = if a.master { Role::Master } else { Role::Worker };
     if role == Role::Worker {
-        config::required(
-            "master-address",
-            a.master_address.clone().unwrap_or_default(),
-        )?;
+        if a.master_address
+            .as_deref()
+            .unwrap_or_default()
+            .trim()
+            .is_empty()
+        {
+            return Err(ConfigError::Missing {
+                field: "master-address",
+                message: "a worker node (the default role) needs --master_address \
+                          http://IP:PORT of the cluster's master and its --join_token; say \
+                          --master to start a new cluster"
+                    .into(),
+            });
+        }
         if a.join_token
             .as_deref()
             .unwrap_or_default()
@@ -213,17 +128,6 @@ pub fn check(a: &StartArgs) -> Result<Checked, ConfigError> {
             });
         }
     }
-    let ports = match a.ports.as_deref() {
-        None => PortMode::Standard,
-        Some("auto") => PortMode::Auto,
-        Some(other) => {
-            return Err(ConfigError::invalid(
-                "ports",
-                other,
-                "expected `auto` (without --ports: the standard ports)",
-            ))
-        }
-    };
     if a.bind.is_unspecified() {
         return Err(ConfigError::invalid(
             "bind",
@@ -232,11 +136,7 @@ pub fn check(a: &StartArgs) -> Result<Checked, ConfigError> {
              node records carry it); give this host's address",
         ));
     }
-    config::key_values("label", &a.labels)?;
-    config::amounts("resource", &a.resources)?;
-    if let Some(e) = &a.etcd_endpoints {
-        config::endpoints("etcd-endpoints", e)?;
-    } else if role == Role::Master && a.etcd_auth.any() {
+    if a.etcd_endpoints.is_none() && role == Role::Master && a.etcd_auth.any() {
         return Err(ConfigError::invalid(
             "etcd-ca",
             "",
@@ -244,7 +144,10 @@ pub fn check(a: &StartArgs) -> Result<Checked, ConfigError> {
              --etcd-endpoints; the etcd yr starts uses the cluster's own certificates",
         ));
     }
-    Ok(Checked { role, ports })
+    Ok(Checked {
+        role,
+        ports: a.ports,
+    })
 }
 
 /// The folder of a node's TLS credentials inside its session folder.
@@ -408,8 +311,13 @@ impl CommandLine {
     }
 }
 
+/// A map's entries as `KEY=VALUE` flag values, in key order.
+fn pairs<V: std::fmt::Display>(m: &std::collections::BTreeMap<String, V>) -> Vec<String> {
+    m.iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
 /// The plan for `a`, given what the system said.
-pub fn plan(a: &StartArgs, inputs: Inputs) -> Result<NodePlan, ConfigError> {
+pub fn plan(a: &StartConfig, inputs: Inputs) -> Result<NodePlan, ConfigError> {
     let Checked { role, .. } = check(a)?;
     let Inputs {
         exe,
@@ -458,7 +366,7 @@ pub fn plan(a: &StartArgs, inputs: Inputs) -> Result<NodePlan, ConfigError> {
     let (etcd_endpoints, master_address) = match role {
         Role::Master => {
             let endpoints = match &a.etcd_endpoints {
-                Some(e) => config::endpoints("etcd-endpoints", e)?,
+                Some(e) => config::endpoints("etcd-endpoints", &e.join(","))?,
                 None => {
                     let program = etcd_program.ok_or_else(|| ConfigError::Missing {
                         field: "etcd-endpoints",
@@ -579,6 +487,7 @@ pub fn plan(a: &StartArgs, inputs: Inputs) -> Result<NodePlan, ConfigError> {
             .flag("--spill-dir", node_dir.join("spill"))
             .flag_if("--shm-size", a.shm_size.map(|s| s.to_string()))
             .switch("--prefault", a.prefault_shm)
+            .switch("--encrypt-transfers", a.encrypt_transfers)
             .flag("--transfer-address", &data_transfer)
             .flag("--cluster-secret", &cluster_secret),
         data_transfer.clone(),
@@ -621,8 +530,8 @@ pub fn plan(a: &StartArgs, inputs: Inputs) -> Result<NodePlan, ConfigError> {
             .flag("--work-dir", node_dir.join("work"))
             .flag_if("--cpu", a.cpu.map(|c| c.to_string()))
             .flag_if("--memory", a.memory.map(|m| m.to_string()))
-            .each("--label", &a.labels)
-            .each("--resource", &a.resources)
+            .each("--label", &pairs(&a.labels))
+            .each("--resource", &pairs(&a.resources))
             .flag_if(
                 "--python",
                 a.python
@@ -658,19 +567,15 @@ pub fn plan(a: &StartArgs, inputs: Inputs) -> Result<NodePlan, ConfigError> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::node_config::start_args;
     use super::*;
     use clap::Parser;
     use std::path::Path;
 
-    #[derive(Parser)]
-    struct Start {
-        #[command(flatten)]
-        a: StartArgs,
-    }
-
-    fn args(flags: &[&str]) -> StartArgs {
-        match Start::try_parse_from(std::iter::once("yr-start").chain(flags.iter().copied())) {
-            Ok(s) => s.a,
+    /// The settings of a command line; panics if they are refused.
+    fn args(flags: &[&str]) -> StartConfig {
+        match start_args(flags).resolve() {
+            Ok(c) => c,
             Err(e) => panic!("{flags:?}: {e}"),
         }
     }
@@ -722,8 +627,9 @@ mod tests {
         component(p, name).args.iter().any(|a| a == flag)
     }
 
+    /// The setting a command line is refused for, by its settings or by the plan.
     fn refused(flags: &[&str], inputs: Inputs) -> &'static str {
-        match plan(&args(flags), inputs) {
+        match start_args(flags).resolve().and_then(|c| plan(&c, inputs)) {
             Ok(_) => panic!("{flags:?} planned"),
             Err(e) => e.field(),
         }
@@ -915,6 +821,44 @@ mod tests {
         );
     }
 
+    /// openYuanrong's worker command, as its deployment pages write it: no `--worker`, the
+    /// master's address with `http://` and underscores in the flags' names.
+    #[test]
+    fn a_master_address_alone_makes_a_worker() {
+        let mut i = inputs(Ports::STANDARD);
+        i.master_etcd = vec!["https://10.0.0.1:32379".into()];
+        let p = planned(
+            &[
+                "--master_address",
+                "http://10.0.0.1:22770",
+                "--join_token",
+                "t",
+                "--shm_size",
+                "64MiB",
+            ],
+            i.clone(),
+        );
+        assert_eq!(p.role, Role::Worker);
+        assert_eq!(p.master_address, "10.0.0.1:22770");
+        assert_eq!(
+            value(&p, "data-worker", "--shm-size").as_deref(),
+            Some("67108864")
+        );
+        // The same from a settings file's keys, given with --set.
+        let q = planned(
+            &[
+                "-s",
+                "master_address=http://10.0.0.1:22770",
+                "-s",
+                "join-token=t",
+                "-s",
+                "shm-size=64MiB",
+            ],
+            i,
+        );
+        assert_eq!(q, p);
+    }
+
     #[test]
     fn the_credentials_of_a_given_etcd_reach_every_etcd_client() {
         let mut i = inputs(Ports::STANDARD);
@@ -1009,7 +953,9 @@ mod tests {
             Ok(PortMode::Standard)
         );
         assert_eq!(
-            check(&args(&["--master", "--ports", "9000"])).map_err(|e| e.field()),
+            start_args(&["--master", "--ports", "9000"])
+                .resolve()
+                .map_err(|e| e.field()),
             Err("ports")
         );
         let free = [40001, 40002, 40003, 40004, 40005, 40006, 40007, 40008];
@@ -1043,18 +989,23 @@ mod tests {
     #[test]
     fn the_flags_are_checked_before_anything_starts() {
         let i = || inputs(Ports::STANDARD);
-        assert_eq!(refused(&[], i()), "master");
+        assert_eq!(
+            refused(&[], i()),
+            "master-address",
+            "a worker is the default role"
+        );
         assert_eq!(refused(&["--master", "--bind", "0.0.0.0"], i()), "bind");
         assert_eq!(refused(&["--master", "--label", "zone"], i()), "label");
         assert_eq!(
             refused(&["--master", "--resource", "gpu=lots"], i()),
             "resource"
         );
-        assert!(
-            Start::try_parse_from(["yr-start", "--worker"]).is_err(),
+        assert_eq!(
+            refused(&["--worker"], i()),
+            "master-address",
             "a worker needs --master-address"
         );
-        assert!(Start::try_parse_from(["yr-start", "--master", "--worker"]).is_err());
+        assert!(crate::Cli::try_parse_from(["yr", "start", "--master", "--worker"]).is_err());
         assert_eq!(
             refused(&["--worker", "--master-address", "m:1"], i()),
             "join-token",
@@ -1112,7 +1063,7 @@ mod tests {
         );
         assert_eq!(
             values(&p, "function-agent", "--label"),
-            ["zone=a", "gpu=yes"]
+            ["gpu=yes", "zone=a"]
         );
         assert_eq!(values(&p, "function-agent", "--resource"), ["fpga=2"]);
         assert_eq!(
@@ -1236,20 +1187,12 @@ fn instance_secret_file(node_dir: &std::path::Path) -> PathBuf {
 
 #[cfg(test)]
 mod instance_secret_tests {
+    use super::super::node_config::start_args;
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Start {
-        #[command(flatten)]
-        a: StartArgs,
-    }
 
     #[test]
     fn the_proxy_and_the_agent_name_one_secret_file_in_the_node_folder() {
-        let a = Start::try_parse_from(["yr-start", "--master"])
-            .expect("flags")
-            .a;
+        let a = start_args(&["--master"]).resolve().expect("settings");
         let p = plan(
             &a,
             Inputs {

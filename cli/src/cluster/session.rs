@@ -17,9 +17,15 @@ use yr_runtime::session::{Session, SESSION_FILE};
 
 #[derive(Args)]
 pub struct SessionArg {
-    /// Session folder (default: `latest` in this user's session root, $XDG_RUNTIME_DIR/yr or
-    /// /tmp/yr-<uid>).
-    #[arg(long)]
+    /// Session folder or its session.json file (default: `latest` in this user's session root,
+    /// $XDG_RUNTIME_DIR/yr or /tmp/yr-<uid>).
+    #[arg(
+        long,
+        visible_alias = "session",
+        alias = "session_dir",
+        alias = "session-file",
+        alias = "session_file"
+    )]
     session_dir: Option<PathBuf>,
 }
 

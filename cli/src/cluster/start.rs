@@ -30,6 +30,7 @@ use super::{master_client, rt};
 const REGISTER_WITHIN: Duration = Duration::from_secs(20);
 
 pub fn start(a: StartArgs) -> Result<()> {
+    let a = a.resolve()?;
     let checked = plan::check(&a)?;
     let dir = session::claim(a.session_dir.as_deref())?;
     if !a.bind.is_loopback() {

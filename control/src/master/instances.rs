@@ -273,6 +273,26 @@ impl MasterState {
     /// Applies an agent's or proxy's report.
     pub async fn report(self: &Arc<Self>, ev: InstanceEvent) -> Result<()> {
         let report = Report::try_from(&ev)?;
+        if matches!(
+            report.news,
+            lifecycle::News::Failed { .. } | lifecycle::News::Exited
+        ) {
+            match self.current(&ev.instance_id).await {
+                Some(r) if crate::reconcile::stale_report(&r, ev.pid) => {
+                    tracing::info!(
+                        instance = %ev.instance_id,
+                        "ignoring a late exit report of process {} (the instance runs as {} now)",
+                        ev.pid,
+                        r.pid
+                    );
+                    return Ok(());
+                }
+                Some(_) => {}
+                None => {
+                    return Err(Error::NotFound(format!("no instance {}", ev.instance_id)));
+                }
+            }
+        }
         self.handle(&ev.instance_id, Event::Reported(report))
             .await?
             .ok_or_else(|| Error::NotFound(format!("no instance {}", ev.instance_id)))?;
@@ -319,7 +339,7 @@ impl MasterState {
 
     /// Starts failed instance `r` again in the background: on its node if that node is alive,
     /// else wherever it fits now; FATAL if it fits nowhere within [`DEFAULT_WAIT`].
-    fn restart(self: &Arc<Self>, r: InstanceRecord, function: Spec) {
+    pub(super) fn restart(self: &Arc<Self>, r: InstanceRecord, function: Spec) {
         let this = Arc::clone(self);
         tokio::spawn(async move {
             let id = r.instance_id.clone();
