@@ -232,6 +232,15 @@ fn a_killed_agent_takes_its_function_processes_along_and_calls_work_again() {
         );
     }
     wait_restarted(&c, "function-agent", agent.pid, 1);
+    // The new agent tells the master that those instances' processes are gone: no record keeps
+    // a dead pid as RUNNING (each is restarted or replaced).
+    let dead: Vec<u32> = instances.iter().map(|p| p.pid).collect();
+    c.wait_until("no instance is recorded RUNNING under a dead pid", |st| {
+        (!st.instances
+            .iter()
+            .any(|i| i.state == "RUNNING" && dead.contains(&i.pid)))
+        .then_some(())
+    });
     let took = invoke_until(
         &c,
         "hstore",
