@@ -21,6 +21,7 @@ fn worker(socket: &Path) -> Worker {
             },
             transfer: None,
             cluster_secret: None,
+            encrypt_transfers: false,
         },
         Shutdown::new().expect("eventfd"),
     )
