@@ -814,8 +814,16 @@ fn master_restart_rebuilds_from_etcd() {
     let before = st.named("c1").expect("c1 in the status").clone();
     assert_eq!(before.state, "RUNNING", "{}", st.raw);
 
-    // kill -9 the function master that `yr start` began.
+    // kill -9 the function master that `yr start` began (and the node's supervisor before it,
+    // so that the test restarts the master itself).
     let master = c.master().clone();
+    let supervisor = master
+        .pid_of("supervisor")
+        .and_then(|p| Process::find(p, "supervisor"))
+        .expect("the node supervisor runs");
+    // SAFETY: kill(2) on the supervisor's pid, checked above to be that running process.
+    unsafe { libc::kill(supervisor.pid as i32, libc::SIGKILL) };
+    assert!(supervisor.wait_gone(Duration::from_secs(10)));
     let pid = master
         .pid_of("function-master")
         .expect("session.json lists the function master");
@@ -894,9 +902,9 @@ fn master_restart_rebuilds_from_etcd() {
 }
 
 /// What happens while no master runs is not lost: an instance whose process dies then is
-/// restarted once a master is back (the agent keeps its exit report until a master takes it,
-/// and the new master checks every record against what the agents run), while an instance
-/// that kept running is left alone.
+/// restarted once a master is back (here the node's supervisor restarts it; the agent keeps its
+/// exit report until a master takes it, and the new master checks every record against what
+/// the agents run), while an instance that kept running is left alone.
 #[test]
 fn a_restarted_master_settles_what_happened_while_it_was_down() {
     let mut c = Cluster::start(NodeOptions::default());
@@ -939,7 +947,7 @@ fn a_restarted_master_settles_what_happened_while_it_was_down() {
         "the instance's process is gone"
     );
 
-    c.restart_function_master(Duration::from_secs(30));
+    // The node's supervisor starts the master again.
     let st = c.wait_until_within(
         "the instance that died while no master ran is running again",
         Duration::from_secs(60),
@@ -1090,10 +1098,11 @@ fn a_dead_nodes_instances_move_to_a_live_node() {
     let out = c.call("counter", "mover", "add", "3").expect_ok("add 3");
     assert_eq!(out.stdout.trim(), "3");
 
-    // Kill the worker's agent and proxy outright: no lease revocation, no goodbye.
+    // Kill the worker's agent and proxy outright: no lease revocation, no goodbye. Its
+    // supervisor first, as a host failure would, so that nothing restarts them.
     let worker = c.session(1).clone();
     let mut killed = Vec::new();
-    for name in ["function-agent", "function-proxy"] {
+    for name in ["supervisor", "function-agent", "function-proxy"] {
         let pid = worker.pid_of(name).expect("component pid");
         let p = Process::find(pid, name).expect("component running");
         // SAFETY: SIGKILL to a process this test started (checked running just above).
