@@ -907,7 +907,7 @@ fn master_restart_rebuilds_from_etcd() {
 /// the agents run), while an instance that kept running is left alone.
 #[test]
 fn a_restarted_master_settles_what_happened_while_it_was_down() {
-    let mut c = Cluster::start(NodeOptions::default());
+    let c = Cluster::start(NodeOptions::default());
     let counter = example("counter");
     c.deploy(&[
         "--name",
