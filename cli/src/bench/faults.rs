@@ -87,6 +87,9 @@ struct FaultReport {
     errors: BTreeMap<String, u64>,
     /// Calls that ran into [`CALL_TIMEOUT`] (counted in `errors` too).
     timeouts: u64,
+    /// The first message of each entry of `errors`, to see what a user was told.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    error_samples: BTreeMap<String, String>,
     /// What was lost, if anything.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     lost: Vec<String>,
@@ -724,6 +727,10 @@ pub fn run(a: FaultsArgs) -> Result<()> {
                 acknowledged_lost: 0,
                 errors: BTreeMap::from([("not_served_before_the_fault".into(), 1)]),
                 timeouts: 0,
+                error_samples: last
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.clone()))
+                    .collect(),
                 lost: Vec::new(),
             });
             continue;
@@ -773,6 +780,7 @@ pub fn run(a: FaultsArgs) -> Result<()> {
         let served = load.wait_served(t0, t0 + deadline);
         let seen = load.since(t0);
         let mut errors = BTreeMap::new();
+        let mut error_samples = BTreeMap::new();
         let mut timeouts = 0;
         for (_, kind, e) in &seen {
             if let Some(e) = e {
@@ -780,7 +788,11 @@ pub fn run(a: FaultsArgs) -> Result<()> {
                 if k == "timeout" {
                     timeouts += 1;
                 }
-                *errors.entry(format!("{kind}:{k}")).or_insert(0) += 1;
+                let key = format!("{kind}:{k}");
+                error_samples
+                    .entry(key.clone())
+                    .or_insert_with(|| e.clone());
+                *errors.entry(key).or_insert(0) += 1;
             }
         }
         let lost = ack.lost(&nodes);
@@ -794,6 +806,7 @@ pub fn run(a: FaultsArgs) -> Result<()> {
             acknowledged_lost: lost.len() as u64,
             errors,
             timeouts,
+            error_samples,
             lost,
         };
         log(&format!(

@@ -295,12 +295,28 @@ fn restart_partners(watched: &mut [Watched], exited: &str, due: Instant) {
                 w.info.name,
                 w.info.pid
             );
-            // Reaps it too (it is our child), so reap_any never reports it.
-            launch::stop_pid(w.info.pid, Duration::from_secs(5));
+            // SIGKILL, not a graceful stop: a gracefully stopping agent takes its node out of
+            // the cluster (it deletes the node's record, and the master moves the node's
+            // instances elsewhere), while this is a restart in place. Its function processes
+            // die with it either way (PR_SET_PDEATHSIG), and the new agent reports them.
+            kill_and_reap(w.info.pid);
             w.info.state = ComponentState::Restarting;
             w.info.last_exit = format!("stopped to restart with {exited}");
         }
         w.due = Some(w.due.map_or(due, |d| d.max(due)));
+    }
+}
+
+/// SIGKILL to child `pid`, then reaps it (so [`reap_any`] never reports it).
+fn kill_and_reap(pid: u32) {
+    let Ok(p) = i32::try_from(pid) else { return };
+    // SAFETY: kill(2) and waitpid(2) on a child of this process, which only this thread reaps
+    // (a pid is not reused before its parent reaps it); `status` is a valid out pointer.
+    unsafe {
+        if libc::kill(p, libc::SIGKILL) == 0 {
+            let mut status = 0;
+            libc::waitpid(p, &mut status, 0);
+        }
     }
 }
 

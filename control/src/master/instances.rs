@@ -23,13 +23,25 @@ use crate::etcd;
 use crate::function::{Scheduling, Spec};
 use crate::lifecycle::{self, Event, Readiness, Report, Then};
 
+/// Whether a failed call to an agent never reached it (connection refused or broken), as
+/// opposed to the agent refusing the start (bad code, a bad entrypoint).
+fn agent_unreachable(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown
+    ) && status.details().is_empty()
+}
+
 impl MasterState {
     /// Creates an instance of `req.function` and waits until it runs (or returns the named
     /// instance that already exists). Errors by kind: [`Error::NotFound`] (no such function),
     /// [`Error::MaxInstances`] (its pool is full), [`Error::InsufficientResources`] (no node
     /// fits within the wait), [`Error::InstanceFatal`] (it ended instead of running),
     /// [`Error::Timeout`] (it was not running after the wait).
-    pub async fn create_instance(&self, req: CreateInstanceRequest) -> Result<InstanceRecord> {
+    pub async fn create_instance(
+        self: &Arc<Self>,
+        req: CreateInstanceRequest,
+    ) -> Result<InstanceRecord> {
         let function = self.function(&req.function).await?;
         let wait = if req.wait_ms == 0 {
             DEFAULT_WAIT
@@ -152,7 +164,7 @@ impl MasterState {
     /// Asks the instance's node to start it when the lifecycle says so (not for an instance
     /// being stopped or ended meanwhile); on failure the record says why.
     async fn start_on_node(
-        &self,
+        self: &Arc<Self>,
         id: &str,
         function: &Spec,
         node: &NodeRecord,
@@ -180,6 +192,22 @@ impl MasterState {
             Ok(r) => Event::Started {
                 pid: r.into_inner().pid,
             },
+            // The agent was not reached (it is restarting, or its node is going): like a
+            // crash, this is retried with backoff while the function's retries last, instead
+            // of ending the instance at once.
+            Err(status) if agent_unreachable(&status) => {
+                let error = format!(
+                    "node {}'s agent could not be reached to start it: {}",
+                    node.node_id,
+                    Error::from_status(status)
+                );
+                let news = lifecycle::News::Failed { error };
+                let r = self
+                    .handle(id, Event::Reported(Report { usage: None, news }))
+                    .await?
+                    .ok_or_else(vanished)?;
+                return Ok(r);
+            }
             Err(status) => Event::StartFailed {
                 why: format!(
                     "node {} could not start it: {}",
