@@ -13,7 +13,9 @@
 //!   tried in turn: a client that finds one dead uses the next, as a load balancer would);
 //! - `grpc`: the same through the worker node's proxy (the runtime's path);
 //! - `objects`: a 1 MiB object put on the worker node and pulled by the first master node's
-//!   data worker (the cross-node pipeline's step).
+//!   data worker (the cross-node pipeline's step);
+//! - `master`: the master's `Status` (what `yr status`, deploys and instance creation need),
+//!   through the address the worker node's session names, as the CLI and drivers reach it.
 //!
 //! Each fault: wait until every kind has succeeded for [`SETTLE`] in a row; `kill -9` the
 //! target process(es), found by their command line in this run's session folders (so a
@@ -303,6 +305,39 @@ impl Load {
                 }
             }));
         }
+        // The master, as the CLI and drivers reach it.
+        {
+            let master = nodes.worker.master_address.clone();
+            let (seen, stop) = (Arc::clone(&seen), Arc::clone(&stop));
+            threads.push(std::thread::spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                let client = rt.block_on(async { yr_control::channel(&master) });
+                let mut client = match client {
+                    Ok(ch) => yr_proto::master_client::MasterClient::new(ch),
+                    Err(e) => {
+                        record(&seen, "master", Err(e.into()));
+                        return;
+                    }
+                };
+                while !stop.load(Ordering::Relaxed) {
+                    let r = rt.block_on(async {
+                        match tokio::time::timeout(CALL_TIMEOUT, client.status(yr_proto::Empty {}))
+                            .await
+                        {
+                            Ok(r) => r.map(|_| ()).map_err(anyhow::Error::from),
+                            Err(_) => Err(anyhow!("the call timed out")),
+                        }
+                    });
+                    record(&seen, "master", r);
+                    std::thread::sleep(PACE);
+                }
+            }));
+        }
         // Objects: put on the worker node, pulled by the first master node.
         {
             let (put_on, get_on) = (
@@ -364,7 +399,7 @@ impl Load {
     /// `from`; returns when the load was served again (the first success after the last
     /// failure, or `from` when nothing failed), or `None` at `deadline`.
     fn wait_served(&self, from: Instant, deadline: Instant) -> Option<Instant> {
-        const KINDS: [&str; 3] = ["rest", "grpc", "objects"];
+        const KINDS: [&str; 4] = ["rest", "grpc", "objects", "master"];
         loop {
             let seen = self.since(from);
             let now = Instant::now();
