@@ -63,6 +63,6 @@ pub fn read_join_token(s: &Session) -> Result<String> {
         .to_string())
 }
 
-fn master_client(address: &str) -> Result<MasterClient<tonic::transport::Channel>> {
-    Ok(MasterClient::new(yr_control::channel(address)?))
+fn master_client(address: &str) -> Result<MasterClient<yr_control::MasterChannel>> {
+    Ok(MasterClient::new(yr_control::master_channel(address)?))
 }

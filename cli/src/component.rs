@@ -284,6 +284,11 @@ pub struct MasterArgs {
     #[arg(long)]
     #[serde(default)]
     cluster_secret: Option<PathBuf>,
+    /// This master's node ID, under which it registers among the masters (default: its
+    /// address).
+    #[arg(long)]
+    #[serde(default)]
+    node_id: Option<String>,
 }
 
 impl MasterArgs {
@@ -293,6 +298,7 @@ impl MasterArgs {
             etcd_endpoints: config::endpoints("etcd", &self.etcd)?,
             advertise: String::new(),
             join: None,
+            node_id: self.node_id.unwrap_or_default(),
         })
     }
 }

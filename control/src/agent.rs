@@ -108,7 +108,7 @@ struct State {
     config: AgentConfig,
     /// Shared with this node's proxy: each process's `YR_INSTANCE_SECRET` derives from it.
     secret: crate::secret::NodeSecret,
-    master: MasterClient<tonic::transport::Channel>,
+    master: MasterClient<crate::MasterChannel>,
     running: Mutex<HashMap<String, Running>>,
     /// Python interpreters seen to import yr.
     pythons: python::Checked,
@@ -535,7 +535,7 @@ pub async fn run(
         config.data_socket.clone(),
         shutdown.clone(),
     ));
-    let master = MasterClient::new(crate::channel(&config.master_address)?);
+    let master = MasterClient::new(crate::master_channel(&config.master_address)?);
     let mut server = crate::grpc_server()?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

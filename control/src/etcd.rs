@@ -7,6 +7,9 @@
 //! - `/yr/instances/<instance_id>`: [`InstanceRecord`], written only by the master, so that a
 //!   record never goes backwards because two writers raced.
 //! - `/yr/names/<function>/<name>`: the instance ID of a named (stateful) instance.
+//! - `/yr/masters/<node_id>`: [`yr_proto::MasterRecord`], every master process (active or
+//!   standby) under its election lease; `/yr/election/master` holds the active one's address
+//!   (see [`crate::election`]).
 //! - `/yr/known-nodes/<node_id>`: empty; every node the master has seen, so that a node whose
 //!   registration lapsed shows as dead rather than unknown. A node that leaves gracefully deletes
 //!   its own key first.
@@ -25,6 +28,7 @@ pub const FUNCTIONS: &str = "/yr/functions/";
 pub const INSTANCES: &str = "/yr/instances/";
 pub const NAMES: &str = "/yr/names/";
 pub const KNOWN_NODES: &str = "/yr/known-nodes/";
+pub const MASTERS: &str = "/yr/masters/";
 
 pub fn node_key(id: &str) -> String {
     format!("{NODES}{id}")
@@ -40,6 +44,9 @@ pub fn name_key(function: &str, name: &str) -> String {
 }
 pub fn known_node_key(id: &str) -> String {
     format!("{KNOWN_NODES}{id}")
+}
+pub fn master_key(node_id: &str) -> String {
+    format!("{MASTERS}{node_id}")
 }
 
 /// A cheap-to-clone handle on etcd with typed helpers.

@@ -16,6 +16,7 @@
 //! socket's hellos).
 
 pub mod agent;
+pub mod election;
 pub mod error;
 pub mod etcd;
 pub mod function;
@@ -80,6 +81,45 @@ pub fn channel(address: &str) -> error::Result<tonic::transport::Channel> {
         .tcp_nodelay(true);
     Ok(endpoint.connect_lazy())
 }
+
+/// The channel through which clients reach "the master": `addresses` lists every master
+/// (host:port, comma-separated), and calls go to the one that accepts connections (standbys do
+/// not), moving on when it fails ([`yr_proto::failover`]).
+pub fn master_channel(addresses: &str) -> error::Result<MasterChannel> {
+    let list = master_addresses(addresses);
+    yr_proto::failover::FailoverChannel::new(&list, |a| {
+        Ok(yr_proto::tls::endpoint(a)?
+            .connect_timeout(std::time::Duration::from_secs(3))
+            .tcp_nodelay(true)
+            .connect_lazy())
+    })
+    .map(|c| {
+        c.follow(FOLLOW_MASTERS_EVERY);
+        c
+    })
+    .map_err(|e| error::Error::invalid("master address", e))
+}
+
+/// How often a master channel asks the active master for the list of masters.
+const FOLLOW_MASTERS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A comma-separated list of master addresses, trimmed, without empty entries or repeats.
+pub fn master_addresses(addresses: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for a in addresses
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+    {
+        if !out.iter().any(|o| o == a) {
+            out.push(a.to_string());
+        }
+    }
+    out
+}
+
+/// See [`master_channel`].
+pub type MasterChannel = yr_proto::failover::FailoverChannel;
 
 /// A gRPC server builder: with TLS (client certificates verified against the cluster CA) once
 /// node credentials are installed, plaintext otherwise. Services other than `Join` go behind

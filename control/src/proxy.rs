@@ -73,7 +73,7 @@ type Creation = tokio::sync::OnceCell<Result<InstanceRecord, Arc<Error>>>;
 struct State {
     config: ProxyConfig,
     meta: Meta,
-    master: MasterClient<tonic::transport::Channel>,
+    master: MasterClient<crate::MasterChannel>,
     locals: std::sync::RwLock<HashMap<String, Arc<LocalInstance>>>,
     instances: Mirror<InstanceRecord>,
     functions: Mirror<FunctionSpec>,
@@ -628,7 +628,7 @@ impl Proxy {
         let instances = Mirror::start(meta.clone(), etcd::INSTANCES).await?;
         let functions = Mirror::start(meta.clone(), etcd::FUNCTIONS).await?;
         let specs = std::sync::Mutex::new((functions.snapshot(), HashMap::new()));
-        let master = MasterClient::new(crate::channel(&config.master_address)?);
+        let master = MasterClient::new(crate::master_channel(&config.master_address)?);
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| Error::io(format!("cannot listen on {}", config.listen), e))?;

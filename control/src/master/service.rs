@@ -61,7 +61,7 @@ impl Master for Service {
     }
 
     async fn info(&self, _: Request<Empty>) -> Result<Response<ClusterInfo>, Status> {
-        Ok(Response::new(self.0.info.clone()))
+        Ok(Response::new(self.0.info().await))
     }
 }
 

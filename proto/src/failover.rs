@@ -1,0 +1,271 @@
+//! A gRPC channel to "the master" of a cluster with several (one active, the others standing
+//! by): [`FailoverChannel`] knows every master's address and sends each call to the one it
+//! believes active.
+//!
+//! It relies on one rule of the masters: a standby does not accept connections on its master
+//! port until it is elected. So a call that fails at the transport (connection refused, reset)
+//! or comes back `UNAVAILABLE` means the master it went to is gone or deposed; the channel then
+//! probes the addresses (a TCP connect each, the current one last) and moves to the first that
+//! accepts. That call's error still reaches the caller (its request may have been sent, and only
+//! the caller knows whether it may be repeated); the next call goes to the new master.
+//!
+//! The address list can change while the channel is in use ([`FailoverChannel::set_addresses`]);
+//! [`FailoverChannel::follow`] keeps it current from the masters the active one lists.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tonic::body::Body;
+use tonic::transport::Channel;
+
+/// How long a probe waits for a master's port to accept (masters are on the cluster's network;
+/// a refused port answers at once).
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The `grpc-status` of `UNAVAILABLE`.
+const UNAVAILABLE: &str = "14";
+
+/// A channel over every master's address; cheap to clone (clones share the state).
+#[derive(Clone)]
+pub struct FailoverChannel {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Every master, with a lazy channel to each. A std lock: held only to read or swap the
+    /// list, never across an await.
+    masters: RwLock<Vec<(String, Channel)>>,
+    /// Index into `masters` of the one calls go to.
+    current: AtomicUsize,
+    /// Makes a (lazy) channel to one address.
+    connect: fn(&str) -> Result<Channel, String>,
+}
+
+impl FailoverChannel {
+    /// A channel over `addresses` (host:port each; at least one), made with `connect`.
+    pub fn new(
+        addresses: &[String],
+        connect: fn(&str) -> Result<Channel, String>,
+    ) -> Result<FailoverChannel, String> {
+        let masters = open(addresses, connect, &[])?;
+        Ok(FailoverChannel {
+            inner: Arc::new(Inner {
+                masters: RwLock::new(masters),
+                current: AtomicUsize::new(0),
+                connect,
+            }),
+        })
+    }
+
+    /// The addresses it knows, in order.
+    pub fn addresses(&self) -> Vec<String> {
+        self.read().iter().map(|(a, _)| a.clone()).collect()
+    }
+
+    /// The address calls go to now.
+    pub fn current(&self) -> String {
+        let m = self.read();
+        let i = self.inner.current.load(Ordering::Acquire) % m.len().max(1);
+        m.get(i).map(|(a, _)| a.clone()).unwrap_or_default()
+    }
+
+    /// Replaces the address list (keeping the channels of addresses already known, and the
+    /// current master if it is still listed). An empty list is ignored.
+    pub fn set_addresses(&self, addresses: &[String]) {
+        if addresses.is_empty() {
+            return;
+        }
+        let current = self.current();
+        let Ok(mut m) = self.inner.masters.write() else {
+            return;
+        };
+        if m.iter().map(|(a, _)| a).eq(addresses.iter()) {
+            return;
+        }
+        match open(addresses, self.inner.connect, &m) {
+            Ok(next) => {
+                let i = next.iter().position(|(a, _)| *a == current).unwrap_or(0);
+                *m = next;
+                self.inner.current.store(i, Ordering::Release);
+            }
+            Err(e) => tracing::warn!("ignoring a bad list of master addresses: {e}"),
+        }
+    }
+
+    /// Starts asking the master for the list of masters every `every` (adding those it names
+    /// to the ones given), for as long as any clone of this channel is in use. A failed ask
+    /// moves the channel on like any failed call, so an idle client follows a failover too.
+    /// Does nothing outside a tokio runtime.
+    pub fn follow(&self, every: Duration) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let weak = Arc::downgrade(&self.inner);
+        let given = self.addresses();
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let channel = FailoverChannel { inner };
+                let mut client = crate::master_client::MasterClient::new(channel.clone());
+                let Ok(Ok(info)) = tokio::time::timeout(every, client.info(crate::Empty {})).await
+                else {
+                    continue;
+                };
+                let mut list = given.clone();
+                for a in info.into_inner().master_addresses {
+                    if !a.is_empty() && !list.contains(&a) {
+                        list.push(a);
+                    }
+                }
+                channel.set_addresses(&list);
+            }
+        });
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<(String, Channel)>> {
+        // A panic while holding this lock cannot leave the list half-written (it is swapped
+        // whole), so a poisoned lock is still good to read.
+        self.inner
+            .masters
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// After a failed call to master `failed`: finds one that accepts connections, trying the
+    /// others first, and makes it current (unless another call already moved on).
+    async fn fail_over(inner: Arc<Inner>, failed: usize) {
+        let list: Vec<String> = {
+            let m = inner
+                .masters
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            m.iter().map(|(a, _)| a.clone()).collect()
+        };
+        let n = list.len();
+        if n < 2 {
+            return;
+        }
+        for k in 1..=n {
+            let i = (failed + k) % n;
+            let ok = tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(&list[i]))
+                .await
+                .is_ok_and(|c| c.is_ok());
+            if ok {
+                if i != failed {
+                    tracing::info!(from = %list[failed], to = %list[i], "following the master");
+                }
+                let _ =
+                    inner
+                        .current
+                        .compare_exchange(failed, i, Ordering::AcqRel, Ordering::Acquire);
+                return;
+            }
+        }
+    }
+}
+
+/// Channels for `addresses`, reusing those of `known`.
+fn open(
+    addresses: &[String],
+    connect: fn(&str) -> Result<Channel, String>,
+    known: &[(String, Channel)],
+) -> Result<Vec<(String, Channel)>, String> {
+    if addresses.is_empty() {
+        return Err("no master address".into());
+    }
+    addresses
+        .iter()
+        .map(|a| {
+            let ch = match known.iter().find(|(k, _)| k == a) {
+                Some((_, c)) => c.clone(),
+                None => connect(a)?,
+            };
+            Ok((a.clone(), ch))
+        })
+        .collect()
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl tower_service::Service<http::Request<Body>> for FailoverChannel {
+    type Response = http::Response<Body>;
+    type Error = tonic::transport::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Readiness is the chosen channel's, awaited inside the call: which one is chosen is
+        // only known then.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        let (i, mut ch) = {
+            let m = self.read();
+            let i = self.inner.current.load(Ordering::Acquire) % m.len().max(1);
+            (i, m[i].1.clone())
+        };
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move {
+            if let Err(e) = std::future::poll_fn(|cx| ch.poll_ready(cx)).await {
+                FailoverChannel::fail_over(inner, i).await;
+                return Err(e);
+            }
+            let r = tower_service::Service::call(&mut ch, req).await;
+            let failed = match &r {
+                Err(_) => true,
+                Ok(resp) => resp
+                    .headers()
+                    .get("grpc-status")
+                    .is_some_and(|s| s.as_bytes() == UNAVAILABLE.as_bytes()),
+            };
+            if failed {
+                FailoverChannel::fail_over(inner, i).await;
+            }
+            r
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lazy(a: &str) -> Result<Channel, String> {
+        Ok(
+            tonic::transport::Endpoint::from_shared(format!("http://{a}"))
+                .map_err(|e| e.to_string())?
+                .connect_lazy(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_failed_master_is_left_for_the_one_that_accepts() {
+        // A port that accepts (the "active" master) and one that refuses (a standby).
+        let active = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let refused = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let refused_addr = refused.local_addr().expect("addr").to_string();
+        drop(refused);
+        let active_addr = active.local_addr().expect("addr").to_string();
+        let c = FailoverChannel::new(&[refused_addr.clone(), active_addr.clone()], lazy)
+            .expect("channel");
+        assert_eq!(c.current(), refused_addr);
+        FailoverChannel::fail_over(Arc::clone(&c.inner), 0).await;
+        assert_eq!(c.current(), active_addr);
+        // A new list keeps the current master when it is still listed.
+        c.set_addresses(&[active_addr.clone(), refused_addr.clone()]);
+        assert_eq!(c.current(), active_addr);
+        assert_eq!(c.addresses(), [active_addr.clone(), refused_addr]);
+        c.set_addresses(&[]);
+        assert_eq!(c.addresses().len(), 2);
+        assert!(FailoverChannel::new(&[], lazy).is_err());
+    }
+}
