@@ -107,6 +107,20 @@ impl FailoverChannel {
         let weak = Arc::downgrade(&self.inner);
         let given = self.addresses();
         runtime.spawn(async move {
+            // At once: a channel whose first address is a standby moves before its first call.
+            if let Some(inner) = weak.upgrade() {
+                let (i, first) = {
+                    let m = inner
+                        .masters
+                        .read()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    let i = inner.current.load(Ordering::Acquire) % m.len().max(1);
+                    (i, m.get(i).map(|(a, _)| a.clone()).unwrap_or_default())
+                };
+                if !accepts(&first).await {
+                    FailoverChannel::fail_over(inner, i).await;
+                }
+            }
             loop {
                 tokio::time::sleep(every).await;
                 let Some(inner) = weak.upgrade() else { return };
@@ -152,10 +166,7 @@ impl FailoverChannel {
         }
         for k in 1..=n {
             let i = (failed + k) % n;
-            let ok = tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(&list[i]))
-                .await
-                .is_ok_and(|c| c.is_ok());
-            if ok {
+            if accepts(&list[i]).await {
                 if i != failed {
                     tracing::info!(from = %list[failed], to = %list[i], "following the master");
                 }
@@ -167,6 +178,13 @@ impl FailoverChannel {
             }
         }
     }
+}
+
+/// Whether `address` accepts a TCP connection now.
+async fn accepts(address: &str) -> bool {
+    tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(address))
+        .await
+        .is_ok_and(|c| c.is_ok())
 }
 
 /// Channels for `addresses`, reusing those of `known`.

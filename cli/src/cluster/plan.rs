@@ -36,7 +36,9 @@ pub struct StartArgs {
     #[arg(short = 's', long = "set", value_name = "KEY=VALUE")]
     pub(super) set: Vec<String>,
     /// Start a master node: etcd, function master and this node's worker components. Without
-    /// it the node is a worker that joins the master at --master_address.
+    /// it the node is a worker that joins the master at --master_address; with it and
+    /// --master_address, a standby master of that master's cluster (its etcd joins the
+    /// cluster's etcd, and its function master takes over if the active one fails).
     #[arg(long, conflicts_with = "worker")]
     pub(super) master: bool,
     /// Start a worker node (the default role when a master address is given).
@@ -239,6 +241,16 @@ pub fn check(a: &StartConfig) -> Result<Checked, ConfigError> {
             });
         }
     }
+    if role == Role::Master
+        && !a.master_address.as_deref().unwrap_or_default().trim().is_empty()
+        && a.join_token.as_deref().unwrap_or_default().trim().is_empty()
+    {
+        return Err(ConfigError::Missing {
+            field: "join-token",
+            message: "a standby master (--master with --master_address) needs --join-token                       TOKEN: `yr token --join` on the active master prints it"
+                .into(),
+        });
+    }
     if a.bind.is_unspecified() {
         return Err(ConfigError::invalid(
             "bind",
@@ -296,12 +308,34 @@ pub struct Inputs {
     pub ports: Ports,
     /// The `etcd` program on `PATH`, if any (a master node without --etcd-endpoints starts it).
     pub etcd_program: Option<PathBuf>,
-    /// The etcd endpoints a worker's master reported (unused for a master node).
+    /// The etcd endpoints a worker's master reported; for a standby master, those of the
+    /// etcd members already running.
     pub master_etcd: Vec<String>,
+    /// A standby master's etcd member, added to the cluster's etcd before it starts.
+    pub etcd_member: Option<EtcdMember>,
     /// `$YR_PYTHON` of the process running `yr start` (or the environment yr is installed in):
     /// the interpreter when `--python` is not
     /// given.
     pub python_env: Option<String>,
+}
+
+/// A new member of the cluster's etcd (a standby master's), as `MemberAdd` admitted it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EtcdMember {
+    /// Its member ID (to remove it again if the node fails to start).
+    pub id: u64,
+    /// The `--initial-cluster` list, `name=peer-url` for every member including this one.
+    pub initial_cluster: String,
+}
+
+/// The etcd member name of a master node: the first master's is `yr`, a standby's its node
+/// ID (unique in the cluster).
+pub fn etcd_member_name(node_id: &str, joining: bool) -> String {
+    if joining {
+        node_id.to_string()
+    } else {
+        "yr".into()
+    }
 }
 
 /// How the executor knows a launched component is ready.
@@ -437,12 +471,21 @@ pub fn plan(a: &StartConfig, inputs: Inputs) -> Result<NodePlan, ConfigError> {
         ports,
         etcd_program,
         master_etcd,
+        etcd_member,
         python_env,
     } = inputs;
+    // A master given a master's address is a standby of that master's cluster.
+    let active_master = (role == Role::Master)
+        .then(|| master_host_port(a.master_address.as_deref().unwrap_or_default()).to_string())
+        .filter(|m| !m.is_empty());
     let at = |port: u16| format!("{}:{port}", a.bind);
     let tls_dir = dir.join(TLS_DIR);
     let tls = yr_proto::tls::NodeTls::in_dir(&tls_dir);
     let (ca_key, join_token_file) = match role {
+        // A standby master has no CA key: it was admitted with a node certificate.
+        Role::Master if a.master_address.as_deref().is_some_and(|m| !m.trim().is_empty()) => {
+            (None, None)
+        }
         Role::Master => (
             Some(tls_dir.join("ca.key")),
             Some(tls_dir.join("join-token")),
@@ -467,7 +510,7 @@ pub fn plan(a: &StartConfig, inputs: Inputs) -> Result<NodePlan, ConfigError> {
     // The cluster secret of the data workers' transfer ports. A master without
     // --cluster-secret makes a new one; a worker without it receives the master's when it joins
     // (the executor writes it before launching). The master hands it to joining nodes.
-    let new_secret = role == Role::Master && a.cluster_secret.is_none();
+    let new_secret = role == Role::Master && a.cluster_secret.is_none() && active_master.is_none();
     let cluster_secret = a
         .cluster_secret
         .clone()
@@ -488,6 +531,19 @@ pub fn plan(a: &StartConfig, inputs: Inputs) -> Result<NodePlan, ConfigError> {
                     // Clients and peers need a certificate from the cluster CA.
                     let client = format!("https://{}", at(ports.etcd_client));
                     let peer = format!("https://{}", at(ports.etcd_peer));
+                    let joining = active_master.is_some();
+                    let member = etcd_member_name(&node_id, joining);
+                    let (initial_cluster, state) = match (&etcd_member, joining) {
+                        (Some(m), true) => (m.initial_cluster.clone(), "existing"),
+                        (None, true) => {
+                            return Err(ConfigError::invalid(
+                                "master-address",
+                                active_master.clone().unwrap_or_default(),
+                                "a standby master's etcd member was not added to the cluster",
+                            ))
+                        }
+                        _ => (format!("{member}={peer}"), "new"),
+                    };
                     let args = CommandLine::default()
                         .switch("--client-cert-auth", true)
                         .flag("--trusted-ca-file", &tls.ca)
@@ -497,13 +553,14 @@ pub fn plan(a: &StartConfig, inputs: Inputs) -> Result<NodePlan, ConfigError> {
                         .flag("--peer-trusted-ca-file", &tls.ca)
                         .flag("--peer-cert-file", &tls.cert)
                         .flag("--peer-key-file", &tls.key)
-                        .flag("--name", "yr")
+                        .flag("--name", &member)
                         .flag("--data-dir", dir.join("etcd"))
                         .flag("--listen-client-urls", &client)
                         .flag("--advertise-client-urls", &client)
                         .flag("--listen-peer-urls", &peer)
                         .flag("--initial-advertise-peer-urls", &peer)
-                        .flag("--initial-cluster", format!("yr={peer}"))
+                        .flag("--initial-cluster", initial_cluster)
+                        .flag("--initial-cluster-state", state)
                         .flag("--log-level", "warn");
                     components.push(ComponentPlan {
                         name: name::ETCD,
@@ -513,11 +570,24 @@ pub fn plan(a: &StartConfig, inputs: Inputs) -> Result<NodePlan, ConfigError> {
                         ready: Ready::Endpoint,
                         address: client.clone(),
                     });
-                    vec![client]
+                    // The local member first, then the others (a standby's).
+                    let mut endpoints = vec![client];
+                    for e in &master_etcd {
+                        if !endpoints.contains(e) {
+                            endpoints.push(e.clone());
+                        }
+                    }
+                    endpoints
                 }
             };
             let etcd = endpoints.join(",");
             let master = at(ports.function_master);
+            // Its clients know every master: the active one first (a standby's own port
+            // refuses until it is elected).
+            let masters = match &active_master {
+                Some(active) if *active != master => format!("{active},{master}"),
+                _ => master.clone(),
+            };
             components.push(yr(
                 name::FUNCTION_MASTER,
                 CommandLine::default()
@@ -526,7 +596,8 @@ pub fn plan(a: &StartConfig, inputs: Inputs) -> Result<NodePlan, ConfigError> {
                     .all(&a.etcd_auth.args())
                     .flag("--cluster-secret", &cluster_secret)
                     .flag_if("--ca-key", ca_key.as_ref())
-                    .flag_if("--join-token-file", join_token_file.as_ref()),
+                    .flag_if("--join-token-file", join_token_file.as_ref())
+                    .flag("--node-id", &node_id),
                 master.clone(),
             ));
             components.push(yr(
@@ -534,11 +605,11 @@ pub fn plan(a: &StartConfig, inputs: Inputs) -> Result<NodePlan, ConfigError> {
                 CommandLine::default()
                     .flag("--etcd", &etcd)
                     .all(&a.etcd_auth.args())
-                    .flag("--master", &master)
+                    .flag("--master", &masters)
                     .flag("--idle-timeout-ms", a.idle_timeout_ms.to_string()),
                 String::new(),
             ));
-            (endpoints, master)
+            (endpoints, masters)
         }
         Role::Worker => {
             let master =
@@ -699,6 +770,7 @@ mod tests {
             ports,
             etcd_program: Some("/usr/bin/etcd".into()),
             master_etcd: Vec::new(),
+            etcd_member: None,
             python_env: None,
         }
     }
@@ -1313,6 +1385,7 @@ mod instance_secret_tests {
                 ports: Ports::STANDARD,
                 etcd_program: Some("/usr/bin/etcd".into()),
                 master_etcd: Vec::new(),
+            etcd_member: None,
                 python_env: None,
             },
         )

@@ -43,8 +43,13 @@ pub fn start(a: StartArgs) -> Result<()> {
     // The node's credentials first: a worker's etcd endpoints come with its certificate.
     let tls = yr_proto::tls::NodeTls::in_dir(&dir.join(plan::TLS_DIR));
     let names = credentials::node_names(&hostname(), a.bind);
+    // A master given a master's address is a standby: it joins like a worker.
+    let standby = checked.role == Role::Master
+        && a.master_address
+            .as_deref()
+            .is_some_and(|m| !m.trim().is_empty());
     let (join_token, master_etcd) = match checked.role {
-        Role::Master => {
+        Role::Master if !standby => {
             let t = credentials::make_master(
                 &tls,
                 &dir.join(plan::TLS_DIR).join("ca.key"),
@@ -53,7 +58,7 @@ pub fn start(a: StartArgs) -> Result<()> {
             )?;
             (Some(t), Vec::new())
         }
-        Role::Worker => {
+        Role::Worker | Role::Master => {
             let master = plan::master_host_port(a.master_address.as_deref().unwrap_or_default());
             let token = a.join_token.as_deref().unwrap_or_default();
             // Without --cluster-secret, the master's comes with the certificate.
@@ -66,29 +71,116 @@ pub fn start(a: StartArgs) -> Result<()> {
     };
     // This process speaks as the node from here on (waiting for etcd and for registration).
     yr_proto::tls::install(&tls).map_err(anyhow::Error::msg)?;
+    let node_id = plan::node_id(&hostname(), now_ms(), std::process::id());
+    let ports = match checked.ports {
+        PortMode::Standard => Ports::STANDARD,
+        PortMode::Auto => Ports::from_free(launch::free_ports()?),
+    };
+    // A standby master that runs its own etcd member adds it to the cluster's etcd first.
+    let cluster_etcd = master_etcd.clone();
+    let (master_etcd, etcd_member) = if standby && a.etcd_endpoints.is_none() {
+        let peer = format!("https://{}:{}", a.bind, ports.etcd_peer);
+        let name = plan::etcd_member_name(&node_id, true);
+        let (member, others) = add_etcd_member(&master_etcd, &name, &peer)?;
+        (others, Some(member))
+    } else {
+        (master_etcd, None)
+    };
     let inputs = Inputs {
         exe: std::env::current_exe().context("cannot find the yr executable")?,
         dir,
-        node_id: plan::node_id(&hostname(), now_ms(), std::process::id()),
-        ports: match checked.ports {
-            PortMode::Standard => Ports::STANDARD,
-            PortMode::Auto => Ports::from_free(launch::free_ports()?),
-        },
+        node_id,
+        ports,
         etcd_program: launch::which("etcd"),
         master_etcd,
+        etcd_member,
         // A path that is not UTF-8 is left out rather than mangled.
         python_env: std::env::var("YR_PYTHON")
             .ok()
             .or_else(|| installed_python(&python_candidates())),
     };
-    let plan = plan::plan(&a, inputs)?;
-    let session = launch_plan(&plan)?;
+    let added = inputs.etcd_member.as_ref().map(|m| m.id);
+    let launched = plan::plan(&a, inputs)
+        .map_err(anyhow::Error::from)
+        .and_then(|plan| Ok((launch_plan(&plan)?, plan)));
+    let (session, plan) = match launched {
+        Ok(l) => l,
+        Err(e) => {
+            // A member added but never started would count against the etcd quorum forever.
+            if let Some(id) = added {
+                remove_etcd_member(&cluster_etcd, id);
+            }
+            return Err(e);
+        }
+    };
     if a.session_dir.is_none() {
         session::link_latest(&plan.dir);
     }
     // Wait until the master sees this node, so that a deploy right after start can place work.
     wait_for_node(&session)?;
     print_started(&session, join_token.as_ref())
+}
+
+/// Adds this standby master's etcd member (`name` at `peer`) to the cluster's etcd at
+/// `endpoints`: returns its `--initial-cluster` list and the client URLs of the members already
+/// running (its components' other etcd endpoints).
+fn add_etcd_member(
+    endpoints: &[String],
+    name: &str,
+    peer: &str,
+) -> Result<(plan::EtcdMember, Vec<String>)> {
+    rt()?.block_on(async {
+        let meta = yr_control::etcd::Meta::connect(endpoints).await?;
+        let added = meta
+            .client()
+            .member_add([peer], None)
+            .await
+            .with_context(|| format!("the cluster's etcd refused a new member at {peer}"))?;
+        let me = added.member().map(|m| m.id());
+        let mut cluster = Vec::new();
+        let mut clients = Vec::new();
+        for m in added.member_list() {
+            if Some(m.id()) == me {
+                cluster.push(format!("{name}={peer}"));
+                continue;
+            }
+            if m.name().is_empty() {
+                bail!(
+                    "the cluster's etcd has a member that never started (peer {}): remove it                      (etcdctl member remove {:x}) and try again",
+                    m.peer_urls().join(","),
+                    m.id()
+                );
+            }
+            for p in m.peer_urls() {
+                cluster.push(format!("{}={p}", m.name()));
+            }
+            clients.extend(m.client_urls().iter().cloned());
+        }
+        if me.is_none() {
+            bail!("the cluster's etcd did not say which member it added");
+        }
+        Ok((
+            plan::EtcdMember {
+                id: me.unwrap_or_default(),
+                initial_cluster: cluster.join(","),
+            },
+            clients,
+        ))
+    })
+}
+
+/// Removes etcd member `id` (best effort: a failed start is being undone).
+fn remove_etcd_member(endpoints: &[String], id: u64) {
+    let r = rt().and_then(|rt| {
+        rt.block_on(async {
+            let meta = yr_control::etcd::Meta::connect(endpoints).await?;
+            meta.client().member_remove(id).await?;
+            anyhow::Ok(())
+        })
+    });
+    if let Err(e) = r {
+        eprintln!("warning: cannot remove the etcd member {id:x} this start added: {e:#}");
+    }
 }
 
 /// Where the yr package is likely installed: the active virtual environment, then the one
@@ -230,7 +322,14 @@ fn print_started(session: &Session, join_token: Option<&yr_control::pki::JoinTok
             t.display()
         )?;
     }
-    if session.is_master() {
+    if session.is_master() && join_token.is_none() {
+        writeln!(
+            out,
+            "This master stands by: it serves once elected (the active master's lease lapses \
+             within {} s of a failure).",
+            yr_control::election::LEASE_TTL
+        )?;
+    } else if session.is_master() {
         writeln!(
             out,
             "To add a worker node, run on it (the join token brings its certificate and the \
@@ -241,6 +340,11 @@ fn print_started(session: &Session, join_token: Option<&yr_control::pki::JoinTok
             "  yr start --worker --master-address {} --join-token {}",
             session.master_address,
             join_token.map_or_else(|| "$(yr token --join)".to_string(), |t| t.to_string())
+        )?;
+        writeln!(
+            out,
+            "To add a standby master, run the same with --master (best: two of them, so etcd \
+             keeps a quorum when one master host is lost)."
         )?;
     }
     Ok(())

@@ -22,16 +22,35 @@ pub fn status(a: StatusArgs) -> Result<()> {
     let s = a.session.load()?;
     let st = rt()?
         .block_on(async {
-            master_client(&s.master_address)?
-                .status(Empty {})
-                .await
-                .map_err(anyhow::Error::from)
+            let mut m = master_client(&s.master_address)?;
+            // A read, so it may be repeated: once per master, as a failed call moves the
+            // channel to the next master that accepts.
+            let tries = yr_control::master_addresses(&s.master_address).len().max(1);
+            let mut last = None;
+            for _ in 0..tries {
+                match m.status(Empty {}).await {
+                    Ok(st) => return Ok(st),
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(anyhow::Error::from(last.unwrap_or_else(|| {
+                tonic::Status::unavailable("no master address")
+            })))
         })
         .with_context(|| format!("cannot reach the master at {}", s.master_address))?
         .into_inner();
     if a.json {
         println!("{}", serde_json::to_string_pretty(&status_json(&st))?);
         return Ok(());
+    }
+    println!("MASTERS");
+    for m in &st.masters {
+        println!(
+            "  {:<24} {:<8} {}",
+            m.node_id,
+            if m.active { "active" } else { "standby" },
+            m.address
+        );
     }
     println!("NODES");
     for n in &st.nodes {
@@ -96,6 +115,9 @@ fn status_json(st: &ClusterStatus) -> serde_json::Value {
         serde_json::json!({"cpu_millis": r.cpu_millis, "memory_mib": r.memory_mib, "custom": r.custom})
     };
     serde_json::json!({
+        "masters": st.masters.iter().map(|m| serde_json::json!({
+            "node_id": m.node_id, "address": m.address, "active": m.active,
+        })).collect::<Vec<_>>(),
         "nodes": st.nodes.iter().map(|n| serde_json::json!({
             "node_id": n.node_id, "alive": true, "hostname": n.hostname,
             "proxy_address": n.proxy_address, "agent_address": n.agent_address,
