@@ -96,6 +96,18 @@ impl FailoverChannel {
         }
     }
 
+    /// Moves to a master that accepts connections if the current one does not (for a client
+    /// about to make its first call).
+    pub async fn settle(&self) {
+        let i = {
+            let m = self.read();
+            self.inner.current.load(Ordering::Acquire) % m.len().max(1)
+        };
+        if !accepts(&self.current()).await {
+            FailoverChannel::fail_over(Arc::clone(&self.inner), i).await;
+        }
+    }
+
     /// Starts asking the master for the list of masters every `every` (adding those it names
     /// to the ones given), for as long as any clone of this channel is in use. A failed ask
     /// moves the channel on like any failed call, so an idle client follows a failover too.
@@ -109,17 +121,7 @@ impl FailoverChannel {
         runtime.spawn(async move {
             // At once: a channel whose first address is a standby moves before its first call.
             if let Some(inner) = weak.upgrade() {
-                let (i, first) = {
-                    let m = inner
-                        .masters
-                        .read()
-                        .unwrap_or_else(|poisoned| poisoned.into_inner());
-                    let i = inner.current.load(Ordering::Acquire) % m.len().max(1);
-                    (i, m.get(i).map(|(a, _)| a.clone()).unwrap_or_default())
-                };
-                if !accepts(&first).await {
-                    FailoverChannel::fail_over(inner, i).await;
-                }
+                FailoverChannel { inner }.settle().await;
             }
             loop {
                 tokio::time::sleep(every).await;
@@ -168,7 +170,7 @@ impl FailoverChannel {
             let i = (failed + k) % n;
             if accepts(&list[i]).await {
                 if i != failed {
-                    tracing::info!(from = %list[failed], to = %list[i], "following the master");
+                    tracing::debug!(from = %list[failed], to = %list[i], "following the master");
                 }
                 let _ =
                     inner

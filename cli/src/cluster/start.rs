@@ -24,6 +24,9 @@ use super::plan::{self, Inputs, NodePlan, PortMode, Ports, Ready, Role, StartArg
 use super::session::{self, SessionArg};
 use super::{master_client, rt};
 
+/// How long a standby master waits for the cluster's etcd to accept its member.
+const MEMBER_ADD_WITHIN: Duration = Duration::from_secs(20);
+
 /// How long a started node may take to appear in the master's view.
 const REGISTER_WITHIN: Duration = Duration::from_secs(20);
 
@@ -131,11 +134,24 @@ fn add_etcd_member(
 ) -> Result<(plan::EtcdMember, Vec<String>)> {
     rt()?.block_on(async {
         let meta = yr_control::etcd::Meta::connect(endpoints).await?;
-        let added = meta
-            .client()
-            .member_add([peer], None)
-            .await
-            .with_context(|| format!("the cluster's etcd refused a new member at {peer}"))?;
+        // etcd admits a member only once every member has been connected for a few seconds
+        // (5 s in etcd 3.4-3.5): a standby started right after another waits for that.
+        let deadline = Instant::now() + MEMBER_ADD_WITHIN;
+        let added = loop {
+            match meta.client().member_add([peer], None).await {
+                Ok(a) => break a,
+                Err(etcd_client::Error::GRpcStatus(s))
+                    if s.code() == tonic::Code::Unavailable && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::from(e)).with_context(|| {
+                        format!("the cluster's etcd refused a new member at {peer}")
+                    })
+                }
+            }
+        };
         let me = added.member().map(|m| m.id());
         let mut cluster = Vec::new();
         let mut clients = Vec::new();
@@ -277,7 +293,7 @@ fn wait_for_node(s: &Session) -> Result<()> {
     let deadline = Instant::now() + REGISTER_WITHIN;
     loop {
         let st = rt.block_on(async {
-            master_client(&s.master_address)?
+            master_client(&s).await?
                 .status(Empty {})
                 .await
                 .map_err(anyhow::Error::from)

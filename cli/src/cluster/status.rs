@@ -22,7 +22,7 @@ pub fn status(a: StatusArgs) -> Result<()> {
     let s = a.session.load()?;
     let st = rt()?
         .block_on(async {
-            let mut m = master_client(&s.master_address)?;
+            let mut m = master_client(&s).await?;
             // A read, so it may be repeated: once per master, as a failed call moves the
             // channel to the next master that accepts.
             let tries = yr_control::master_addresses(&s.master_address).len().max(1);
