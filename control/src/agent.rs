@@ -535,7 +535,9 @@ pub async fn run(
         config.data_socket.clone(),
         shutdown.clone(),
     ));
-    let master = MasterClient::new(crate::master_channel(&config.master_address)?);
+    let channel = crate::master_channel(&config.master_address)?;
+    crate::follow_masters(meta.clone(), channel.clone());
+    let master = MasterClient::new(channel);
     let mut server = crate::grpc_server()?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

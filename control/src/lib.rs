@@ -118,6 +118,29 @@ pub fn master_addresses(addresses: &str) -> Vec<String> {
     out
 }
 
+/// Keeps `channel`'s masters current from those registered in etcd (`/yr/masters/`), plus
+/// those it was given, for as long as the process runs: components that hold an etcd client
+/// learn of a standby master even if the master they were given dies before telling them.
+pub fn follow_masters(meta: etcd::Meta, channel: MasterChannel) {
+    let given = channel.addresses();
+    tokio::spawn(async move {
+        let mut mirror =
+            match etcd::Mirror::<yr_proto::MasterRecord>::start(meta, etcd::MASTERS).await {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!("cannot watch the registered masters: {e}");
+                    return;
+                }
+            };
+        loop {
+            let mut list = given.clone();
+            list.extend(mirror.snapshot().values().map(|m| m.address.clone()));
+            channel.set_addresses(&list);
+            mirror.changed().await;
+        }
+    });
+}
+
 /// See [`master_channel`].
 pub type MasterChannel = yr_proto::failover::FailoverChannel;
 

@@ -160,6 +160,7 @@ pub async fn run(
     let join = service::JoinService {
         authority: config.join,
         etcd_endpoints: config.etcd_endpoints.clone(),
+        meta: meta.clone(),
     };
     let serve = crate::grpc_server()?
         .add_service(JoinServer::new(join))

@@ -628,7 +628,9 @@ impl Proxy {
         let instances = Mirror::start(meta.clone(), etcd::INSTANCES).await?;
         let functions = Mirror::start(meta.clone(), etcd::FUNCTIONS).await?;
         let specs = std::sync::Mutex::new((functions.snapshot(), HashMap::new()));
-        let master = MasterClient::new(crate::master_channel(&config.master_address)?);
+        let channel = crate::master_channel(&config.master_address)?;
+        crate::follow_masters(meta.clone(), channel.clone());
+        let master = MasterClient::new(channel);
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| Error::io(format!("cannot listen on {}", config.listen), e))?;

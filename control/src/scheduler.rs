@@ -255,7 +255,9 @@ pub async fn run(
         candidate.resign().await;
         return Ok(());
     }
-    let master = MasterClient::new(crate::master_channel(&config.master_address)?);
+    let channel = crate::master_channel(&config.master_address)?;
+    crate::follow_masters(meta.clone(), channel.clone());
+    let master = MasterClient::new(channel);
     let mut s = Scheduler {
         nodes: Mirror::start(meta.clone(), etcd::NODES).await?,
         functions: Mirror::start(meta.clone(), etcd::FUNCTIONS).await?,

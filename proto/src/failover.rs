@@ -14,7 +14,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -43,6 +43,10 @@ struct Inner {
     current: AtomicUsize,
     /// Makes a (lazy) channel to one address.
     connect: fn(&str) -> Result<Channel, String>,
+    /// Set by a failed call, cleared by a successful one: while set, each call first checks
+    /// that the current master accepts connections (and moves on if not), so that the first
+    /// call after a failover does not fail on the old master when a new one is serving.
+    suspect: AtomicBool,
 }
 
 impl FailoverChannel {
@@ -57,6 +61,7 @@ impl FailoverChannel {
                 masters: RwLock::new(masters),
                 current: AtomicUsize::new(0),
                 connect,
+                suspect: AtomicBool::new(false),
             }),
         })
     }
@@ -73,12 +78,17 @@ impl FailoverChannel {
         m.get(i).map(|(a, _)| a.clone()).unwrap_or_default()
     }
 
-    /// Replaces the address list (keeping the channels of addresses already known, and the
-    /// current master if it is still listed). An empty list is ignored.
+    /// Replaces the address list, sorted (keeping the channels of addresses already known, and
+    /// the current master if it is still listed). An empty list is ignored.
     pub fn set_addresses(&self, addresses: &[String]) {
         if addresses.is_empty() {
             return;
         }
+        // In one order whatever the source, so that equal lists compare equal.
+        let mut sorted = addresses.to_vec();
+        sorted.sort();
+        sorted.dedup();
+        let addresses = &sorted[..];
         let current = self.current();
         let Ok(mut m) = self.inner.masters.write() else {
             return;
@@ -88,6 +98,7 @@ impl FailoverChannel {
         }
         match open(addresses, self.inner.connect, &m) {
             Ok(next) => {
+                tracing::info!(masters = %addresses.join(","), "the masters are now known");
                 let i = next.iter().position(|(a, _)| *a == current).unwrap_or(0);
                 *m = next;
                 self.inner.current.store(i, Ordering::Release);
@@ -123,8 +134,12 @@ impl FailoverChannel {
             if let Some(inner) = weak.upgrade() {
                 FailoverChannel { inner }.settle().await;
             }
+            let mut first = true;
             loop {
-                tokio::time::sleep(every).await;
+                if !first {
+                    tokio::time::sleep(every).await;
+                }
+                first = false;
                 let Some(inner) = weak.upgrade() else { return };
                 let channel = FailoverChannel { inner };
                 let mut client = crate::master_client::MasterClient::new(channel.clone());
@@ -170,7 +185,7 @@ impl FailoverChannel {
             let i = (failed + k) % n;
             if accepts(&list[i]).await {
                 if i != failed {
-                    tracing::debug!(from = %list[failed], to = %list[i], "following the master");
+                    tracing::info!(from = %list[failed], to = %list[i], "following the master");
                 }
                 let _ =
                     inner
@@ -224,14 +239,19 @@ impl tower_service::Service<http::Request<Body>> for FailoverChannel {
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let (i, mut ch) = {
-            let m = self.read();
-            let i = self.inner.current.load(Ordering::Acquire) % m.len().max(1);
-            (i, m[i].1.clone())
-        };
-        let inner = Arc::clone(&self.inner);
+        let this = self.clone();
         Box::pin(async move {
+            if this.inner.suspect.load(Ordering::Acquire) {
+                this.settle().await;
+            }
+            let (i, mut ch) = {
+                let m = this.read();
+                let i = this.inner.current.load(Ordering::Acquire) % m.len().max(1);
+                (i, m[i].1.clone())
+            };
+            let inner = Arc::clone(&this.inner);
             if let Err(e) = std::future::poll_fn(|cx| ch.poll_ready(cx)).await {
+                inner.suspect.store(true, Ordering::Release);
                 FailoverChannel::fail_over(inner, i).await;
                 return Err(e);
             }
@@ -243,6 +263,7 @@ impl tower_service::Service<http::Request<Body>> for FailoverChannel {
                     .get("grpc-status")
                     .is_some_and(|s| s.as_bytes() == UNAVAILABLE.as_bytes()),
             };
+            inner.suspect.store(failed, Ordering::Release);
             if failed {
                 FailoverChannel::fail_over(inner, i).await;
             }
@@ -283,7 +304,9 @@ mod tests {
         // A new list keeps the current master when it is still listed.
         c.set_addresses(&[active_addr.clone(), refused_addr.clone()]);
         assert_eq!(c.current(), active_addr);
-        assert_eq!(c.addresses(), [active_addr.clone(), refused_addr]);
+        let mut both = [active_addr.clone(), refused_addr];
+        both.sort();
+        assert_eq!(c.addresses(), both);
         c.set_addresses(&[]);
         assert_eq!(c.addresses().len(), 2);
         assert!(FailoverChannel::new(&[], lazy).is_err());

@@ -242,8 +242,17 @@ pub fn check(a: &StartConfig) -> Result<Checked, ConfigError> {
         }
     }
     if role == Role::Master
-        && !a.master_address.as_deref().unwrap_or_default().trim().is_empty()
-        && a.join_token.as_deref().unwrap_or_default().trim().is_empty()
+        && !a
+            .master_address
+            .as_deref()
+            .unwrap_or_default()
+            .trim()
+            .is_empty()
+        && a.join_token
+            .as_deref()
+            .unwrap_or_default()
+            .trim()
+            .is_empty()
     {
         return Err(ConfigError::Missing {
             field: "join-token",
@@ -483,7 +492,11 @@ pub fn plan(a: &StartConfig, inputs: Inputs) -> Result<NodePlan, ConfigError> {
     let tls = yr_proto::tls::NodeTls::in_dir(&tls_dir);
     let (ca_key, join_token_file) = match role {
         // A standby master has no CA key: it was admitted with a node certificate.
-        Role::Master if a.master_address.as_deref().is_some_and(|m| !m.trim().is_empty()) => {
+        Role::Master
+            if a.master_address
+                .as_deref()
+                .is_some_and(|m| !m.trim().is_empty()) =>
+        {
             (None, None)
         }
         Role::Master => (
@@ -1385,7 +1398,7 @@ mod instance_secret_tests {
                 ports: Ports::STANDARD,
                 etcd_program: Some("/usr/bin/etcd".into()),
                 master_etcd: Vec::new(),
-            etcd_member: None,
+                etcd_member: None,
                 python_env: None,
             },
         )

@@ -293,7 +293,8 @@ fn wait_for_node(s: &Session) -> Result<()> {
     let deadline = Instant::now() + REGISTER_WITHIN;
     loop {
         let st = rt.block_on(async {
-            master_client(&s).await?
+            master_client(&s)
+                .await?
                 .status(Empty {})
                 .await
                 .map_err(anyhow::Error::from)
