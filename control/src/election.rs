@@ -32,6 +32,8 @@ use crate::Shutdown;
 pub const LEASE_TTL: i64 = 6;
 /// How often the lease is kept alive.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(2);
+/// How long one campaign transaction may take before it is tried again.
+const TRY_WITHIN: Duration = Duration::from_secs(1);
 /// How long before the lease could expire a leader gives up.
 const SAFETY: Duration = Duration::from_millis(1000);
 
@@ -90,11 +92,14 @@ impl Candidate {
                 Some(PutOptions::new().with_lease(self.lease)),
             )])
             .or_else([TxnOp::get(election, None)]);
-        let r = self
-            .meta
-            .client()
-            .txn(txn)
+        // Bounded well below etcd's own request timeout (~7 s): a proposal made just as the
+        // etcd leader died is dropped and only times out there, while a retry reaches the new
+        // leader. A try abandoned here and applied later is found as this candidate's own key.
+        let r = tokio::time::timeout(TRY_WITHIN, self.meta.client().txn(txn))
             .await
+            .map_err(|_| {
+                Error::Unavailable(format!("etcd did not answer the campaign for {election}"))
+            })?
             .map_err(|e| Error::etcd(format!("campaign for {election}"), e))?;
         let rev = r.header().map(|h| h.revision()).unwrap_or(0);
         if r.succeeded() {
@@ -127,7 +132,7 @@ impl Candidate {
                 Err(e) => {
                     tracing::warn!("{e}; trying again");
                     tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                         _ = shutdown.wait() => return Ok(false),
                         _ = self.lost.wait() => return Ok(false),
                     }

@@ -93,10 +93,7 @@ pub fn master_channel(addresses: &str) -> error::Result<MasterChannel> {
             .tcp_nodelay(true)
             .connect_lazy())
     })
-    .map(|c| {
-        c.follow(FOLLOW_MASTERS_EVERY);
-        c
-    })
+    .inspect(|c| c.follow(FOLLOW_MASTERS_EVERY))
     .map_err(|e| error::Error::invalid("master address", e))
 }
 

@@ -574,6 +574,11 @@ pub fn plan(a: &StartConfig, inputs: Inputs) -> Result<NodePlan, ConfigError> {
                         .flag("--initial-advertise-peer-urls", &peer)
                         .flag("--initial-cluster", initial_cluster)
                         .flag("--initial-cluster-state", state)
+                        // A new etcd leader within about a second of losing one (default: 1 to
+                        // 2 s, then leases are extended by this timeout again): the master
+                        // election's failover is the lease TTL plus these.
+                        .flag("--heartbeat-interval", "100")
+                        .flag("--election-timeout", "500")
                         .flag("--log-level", "warn");
                     components.push(ComponentPlan {
                         name: name::ETCD,
@@ -1053,6 +1058,81 @@ mod tests {
             i,
         );
         assert_eq!(q, p);
+    }
+
+    /// `yr start --master --master_address http://IP:PORT --join_token T`: a standby master.
+    #[test]
+    fn a_master_given_a_masters_address_is_a_standby_that_joins_the_etcd_cluster() {
+        let flags = [
+            "--master",
+            "--master_address",
+            "http://10.0.0.1:22770",
+            "--join_token",
+            "t",
+        ];
+        let mut i = inputs(Ports::STANDARD);
+        i.master_etcd = vec!["https://10.0.0.1:32379".into()];
+        i.etcd_member = Some(EtcdMember {
+            id: 7,
+            initial_cluster: "yr=https://10.0.0.1:32380,host-00abcd=https://127.0.0.1:32380".into(),
+        });
+        let p = planned(&flags, i.clone());
+        assert_eq!(p.role, Role::Master);
+        assert_eq!(names(&p)[0], "etcd");
+        assert_eq!(value(&p, "etcd", "--name").as_deref(), Some("host-00abcd"));
+        assert_eq!(
+            value(&p, "etcd", "--initial-cluster-state").as_deref(),
+            Some("existing")
+        );
+        assert_eq!(
+            value(&p, "etcd", "--initial-cluster"),
+            i.etcd_member.as_ref().map(|m| m.initial_cluster.clone())
+        );
+        assert!(has(&p, "etcd", "--peer-client-cert-auth"));
+        // The local member first, then the cluster's.
+        assert_eq!(
+            p.etcd_endpoints,
+            ["https://127.0.0.1:32379", "https://10.0.0.1:32379"]
+        );
+        // Clients know both masters, the active one first.
+        assert_eq!(p.master_address, "10.0.0.1:22770,127.0.0.1:22770");
+        for c in ["function-scheduler", "function-proxy", "function-agent"] {
+            assert_eq!(
+                value(&p, c, "--master").as_deref(),
+                Some("10.0.0.1:22770,127.0.0.1:22770"),
+                "{c}"
+            );
+        }
+        assert_eq!(
+            value(&p, "function-master", "--listen").as_deref(),
+            Some("127.0.0.1:22770")
+        );
+        assert_eq!(
+            value(&p, "function-master", "--node-id").as_deref(),
+            Some("host-00abcd")
+        );
+        // It signs no certificates and receives the cluster secret.
+        assert!(!has(&p, "function-master", "--ca-key"));
+        assert!(p.join_token_file.is_none());
+        assert!(!p.new_secret);
+        // Its etcd member must have been added first; and it needs the join token.
+        let mut not_added = i.clone();
+        not_added.etcd_member = None;
+        assert_eq!(refused(&flags, not_added), "master-address");
+        assert_eq!(
+            refused(
+                &["--master", "--master_address", "http://10.0.0.1:22770"],
+                i
+            ),
+            "join-token"
+        );
+        // The first master's etcd starts a new cluster, its member named yr.
+        let first = planned(&["--master"], inputs(Ports::STANDARD));
+        assert_eq!(value(&first, "etcd", "--name").as_deref(), Some("yr"));
+        assert_eq!(
+            value(&first, "etcd", "--initial-cluster-state").as_deref(),
+            Some("new")
+        );
     }
 
     #[test]

@@ -293,7 +293,7 @@ fn wait_for_node(s: &Session) -> Result<()> {
     let deadline = Instant::now() + REGISTER_WITHIN;
     loop {
         let st = rt.block_on(async {
-            master_client(&s)
+            master_client(s)
                 .await?
                 .status(Empty {})
                 .await
