@@ -67,6 +67,11 @@ pub fn read_join_token(s: &Session) -> Result<String> {
 /// etcd (masters started after this node's session was written), reached through a channel
 /// that settles on the one that accepts connections (standbys do not).
 async fn master_client(s: &Session) -> Result<MasterClient<yr_control::MasterChannel>> {
+    Ok(MasterClient::new(master_channel(s).await?))
+}
+
+/// The channel of [`master_client`].
+async fn master_channel(s: &Session) -> Result<yr_control::MasterChannel> {
     let mut list = yr_control::master_addresses(&s.master_address);
     for a in registered_masters(&s.etcd_endpoints).await {
         if !list.contains(&a) {
@@ -75,7 +80,7 @@ async fn master_client(s: &Session) -> Result<MasterClient<yr_control::MasterCha
     }
     let channel = yr_control::master_channel(&list.join(","))?;
     channel.settle().await;
-    Ok(MasterClient::new(channel))
+    Ok(channel)
 }
 
 /// The addresses of the masters registered in etcd, the active one first; none if etcd does

@@ -42,10 +42,47 @@ pub const MASTER: &str = "/yr/election/master";
 /// The election of the function scheduler that scales pools.
 pub const SCHEDULER: &str = "/yr/election/scheduler";
 
+/// Until when a candidate's lease is surely alive, readable without waiting: a leader checks it
+/// before serving each call, so that a process that was paused (or starved) past its lease does
+/// not serve calls that arrived meanwhile before its keep-alive task notices.
+#[derive(Clone, Default)]
+pub struct LeaseClock {
+    /// Milliseconds after [`epoch`] (negative: before it) until which the lease holds; 0 (the
+    /// epoch itself) until first renewed.
+    until_ms: std::sync::Arc<std::sync::atomic::AtomicI64>,
+}
+
+/// The process's reference instant for [`LeaseClock`].
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+impl LeaseClock {
+    fn renewed(&self, sent: Instant, budget: Duration) {
+        let e = epoch();
+        let sent_ms = match sent.checked_duration_since(e) {
+            Some(after) => after.as_millis() as i64,
+            None => -(e.duration_since(sent).as_millis() as i64),
+        };
+        self.until_ms.store(
+            sent_ms + budget.as_millis() as i64,
+            std::sync::atomic::Ordering::Release,
+        );
+    }
+
+    /// Whether the lease surely holds now.
+    pub fn holds(&self) -> bool {
+        let now = epoch().elapsed().as_millis() as i64;
+        now < self.until_ms.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
 /// A lease kept alive in the background, to campaign with and to register under.
 pub struct Candidate {
     meta: Meta,
     lease: i64,
+    clock: LeaseClock,
     /// Set when the lease is (or may be) gone.
     lost: Shutdown,
     /// Stops the keep-alive task (on drop of the candidate).
@@ -55,6 +92,7 @@ pub struct Candidate {
 impl Candidate {
     /// Grants a lease and starts keeping it alive.
     pub async fn new(meta: &Meta) -> Result<Candidate> {
+        let granted_at = Instant::now();
         let lease = meta
             .client()
             .lease_grant(LEASE_TTL, None)
@@ -63,10 +101,19 @@ impl Candidate {
             .id();
         let lost = Shutdown::new();
         let stop = Shutdown::new();
-        tokio::spawn(keep_alive(meta.clone(), lease, lost.clone(), stop.clone()));
+        let clock = LeaseClock::default();
+        clock.renewed(granted_at, budget());
+        tokio::spawn(keep_alive(
+            meta.clone(),
+            lease,
+            clock.clone(),
+            lost.clone(),
+            stop.clone(),
+        ));
         Ok(Candidate {
             meta: meta.clone(),
             lease,
+            clock,
             lost,
             stop,
         })
@@ -75,6 +122,11 @@ impl Candidate {
     /// The lease's ID (keys put with it vanish with the candidate).
     pub fn lease(&self) -> i64 {
         self.lease
+    }
+
+    /// Until when the lease surely holds (see [`LeaseClock`]).
+    pub fn clock(&self) -> LeaseClock {
+        self.clock.clone()
     }
 
     /// Set once the lease is lost: a leader must stop acting at once.
@@ -191,8 +243,13 @@ impl Drop for Candidate {
 }
 
 /// Keeps `lease` alive until `stop`; sets `lost` when it is gone or may be.
-async fn keep_alive(meta: Meta, lease: i64, lost: Shutdown, stop: Shutdown) {
-    let budget = Duration::from_secs(LEASE_TTL as u64) - SAFETY;
+/// How long after a renewal was sent the lease surely holds.
+fn budget() -> Duration {
+    Duration::from_secs(LEASE_TTL as u64) - SAFETY
+}
+
+async fn keep_alive(meta: Meta, lease: i64, clock: LeaseClock, lost: Shutdown, stop: Shutdown) {
+    let budget = budget();
     // When the last acknowledged keep-alive was sent: etcd renewed the lease after that.
     let mut renewed = Instant::now();
     let mut stream = None;
@@ -222,7 +279,10 @@ async fn keep_alive(meta: Meta, lease: i64, lost: Shutdown, stop: Shutdown) {
             };
             let left = budget.saturating_sub(renewed.elapsed());
             match tokio::time::timeout(left.min(KEEP_ALIVE), answer).await {
-                Ok(Ok(Some(r))) if r.ttl() > 0 => renewed = sent,
+                Ok(Ok(Some(r))) if r.ttl() > 0 => {
+                    renewed = sent;
+                    clock.renewed(sent, budget);
+                }
                 Ok(Ok(Some(_))) => {
                     tracing::error!(lease, "etcd says the election lease expired");
                     lost.trigger();
@@ -249,4 +309,26 @@ async fn keep_alive(meta: Meta, lease: i64, lost: Shutdown, stop: Shutdown) {
 /// The value of `election`'s key (the leader's address), if anyone leads.
 pub async fn leader(meta: &Meta, election: &str) -> Result<Option<String>> {
     meta.get_raw(election).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lease_holds_for_the_budget_counted_from_when_its_renewal_was_sent() {
+        let clock = LeaseClock::default();
+        assert!(!clock.holds(), "never renewed");
+        clock.renewed(Instant::now(), Duration::from_secs(5));
+        assert!(clock.holds());
+        // A renewal sent long ago (the process was paused) holds no more.
+        let long_ago = Instant::now()
+            .checked_sub(Duration::from_secs(10))
+            .unwrap_or_else(Instant::now);
+        let old = LeaseClock::default();
+        old.renewed(long_ago, Duration::from_secs(5));
+        assert!(!old.holds());
+        assert!(budget() < Duration::from_secs(LEASE_TTL as u64));
+        assert!(KEEP_ALIVE * 2 < budget(), "two keep-alives may be lost");
+    }
 }

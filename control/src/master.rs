@@ -119,6 +119,7 @@ pub async fn run(
         })
         .await?;
     let lost = candidate.lost();
+    let clock = candidate.clock();
     if !won {
         if lost.is_set() {
             return Err(Error::Unavailable(
@@ -166,7 +167,16 @@ pub async fn run(
         .add_service(JoinServer::new(join))
         .add_service(tonic::service::interceptor::InterceptedService::new(
             MasterServer::new(service::Service(state)),
-            yr_proto::tls::require_client_cert,
+            move |req| {
+                // Fenced by time: a master whose lease may have lapsed (paused, starved) answers
+                // nothing, even before its keep-alive task notices.
+                if !clock.holds() {
+                    return Err(tonic::Status::unavailable(
+                        "this master's election lease may have lapsed: it no longer serves",
+                    ));
+                }
+                yr_proto::tls::require_client_cert(req)
+            },
         ))
         .serve_with_incoming_shutdown(crate::incoming(listener), shutdown.clone().wait_owned());
     tokio::select! {

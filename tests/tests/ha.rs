@@ -69,6 +69,40 @@ fn active(c: &Cluster, i: usize) -> Option<String> {
     (act.len() == 1).then(|| act[0].1.clone())
 }
 
+/// When node `i`'s function master logged that it serves as the active master.
+fn serving_since(c: &Cluster, i: usize) -> Option<std::time::SystemTime> {
+    let log = c.session(i).component("function-master")?.log.clone();
+    let text = std::fs::read_to_string(log).ok()?;
+    let line = text
+        .lines()
+        .find(|l| l.contains("active master: serving"))?;
+    // `YYYY-MM-DDTHH:MM:SS.ffffffZ`, among colour codes.
+    let b = line.as_bytes();
+    let start = (0..b.len().saturating_sub(26))
+        .find(|&i| b[i + 4] == b'-' && b[i + 10] == b'T' && b[i + 26] == b'Z')?;
+    let stamp = line.get(start..start + 26)?;
+    let num = |a: usize, b: usize| stamp.get(a..b)?.parse::<i64>().ok();
+    let (y, mo, d) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
+    let (h, mi, sec, micros) = (num(11, 13)?, num(14, 16)?, num(17, 19)?, num(20, 26)?);
+    // Days since the Unix epoch of a civil date (proleptic Gregorian).
+    let (y2, m2) = if mo <= 2 {
+        (y - 1, mo + 9)
+    } else {
+        (y, mo - 3)
+    };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * m2 + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3600 + mi * 60 + sec;
+    Some(
+        std::time::UNIX_EPOCH
+            + Duration::from_secs(u64::try_from(secs).ok()?)
+            + Duration::from_micros(u64::try_from(micros).ok()?),
+    )
+}
+
 /// Sends SIGKILL to component `name` of node `i`; returns when it is gone.
 fn kill9(c: &Cluster, i: usize, name: &str) {
     let pid = c
@@ -220,4 +254,55 @@ fn a_standby_takes_over_when_the_active_master_and_its_etcd_member_are_killed() 
         "failover took {took:?}, more than the lease TTL + 3 s"
     );
     works_after_failover(&c, 1);
+}
+
+#[test]
+fn a_paused_master_is_deposed_and_stops_serving() {
+    let mut c = Cluster::start(NodeOptions::default());
+    let master = format!("http://{}", c.master().master_address);
+    let token = c.join_token();
+    c.add_node(
+        "standby1",
+        &[
+            "--master",
+            "--master_address",
+            &master,
+            "--join_token",
+            &token,
+        ],
+        NodeOptions::default(),
+    );
+    let old = active(&c, 1).expect("an active master");
+    assert_eq!(old, c.master().master_address, "the first master leads");
+    let pid = c
+        .session(0)
+        .pid_of("function-master")
+        .expect("the first master's pid");
+    let p = Process::find(pid, "function master").expect("it runs");
+    let signal = |sig| {
+        // SAFETY: kill(2) on the first master's pid, checked above to be that process.
+        let r = unsafe { libc::kill(i32::try_from(pid).expect("pid fits"), sig) };
+        assert_eq!(r, 0, "kill -{sig} {pid}");
+    };
+    // Paused past its lease: the standby takes over. A paused master's port still accepts
+    // connections, so clients notice only by timing out; the takeover itself is timed from the
+    // standby's log.
+    let t0 = Instant::now();
+    let paused_at = std::time::SystemTime::now();
+    signal(libc::SIGSTOP);
+    let (new, seen) = wait_for_new_active(&c, 1, &old, t0);
+    let served = serving_since(&c, 1).expect("the standby logged that it serves");
+    let took = served.duration_since(paused_at).unwrap_or_default();
+    println!(
+        "failover from a paused master: serving after {took:?}, seen by yr status after {seen:?}"
+    );
+    assert!(took <= FAILOVER_BOUND, "failover took {took:?}");
+    // Resumed, it finds its lease gone and exits instead of serving.
+    signal(libc::SIGCONT);
+    assert!(
+        p.wait_gone(Duration::from_secs(10)),
+        "the deposed master still runs 10 s after it was resumed\n{}",
+        c.logs()
+    );
+    assert_eq!(active(&c, 1).as_deref(), Some(new.as_str()));
 }

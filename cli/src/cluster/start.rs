@@ -24,7 +24,8 @@ use super::plan::{self, Inputs, NodePlan, PortMode, Ports, Ready, Role, StartArg
 use super::session::{self, SessionArg};
 use super::{master_client, rt};
 
-/// How long a standby master waits for the cluster's etcd to accept its member.
+/// How long a standby master waits for the cluster's etcd to accept its member (or to remove
+/// it, at `yr stop`).
 const MEMBER_ADD_WITHIN: Duration = Duration::from_secs(20);
 
 /// How long a started node may take to appear in the master's view.
@@ -197,6 +198,99 @@ fn remove_etcd_member(endpoints: &[String], id: u64) {
     if let Err(e) = r {
         eprintln!("warning: cannot remove the etcd member {id:x} this start added: {e:#}");
     }
+}
+
+/// Before a master node that runs an etcd member of a larger etcd cluster stops: removes its
+/// member, so that the members left keep their quorum (a stopped member that stayed listed
+/// would count against it). Best effort, within a few seconds: a failure is reported and the
+/// stop goes on.
+fn leave_etcd_cluster(s: &Session) {
+    let Some(own) = s
+        .components
+        .iter()
+        .find(|c| c.name == crate::defaults::name::ETCD)
+        .map(|c| c.address.clone())
+    else {
+        return;
+    };
+    let r = rt().and_then(|rt| {
+        rt.block_on(async {
+            let leave = async {
+                let meta = yr_control::etcd::Meta::connect(&s.etcd_endpoints).await?;
+                let members = meta.client().member_list().await?;
+                if members.members().len() < 2 {
+                    return anyhow::Ok(());
+                }
+                let Some(id) = members
+                    .members()
+                    .iter()
+                    .find(|m| m.client_urls().contains(&own))
+                    .map(|m| m.id())
+                else {
+                    return anyhow::Ok(());
+                };
+                // Without this member, would the others still have a quorum? If not (members
+                // are down), removing it is refused anyway: leave it listed.
+                let n = members.members().len();
+                let mut others_up = 0;
+                for m in members.members().iter().filter(|m| m.id() != id) {
+                    for u in m.client_urls() {
+                        if accepts_url(u).await {
+                            others_up += 1;
+                            break;
+                        }
+                    }
+                }
+                if others_up < (n - 1) / 2 + 1 {
+                    eprintln!(
+                        "note: this node's etcd member stays listed: without it, the members \
+                         still up ({others_up} of {}) would have no quorum",
+                        n - 1
+                    );
+                    return anyhow::Ok(());
+                }
+                // As for adding one, etcd removes a member only once every member has been
+                // connected for a few seconds.
+                loop {
+                    match meta.client().member_remove(id).await {
+                        Ok(_) => return anyhow::Ok(()),
+                        Err(etcd_client::Error::GRpcStatus(st))
+                            if st.code() == tonic::Code::Unavailable =>
+                        {
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            };
+            tokio::time::timeout(MEMBER_ADD_WITHIN, leave)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(anyhow::anyhow!(
+                        "etcd did not remove it within {} s",
+                        MEMBER_ADD_WITHIN.as_secs()
+                    ))
+                })
+        })
+    });
+    if let Err(e) = r {
+        eprintln!("warning: cannot remove this node's etcd member from the cluster: {e:#}");
+    }
+}
+
+/// Whether the host:port of `url` (an etcd client URL) accepts a TCP connection now.
+async fn accepts_url(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .unwrap_or(url);
+    let host_port = rest.split('/').next().unwrap_or(rest);
+    tokio::time::timeout(
+        Duration::from_millis(300),
+        tokio::net::TcpStream::connect(host_port),
+    )
+    .await
+    .is_ok_and(|c| c.is_ok())
 }
 
 /// Where the yr package is likely installed: the active virtual environment, then the one
@@ -380,6 +474,7 @@ pub struct StopArgs {
 /// session file.
 pub fn stop(a: StopArgs) -> Result<()> {
     let s = a.session.load()?;
+    leave_etcd_cluster(&s);
     let grace = if a.force {
         Duration::ZERO
     } else {

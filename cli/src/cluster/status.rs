@@ -5,9 +5,12 @@ use anyhow::{Context, Result};
 use clap::Args;
 use yr_proto::{ClusterStatus, Empty, InstanceState, Resources};
 
-use super::master_client;
+use super::master_channel;
 use super::rt;
 use super::session::SessionArg;
+
+/// How long one try of `yr status` waits for a master's answer.
+const STATUS_TRY: std::time::Duration = std::time::Duration::from_secs(3);
 
 #[derive(Args)]
 pub struct StatusArgs {
@@ -22,15 +25,25 @@ pub fn status(a: StatusArgs) -> Result<()> {
     let s = a.session.load()?;
     let st = rt()?
         .block_on(async {
-            let mut m = master_client(&s).await?;
+            let channel = master_channel(&s).await?;
+            let mut m = yr_proto::master_client::MasterClient::new(channel.clone());
             // A read, so it may be repeated: once per master, as a failed call moves the
             // channel to the next master that accepts.
             let tries = yr_control::master_addresses(&s.master_address).len().max(1);
             let mut last = None;
             for _ in 0..tries {
-                match m.status(Empty {}).await {
-                    Ok(st) => return Ok(st),
-                    Err(e) => last = Some(e),
+                // Bounded: a master that is paused still accepts connections but never
+                // answers; the next try goes to the master the failed one's probe found.
+                match tokio::time::timeout(STATUS_TRY, m.status(Empty {})).await {
+                    Ok(Ok(st)) => return Ok(st),
+                    Ok(Err(e)) => last = Some(e),
+                    Err(_) => {
+                        channel.fail_current().await;
+                        last = Some(tonic::Status::deadline_exceeded(format!(
+                            "the master did not answer within {} s",
+                            STATUS_TRY.as_secs()
+                        )))
+                    }
                 }
             }
             Err(anyhow::Error::from(last.unwrap_or_else(|| {
