@@ -9,7 +9,7 @@
 //! - `/yr/names/<function>/<name>`: the instance ID of a named (stateful) instance.
 //! - `/yr/masters/<node_id>`: [`yr_proto::MasterRecord`], every master process (active or
 //!   standby) under its election lease; `/yr/election/master` holds the active one's address
-//!   (see [`crate::election`]).
+//!   (see the `election` module).
 //! - `/yr/known-nodes/<node_id>`: empty; every node the master has seen, so that a node whose
 //!   registration lapsed shows as dead rather than unknown. A node that leaves gracefully deletes
 //!   its own key first.

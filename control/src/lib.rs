@@ -12,8 +12,10 @@
 //! Shared pieces, which import no service: [`etcd`] (key layout and typed access), [`pki`] (the
 //! cluster CA, node certificates, the join token), [`error`] (the one error type and its gRPC
 //! mapping), [`lifecycle`] (the pure instance state machine), [`function`] (the function-name
-//! and path-name rules and validated specs) and [`secret`] (the node secret behind the instance
-//! socket's hellos).
+//! and path-name rules and validated specs), [`secret`] (the node secret behind the instance
+//! socket's hellos) and [`election`] (the etcd-lease election of the active master and
+//! scheduler). Every client of "the master" goes through [`master_channel`], which knows every
+//! master and follows a failover.
 
 pub mod agent;
 pub mod election;
