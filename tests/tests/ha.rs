@@ -226,6 +226,11 @@ fn works_after_failover(c: &Cluster, i: usize) {
 fn a_standby_takes_over_when_the_active_function_master_is_killed() {
     let c = three_masters();
     let old = deploy_and_call(&c);
+    // A driver on the worker, connected before the failover and used after it.
+    let driver = yr_runtime::Builder::new("ha")
+        .connect(c.session(3).session_dir.clone())
+        .expect("a driver connects through the worker's session");
+    assert_eq!(driver.nodes().expect("nodes").len(), 4);
     let t0 = Instant::now();
     kill9(&c, 0, "function-master");
     let (new, took) = wait_for_new_active(&c, 3, &old, t0);
@@ -235,6 +240,23 @@ fn a_standby_takes_over_when_the_active_function_master_is_killed() {
         "failover took {took:?}, more than the lease TTL + 3 s"
     );
     works_after_failover(&c, 3);
+    // The driver follows without reconnecting: its first call may still meet the dead master.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let nodes = loop {
+        match driver.nodes() {
+            Ok(n) => break n,
+            Err(e) if Instant::now() < deadline => {
+                println!("driver call during the failover: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => panic!("the driver did not follow the new master: {e}"),
+        }
+    };
+    assert_eq!(
+        nodes.len(),
+        4,
+        "every node, the dead master's too: {nodes:?}"
+    );
 }
 
 #[test]
