@@ -52,7 +52,8 @@ pub struct RestArgs {
     /// Address to listen on.
     #[arg(long)]
     listen: SocketAddr,
-    /// The function master (meta service) or this node's proxy (frontend), host:port.
+    /// The function masters, comma-separated (meta service), or this node's proxy (frontend),
+    /// host:port.
     #[arg(long)]
     upstream: String,
     /// This node's TLS credentials (ca.pem, node.pem, node.key, as `yr start` writes them):
@@ -309,7 +310,7 @@ pub struct SchedulerArgs {
     /// etcd endpoints, comma-separated.
     #[arg(long)]
     etcd: String,
-    /// The function master's address (host:port).
+    /// The function masters' addresses (host:port, comma-separated: the active one is found).
     #[arg(long)]
     master: String,
     /// Stop instances idle this long (milliseconds), down to each function's minimum.
@@ -348,7 +349,7 @@ pub struct ProxyArgs {
     /// etcd endpoints, comma-separated.
     #[arg(long)]
     etcd: String,
-    /// The function master's address (host:port).
+    /// The function masters' addresses (host:port, comma-separated: the active one is found).
     #[arg(long)]
     master: String,
     /// This node's ID.
@@ -407,7 +408,7 @@ pub struct AgentArgs {
     /// etcd endpoints, comma-separated.
     #[arg(long)]
     etcd: String,
-    /// The function master's address (host:port).
+    /// The function masters' addresses (host:port, comma-separated: the active one is found).
     #[arg(long)]
     master: String,
     /// This node's ID.
