@@ -3,12 +3,13 @@
 //! noisy: an absolute figure means little, a ratio to memcpy / a socket round
 //! trip / raw disk I/O measured a moment earlier means a lot.
 //!
-//! One child module per subcommand ([`store`], [`invoke`], [`transfer`], [`rest`], [`python`]),
+//! One child module per subcommand ([`store`], [`invoke`], [`transfer`], [`rest`], [`python`], [`faults`]),
 //! plus [`node`] (a one-node cluster and the no-op function the cluster benches call),
 //! [`stats`] and [`machine`] (what the figures were measured on). The set-up functions are public because the criterion groups of `cargo bench`
 //! (`cli/benches/`) call them with the `yr` binary cargo built: one set-up, two drivers.
 //! Children use their parent's pieces through `super::`; the parent only dispatches.
 
+pub mod faults;
 pub mod invoke;
 pub mod machine;
 pub mod node;
@@ -39,6 +40,9 @@ pub enum BenchCmd {
     /// The Python package `yr` on a one-node cluster: put/get of a 256 MiB numpy array beside
     /// a numpy copy, 1 KiB puts, trivial tasks, and a call receiving the array by reference.
     Python(python::PythonArgs),
+    /// Failures: a cluster of several masters and a worker under a steady load, and `kill -9`
+    /// of each component in turn; recovery time, failed calls and anything acknowledged lost.
+    Faults(faults::FaultsArgs),
 }
 
 pub fn run(cmd: BenchCmd) -> Result<()> {
@@ -48,5 +52,6 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Transfer(a) => transfer::run(a),
         BenchCmd::Rest(a) => rest::run(a),
         BenchCmd::Python(a) => python::run(a),
+        BenchCmd::Faults(a) => faults::run(a),
     }
 }

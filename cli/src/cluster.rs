@@ -1,8 +1,9 @@
 //! Cluster commands: `yr start`, `yr stop`, `yr status`, `yr token`, `yr function`, `yr invoke`,
 //! `yr instance`.
 //!
-//! `yr start` launches every component as its own process, waits for each one to be ready, and
-//! records what it started in `DIR/session.json`; everything else reads that file to find the
+//! `yr start` launches a node supervisor that launches every component as its own process, waits
+//! for each one to be ready, records what it started in `DIR/session.json`, and restarts a
+//! component that exits; everything else reads that file to find the
 //! cluster. Invariant: a session file lists every process its `yr start` left running, so
 //! `yr stop` can end them all.
 //!
@@ -13,7 +14,9 @@
 //! - [`node_config`]: `yr start`'s settings (defaults < `-c FILE` < `-s KEY=VALUE` < flags) as
 //!   one typed struct, and `yr config template|dump`;
 //! - [`plan`]: `yr start`'s settings to a typed node plan, without I/O;
-//! - [`start`]: the executor of a plan, and `yr stop`;
+//! - [`supervise`]: the node supervisor, which launches a plan's components as its children and
+//!   restarts those that exit;
+//! - [`start`]: the executor of a plan (through the supervisor), and `yr stop`;
 //! - [`status`], [`health`], [`function`], [`instance`]: the commands that talk to the running
 //!   cluster.
 //!
@@ -29,6 +32,7 @@ pub mod plan;
 pub mod session;
 pub mod start;
 pub mod status;
+pub mod supervise;
 
 use anyhow::Result;
 use yr_proto::master_client::MasterClient;

@@ -44,6 +44,20 @@ pub enum ComponentCmd {
     /// The frontend: function invocation over REST.
     #[command(name = name::FRONTEND)]
     Frontend(RestArgs),
+    /// The node supervisor that `yr start` leaves running: launches the node's components and
+    /// restarts those that exit.
+    /// (`yr` runs it as `yr::cluster::supervise::run`; this crate's modules do not import
+    /// each other.)
+    #[command(name = name::SUPERVISOR)]
+    Supervisor(SuperviseArgs),
+}
+
+/// `yr component supervisor`'s flags.
+#[derive(Args, Debug, PartialEq)]
+pub struct SuperviseArgs {
+    /// The session folder whose `supervisor.json` `yr start` wrote.
+    #[arg(long)]
+    pub session_dir: PathBuf,
 }
 
 #[derive(Args, Serialize, Deserialize, Debug, PartialEq)]
@@ -613,6 +627,9 @@ pub struct DataWorkerArgs {
 
 pub fn run(cmd: ComponentCmd) -> Result<()> {
     match cmd {
+        ComponentCmd::Supervisor(_) => {
+            anyhow::bail!("the supervisor is run by `yr::run`, not by `component::run`")
+        }
         ComponentCmd::DataWorker(a) => data_worker(a),
         ComponentCmd::FunctionMaster(a) => {
             install_tls(a.tls_dir.as_deref())?;

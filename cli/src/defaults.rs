@@ -25,6 +25,8 @@ pub mod name {
     pub const FUNCTION_PROXY: &str = "function-proxy";
     /// The node's function processes.
     pub const FUNCTION_AGENT: &str = "function-agent";
+    /// The node supervisor that `yr start` leaves running.
+    pub const SUPERVISOR: &str = "supervisor";
 }
 
 /// The standard ports of a node's listeners.

@@ -85,6 +85,9 @@ pub enum Cmd {
 /// Runs one parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
+        Cmd::Component(component::ComponentCmd::Supervisor(a)) => {
+            cluster::supervise::run(&a.session_dir)
+        }
         Cmd::Component(c) => component::run(c),
         Cmd::Store(c) => store_cmd::run(c),
         Cmd::Bench(c) => bench::run(c),

@@ -16,9 +16,17 @@
 //! - A stopping process gets SIGTERM, then SIGKILL after its grace: [`STOP_GRACE`], or longer
 //!   when its function's `pre_stop` hook may take longer.
 //! - Every exit is reported to the master: EXITED when the master asked for it, FAILED (with the
-//!   tail of stderr) when the process ended on its own. The agent never restarts anything itself;
-//!   the master decides.
-//! - Stopping the agent stops every function process it started.
+//!   tail of stderr) when the process ended on its own, with the process's pid so a late report
+//!   cannot fail a later incarnation. A report is retried (backing off to [`REPORT_RETRY_MAX`])
+//!   until a master acknowledges it: a master that is down or failing over loses none. The agent
+//!   never restarts anything itself; the master decides.
+//! - `ListInstances` tells a master that takes over which processes run here, so it can
+//!   reconcile its records with them. A restarted agent reports the instances the master still
+//!   records on its node, whose processes died with the previous agent, as FAILED
+//!   ([`report_previous_agents_processes`]).
+//! - Stopping the agent stops every function process it started, and a function process dies
+//!   with its agent, `kill -9` included ([`spawn`]: no orphan keeps running an instance the master
+//!   restarts elsewhere).
 //! - The node's data worker is kept told the cluster's members ([`members`]), the only data
 //!   workers it exchanges objects with.
 //!
@@ -48,6 +56,7 @@ pub mod members;
 pub mod package;
 pub mod procstat;
 pub mod python;
+pub mod spawn;
 
 use crate::function::Runtime;
 
@@ -93,6 +102,114 @@ pub struct AgentConfig {
     /// The interpreter of Python function processes (default: `python3` on `PATH`); a
     /// function's environment `YR_PYTHON` overrides it.
     pub python: Option<String>,
+}
+
+/// Longest pause between two attempts to deliver an exit report.
+const REPORT_RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// Delivers `ev` to the master, retrying until one acknowledges it. A master that answers that
+/// it has no such instance (its record was swept or deleted) also ends the retries: nothing is
+/// left to tell.
+async fn report_until_acknowledged(
+    mut master: MasterClient<crate::MasterChannel>,
+    ev: InstanceEvent,
+) {
+    let mut pause = Duration::from_millis(100);
+    let mut warned = false;
+    loop {
+        match master.report_instance(ev.clone()).await {
+            Ok(_) => {
+                if warned {
+                    tracing::info!(instance = %ev.instance_id, "exit report delivered");
+                }
+                return;
+            }
+            Err(e) if e.code() == tonic::Code::NotFound => return,
+            Err(e) => {
+                if !warned {
+                    tracing::warn!(
+                        instance = %ev.instance_id,
+                        "cannot report exit yet, will retry until a master takes it: {}",
+                        Error::from_status(e)
+                    );
+                    warned = true;
+                }
+            }
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(REPORT_RETRY_MAX);
+    }
+}
+
+/// How long a starting agent keeps asking a master which instances its node had.
+const PREVIOUS_WITHIN: Duration = Duration::from_secs(60);
+
+/// The instances a master records as running on this node, under pids this agent did not start:
+/// after a restart of the agent, those processes died with the previous one (see [`spawn`]).
+/// Pure, for tests: `records` from the master, `ours` the instance IDs this agent runs.
+fn died_with_previous_agent<'a>(
+    records: &'a [InstanceRecord],
+    node_id: &str,
+    ours: &std::collections::HashSet<String>,
+) -> Vec<&'a InstanceRecord> {
+    records
+        .iter()
+        .filter(|r| {
+            r.node_id == node_id
+                && r.pid != 0
+                && r.state() == InstanceState::Running
+                && !ours.contains(&r.instance_id)
+        })
+        .collect()
+}
+
+/// When an agent starts on a node whose previous agent died (the node supervisor restarted
+/// it), the master still records that agent's instances as running, though their processes died
+/// with it. Reports each as FAILED, with the pid it had (a master ignores the report if the
+/// record moved on to another process), so the master restarts it as for any crash. A new node
+/// has no records: one status call, nothing reported.
+async fn report_previous_agents_processes(state: Arc<State>, shutdown: Shutdown) {
+    let deadline = tokio::time::Instant::now() + PREVIOUS_WITHIN;
+    let mut pause = Duration::from_millis(200);
+    let status = loop {
+        let mut m = state.master.clone();
+        match m.status(Empty {}).await {
+            Ok(s) => break s.into_inner(),
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                tracing::warn!(
+                    "cannot ask a master which instances this node had: {}",
+                    Error::from_status(e)
+                );
+                return;
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = shutdown.wait() => return,
+        }
+        pause = (pause * 2).min(REPORT_RETRY_MAX);
+    };
+    let ours: std::collections::HashSet<String> =
+        state.running.lock().await.keys().cloned().collect();
+    for r in died_with_previous_agent(&status.instances, &state.config.node_id, &ours) {
+        tracing::warn!(
+            instance = %r.instance_id,
+            pid = r.pid,
+            "the instance's process ended with this node's previous agent; reporting it failed"
+        );
+        let ev = InstanceEvent {
+            instance_id: r.instance_id.clone(),
+            state: InstanceState::Failed.into(),
+            pid: r.pid,
+            error: format!(
+                "process {} ended with the agent of node {} (the agent was restarted)",
+                r.pid, state.config.node_id
+            ),
+            ..Default::default()
+        };
+        tokio::spawn(report_until_acknowledged(state.master.clone(), ev));
+    }
 }
 
 struct Running {
@@ -231,9 +348,13 @@ impl State {
         // ETXTBSY: another thread of this agent forked while the executable was being copied
         // (for another instance), so its child briefly holds the copy open for writing until
         // it execs. The window is microseconds; a few retries always get past it.
+        // Started by the spawner thread, so that the process dies with this agent.
+        spawn::die_with_parent(&mut cmd);
         let mut attempts = 0;
         let mut child = loop {
-            match cmd.spawn() {
+            let (back, r) = spawn::spawn(cmd).await;
+            cmd = back;
+            match r {
                 Ok(c) => break c,
                 Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempts < 20 => {
                     attempts += 1;
@@ -257,7 +378,7 @@ impl State {
                 done: Arc::clone(&done),
             },
         );
-        let mut master = self.master.clone();
+        let master = self.master.clone();
         tokio::spawn(async move {
             let status = child.wait().await;
             done.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -271,6 +392,7 @@ impl State {
                 InstanceEvent {
                     instance_id: id.clone(),
                     state: InstanceState::Exited.into(),
+                    pid,
                     ..Default::default()
                 }
             } else {
@@ -284,12 +406,11 @@ impl State {
                     } else {
                         format!("process {pid} exited ({how}); stderr: {tail}")
                     },
+                    pid,
                     ..Default::default()
                 }
             };
-            if let Err(e) = master.report_instance(ev).await {
-                tracing::warn!(instance = %id, "cannot report exit: {}", Error::from_status(e));
-            }
+            report_until_acknowledged(master, ev).await;
         });
         Ok(pid)
     }
@@ -315,6 +436,23 @@ impl State {
             }
         }
         self.running.lock().await.remove(id);
+    }
+
+    /// The function processes running now.
+    async fn list(&self) -> Vec<RunningInstance> {
+        let mut v: Vec<RunningInstance> = self
+            .running
+            .lock()
+            .await
+            .iter()
+            .filter(|(_, r)| !r.done.load(std::sync::atomic::Ordering::SeqCst))
+            .map(|(id, r)| RunningInstance {
+                instance_id: id.clone(),
+                pid: r.pid,
+            })
+            .collect();
+        v.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+        v
     }
 
     async fn stop_all(&self) {
@@ -345,6 +483,15 @@ impl Agent for Service {
     async fn stop_instance(&self, req: Request<InstanceRef>) -> Result<Response<Empty>, Status> {
         self.0.stop(&req.into_inner().instance_id).await;
         Ok(Response::new(Empty {}))
+    }
+
+    async fn list_instances(
+        &self,
+        _req: Request<Empty>,
+    ) -> Result<Response<RunningInstances>, Status> {
+        Ok(Response::new(RunningInstances {
+            instances: self.0.list().await,
+        }))
     }
 }
 
@@ -558,6 +705,10 @@ pub async fn run(
         addr.to_string(),
         shutdown.clone(),
     ));
+    tokio::spawn(report_previous_agents_processes(
+        Arc::clone(&state),
+        shutdown.clone(),
+    ));
     on_ready(addr);
     // Processes are stopped even if serving failed: none may outlive the agent.
     let served = server
@@ -571,4 +722,34 @@ pub async fn run(
     state.stop_all().await;
     let _ = reg.await;
     served
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_running_records_of_this_node_that_this_agent_does_not_run_died_with_the_previous() {
+        let rec = |id: &str, node: &str, state: InstanceState, pid: u32| InstanceRecord {
+            instance_id: id.into(),
+            node_id: node.into(),
+            state: state.into(),
+            pid,
+            ..Default::default()
+        };
+        let records = [
+            rec("old", "n1", InstanceState::Running, 10),
+            rec("mine", "n1", InstanceState::Running, 11),
+            rec("elsewhere", "n2", InstanceState::Running, 12),
+            rec("creating", "n1", InstanceState::Creating, 0),
+            rec("failed", "n1", InstanceState::Failed, 13),
+            rec("no-pid", "n1", InstanceState::Running, 0),
+        ];
+        let ours = ["mine".to_string()].into_iter().collect();
+        let got: Vec<&str> = died_with_previous_agent(&records, "n1", &ours)
+            .iter()
+            .map(|r| r.instance_id.as_str())
+            .collect();
+        assert_eq!(got, ["old"]);
+    }
 }

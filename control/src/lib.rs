@@ -26,6 +26,7 @@ pub mod lifecycle;
 pub mod master;
 pub mod pki;
 pub mod proxy;
+pub mod reconcile;
 pub mod rest;
 pub mod scheduler;
 pub mod secret;

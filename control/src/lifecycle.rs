@@ -15,6 +15,11 @@
 //! - A stop that was asked for ends in EXITED, never in a restart.
 //! - A state value this version does not know reads as FATAL: the record was written by
 //!   something newer, and this version neither counts nor restarts what it cannot read.
+//! - Restarts of a crash-looping instance back off ([`restart_backoff`]): the first failure
+//!   after a stable run restarts at once, each further failure in a row waits twice as long
+//!   (from [`RESTART_FIRST_BACKOFF`] up to [`RESTART_MAX_BACKOFF`]), and the streak is reset
+//!   only by a run of at least [`STABLE_AFTER`]. The clock enters only through [`stamp`], which
+//!   the master calls with its time when it writes a transition.
 
 use std::time::Duration;
 
@@ -31,6 +36,18 @@ pub const RETAIN_ENDED: Duration = Duration::from_secs(600);
 pub const FIRST_BACKOFF: Duration = Duration::from_secs(2);
 /// The longest pause between attempts to create a pool's instance.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// The pause before the second restart in a row of an instance that fails before staying up
+/// [`STABLE_AFTER`]; each further failure in a row doubles it. One second: a process that
+/// crashes on start is retried a handful of times within the first minute, not hundreds.
+pub const RESTART_FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest pause before a restart: a crash-looping instance is still retried twice a
+/// minute (up to its function's `max_retries`), so a fixed dependency brings it back soon.
+pub const RESTART_MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long an instance must have been RUNNING for its failure to count as a new streak
+/// (restarted at once) rather than one more failure in a row: longer than the longest pause,
+/// so an instance that fails just after each restart never resets its streak.
+pub const STABLE_AFTER: Duration = Duration::from_secs(60);
 
 /// The state of a wire value; a value this version does not know reads as FATAL.
 pub fn decode_state(s: i32) -> InstanceState {
@@ -117,6 +134,66 @@ pub fn next_backoff(previous: Option<Duration>) -> Duration {
     match previous {
         None => FIRST_BACKOFF,
         Some(p) => p.saturating_mul(2).clamp(FIRST_BACKOFF, MAX_BACKOFF),
+    }
+}
+
+/// When and how a failed instance is restarted: the decision of [`restart_backoff`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartPlan {
+    /// Failures in a row without a stable run, this one included (at least 1).
+    pub streak: u32,
+    /// The pause before the restart.
+    pub delay: Duration,
+}
+
+/// The pause before a restart when the instance has failed `streak` times in a row: none for
+/// the first, then [`RESTART_FIRST_BACKOFF`] doubling up to [`RESTART_MAX_BACKOFF`].
+pub fn restart_delay(streak: u32) -> Duration {
+    match streak {
+        0 | 1 => Duration::ZERO,
+        n => {
+            let doublings = (n - 2).min(31);
+            RESTART_FIRST_BACKOFF
+                .saturating_mul(1u32 << doublings)
+                .min(RESTART_MAX_BACKOFF)
+        }
+    }
+}
+
+/// How instance `before` (the record as it was when it failed, at `now_ms`) is restarted: its
+/// streak grows unless it had been RUNNING for [`STABLE_AFTER`], which starts a new streak.
+pub fn restart_backoff(before: &InstanceRecord, now_ms: u64) -> RestartPlan {
+    let up_ms = now_ms.saturating_sub(before.running_since_unix_ms);
+    let stayed_up = state_of(before) == InstanceState::Running
+        && before.running_since_unix_ms != 0
+        && up_ms >= STABLE_AFTER.as_millis() as u64;
+    let streak = if stayed_up {
+        1
+    } else {
+        before.crash_streak.saturating_add(1)
+    };
+    RestartPlan {
+        streak,
+        delay: restart_delay(streak),
+    }
+}
+
+/// Fills in the clock's part of the transition from `before` to `next` (which then does
+/// `then`), at `now_ms`: the write time; when it became RUNNING; and for a restart its streak,
+/// when it failed and when the restart is due ([`restart_backoff`]).
+pub fn stamp(before: &InstanceRecord, next: &mut InstanceRecord, then: Then, now_ms: u64) {
+    next.updated_unix_ms = now_ms;
+    let (was, is) = (state_of(before), state_of(next));
+    if is == InstanceState::Running && was != InstanceState::Running {
+        next.running_since_unix_ms = now_ms;
+        next.restart_at_unix_ms = 0;
+    }
+    if then == Then::Restart {
+        let plan = restart_backoff(before, now_ms);
+        next.crash_streak = plan.streak;
+        next.failed_unix_ms = now_ms;
+        next.restart_at_unix_ms = now_ms.saturating_add(plan.delay.as_millis() as u64);
+        next.running_since_unix_ms = 0;
     }
 }
 
@@ -320,6 +397,11 @@ fn failed(mut r: InstanceRecord, error: String, spec: Option<&Spec>) -> Transiti
         return fatal(r, why);
     }
     r.restarts += 1;
+    // Reports about that process may still come (an agent retries them until a master takes
+    // them); remembering it lets the master tell them from reports about the next one.
+    if r.pid != 0 {
+        r.ended_pid = r.pid;
+    }
     r.pid = 0;
     r.error = error;
     Transition::To {
@@ -773,6 +855,65 @@ mod tests {
     }
 
     #[test]
+    fn restarts_back_off_and_reset_only_after_a_stable_run() {
+        let stable = STABLE_AFTER.as_millis() as u64;
+        let t0 = 10_000_000u64;
+        // A fresh instance runs, fails soon: restarted at once.
+        let mut r = record(InstanceState::Running, 0);
+        r.running_since_unix_ms = t0;
+        let p = restart_backoff(&r, t0 + 500);
+        assert_eq!((p.streak, p.delay), (1, Duration::ZERO));
+        // Failing again soon after each restart: 1 s, 2 s, 4 s, ... up to the cap.
+        let mut delays = Vec::new();
+        for _ in 0..8 {
+            let mut next = with_state(r.clone(), InstanceState::Failed);
+            stamp(&r, &mut next, Then::Restart, t0 + 500);
+            r = next;
+            r.state = InstanceState::Running.into();
+            r.running_since_unix_ms = t0 + 1000;
+            delays.push(restart_backoff(&r, t0 + 2000).delay.as_secs());
+        }
+        assert_eq!(delays, vec![1, 2, 4, 8, 16, 30, 30, 30]);
+        // A failure before it ever ran (still CREATING) does not reset the streak, however long
+        // ago it last ran.
+        let mut creating = r.clone();
+        creating.state = InstanceState::Creating.into();
+        assert_eq!(
+            restart_backoff(&creating, t0 + 10 * stable).streak,
+            r.crash_streak + 1
+        );
+        // Up for STABLE_AFTER: a new streak, restarted at once.
+        let p = restart_backoff(&r, t0 + 1000 + stable);
+        assert_eq!((p.streak, p.delay), (1, Duration::ZERO));
+        let p = restart_backoff(&r, t0 + 1000 + stable - 1);
+        assert!(p.streak > 1 && p.delay == RESTART_MAX_BACKOFF);
+    }
+
+    #[test]
+    fn stamps_say_when_it_ran_failed_and_restarts() {
+        let mut before = record(InstanceState::Creating, 0);
+        let mut next = with_state(before.clone(), InstanceState::Running);
+        stamp(&before, &mut next, Then::Nothing, 5_000);
+        assert_eq!(
+            (next.running_since_unix_ms, next.updated_unix_ms),
+            (5_000, 5_000)
+        );
+        // Staying RUNNING (a usage report) keeps when it started.
+        before = next.clone();
+        stamp(&before, &mut next, Then::Nothing, 7_000);
+        assert_eq!(next.running_since_unix_ms, 5_000);
+        // A restart: the streak, the failure and the due time; no longer running.
+        let mut failed = with_state(before.clone(), InstanceState::Failed);
+        failed.crash_streak = 1;
+        before.crash_streak = 1;
+        stamp(&before, &mut failed, Then::Restart, 8_000);
+        assert_eq!(failed.crash_streak, 2);
+        assert_eq!(failed.failed_unix_ms, 8_000);
+        assert_eq!(failed.restart_at_unix_ms, 9_000);
+        assert_eq!(failed.running_since_unix_ms, 0);
+    }
+
+    #[test]
     fn backoff_doubles_from_the_first_to_the_cap() {
         let mut seen = vec![];
         let mut prev = None;
@@ -782,5 +923,43 @@ mod tests {
             prev = Some(next);
         }
         assert_eq!(seen, [2, 4, 8, 16, 32, 60, 60, 60]);
+    }
+
+    proptest! {
+        /// Failing again and again, never up for long: the pauses never shrink, never pass the
+        /// cap, and reach it; a stable run resets the streak to a restart at once.
+        #[test]
+        fn crash_loop_pauses_grow_to_the_cap_and_reset_after_a_stable_run(
+            ups in proptest::collection::vec(0u64..(2 * STABLE_AFTER.as_millis() as u64), 1..40),
+        ) {
+            let stable = STABLE_AFTER.as_millis() as u64;
+            let mut r = record(InstanceState::Running, 0);
+            let mut now = 1_000_000u64;
+            let mut last = Duration::ZERO;
+            for up in ups {
+                r.state = InstanceState::Running.into();
+                r.running_since_unix_ms = now;
+                now += up;
+                let plan = restart_backoff(&r, now);
+                prop_assert!(plan.delay <= RESTART_MAX_BACKOFF);
+                if up >= stable {
+                    prop_assert_eq!((plan.streak, plan.delay), (1, Duration::ZERO));
+                } else {
+                    prop_assert_eq!(plan.streak, r.crash_streak + 1);
+                    prop_assert!(plan.delay >= last, "{:?} after {:?}", plan.delay, last);
+                    prop_assert!(plan.delay == RESTART_MAX_BACKOFF
+                        || plan.delay == Duration::ZERO
+                        || plan.delay == last * 2
+                        || last == Duration::ZERO);
+                }
+                let mut next = with_state(r.clone(), InstanceState::Failed);
+                stamp(&r, &mut next, Then::Restart, now);
+                prop_assert_eq!(next.restart_at_unix_ms, now + plan.delay.as_millis() as u64);
+                last = plan.delay;
+                r = next;
+                now += plan.delay.as_millis() as u64;
+            }
+            prop_assert!(restart_delay(u32::MAX) == RESTART_MAX_BACKOFF);
+        }
     }
 }

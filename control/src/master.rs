@@ -15,6 +15,9 @@
 //!   that disappears become FAILED and are restarted elsewhere while they have retries left.
 //! - Resources in use on a node are the sum over the non-terminal instances placed there, derived
 //!   from the records rather than counted separately, so they cannot drift.
+//! - A starting master reconciles the records with what the agents run before it serves
+//!   ([`crate::reconcile`]): nothing stays stuck in SCHEDULING, CREATING or FAILED, and no
+//!   process runs without a live record.
 //! - Errors leave the master typed ([`crate::error::Error`]); the gRPC status carries their kind.
 
 use std::sync::Arc;
@@ -33,6 +36,7 @@ mod nodes;
 pub mod placement;
 mod service;
 mod state;
+mod takeover;
 
 pub use state::MasterState;
 
@@ -149,6 +153,8 @@ pub async fn run(
         });
     }
     let state = MasterState::load(&config).await?;
+    // Before serving: no create or report may race with fixing what the last master left.
+    state.reconcile().await;
     tokio::spawn(Arc::clone(&state).watch_nodes(stop.clone()));
     tracing::info!(
         address = %config.advertise,

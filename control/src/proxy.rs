@@ -17,6 +17,8 @@
 //!   FIFO are what keep its calls in order.
 //! - Every call ends with a reply: the result, the function's error, a timeout, or the instance's
 //!   exit; a call is never left waiting on an instance that is gone.
+//! - A call that times out is cancelled where it runs, and a stateful call never applies after
+//!   its caller was told it failed: [`cancel`] decides, [`local`] applies.
 //! - A forwarded call names its instance, so it is delivered here or refused; it is never
 //!   forwarded twice.
 //! - Errors are [`Error`]s until the reply is made: their kind travels in the reply's
@@ -39,6 +41,7 @@ use crate::error::Error;
 use crate::etcd::{self, Meta, Mirror};
 use crate::Shutdown;
 
+pub mod cancel;
 mod local;
 pub mod route;
 mod socket;

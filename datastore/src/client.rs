@@ -13,7 +13,10 @@
 //! once (on several threads for large objects).
 //!
 //! A `Client` is cheap to clone and may be shared between threads; calls on
-//! one client are serialised on its socket.
+//! one client are serialised on its socket. It follows restarts of the data
+//! worker: after the connection breaks, the next call connects to the new
+//! start and maps its arena, while views of the old arena stay valid (see
+//! [`Client`]).
 //!
 //! Releases are deferred: dropping a guard parks its ID, and the parked IDs
 //! travel in the same write as this client's next request, or, if no request
@@ -75,23 +78,18 @@ struct Inner {
     flusher: Arc<Flusher>,
     client_id: u64,
     node_tag: crate::id::NodeTag,
-    socket: PathBuf,
 }
 
-/// A connection to a data worker. Clone to share.
+/// One connection to one start of a data worker, with its arena mapping. Guards and builders
+/// hold the connection they came from, so their views stay in that mapping.
 #[derive(Clone)]
-pub struct Client {
+struct Connection {
     inner: Arc<Inner>,
 }
 
-impl Client {
+impl Connection {
     /// Connects, says hello and maps the worker's arena.
-    pub fn connect(socket: impl AsRef<Path>) -> Result<Client> {
-        Self::connect_named(socket, "yr-client")
-    }
-
-    /// As [`Client::connect`], with a name for the worker's logs.
-    pub fn connect_named(socket: impl AsRef<Path>, name: &str) -> Result<Client> {
+    fn connect_named(socket: impl AsRef<Path>, name: &str) -> Result<Connection> {
         let socket = socket.as_ref().to_path_buf();
         let stream = UnixStream::connect(&socket).map_err(|source| Error::Connect {
             path: socket.clone(),
@@ -170,23 +168,12 @@ impl Client {
             flusher: Arc::clone(&flusher),
             client_id,
             node_tag: crate::id::NodeTag(node_tag),
-            socket,
         });
         let weak = Arc::downgrade(&inner);
         std::thread::Builder::new()
             .name("yr-release".into())
             .spawn(move || run_flusher(&flusher, &weak))?;
-        Ok(Client { inner })
-    }
-
-    /// The worker's ID for this connection.
-    pub fn client_id(&self) -> u64 {
-        self.inner.client_id
-    }
-
-    /// The tag of the worker's node: objects made here carry it.
-    pub fn node_tag(&self) -> crate::id::NodeTag {
-        self.inner.node_tag
+        Ok(Connection { inner })
     }
 
     /// A fresh ID for an object whose primary copy will live on this node.
@@ -249,11 +236,6 @@ impl Client {
             .lock()
             .extend_from_slice(&req.encode());
         self.inner.flusher.arm();
-    }
-
-    /// The socket this client is connected to.
-    pub fn socket(&self) -> &Path {
-        &self.inner.socket
     }
 
     /// The address range of this process's read-only arena mapping, where
@@ -606,6 +588,278 @@ impl Client {
     }
 }
 
+/// A client of a data worker that follows its restarts. Clone to share.
+///
+/// It holds one [`Connection`] at a time. A call whose connection breaks (the worker exited)
+/// fails with that I/O error and marks the connection broken; the next call connects again, to
+/// the worker now at the socket, and maps its new arena. A connection idle for
+/// [`CHECK_IDLE_AFTER`] is checked before use (a non-blocking peek), so a call after a quiet
+/// spell finds a restarted worker without failing first. Views and builders from the old
+/// connection keep the old mapping (which stays valid while they live) and release into the
+/// old, dead connection, which costs nothing; objects of the old worker are gone with it, and a
+/// get of one on the new worker fails with `ObjectLost` (its ID carries the old start's epoch).
+/// A failed call is never repeated here: a request may have reached the worker before it died,
+/// and a put's ID names the old start.
+#[derive(Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+}
+
+/// A connection left unused this long is checked for a closed peer before a call.
+pub const CHECK_IDLE_AFTER: Duration = Duration::from_millis(100);
+
+struct Shared {
+    socket: PathBuf,
+    name: String,
+    /// The newest connection, whether it is known broken, and when a call last used it. A
+    /// parking_lot mutex held only to read or replace these (and to reconnect), never across a
+    /// call, so calls on one client still run as the connection's own lock allows.
+    current: Mutex<Current>,
+}
+
+struct Current {
+    conn: Connection,
+    broken: bool,
+    used: std::time::Instant,
+}
+
+/// Whether `e` means the connection itself is unusable (the worker exited, or the stream lost
+/// its framing), rather than a refusal by a live worker.
+fn breaks_connection(e: &Error) -> bool {
+    matches!(e, Error::Io(_) | Error::Protocol(_))
+}
+
+/// Whether the peer of `stream` has closed it (nothing is consumed).
+fn peer_closed(stream: &UnixStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut b = [0u8; 1];
+    // SAFETY: recv(2) into a valid one-byte buffer; MSG_PEEK leaves the data in the socket and
+    // MSG_DONTWAIT makes it return at once.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            b.as_mut_ptr().cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n == 0 || (n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock)
+}
+
+impl Client {
+    /// Connects, says hello and maps the worker's arena.
+    pub fn connect(socket: impl AsRef<Path>) -> Result<Client> {
+        Self::connect_named(socket, "yr-client")
+    }
+
+    /// As [`Client::connect`], with a name for the worker's logs.
+    pub fn connect_named(socket: impl AsRef<Path>, name: &str) -> Result<Client> {
+        let conn = Connection::connect_named(socket.as_ref(), name)?;
+        Ok(Client {
+            shared: Arc::new(Shared {
+                socket: socket.as_ref().to_path_buf(),
+                name: name.into(),
+                current: Mutex::new(Current {
+                    conn,
+                    broken: false,
+                    used: std::time::Instant::now(),
+                }),
+            }),
+        })
+    }
+
+    /// The connection to use now: the current one, or a new one if it broke (or was found
+    /// closed after being idle).
+    fn conn(&self) -> Result<Connection> {
+        let mut cur = self.shared.current.lock();
+        let now = std::time::Instant::now();
+        if !cur.broken && now.duration_since(cur.used) >= CHECK_IDLE_AFTER {
+            let closed = peer_closed(&cur.conn.inner.conn.lock().writer);
+            cur.broken = closed;
+        }
+        if cur.broken {
+            let conn = Connection::connect_named(&self.shared.socket, &self.shared.name)?;
+            tracing::info!(
+                socket = %self.shared.socket.display(),
+                "reconnected to the data worker (a new start: objects of the old one are lost)"
+            );
+            cur.conn = conn;
+            cur.broken = false;
+        }
+        cur.used = now;
+        Ok(cur.conn.clone())
+    }
+
+    /// The newest connection even if it is broken and no new one can be made (for what needs no
+    /// exchange: IDs, parked one-way frames).
+    fn latest(&self) -> Connection {
+        match self.conn() {
+            Ok(c) => c,
+            Err(_) => self.shared.current.lock().conn.clone(),
+        }
+    }
+
+    /// Runs `f` on the connection to use now; marks it broken if `f` found it so.
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let c = self.conn()?;
+        let r = f(&c);
+        if let Err(e) = &r {
+            if breaks_connection(e) {
+                let mut cur = self.shared.current.lock();
+                if Arc::ptr_eq(&cur.conn.inner, &c.inner) {
+                    cur.broken = true;
+                }
+            }
+        }
+        r
+    }
+
+    /// The worker's ID for the current connection.
+    pub fn client_id(&self) -> u64 {
+        self.latest().inner.client_id
+    }
+
+    /// The tag of the worker's node (of its current start): objects made here carry it.
+    pub fn node_tag(&self) -> crate::id::NodeTag {
+        self.latest().inner.node_tag
+    }
+
+    /// A fresh ID for an object whose primary copy will live on this node.
+    pub fn new_id(&self) -> ObjectId {
+        self.latest().new_id()
+    }
+
+    /// Pins and maps an object wherever its primary lives (see the connection's docs below):
+    /// a local copy if there is one, else the worker pulls it from the node named in its ID.
+    /// `timeout` bounds how long the primary waits for the object to be sealed; a dead primary
+    /// (or one restarted since the object was made) fails at once with `ObjectLost`.
+    pub fn get_remote(&self, id: ObjectId, timeout: Duration) -> Result<ObjectGuard> {
+        self.with(|c| c.get_remote(id, timeout))
+    }
+
+    /// Declares this client the owner of `ids`: when it frees them, or when it disconnects
+    /// (exits, crashes), every copy on every node is deleted. One-way, like a release.
+    pub fn own(&self, ids: &[ObjectId]) {
+        self.latest().own(ids)
+    }
+
+    /// The owner lets go of `ids`: every copy on every node is deleted. One-way.
+    pub fn free(&self, ids: &[ObjectId]) {
+        self.latest().free(ids)
+    }
+
+    /// Tells the worker the transfer addresses of the cluster's data workers (all of them,
+    /// replacing what it was told before); see `Request::SetPeers`.
+    pub fn set_peers(&self, addrs: &[std::net::SocketAddrV4]) -> Result<()> {
+        self.with(|c| c.set_peers(addrs))
+    }
+
+    /// The socket this client connects to.
+    pub fn socket(&self) -> &Path {
+        &self.shared.socket
+    }
+
+    /// The address range of this process's read-only mapping of the current arena, where
+    /// every view a `get` returns now lies (to check that a view is shared memory, not a copy).
+    pub fn mapping(&self) -> std::ops::Range<usize> {
+        self.latest().mapping()
+    }
+
+    /// Reserves an object; write its bytes through the builder, then seal.
+    pub fn create(
+        &self,
+        id: ObjectId,
+        data_size: usize,
+        meta_size: usize,
+    ) -> Result<ObjectBuilder> {
+        self.with(|c| c.create(id, data_size, meta_size))
+    }
+
+    /// Stores `data` as a sealed object (one copy).
+    pub fn put(&self, id: ObjectId, data: &[u8]) -> Result<()> {
+        self.with(|c| c.put(id, data))
+    }
+
+    /// Stores `data` and `meta` as a sealed object (one copy). Small objects travel inline in
+    /// one round trip; large ones are written straight into shared memory.
+    pub fn put_with_meta(&self, id: ObjectId, data: &[u8], meta: &[u8]) -> Result<()> {
+        self.with(|c| c.put_with_meta(id, data, meta))
+    }
+
+    /// Pins and maps objects, waiting up to `timeout` for each; one result per ID, in order.
+    pub fn get(&self, ids: &[ObjectId], timeout: Duration) -> Result<Vec<Result<ObjectGuard>>> {
+        self.with(|c| c.get(ids, timeout))
+    }
+
+    /// Gets one object.
+    pub fn get_one(&self, id: ObjectId, timeout: Duration) -> Result<ObjectGuard> {
+        self.with(|c| c.get_one(id, timeout))
+    }
+
+    /// Deletes objects (deferred while other clients hold them).
+    pub fn delete(&self, ids: &[ObjectId]) -> Result<Vec<Result<()>>> {
+        self.with(|c| c.delete(ids))
+    }
+
+    /// Deletes one object.
+    pub fn delete_one(&self, id: ObjectId) -> Result<()> {
+        self.with(|c| c.delete_one(id))
+    }
+
+    /// Whether a sealed object exists.
+    pub fn contains(&self, id: ObjectId) -> Result<bool> {
+        self.with(|c| c.contains(id))
+    }
+
+    /// Up to `limit` objects.
+    pub fn list(&self, limit: u32) -> Result<Vec<ObjectInfo>> {
+        self.with(|c| c.list(limit))
+    }
+
+    /// The worker's counters.
+    pub fn stats(&self) -> Result<StoreStats> {
+        self.with(|c| c.stats())
+    }
+
+    /// Stores `value` under `key`, replacing any previous value.
+    pub fn kv_set(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.with(|c| c.kv_set(key, value))
+    }
+
+    /// The value under `key`, zero-copy, waiting up to `timeout` for it.
+    pub fn kv_get(&self, key: &[u8], timeout: Duration) -> Result<ObjectGuard> {
+        self.with(|c| c.kv_get(key, timeout))
+    }
+
+    /// Removes `key`.
+    pub fn kv_del(&self, key: &[u8]) -> Result<()> {
+        self.with(|c| c.kv_del(key))
+    }
+
+    /// Whether `key` exists.
+    pub fn kv_exists(&self, key: &[u8]) -> Result<bool> {
+        self.with(|c| c.kv_exists(key))
+    }
+
+    /// Asks the worker to spill unpinned objects until at most `target_used` arena bytes
+    /// remain; returns the bytes freed and the time the worker spent.
+    pub fn spill(&self, target_used: u64) -> Result<(u64, Duration)> {
+        self.with(|c| c.spill(target_used))
+    }
+
+    /// Stores many small objects with one round trip per batch; one result per item.
+    pub fn put_many(&self, items: &[(ObjectId, &[u8])]) -> Result<Vec<Result<()>>> {
+        self.with(|c| c.put_many(items))
+    }
+
+    /// Sends raw bytes on the socket and reads one reply frame: for tests of the worker's
+    /// handling of malformed input.
+    #[doc(hidden)]
+    pub fn raw_exchange(&self, bytes: &[u8]) -> Result<Response> {
+        self.with(|c| c.raw_exchange(bytes))
+    }
+}
+
 /// Copies `src` into `dst` (equal lengths), on several threads when large:
 /// one core cannot saturate memory bandwidth on most machines.
 pub fn parallel_copy(dst: &mut [u8], src: &[u8]) {
@@ -633,7 +887,7 @@ pub fn parallel_copy(dst: &mut [u8], src: &[u8]) {
 /// A pinned, sealed object mapped into this process. Derefs to the data
 /// bytes in shared memory; dropping it releases the pin.
 pub struct ObjectGuard {
-    client: Client,
+    client: Connection,
     id: ObjectId,
     ptr: *const u8,
     data_len: usize,
@@ -719,7 +973,7 @@ fn run_flusher(flusher: &Flusher, inner: &Weak<Inner>) {
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        Client { inner }.flush_pending_releases();
+        Connection { inner }.flush_pending_releases();
     }
 }
 
@@ -763,7 +1017,7 @@ impl std::fmt::Debug for ObjectGuard {
 /// memory; [`ObjectBuilder::seal`] makes them visible and immutable.
 /// Dropping it unsealed aborts the object.
 pub struct ObjectBuilder {
-    client: Client,
+    client: Connection,
     id: ObjectId,
     offset: usize,
     data_size: usize,
@@ -830,7 +1084,7 @@ impl ObjectBuilder {
         self.done = true;
         match self.client.call(&Request::Seal { id: self.id })? {
             Response::Ok => Ok(()),
-            r => Err(Client::unexpected(r)),
+            r => Err(Connection::unexpected(r)),
         }
     }
 

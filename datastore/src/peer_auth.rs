@@ -13,7 +13,7 @@
 //! ```
 //!
 //! `M` is the peer magic the client opened with; it names the protocol
-//! version and whether the connection is sealed (see [`crate::peer_seal`]),
+//! version and whether the connection is sealed (see the `peer_seal` module),
 //! so a man in the middle cannot turn a sealed connection into a plain one
 //! without both tags failing.
 //!

@@ -11,8 +11,12 @@
 //! the function's concurrency at once; a stateful instance's calls one at a time, in order); the
 //! serve loop itself waits without the GIL. A Python exception out of `on_call` fails that call
 //! as the function's own error with the exception's text; an argument whose only copy is gone
-//! fails it as a lost object. Nothing here ends the process: `serve` returns when the proxy
-//! shuts the instance down or goes away, so the caller can run its stop hook.
+//! fails it as a lost object. Nothing here ends the process but a recycle: `serve` returns when
+//! the proxy shuts the instance down or goes away, so the caller can run its stop hook. When the
+//! proxy recycles the instance (a stateful call it cancelled was already running, see
+//! `runtime/src/app/calls.rs`) the process ends at once with
+//! [`RECYCLED_EXIT`](yr_runtime::RECYCLED_EXIT), without the stop hook and without waiting for
+//! the GIL: the call may still be running in Python, and the state it changes must never be seen.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -146,7 +150,15 @@ fn serve(py: Python<'_>, on_call: Py<PyAny>, task: bool) -> PyResult<()> {
                 task,
             }) as Box<dyn Stateful>)
         });
-    py.allow_threads(|| app.serve()).map_err(to_py)
+    match py.allow_threads(|| app.serve()) {
+        Err(e @ yr_runtime::Error::Recycled(_)) => {
+            eprintln!("yr function process: {e}");
+            // SAFETY: _exit ends the process at once, running nothing of the interpreter's (its
+            // threads may hold locks an orderly exit would wait for); it takes no pointers.
+            unsafe { libc::_exit(yr_runtime::RECYCLED_EXIT) }
+        }
+        r => r.map_err(to_py),
+    }
 }
 
 /// This function process's own connection to its node's data worker (for its code when the

@@ -243,6 +243,45 @@ def test_timeouts_raise_timeout_errors(cluster):
         yr.get(sleepy.options(opt).invoke(5), timeout=60)
 
 
+@yr.instance
+class SlowCounter:
+    def __init__(self):
+        self.count = 0
+
+    def add_after(self, seconds, n):
+        time.sleep(seconds)
+        self.count += n
+        return self.count
+
+    def get(self):
+        return self.count
+
+
+def test_a_stateful_call_that_timed_out_never_applies_afterwards(cluster):
+    # The call that times out is running in the instance's process, which holds the state it
+    # may change: the instance is recycled (its process ends) before the caller hears of the
+    # timeout. Without recovery (recover_retry_times 0, the default) it is then dead.
+    c = SlowCounter.invoke()
+    assert yr.get(c.add_after.invoke(0, 1), timeout=60) == 1
+    opt = yr.InvokeOptions()
+    opt.timeout = 1
+    started = time.time()
+    with pytest.raises(yr.CallTimeoutError):
+        yr.get(c.add_after.options(opt).invoke(4, 1), timeout=60)
+    assert time.time() - started < 3.9, "the caller waited for the call to finish"
+    # No read ever sees the timed-out addition, also after the 4 s it would have taken.
+    seen, errors = [], []
+    while time.time() - started < 6:
+        try:
+            seen.append(yr.get(c.get.invoke(), timeout=30))
+        except yr.PlatformError as e:
+            errors.append(e)
+        time.sleep(0.1)
+    assert seen == [], f"reads answered after the instance was recycled: {seen}"
+    assert isinstance(errors[-1], yr.InstanceDiedError), errors[-1]
+    c.terminate()
+
+
 def test_a_dead_instance_and_a_missing_function_have_their_own_errors(cluster):
     c = Counter.invoke()
     assert yr.get(c.add.invoke(1)) == 1

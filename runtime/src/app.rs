@@ -5,19 +5,25 @@
 //! and where its node's proxy and data worker are. [`App::run`] connects to the proxy's instance
 //! socket (frames of [`yr_proto::frame`]), says hello with the names it registers, learns from
 //! the proxy's configuration which handler (or class) this instance serves, and answers calls
-//! until the proxy goes away. [`reply`] writes the answers; [`workers`] runs stateless calls.
+//! until the proxy goes away. [`reply`] writes the answers; [`workers`] runs stateless calls;
+//! [`calls`] tracks each call so that the proxy's `CancelCall` (sent when a caller's deadline
+//! passes) drops a call that has not started, and ends the process when a stateful call it
+//! cancels is already running (see that module for why).
 //!
 //! The hello carries the instance's secret that the agent put in `YR_INSTANCE_SECRET`; it is
 //! taken out of the environment (and its bytes overwritten where `/proc/<pid>/environ` shows
 //! them) the first time it is read ([`take_instance_secret`]), so neither the process's children
 //! nor other processes of the user read it there.
 //!
-//! Invariants: a stateless handler may run on several threads at once (the function's
-//! concurrency, enforced by the proxy); a stateful instance's methods run one at a time, in the
-//! order the proxy delivered them, on one thread that owns the state. A panicking handler fails
+//! Invariants: a stateless handler may run on several threads at once, never more than the
+//! function's concurrency (enforced by the proxy, and by the pool's thread limit here); a
+//! stateful instance's methods run one at a time, in the order the proxy delivered them, on one
+//! thread that owns the state. A call answered `cancelled` never ran; a stateful call cancelled
+//! while running ends the process before anything else is served. A panicking handler fails
 //! that call with the panic message; the process keeps serving. A reply's error kind is decided
 //! here, in the process that knows it (see [`Failure`]), and travels typed to the caller.
 
+mod calls;
 mod reply;
 mod workers;
 
@@ -36,12 +42,20 @@ use yr_proto::{
 
 use crate::context::Context;
 use crate::error::Error;
+use calls::{Calls, OnCancel};
 use reply::Replies;
 use workers::Workers;
 
 /// The environment variable through which the agent gives a function process its instance's
 /// secret (`yr_control::secret::INSTANCE_SECRET_ENV`).
 pub const INSTANCE_SECRET_ENV: &str = "YR_INSTANCE_SECRET";
+
+/// The call threads of a stateless instance when the proxy does not say its concurrency (an
+/// older proxy): a bound still, so that calls it gave up on cannot grow the threads forever.
+const DEFAULT_CALL_THREADS: usize = 256;
+
+/// The exit status of a process that ends because the proxy recycled its instance.
+pub const RECYCLED_EXIT: i32 = 75;
 
 /// This function process's instance secret: taken out of the environment on the first call
 /// (which the serve loop, and the Python module when it is imported, make before they start
@@ -170,6 +184,10 @@ impl App {
     pub fn run(self) -> ! {
         let code = match self.serve() {
             Ok(()) => 0,
+            Err(e @ Error::Recycled(_)) => {
+                eprintln!("yr function process: {e}");
+                RECYCLED_EXIT
+            }
             Err(e) => {
                 eprintln!("yr function process: {e}");
                 1
@@ -180,7 +198,9 @@ impl App {
 
     /// Serves calls until the proxy closes the socket or says to shut down, then returns (for a
     /// runtime that has work of its own to do at stop, such as a `pre_stop` hook); an error says
-    /// what in the environment or the connection is wrong.
+    /// what in the environment or the connection is wrong. [`Error::Recycled`] says the process
+    /// must end now, without a stop hook: a call may still be running in user code, and the
+    /// instance's state may hold its effect.
     pub fn serve(self) -> Result<(), Error> {
         let env = |k: &'static str| std::env::var(k).map_err(|_| Error::NotStartedByAgent(k));
         let instance_id = env("YR_INSTANCE_ID")?;
@@ -201,6 +221,7 @@ impl App {
                 handlers: names,
                 pid: std::process::id(),
                 secret,
+                cancels: true,
             })),
         };
         let greet = |e: std::io::Error| {
@@ -244,6 +265,7 @@ impl App {
             data_socket,
             proxy_address,
         ));
+        let calls = Arc::new(Calls::default());
         // A stateful instance: one thread owns the state and takes calls in order.
         let stateful_tx = if config.stateful {
             let factory =
@@ -258,6 +280,7 @@ impl App {
             let (tx, rx) = std::sync::mpsc::channel::<Call>();
             let ctx2 = Arc::clone(&ctx);
             let out = Arc::clone(&replies);
+            let held = Arc::clone(&calls);
             let mut state = factory(&ctx).map_err(|message| Error::InstanceInit {
                 class: config.handler.clone(),
                 message,
@@ -266,10 +289,14 @@ impl App {
                 .name("yr-instance".into())
                 .spawn(move || {
                     for call in rx {
+                        if !held.begin(call.call_id) {
+                            continue; // cancelled before it started, and answered so
+                        }
                         let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
                             state.call(&ctx2, &call.method, &call.payload)
                         }))
                         .unwrap_or_else(|p| Err(Failure::function(panic_message(p))));
+                        held.finished(call.call_id);
                         out.send(call.call_id, r);
                     }
                 })
@@ -285,10 +312,14 @@ impl App {
             }
             None
         };
-        let workers = Workers::new();
+        let workers = Workers::new(match config.concurrency {
+            0 => DEFAULT_CALL_THREADS,
+            n => n as usize,
+        });
         while let Some(msg) = next()? {
             match msg {
                 proxy_message::Msg::Call(call) => {
+                    calls.arrived(call.call_id);
                     if let Some(tx) = &stateful_tx {
                         tx.send(call).map_err(|_| {
                             Error::Threads("the instance thread has stopped".into())
@@ -298,7 +329,11 @@ impl App {
                     let handler = self.handlers.get(&call.handler).cloned();
                     let ctx = Arc::clone(&ctx);
                     let out = Arc::clone(&replies);
+                    let held = Arc::clone(&calls);
                     workers.run(Box::new(move || {
+                        if !held.begin(call.call_id) {
+                            return; // cancelled before it started, and answered so
+                        }
                         let r = match handler {
                             Some(h) => std::panic::catch_unwind(AssertUnwindSafe(|| {
                                 h(&ctx, &call.payload)
@@ -308,9 +343,24 @@ impl App {
                                 Err(Failure::function(format!("no handler {:?}", call.handler)))
                             }
                         };
+                        held.finished(call.call_id);
                         out.send(call.call_id, r);
                     }))?;
                 }
+                proxy_message::Msg::Cancel(c) => match calls.cancel(c.call_id, config.stateful) {
+                    OnCancel::Drop => replies.cancelled(c.call_id),
+                    OnCancel::Recycle => {
+                        return Err(Error::Recycled(format!(
+                            "call {} timed out while running in stateful instance {}; the \
+                                 process ends so that its effect never shows, and the instance \
+                                 restarts",
+                            c.call_id,
+                            ctx.instance_id()
+                        )))
+                    }
+                    OnCancel::LetFinish | OnCancel::Ignore => {}
+                },
+                proxy_message::Msg::Recycle(why) => return Err(Error::Recycled(why)),
                 proxy_message::Msg::Shutdown(_) => return Ok(()),
                 proxy_message::Msg::Refused(why) => {
                     return Err(Error::InstanceSocket(format!(

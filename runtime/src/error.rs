@@ -74,6 +74,11 @@ pub enum Error {
     /// A function process could not start a thread, or its call threads stopped.
     #[error("{0}")]
     Threads(String),
+    /// The proxy cancelled a call that was already running in a stateful instance (or asked
+    /// this process to end): the process must end now, without its stop hook, so that the
+    /// call's effect on the instance's state never shows; the instance restarts.
+    #[error("instance recycled: {0}")]
+    Recycled(String),
 }
 
 impl From<yr_datastore::Error> for Error {

@@ -35,7 +35,7 @@ pub mod session;
 
 pub use app::{
     take_instance_secret, App, Failure, HandlerResult, Instance, Reply, Stateful,
-    INSTANCE_SECRET_ENV,
+    INSTANCE_SECRET_ENV, RECYCLED_EXIT,
 };
 pub use context::Context;
 pub use error::Error;

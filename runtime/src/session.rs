@@ -184,6 +184,37 @@ pub struct ComponentInfo {
     pub address: String,
     /// Its log file.
     pub log: PathBuf,
+    /// How often the node supervisor restarted it after it exited unexpectedly.
+    #[serde(default)]
+    pub restarts: u32,
+    /// What the node supervisor last saw of it.
+    #[serde(default)]
+    pub state: ComponentState,
+    /// How its last unexpected exit ended (`exit status 1`, `killed by signal 9`); empty if
+    /// it never exited.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub last_exit: String,
+}
+
+/// A component's state as the node supervisor records it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ComponentState {
+    /// Its process runs (the state of every component of a node without a supervisor).
+    #[default]
+    Running,
+    /// It exited unexpectedly; the supervisor starts it again after a backoff.
+    Restarting,
+}
+
+impl ComponentState {
+    /// The name `yr status` shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ComponentState::Running => "running",
+            ComponentState::Restarting => "restarting",
+        }
+    }
 }
 
 /// A node's `session.json`.
@@ -374,6 +405,9 @@ mod tests {
                 pid: 7,
                 address: "127.0.0.1:2".into(),
                 log: "/tmp/s/etcd.log".into(),
+                restarts: 2,
+                state: ComponentState::Restarting,
+                last_exit: "killed by signal 9".into(),
             }],
             created_unix_ms: 9,
         }

@@ -814,8 +814,16 @@ fn master_restart_rebuilds_from_etcd() {
     let before = st.named("c1").expect("c1 in the status").clone();
     assert_eq!(before.state, "RUNNING", "{}", st.raw);
 
-    // kill -9 the function master that `yr start` began.
+    // kill -9 the function master that `yr start` began (and the node's supervisor before it,
+    // so that the test restarts the master itself).
     let master = c.master().clone();
+    let supervisor = master
+        .pid_of("supervisor")
+        .and_then(|p| Process::find(p, "supervisor"))
+        .expect("the node supervisor runs");
+    // SAFETY: kill(2) on the supervisor's pid, checked above to be that running process.
+    unsafe { libc::kill(supervisor.pid as i32, libc::SIGKILL) };
+    assert!(supervisor.wait_gone(Duration::from_secs(10)));
     let pid = master
         .pid_of("function-master")
         .expect("session.json lists the function master");
@@ -891,6 +899,83 @@ fn master_restart_rebuilds_from_etcd() {
     assert_ne!(c2.instance_id, before.instance_id);
     let out = c.call("counter", "c2", "add", "1").expect_ok("add 1 to c2");
     assert_eq!(out.stdout.trim(), "1", "{out}");
+}
+
+/// What happens while no master runs is not lost: an instance whose process dies then is
+/// restarted once a master is back (here the node's supervisor restarts it; the agent keeps its
+/// exit report until a master takes it, and the new master checks every record against what
+/// the agents run), while an instance that kept running is left alone.
+#[test]
+fn a_restarted_master_settles_what_happened_while_it_was_down() {
+    let c = Cluster::start(NodeOptions::default());
+    let counter = example("counter");
+    c.deploy(&[
+        "--name",
+        "counter",
+        "--code",
+        counter.to_str().expect("UTF-8 path"),
+        "--handler",
+        "counter",
+    ]);
+    for name in ["dies", "lives"] {
+        c.yr(&["instance", "create", "counter", "--name", name])
+            .expect_ok("create");
+        c.call("counter", name, "add", "3").expect_ok("add 3");
+    }
+    let st = c.status();
+    let dies = st.named("dies").expect("dies").clone();
+    let lives = st.named("lives").expect("lives").clone();
+
+    let master = c.master().clone();
+    let pid = master
+        .pid_of("function-master")
+        .expect("session.json lists the function master");
+    let old = Process::find(pid, "function master").expect("the function master runs");
+    for (p, what) in [
+        (pid, "the function master"),
+        (dies.pid, "the instance's process"),
+    ] {
+        // SAFETY: kill(2) on a pid this test found running (the master, then a function
+        // process the cluster started).
+        let killed = unsafe { libc::kill(i32::try_from(p).expect("pid fits"), libc::SIGKILL) };
+        assert_eq!(killed, 0, "kill -9 {what} ({p})");
+    }
+    assert!(old.wait_gone(Duration::from_secs(10)), "the master is gone");
+    let gone = Process::find(dies.pid, "dies");
+    assert!(
+        gone.is_none_or(|p| p.wait_gone(Duration::from_secs(10))),
+        "the instance's process is gone"
+    );
+
+    // The node's supervisor starts the master again.
+    let st = c.wait_until_within(
+        "the instance that died while no master ran is running again",
+        Duration::from_secs(60),
+        |st| {
+            st.named("dies")
+                .is_some_and(|i| i.state == "RUNNING" && i.pid != dies.pid && i.pid != 0)
+                .then(|| st.clone())
+        },
+    );
+    let again = st.named("dies").expect("dies");
+    assert_eq!(again.instance_id, dies.instance_id, "{}", st.raw);
+    assert_eq!(again.restarts, 1, "restarted once\n{}", st.raw);
+    let still = st.named("lives").expect("lives");
+    assert_eq!(
+        (still.state.as_str(), still.pid, still.restarts),
+        ("RUNNING", lives.pid, 0),
+        "the instance that kept running is untouched\n{}",
+        st.raw
+    );
+    // The restarted one starts from a fresh state; the other kept its own.
+    let out = c.call("counter", "dies", "add", "1").expect_ok("add 1");
+    assert_eq!(out.stdout.trim(), "1", "{out}");
+    let out = c.call("counter", "lives", "add", "1").expect_ok("add 1");
+    assert_eq!(out.stdout.trim(), "4", "{out}");
+    assert!(
+        c.logs().contains("reconciled"),
+        "the new master logs its reconciliation"
+    );
 }
 
 /// The function side: code shipped as a `.tar.gz` package (unpacked per instance, entrypoint
@@ -1013,10 +1098,11 @@ fn a_dead_nodes_instances_move_to_a_live_node() {
     let out = c.call("counter", "mover", "add", "3").expect_ok("add 3");
     assert_eq!(out.stdout.trim(), "3");
 
-    // Kill the worker's agent and proxy outright: no lease revocation, no goodbye.
+    // Kill the worker's agent and proxy outright: no lease revocation, no goodbye. Its
+    // supervisor first, as a host failure would, so that nothing restarts them.
     let worker = c.session(1).clone();
     let mut killed = Vec::new();
-    for name in ["function-agent", "function-proxy"] {
+    for name in ["supervisor", "function-agent", "function-proxy"] {
         let pid = worker.pid_of(name).expect("component pid");
         let p = Process::find(pid, name).expect("component running");
         // SAFETY: SIGKILL to a process this test started (checked running just above).

@@ -151,8 +151,15 @@ fn a_cluster_deployed_with_openyuanrongs_commands() {
         assert!(out.stdout.contains("function-agent"), "{out}");
     }
 
-    // A component dies: the node's health names it at once, and the master's, once the node's
-    // registration lapses, names the node.
+    // A component dies (its node's supervisor first, so that nothing restarts it): the node's
+    // health names it at once, and the master's, once the node's registration lapses, names the
+    // node.
+    let supervisor = c
+        .session(w)
+        .pid_of("supervisor")
+        .expect("the worker runs a supervisor");
+    // SAFETY: a signal to a process this test started (through `yr start`).
+    unsafe { libc::kill(supervisor as libc::pid_t, libc::SIGKILL) };
     let agent = c
         .session(w)
         .pid_of("function-agent")

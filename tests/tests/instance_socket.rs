@@ -58,6 +58,7 @@ fn hello_with(id: &str, secret: &str) -> Vec<u8> {
             handlers: vec!["hello".into()],
             pid: std::process::id(),
             secret: secret.into(),
+            cancels: true,
         })),
     })
     .expect("encode")

@@ -1,8 +1,9 @@
 //! Process launch: start a component process in its own session, wait (bounded) until it is
 //! ready, and stop processes by pid.
 //!
-//! A component leads its own session (`setsid`), so it outlives the `yr start` that launched it
-//! and `yr stop` can sweep its whole process group (the agent's function processes with it).
+//! A component leads its own session (`setsid`), so it outlives the process that launched it
+//! (`yr start`, or the node supervisor) and `yr stop` can sweep its whole process group (the
+//! agent's function processes with it).
 //! Ready means: its first stdout line starts with `ready` (every `yr component` prints one once it
 //! serves), or, for etcd, which prints none, that its client endpoint answers. A component that
 //! fails to get ready is killed, and the error carries the tail of its log.
@@ -14,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use yr_runtime::session::ComponentInfo;
+use yr_runtime::session::{ComponentInfo, ComponentState};
 
 /// How long a component may take to print its ready line.
 const READY_WITHIN: Duration = Duration::from_secs(30);
@@ -28,9 +29,21 @@ const ETCD_READY_WITHIN: Duration = Duration::from_secs(20);
 /// log's tail.
 pub fn launch(
     name: &str,
+    cmd: Command,
+    log: &Path,
+    expect_ready_line: bool,
+) -> Result<ComponentInfo> {
+    launch_within(name, cmd, log, expect_ready_line, READY_WITHIN)
+}
+
+/// [`launch`], waiting up to `within` for the ready line (the node supervisor's comes after
+/// every component's).
+pub fn launch_within(
+    name: &str,
     mut cmd: Command,
     log: &Path,
     expect_ready_line: bool,
+    within: Duration,
 ) -> Result<ComponentInfo> {
     let logf = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
     cmd.stdin(Stdio::null())
@@ -63,7 +76,7 @@ pub fn launch(
             let r = BufReader::new(stdout).read_line(&mut line).map(|_| line);
             let _ = tx.send(r);
         });
-        let line = match rx.recv_timeout(READY_WITHIN) {
+        let line = match rx.recv_timeout(within) {
             Ok(Ok(l)) if l.starts_with("ready") => l,
             Ok(_) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                 let _ = child.kill();
@@ -79,7 +92,7 @@ pub fn launch(
                 let _ = child.wait();
                 bail!(
                     "{name} not ready after {} s; its log ({}):\n{}",
-                    READY_WITHIN.as_secs(),
+                    within.as_secs(),
                     log.display(),
                     tail(log)
                 );
@@ -92,6 +105,9 @@ pub fn launch(
         pid,
         address,
         log: log.to_path_buf(),
+        restarts: 0,
+        state: ComponentState::Running,
+        last_exit: String::new(),
     })
 }
 

@@ -14,12 +14,124 @@ use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
+use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use super::plan::{PortMode, StartArgs};
 use crate::component::EtcdAuthFlags;
 use crate::config::{self, ConfigError};
 use crate::defaults;
+
+/// `yr start`'s command line. Every setting is also a key of [`StartConfig`] (`-c FILE`,
+/// `-s KEY=VALUE`); a flag given here overrides both (see this module). Flags have no
+/// defaults of their own: the defaults are [`StartConfig::default`]'s. Multi-word flags also
+/// answer to openYuanrong's underscore spelling (`--master_address`).
+#[derive(Args, Debug, Default)]
+pub struct StartArgs {
+    /// A settings file (TOML; `yr config template` prints one with every key and its default).
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    pub(super) config: Option<PathBuf>,
+    /// Override one setting, KEY=VALUE (VALUE a TOML literal, or text); repeatable. Applied over
+    /// the file, under explicit flags.
+    #[arg(short = 's', long = "set", value_name = "KEY=VALUE")]
+    pub(super) set: Vec<String>,
+    /// Start a master node: etcd, function master and this node's worker components. Without
+    /// it the node is a worker that joins the master at --master_address; with it and
+    /// --master_address, a standby master of that master's cluster (its etcd joins the
+    /// cluster's etcd, and its function master takes over if the active one fails).
+    #[arg(long, conflicts_with = "worker")]
+    pub(super) master: bool,
+    /// Start a worker node (the default role when a master address is given).
+    #[arg(long)]
+    pub(super) worker: bool,
+    /// The master to join (openYuanrong's `http://IP:PORT`, or host:port), for a worker.
+    #[arg(long, visible_alias = "master_address")]
+    pub(super) master_address: Option<String>,
+    /// The join token `yr start --master` printed (`yr token --join` on the master prints it
+    /// again), for a worker.
+    #[arg(long, visible_alias = "join_token")]
+    pub(super) join_token: Option<String>,
+    /// The cluster secret data workers prove to each other on their transfer ports (a file,
+    /// mode 0600). A master creates `<session>/cluster-secret` unless given one; a worker node
+    /// receives the master's when it joins, unless given one.
+    #[arg(long, alias = "cluster_secret")]
+    pub(super) cluster_secret: Option<PathBuf>,
+    /// Use an existing etcd instead of starting one (comma-separated URLs).
+    #[arg(long, alias = "etcd_endpoints")]
+    pub(super) etcd_endpoints: Option<String>,
+    /// How to reach that etcd (its CA, a client certificate, a user); a worker of such a
+    /// cluster is given the same.
+    #[command(flatten)]
+    pub(super) etcd_auth: crate::component::EtcdAuthFlags,
+    /// Session folder (default: <timestamp> in this user's session root, $XDG_RUNTIME_DIR/yr or
+    /// /tmp/yr-<uid>).
+    #[arg(long, alias = "session_dir")]
+    pub(super) session_dir: Option<PathBuf>,
+    /// `auto`: pick free ports (to run several nodes on one host); default: the standard ports.
+    #[arg(long)]
+    pub(super) ports: Option<String>,
+    /// Shared memory for this node's data worker (default: a third of memory).
+    #[arg(long, alias = "shm_size", value_parser = crate::util::size_arg)]
+    pub(super) shm_size: Option<u64>,
+    /// Allocate and map the data worker's shared memory at start (faster first puts).
+    #[arg(long, alias = "prefault_shm")]
+    pub(super) prefault_shm: bool,
+    /// Encrypt the bytes of every object transfer this node takes part in (AES-256-GCM);
+    /// default: transfers are authenticated at the handshake and travel in the clear.
+    #[arg(long, alias = "encrypt_transfers")]
+    pub(super) encrypt_transfers: bool,
+    /// CPU this node offers, in millicores.
+    #[arg(long)]
+    pub(super) cpu: Option<u64>,
+    /// Memory this node offers, in MiB.
+    #[arg(long)]
+    pub(super) memory: Option<u64>,
+    /// Node labels, key=value, repeatable (added to the settings' labels).
+    #[arg(long = "label")]
+    pub(super) labels: Vec<String>,
+    /// Custom resources, name=amount, repeatable (added to the settings' resources).
+    #[arg(long = "resource")]
+    pub(super) resources: Vec<String>,
+    /// Stop stateless instances idle this long (ms), down to each function's minimum (master;
+    /// default 60000).
+    #[arg(long, alias = "idle_timeout_ms")]
+    pub(super) idle_timeout_ms: Option<u64>,
+    /// Address every service of this node listens on (default 127.0.0.1). The default keeps
+    /// the node reachable from this host only; another address is announced with a warning.
+    #[arg(long)]
+    pub(super) bind: Option<Ipv4Addr>,
+    /// Serve the REST services (master) over HTTPS with this PEM certificate chain (with
+    /// --rest-tls-key); default plain HTTP.
+    #[arg(long, alias = "rest_tls_cert")]
+    pub(super) rest_tls_cert: Option<PathBuf>,
+    /// The PEM private key of --rest-tls-cert.
+    #[arg(long, alias = "rest_tls_key")]
+    pub(super) rest_tls_key: Option<PathBuf>,
+    /// Largest REST request body (master; default 64MiB).
+    #[arg(long, alias = "max_body", value_parser = crate::util::size_arg)]
+    pub(super) max_body: Option<u64>,
+    /// The Python interpreter of this node's python3.x function processes; it must import the
+    /// yr package (default: $YR_PYTHON, else the active virtual environment or the one `make`
+    /// builds when the package is installed there, else `python3` on PATH).
+    #[arg(long)]
+    pub(super) python: Option<String>,
+}
+
+impl StartArgs {
+    /// The node's effective settings: defaults, then the file, then `--set`, then the flags.
+    pub fn resolve(&self) -> Result<StartConfig, ConfigError> {
+        resolve(self)
+    }
+}
+
+/// Which ports a node listens on (`ports = "standard"` or `"auto"` in a settings file).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortMode {
+    /// The standard ports ([`Ports::STANDARD`]).
+    Standard,
+    /// Free ports the executor picks, so several nodes can share a host.
+    Auto,
+}
 
 /// Every setting of `yr start`, with its default.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]

@@ -2,26 +2,28 @@
 //!
 //! `start` checks the flags, claims the session folder, resolves what the plan needs from the
 //! system (free ports, the `etcd` program, a worker's etcd endpoints from its master), builds the
-//! plan and launches its components in order, each after the previous one is ready. If any fails,
-//! it stops those it started, so a failed start leaves no process behind. Then it writes
-//! `session.json` (listing every process it left running, for `yr stop`), points `latest` at the
-//! session when the folder was its own choice, and waits until the master sees the node.
+//! plan and hands it to the node supervisor ([`super::supervise`]), which launches its components
+//! in order, each after the previous one is ready. If any fails, the supervisor stops those it
+//! started and exits, so a failed start leaves no process behind. Else the supervisor writes
+//! `session.json` (listing every process left running, itself included, for `yr stop`) and keeps
+//! the components running; `start` points `latest` at the session when the folder was its own
+//! choice, and waits until the master sees the node.
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use yr_control::etcd::now_ms;
 use yr_proto::Empty;
-use yr_runtime::session::{ComponentInfo, Session};
+use yr_runtime::session::Session;
 
 use super::credentials;
 use super::launch;
 use super::plan::{self, Inputs, NodePlan, PortMode, Ports, Ready, Role, StartArgs};
 use super::session::{self, SessionArg};
+use super::supervise;
 use super::{master_client, rt};
 
 /// How long a standby master waits for the cluster's etcd to accept its member (or to remove
@@ -332,54 +334,47 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "node".into())
 }
 
-/// Launches the plan's components in order and writes the session; on failure stops those
-/// already started.
+/// Writes the plan's secrets and launch spec, then launches the node supervisor, which starts
+/// the plan's components in order (stopping those it started if one fails) and writes the
+/// session; returns that session.
 fn launch_plan(plan: &NodePlan) -> Result<Session> {
-    let mut started: Vec<ComponentInfo> = Vec::new();
-    let result = (|| -> Result<()> {
-        std::fs::create_dir_all(&plan.node_dir)
-            .with_context(|| format!("cannot create {}", plan.node_dir.display()))?;
-        if let Some(t) = &plan.token_file {
-            session::write_token(t)?;
-        }
-        if plan.new_secret {
-            yr_datastore::peer_auth::create_secret_file(&plan.cluster_secret)?;
-        }
-        for c in &plan.components {
-            let mut cmd = Command::new(&c.program);
-            cmd.args(&c.args);
-            let mut info = launch::launch(c.name, cmd, &c.log, c.ready == Ready::Line)?;
-            // Recorded before waiting further, so that a failure below still stops it.
-            let announced = std::mem::replace(&mut info.address, c.address.clone());
-            started.push(info);
-            match c.ready {
-                Ready::Endpoint => launch::wait_for_etcd(&c.address, &c.log)?,
-                Ready::Line => {
-                    if !c.address.is_empty() && announced != c.address {
-                        bail!(
-                            "{} serves {announced}, not the planned {} (see {})",
-                            c.name,
-                            c.address,
-                            c.log.display()
-                        );
-                    }
-                }
-            }
-        }
-        Ok(())
-    })();
-    let saved = result.and_then(|()| {
-        let session = plan.session(started.clone(), now_ms());
-        session.save(&plan.dir)?;
-        Ok(session)
-    });
-    if saved.is_err() {
-        // Leave nothing half-started behind.
-        for c in started.iter().rev() {
-            launch::stop_pid(c.pid, Duration::from_secs(5));
-        }
+    std::fs::create_dir_all(&plan.node_dir)
+        .with_context(|| format!("cannot create {}", plan.node_dir.display()))?;
+    if let Some(t) = &plan.token_file {
+        session::write_token(t)?;
     }
-    saved
+    if plan.new_secret {
+        yr_datastore::peer_auth::create_secret_file(&plan.cluster_secret)?;
+    }
+    let spec = supervise::Spec {
+        session: plan.session(Vec::new(), now_ms()),
+        components: plan
+            .components
+            .iter()
+            .map(|c| supervise::SpecComponent {
+                name: c.name.into(),
+                program: c.program.clone(),
+                args: c.args.clone(),
+                log: c.log.clone(),
+                ready_by_endpoint: c.ready == Ready::Endpoint,
+                address: c.address.clone(),
+            })
+            .collect(),
+    };
+    spec.save(&plan.dir)?;
+    let exe = std::env::current_exe().context("cannot find the yr executable")?;
+    let log = plan
+        .dir
+        .join("logs")
+        .join(format!("{}.log", supervise::SUPERVISOR));
+    launch::launch_within(
+        supervise::SUPERVISOR,
+        supervise::command(&exe, &plan.dir),
+        &log,
+        true,
+        supervise::ready_within(plan.components.len()),
+    )?;
+    Ok(Session::load(&plan.dir)?)
 }
 
 fn wait_for_node(s: &Session) -> Result<()> {
@@ -470,21 +465,48 @@ pub struct StopArgs {
     force: bool,
 }
 
-/// Stops every process of this host's node of a session, newest first, and removes the
-/// session file.
+/// Stops every process of this host's node of a session, and removes the session file: the
+/// supervisor first (so it restarts nothing that is being stopped), then the components, newest
+/// first, as `session.json` lists them once the supervisor is gone, and any child of the
+/// supervisor it had not recorded yet (a restart in progress).
 pub fn stop(a: StopArgs) -> Result<()> {
-    let s = a.session.load()?;
-    leave_etcd_cluster(&s);
+    let mut s = a.session.load()?;
     let grace = if a.force {
         Duration::ZERO
     } else {
         Duration::from_secs(10)
     };
     let mut forced = Vec::new();
-    for c in s.components.iter().rev() {
+    let mut unrecorded = Vec::new();
+    if let Some(sup) = s.component(supervise::SUPERVISOR).cloned() {
+        let children = supervise::children_of(sup.pid);
+        if !launch::stop_pid(sup.pid, grace) {
+            forced.push(sup.name.clone());
+        }
+        // The supervisor saves the session after every restart: read the pids it left.
+        if let Ok(now) = Session::load(&s.session_dir) {
+            s.components = now.components;
+        }
+        unrecorded = children
+            .into_iter()
+            .filter(|p| s.components.iter().all(|c| c.pid != *p))
+            .collect();
+    }
+    // With the supervisor gone (it would restart the etcd member that leaves), before the
+    // components stop.
+    leave_etcd_cluster(&s);
+    for c in s
+        .components
+        .iter()
+        .rev()
+        .filter(|c| c.name != supervise::SUPERVISOR)
+    {
         if !launch::stop_pid(c.pid, grace) {
             forced.push(c.name.clone());
         }
+    }
+    for pid in unrecorded {
+        launch::stop_pid(pid, grace);
     }
     let _ = std::fs::remove_file(&s.data_socket);
     session::remove(&s)?;

@@ -1,9 +1,13 @@
-//! `yr status`: the cluster's nodes, functions and instances, as the master reports them, for a
-//! person (a table) or a script (`--json`, whose shape the tests and tools read).
+//! `yr status`: this node's component processes (state and restarts, from `session.json`, which
+//! the node supervisor keeps current) and the cluster's nodes, functions and instances, as the
+//! master reports them, for a person (a table) or a script (`--json`, whose shape the tests and
+//! tools read).
 
 use anyhow::{Context, Result};
 use clap::Args;
 use yr_proto::{ClusterStatus, Empty, InstanceState, Resources};
+
+use yr_runtime::session::{ComponentInfo, ComponentState, Session};
 
 use super::master_channel;
 use super::rt;
@@ -23,6 +27,10 @@ pub struct StatusArgs {
 
 pub fn status(a: StatusArgs) -> Result<()> {
     let s = a.session.load()?;
+    if !a.json {
+        // This node's processes first: they are known even when the master is not reachable.
+        print_components(&s);
+    }
     let st = rt()?
         .block_on(async {
             let channel = master_channel(&s).await?;
@@ -53,7 +61,9 @@ pub fn status(a: StatusArgs) -> Result<()> {
         .with_context(|| format!("cannot reach the master at {}", s.master_address))?
         .into_inner();
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&status_json(&st))?);
+        let mut v = status_json(&st);
+        v["components"] = components_json(&s);
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     println!("MASTERS");
@@ -120,6 +130,51 @@ pub fn status(a: StatusArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// This node's component processes as its `session.json` records them, with whether each pid
+/// runs now.
+fn print_components(s: &Session) {
+    println!("COMPONENTS (node {})", s.node_id);
+    for c in &s.components {
+        println!(
+            "  {:<20} {:<10} pid {:<7} restarts {:<3} {}{}",
+            c.name,
+            component_state(c),
+            c.pid,
+            c.restarts,
+            c.address,
+            if c.last_exit.is_empty() {
+                String::new()
+            } else {
+                format!("  last exit: {}", c.last_exit)
+            }
+        );
+    }
+}
+
+/// The recorded state, or `exited` for a running-recorded pid that is gone (no supervisor, or
+/// one that has not noticed yet).
+fn component_state(c: &ComponentInfo) -> &'static str {
+    match c.state {
+        ComponentState::Running if !super::launch::running(c.pid) => "exited",
+        st => st.as_str(),
+    }
+}
+
+fn components_json(s: &Session) -> serde_json::Value {
+    serde_json::Value::Array(
+        s.components
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "name": c.name, "pid": c.pid, "address": c.address,
+                    "state": component_state(c), "restarts": c.restarts,
+                    "last_exit": c.last_exit,
+                })
+            })
+            .collect(),
+    )
 }
 
 fn status_json(st: &ClusterStatus) -> serde_json::Value {

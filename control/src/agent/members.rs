@@ -5,8 +5,9 @@
 //! connecting; see `yr_datastore::transfer`). The members are the `data_transfer_address`es of
 //! the node records in etcd, which every agent keeps under its lease; this task follows them
 //! (an etcd watch) and sends the list over the data worker's local socket whenever it changes,
-//! and again every [`REPUSH_EVERY`] so that a restarted data worker, which starts with an empty
-//! list, is told again.
+//! and again every [`REPUSH_EVERY`] so that a data worker restarted by the node supervisor, which
+//! starts with an empty list, is told again within that time (the client reconnects to the new
+//! start on its own; a pull meanwhile waits for the list, see `check_member`).
 
 use std::net::SocketAddrV4;
 use std::path::PathBuf;
@@ -19,7 +20,9 @@ use crate::etcd::{self, Meta, Mirror};
 use crate::Shutdown;
 
 /// How often the list is sent even if unchanged.
-const REPUSH_EVERY: Duration = Duration::from_secs(5);
+/// Short: a message on a local socket costs microseconds, and it bounds how long a restarted
+/// data worker refuses pulls.
+const REPUSH_EVERY: Duration = Duration::from_secs(1);
 /// How soon a failed send (the data worker not up yet) is tried again.
 const RETRY: Duration = Duration::from_millis(200);
 

@@ -1,6 +1,11 @@
 //! Instances from birth to end: create (admit, place, start, wait until running), reports from
 //! nodes, restarts, and stops. Each step turns into a [`lifecycle::Event`] applied through
 //! [`MasterState::apply`]; what happens next is the lifecycle's [`Then`], carried out here.
+//!
+//! A restart waits until the time its record says (`restart_at_unix_ms`, decided by
+//! [`lifecycle::restart_backoff`] when the failure was written), so a crash-looping instance is
+//! restarted at growing intervals. An instance stopped during the pause is not started again
+//! (its record has left FAILED, and the start event no longer applies).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,13 +23,25 @@ use crate::etcd;
 use crate::function::{Scheduling, Spec};
 use crate::lifecycle::{self, Event, Readiness, Report, Then};
 
+/// Whether a failed call to an agent never reached it (connection refused or broken), as
+/// opposed to the agent refusing the start (bad code, a bad entrypoint).
+fn agent_unreachable(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown
+    ) && status.details().is_empty()
+}
+
 impl MasterState {
     /// Creates an instance of `req.function` and waits until it runs (or returns the named
     /// instance that already exists). Errors by kind: [`Error::NotFound`] (no such function),
     /// [`Error::MaxInstances`] (its pool is full), [`Error::InsufficientResources`] (no node
     /// fits within the wait), [`Error::InstanceFatal`] (it ended instead of running),
     /// [`Error::Timeout`] (it was not running after the wait).
-    pub async fn create_instance(&self, req: CreateInstanceRequest) -> Result<InstanceRecord> {
+    pub async fn create_instance(
+        self: &Arc<Self>,
+        req: CreateInstanceRequest,
+    ) -> Result<InstanceRecord> {
         let function = self.function(&req.function).await?;
         let wait = if req.wait_ms == 0 {
             DEFAULT_WAIT
@@ -147,7 +164,7 @@ impl MasterState {
     /// Asks the instance's node to start it when the lifecycle says so (not for an instance
     /// being stopped or ended meanwhile); on failure the record says why.
     async fn start_on_node(
-        &self,
+        self: &Arc<Self>,
         id: &str,
         function: &Spec,
         node: &NodeRecord,
@@ -175,6 +192,22 @@ impl MasterState {
             Ok(r) => Event::Started {
                 pid: r.into_inner().pid,
             },
+            // The agent was not reached (it is restarting, or its node is going): like a
+            // crash, this is retried with backoff while the function's retries last, instead
+            // of ending the instance at once.
+            Err(status) if agent_unreachable(&status) => {
+                let error = format!(
+                    "node {}'s agent could not be reached to start it: {}",
+                    node.node_id,
+                    Error::from_status(status)
+                );
+                let news = lifecycle::News::Failed { error };
+                let r = self
+                    .handle(id, Event::Reported(Report { usage: None, news }))
+                    .await?
+                    .ok_or_else(vanished)?;
+                return Ok(r);
+            }
             Err(status) => Event::StartFailed {
                 why: format!(
                     "node {} could not start it: {}",
@@ -273,6 +306,26 @@ impl MasterState {
     /// Applies an agent's or proxy's report.
     pub async fn report(self: &Arc<Self>, ev: InstanceEvent) -> Result<()> {
         let report = Report::try_from(&ev)?;
+        if matches!(
+            report.news,
+            lifecycle::News::Failed { .. } | lifecycle::News::Exited
+        ) {
+            match self.current(&ev.instance_id).await {
+                Some(r) if crate::reconcile::stale_report(&r, ev.pid) => {
+                    tracing::info!(
+                        instance = %ev.instance_id,
+                        "ignoring a late exit report of process {} (the instance runs as {} now)",
+                        ev.pid,
+                        r.pid
+                    );
+                    return Ok(());
+                }
+                Some(_) => {}
+                None => {
+                    return Err(Error::NotFound(format!("no instance {}", ev.instance_id)));
+                }
+            }
+        }
         self.handle(&ev.instance_id, Event::Reported(report))
             .await?
             .ok_or_else(|| Error::NotFound(format!("no instance {}", ev.instance_id)))?;
@@ -317,12 +370,18 @@ impl MasterState {
         Ok(Some(r))
     }
 
-    /// Starts failed instance `r` again in the background: on its node if that node is alive,
-    /// else wherever it fits now; FATAL if it fits nowhere within [`DEFAULT_WAIT`].
-    fn restart(self: &Arc<Self>, r: InstanceRecord, function: Spec) {
+    /// Starts failed instance `r` again in the background, once its backoff pause has passed:
+    /// on its node if that node is alive, else wherever it fits now; FATAL if it fits nowhere
+    /// within [`DEFAULT_WAIT`].
+    pub(super) fn restart(self: &Arc<Self>, r: InstanceRecord, function: Spec) {
         let this = Arc::clone(self);
         tokio::spawn(async move {
             let id = r.instance_id.clone();
+            let pause = Duration::from_millis(r.restart_at_unix_ms.saturating_sub(etcd::now_ms()));
+            if !pause.is_zero() {
+                tracing::info!(instance = %id, streak = r.crash_streak, "restart in {pause:?} (backoff)");
+                tokio::time::sleep(pause).await;
+            }
             let same_node = this.nodes.snapshot().get(&r.node_id).cloned();
             let node = match same_node {
                 Some(n) => Ok(n),

@@ -114,7 +114,7 @@ impl MasterState {
             }
             Transition::To { next, then } => (*next, then),
         };
-        record.updated_unix_ms = etcd::now_ms();
+        lifecycle::stamp(cur, &mut record, then, etcd::now_ms());
         self.meta.put(&etcd::instance_key(id), &record).await?;
         all.insert(id.to_string(), record.clone());
         drop(all);

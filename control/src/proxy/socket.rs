@@ -12,7 +12,11 @@
 //! within [`HELLO_TIMEOUT`] is refused, and so is a hello whose secret is not its instance's, and
 //! a hello for an instance that is connected already (so no process can take over another's
 //! calls, or unregister it by leaving); each refusal is logged. One peer's frames are written in
-//! order, the small ones that are ready gathered into one write.
+//! order, the small ones that are ready gathered into one write. A recycled instance (see
+//! [`super::cancel`]) is unregistered at once; if its process has not closed its connection
+//! [`RECYCLE_KILL_AFTER`] later, the proxy kills it (through a pidfd taken from the kernel's
+//! credentials of the connection when it was accepted, so the signal cannot reach another
+//! process that reused the pid).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +37,10 @@ use crate::Shutdown;
 
 /// How long a new connection on the instance socket has to say which instance it is.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a recycled instance's process has to end on its own (the runtime ends it as soon
+/// as it reads the recycle) before the proxy kills it: for a process too wedged to read.
+const RECYCLE_KILL_AFTER: Duration = Duration::from_secs(5);
 
 /// Frames smaller than this are gathered into one write; larger ones are written on their own.
 const BATCH: usize = 64 << 10;
@@ -94,6 +102,14 @@ pub(super) async fn accept(state: Arc<State>, socket: InstanceSocket, shutdown: 
 /// One function process's connection, from its hello to its end: registers the instance, then
 /// delivers replies to the calls waiting for them until the socket closes.
 async fn serve(state: Arc<State>, secret: Arc<NodeSecret>, stream: UnixStream) {
+    // The connecting process, as the kernel knows it (not as it says): to end it if it is
+    // recycled and lingers.
+    let process = stream
+        .peer_cred()
+        .ok()
+        .and_then(|c| c.pid())
+        .and_then(|pid| u32::try_from(pid).ok())
+        .and_then(Pidfd::open);
     let (rd, mut wr) = stream.into_split();
     let mut rd = BufReader::with_capacity(BATCH, rd);
     let mut buf = Vec::new();
@@ -145,6 +161,7 @@ async fn serve(state: Arc<State>, secret: Arc<NodeSecret>, stream: UnixStream) {
         tx,
         concurrency,
         (!record.stateful).then(|| state.pool(&record.function)),
+        hello.cancels,
     ));
     let config = ProxyMessage {
         msg: Some(proxy_message::Msg::Config(InstanceConfig {
@@ -152,6 +169,7 @@ async fn serve(state: Arc<State>, secret: Arc<NodeSecret>, stream: UnixStream) {
             handler: function.handler.clone(),
             stateful: record.stateful,
             name: record.name.clone(),
+            concurrency,
         })),
     };
     // Checked and registered under one lock: of two hellos for one instance, one wins. Calls
@@ -176,6 +194,7 @@ async fn serve(state: Arc<State>, secret: Arc<NodeSecret>, stream: UnixStream) {
         }
     }
     tokio::spawn(write_frames(wr, rx));
+    let recycler = tokio::spawn(on_recycle(Arc::clone(&state), Arc::clone(&inst), process));
     if let Some(pool) = &inst.pool {
         // Calls waiting for a free instance can take this one.
         pool.freed.notify_waiters();
@@ -204,8 +223,65 @@ async fn serve(state: Arc<State>, secret: Arc<NodeSecret>, stream: UnixStream) {
             }
         }
     }
+    recycler.abort();
     unregister(&state, &inst);
     tracing::info!(instance = %inst.id, "instance disconnected");
+}
+
+/// Waits for `inst` to be recycled, then unregisters it and, if its process still holds its
+/// connection [`RECYCLE_KILL_AFTER`] later, kills the process. Aborted when the connection ends.
+async fn on_recycle(state: Arc<State>, inst: Arc<LocalInstance>, process: Option<Pidfd>) {
+    inst.recycling.notified().await;
+    unregister(&state, &inst);
+    tokio::time::sleep(RECYCLE_KILL_AFTER).await;
+    match process {
+        Some(p) => {
+            tracing::warn!(instance = %inst.id, "the recycled process did not end; killing it");
+            if let Err(e) = p.kill() {
+                tracing::warn!(instance = %inst.id, "cannot kill the recycled process: {e}");
+            }
+        }
+        None => tracing::warn!(
+            instance = %inst.id,
+            "the recycled process did not end, and its pid is unknown"
+        ),
+    }
+}
+
+/// A process handle that stays tied to one process (Linux pidfd), whatever reuses its pid.
+struct Pidfd(std::os::fd::OwnedFd);
+
+impl Pidfd {
+    /// A handle on process `pid`; `None` where the kernel has no pidfds (before 5.3).
+    fn open(pid: u32) -> Option<Pidfd> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory is
+        // passed.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+        // SAFETY: `fd` was just returned by pidfd_open, so it is open and owned by no one else.
+        Some(Pidfd(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Sends SIGKILL to the process (an error if it has ended already).
+    fn kill(&self) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: pidfd_send_signal takes our open pidfd, a signal number, a null siginfo (as
+        // for kill(2)) and flags 0; it touches no memory of ours.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.0.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
 }
 
 /// Removes `inst` from this node's local instances (if it is still the one registered under its

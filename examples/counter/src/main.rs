@@ -31,10 +31,26 @@ impl yr_runtime::Instance for Counter {
                 self.count += n;
                 Ok(self.count.to_string().into_bytes())
             }
+            // "MS N": waits MS milliseconds, then adds N (for tests of calls that time out: the
+            // addition must never show once the caller was told the call failed).
+            "add_after" => {
+                let text =
+                    std::str::from_utf8(input).map_err(|_| "input is not UTF-8".to_string())?;
+                let (ms, n) = text
+                    .trim()
+                    .split_once(' ')
+                    .and_then(|(ms, n)| Some((ms.parse::<u64>().ok()?, n.parse::<i64>().ok()?)))
+                    .ok_or_else(|| format!("{text:?} is not \"MS N\""))?;
+                std::thread::sleep(std::time::Duration::from_millis(ms.min(60_000)));
+                self.count += n;
+                Ok(self.count.to_string().into_bytes())
+            }
             "get" => Ok(self.count.to_string().into_bytes()),
             // The order in which calls arrived, as seen by the instance.
             "calls" => Ok(self.calls.to_string().into_bytes()),
-            other => Err(format!("counter has no method {other:?} (add, get, calls)")),
+            other => Err(format!(
+                "counter has no method {other:?} (add, add_after, get, calls)"
+            )),
         }
     }
 }

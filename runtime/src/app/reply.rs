@@ -50,7 +50,22 @@ impl Replies {
     /// Sends a call's outcome. A broken socket is left to the reading loop, which ends the
     /// process when it sees it.
     pub fn send(&self, call_id: u64, r: Reply) {
-        let msg = result_message(call_id, r);
+        self.write(call_id, result_message(call_id, r));
+    }
+
+    /// Says that a call was dropped before it started (see `calls`): it had no effect.
+    pub fn cancelled(&self, call_id: u64) {
+        let msg = InstanceMessage {
+            msg: Some(instance_message::Msg::Result(CallResult {
+                call_id,
+                cancelled: true,
+                ..Default::default()
+            })),
+        };
+        self.write(call_id, msg);
+    }
+
+    fn write(&self, call_id: u64, msg: InstanceMessage) {
         let mut out = Vec::new();
         if let Err(e) = frame::encode(&msg, &mut out) {
             eprintln!("yr function process: cannot encode the reply to call {call_id}: {e}");
@@ -91,6 +106,7 @@ fn result_message(call_id: u64, r: Reply) -> InstanceMessage {
             payload,
             error,
             error_kind: kind as i32,
+            cancelled: false,
         })),
     }
 }

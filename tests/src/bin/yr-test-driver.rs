@@ -11,6 +11,11 @@
 //! - `exit-owning NODE`: puts an object here and makes one on NODE, prints
 //!   `READY`, waits for a line on stdin and exits without dropping anything.
 //! - `actors`: a named stateful instance called in order, and `wait`.
+//! - `restart NODE`: puts an object here, prints `READY`, waits for a line on stdin (the test
+//!   kills this node's data worker and sees it restarted meanwhile), then gets the old object
+//!   and, until it works or 30 s pass, puts and gets a new one here, passes an object made by a
+//!   function on NODE to another call and gets it here; reports the old get's error and the new
+//!   round's result.
 
 use std::io::{BufRead, Write};
 use std::time::Duration;
@@ -72,7 +77,8 @@ fn kind(e: &Error) -> &'static str {
         | Error::InstanceSocket(_)
         | Error::NotRegistered { .. }
         | Error::InstanceInit { .. }
-        | Error::Threads(_) => "FunctionProcess",
+        | Error::Threads(_)
+        | Error::Recycled(_) => "FunctionProcess",
     }
 }
 
@@ -143,6 +149,47 @@ fn run(yr: &Yr, args: &[String]) -> Result<(), Error> {
             // Exit without running any destructor: the data worker must
             // notice the driver is gone and free what it owned.
             std::process::exit(0);
+        }
+        Some("restart") => {
+            let old = yr.put_bytes(&vec![5u8; 1 << 20])?;
+            line(serde_json::json!({"ready": true, "id": old.id().map(|i| i.to_hex())}));
+            wait_for_stdin();
+            let got = yr.get_bytes(&old, T).map(|b| b.len().to_string());
+            let round = || -> Result<String, Error> {
+                let mine = yr.put_bytes(&vec![9u8; 1 << 20])?;
+                let n = yr.get_bytes(&mine, T)?.len();
+                let made = yr
+                    .task("produce")
+                    .arg(&(1u64 << 20))
+                    .on_node(&node)
+                    .submit()?;
+                let r = yr.task("consume").arg_ref(&made).submit()?;
+                let (len, _, _, _): (u64, bool, u64, String) = yr.get(&r, T)?;
+                // Here too: pulled from NODE when it is another node.
+                let pulled = yr.get_bytes(&made, T)?.len();
+                Ok(format!("{n} {len} {pulled}"))
+            };
+            // Polls with a deadline: the first round may meet connections that broke with the
+            // old data worker.
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            let mut errors = Vec::new();
+            let fresh = loop {
+                match round() {
+                    Ok(v) => break Ok(v),
+                    Err(e) if std::time::Instant::now() < deadline => {
+                        errors.push(format!("{}: {e}", kind(&e)));
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    Err(e) => break Err(e),
+                }
+            };
+            let report = |r: Result<String, Error>| match r {
+                Ok(v) => serde_json::json!({"ok": v}),
+                Err(e) => serde_json::json!({"kind": kind(&e), "message": e.to_string()}),
+            };
+            line(serde_json::json!({
+                "old": report(got), "fresh": report(fresh), "failed_rounds": errors,
+            }));
         }
         Some("actors") => {
             let c = yr.instance("Counter", "ctr", Default::default())?;
