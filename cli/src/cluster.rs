@@ -67,6 +67,43 @@ pub fn read_join_token(s: &Session) -> Result<String> {
         .to_string())
 }
 
-fn master_client(address: &str) -> Result<MasterClient<tonic::transport::Channel>> {
-    Ok(MasterClient::new(yr_control::channel(address)?))
+/// A client of the cluster's active master: the session's masters and those registered in
+/// etcd (masters started after this node's session was written), reached through a channel
+/// that settles on the one that accepts connections (standbys do not).
+async fn master_client(s: &Session) -> Result<MasterClient<yr_control::MasterChannel>> {
+    Ok(MasterClient::new(master_channel(s).await?))
+}
+
+/// The channel of [`master_client`].
+async fn master_channel(s: &Session) -> Result<yr_control::MasterChannel> {
+    let mut list = yr_control::master_addresses(&s.master_address);
+    for a in registered_masters(&s.etcd_endpoints).await {
+        if !list.contains(&a) {
+            list.push(a);
+        }
+    }
+    let channel = yr_control::master_channel(&list.join(","))?;
+    channel.settle().await;
+    Ok(channel)
+}
+
+/// The addresses of the masters registered in etcd, the active one first; none if etcd does
+/// not answer within a moment (the session's own list is then all there is).
+async fn registered_masters(etcd: &[String]) -> Vec<String> {
+    let ask = async {
+        let meta = yr_control::etcd::Meta::connect(etcd).await?;
+        let active = yr_control::election::leader(&meta, yr_control::election::MASTER).await?;
+        let mut all: Vec<String> = meta
+            .list::<yr_proto::MasterRecord>(yr_control::etcd::MASTERS)
+            .await?
+            .into_iter()
+            .map(|m| m.address)
+            .collect();
+        all.sort_by_key(|a| Some(a) != active.as_ref());
+        Ok::<_, yr_control::error::Error>(all)
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(2), ask).await {
+        Ok(Ok(all)) => all,
+        _ => Vec::new(),
+    }
 }

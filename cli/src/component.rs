@@ -66,7 +66,8 @@ pub struct RestArgs {
     /// Address to listen on.
     #[arg(long)]
     listen: SocketAddr,
-    /// The function master (meta service) or this node's proxy (frontend), host:port.
+    /// The function masters, comma-separated (meta service), or this node's proxy (frontend),
+    /// host:port.
     #[arg(long)]
     upstream: String,
     /// This node's TLS credentials (ca.pem, node.pem, node.key, as `yr start` writes them):
@@ -298,6 +299,11 @@ pub struct MasterArgs {
     #[arg(long)]
     #[serde(default)]
     cluster_secret: Option<PathBuf>,
+    /// This master's node ID, under which it registers among the masters (default: its
+    /// address).
+    #[arg(long)]
+    #[serde(default)]
+    node_id: Option<String>,
 }
 
 impl MasterArgs {
@@ -307,6 +313,7 @@ impl MasterArgs {
             etcd_endpoints: config::endpoints("etcd", &self.etcd)?,
             advertise: String::new(),
             join: None,
+            node_id: self.node_id.unwrap_or_default(),
         })
     }
 }
@@ -317,7 +324,7 @@ pub struct SchedulerArgs {
     /// etcd endpoints, comma-separated.
     #[arg(long)]
     etcd: String,
-    /// The function master's address (host:port).
+    /// The function masters' addresses (host:port, comma-separated: the active one is found).
     #[arg(long)]
     master: String,
     /// Stop instances idle this long (milliseconds), down to each function's minimum.
@@ -356,7 +363,7 @@ pub struct ProxyArgs {
     /// etcd endpoints, comma-separated.
     #[arg(long)]
     etcd: String,
-    /// The function master's address (host:port).
+    /// The function masters' addresses (host:port, comma-separated: the active one is found).
     #[arg(long)]
     master: String,
     /// This node's ID.
@@ -415,7 +422,7 @@ pub struct AgentArgs {
     /// etcd endpoints, comma-separated.
     #[arg(long)]
     etcd: String,
-    /// The function master's address (host:port).
+    /// The function masters' addresses (host:port, comma-separated: the active one is found).
     #[arg(long)]
     master: String,
     /// This node's ID.

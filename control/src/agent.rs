@@ -111,7 +111,7 @@ const REPORT_RETRY_MAX: Duration = Duration::from_secs(2);
 /// it has no such instance (its record was swept or deleted) also ends the retries: nothing is
 /// left to tell.
 async fn report_until_acknowledged(
-    mut master: MasterClient<tonic::transport::Channel>,
+    mut master: MasterClient<crate::MasterChannel>,
     ev: InstanceEvent,
 ) {
     let mut pause = Duration::from_millis(100);
@@ -225,7 +225,7 @@ struct State {
     config: AgentConfig,
     /// Shared with this node's proxy: each process's `YR_INSTANCE_SECRET` derives from it.
     secret: crate::secret::NodeSecret,
-    master: MasterClient<tonic::transport::Channel>,
+    master: MasterClient<crate::MasterChannel>,
     running: Mutex<HashMap<String, Running>>,
     /// Python interpreters seen to import yr.
     pythons: python::Checked,
@@ -682,7 +682,9 @@ pub async fn run(
         config.data_socket.clone(),
         shutdown.clone(),
     ));
-    let master = MasterClient::new(crate::channel(&config.master_address)?);
+    let channel = crate::master_channel(&config.master_address)?;
+    crate::follow_masters(meta.clone(), channel.clone());
+    let master = MasterClient::new(channel);
     let mut server = crate::grpc_server()?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

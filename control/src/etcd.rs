@@ -7,6 +7,9 @@
 //! - `/yr/instances/<instance_id>`: [`InstanceRecord`], written only by the master, so that a
 //!   record never goes backwards because two writers raced.
 //! - `/yr/names/<function>/<name>`: the instance ID of a named (stateful) instance.
+//! - `/yr/masters/<node_id>`: [`yr_proto::MasterRecord`], every master process (active or
+//!   standby) under its election lease; `/yr/election/master` holds the active one's address
+//!   (see the `election` module).
 //! - `/yr/known-nodes/<node_id>`: empty; every node the master has seen, so that a node whose
 //!   registration lapsed shows as dead rather than unknown. A node that leaves gracefully deletes
 //!   its own key first.
@@ -25,6 +28,7 @@ pub const FUNCTIONS: &str = "/yr/functions/";
 pub const INSTANCES: &str = "/yr/instances/";
 pub const NAMES: &str = "/yr/names/";
 pub const KNOWN_NODES: &str = "/yr/known-nodes/";
+pub const MASTERS: &str = "/yr/masters/";
 
 pub fn node_key(id: &str) -> String {
     format!("{NODES}{id}")
@@ -41,11 +45,86 @@ pub fn name_key(function: &str, name: &str) -> String {
 pub fn known_node_key(id: &str) -> String {
     format!("{KNOWN_NODES}{id}")
 }
+pub fn master_key(node_id: &str) -> String {
+    format!("{MASTERS}{node_id}")
+}
 
 /// A cheap-to-clone handle on etcd with typed helpers.
+///
+/// Its client spreads requests over the etcd members it knows, and a background task keeps
+/// that set to the members that accept connections ([`tend_endpoints`]): it adds members that
+/// joined later (a standby master's) and drops one that stopped answering, which the client's
+/// balancer would otherwise keep choosing (a dead member fails a share of all requests).
 #[derive(Clone)]
 pub struct Meta {
     client: Client,
+    /// Held by every clone; the tending task stops once the last clone is gone.
+    _alive: std::sync::Arc<()>,
+}
+
+/// How often a [`Meta`] checks which etcd members accept connections.
+const TEND_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Keeps `client`'s endpoints (`active` now) to the members (of `given` and of the member
+/// list) that accept connections, never fewer than one, until `alive` has no strong holder left.
+async fn tend_endpoints(
+    client: Client,
+    active: Vec<String>,
+    given: Vec<String>,
+    alive: std::sync::Weak<()>,
+) {
+    let mut active = active;
+    let mut known: Vec<String> = given;
+    let mut first = true;
+    loop {
+        // The first pass at once: a member missing from the given list is learnt before the
+        // one given can fail.
+        if !first {
+            tokio::time::sleep(TEND_EVERY).await;
+        }
+        first = false;
+        if alive.strong_count() == 0 {
+            return;
+        }
+        let listed = tokio::time::timeout(TEND_EVERY, client.clone().member_list()).await;
+        if let Ok(Ok(m)) = listed {
+            for member in m.members() {
+                for u in member.client_urls() {
+                    if !known.contains(u) {
+                        known.push(u.clone());
+                    }
+                }
+            }
+        }
+        for e in &known {
+            let up = accepts(e).await;
+            let listed = active.contains(e);
+            if up && !listed {
+                if client.add_endpoint(e).await.is_ok() {
+                    tracing::info!(endpoint = %e, "etcd member reachable: using it");
+                    active.push(e.clone());
+                }
+            } else if !up && listed && active.len() > 1 && client.remove_endpoint(e).await.is_ok() {
+                tracing::warn!(endpoint = %e, "etcd member unreachable: not using it");
+                active.retain(|a| a != e);
+            }
+        }
+    }
+}
+
+/// Whether the host:port of etcd URL `url` accepts a TCP connection now.
+async fn accepts(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .unwrap_or(url);
+    let host_port = rest.split('/').next().unwrap_or(rest);
+    tokio::time::timeout(
+        std::time::Duration::from_millis(300),
+        tokio::net::TcpStream::connect(host_port),
+    )
+    .await
+    .is_ok_and(|c| c.is_ok())
 }
 
 /// How this process reaches an etcd the user runs (`--etcd-endpoints` with `--etcd-ca`,
@@ -90,14 +169,33 @@ impl Meta {
             }
             None => {}
         }
-        let mut client = Client::connect(endpoints, Some(opts))
+        // Members that refuse connections now are left out (the balancer would send them a
+        // share of the requests); the tending task adds them back once they answer.
+        let mut up = Vec::new();
+        for e in endpoints {
+            if accepts(e).await {
+                up.push(e.clone());
+            }
+        }
+        let first: &[String] = if up.is_empty() { endpoints } else { &up };
+        let mut client = Client::connect(first, Some(opts))
             .await
             .map_err(|e| Error::etcd(format!("connect to {}", endpoints.join(",")), e))?;
         client
             .status()
             .await
             .map_err(|e| Error::etcd(format!("status of {}", endpoints.join(",")), e))?;
-        Ok(Meta { client })
+        let alive = std::sync::Arc::new(());
+        tokio::spawn(tend_endpoints(
+            client.clone(),
+            first.to_vec(),
+            endpoints.to_vec(),
+            std::sync::Arc::downgrade(&alive),
+        ));
+        Ok(Meta {
+            client,
+            _alive: alive,
+        })
     }
 
     pub fn client(&self) -> Client {
@@ -181,6 +279,17 @@ impl Meta {
             }
         }
         Ok(out)
+    }
+
+    /// The client URLs of every etcd member (in member order), or `None` if etcd does not say.
+    pub async fn member_urls(&self) -> Option<Vec<String>> {
+        let r = self.client.clone().member_list().await.ok()?;
+        let urls: Vec<String> = r
+            .members()
+            .iter()
+            .flat_map(|m| m.client_urls().iter().cloned())
+            .collect();
+        (!urls.is_empty()).then_some(urls)
     }
 
     /// The keys under `prefix`, without the prefix (values are not read).

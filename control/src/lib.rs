@@ -12,10 +12,13 @@
 //! Shared pieces, which import no service: [`etcd`] (key layout and typed access), [`pki`] (the
 //! cluster CA, node certificates, the join token), [`error`] (the one error type and its gRPC
 //! mapping), [`lifecycle`] (the pure instance state machine), [`function`] (the function-name
-//! and path-name rules and validated specs) and [`secret`] (the node secret behind the instance
-//! socket's hellos).
+//! and path-name rules and validated specs), [`secret`] (the node secret behind the instance
+//! socket's hellos) and [`election`] (the etcd-lease election of the active master and
+//! scheduler). Every client of "the master" goes through [`master_channel`], which knows every
+//! master and follows a failover.
 
 pub mod agent;
+pub mod election;
 pub mod error;
 pub mod etcd;
 pub mod function;
@@ -81,6 +84,65 @@ pub fn channel(address: &str) -> error::Result<tonic::transport::Channel> {
         .tcp_nodelay(true);
     Ok(endpoint.connect_lazy())
 }
+
+/// The channel through which clients reach "the master": `addresses` lists every master
+/// (host:port, comma-separated), and calls go to the one that accepts connections (standbys do
+/// not), moving on when it fails ([`yr_proto::failover`]).
+pub fn master_channel(addresses: &str) -> error::Result<MasterChannel> {
+    let list = master_addresses(addresses);
+    yr_proto::failover::FailoverChannel::new(&list, |a| {
+        Ok(yr_proto::tls::endpoint(a)?
+            .connect_timeout(std::time::Duration::from_secs(3))
+            .tcp_nodelay(true)
+            .connect_lazy())
+    })
+    .inspect(|c| c.follow(FOLLOW_MASTERS_EVERY))
+    .map_err(|e| error::Error::invalid("master address", e))
+}
+
+/// How often a master channel asks the active master for the list of masters.
+const FOLLOW_MASTERS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A comma-separated list of master addresses, trimmed, without empty entries or repeats.
+pub fn master_addresses(addresses: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for a in addresses
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+    {
+        if !out.iter().any(|o| o == a) {
+            out.push(a.to_string());
+        }
+    }
+    out
+}
+
+/// Keeps `channel`'s masters current from those registered in etcd (`/yr/masters/`), plus
+/// those it was given, for as long as the process runs: components that hold an etcd client
+/// learn of a standby master even if the master they were given dies before telling them.
+pub fn follow_masters(meta: etcd::Meta, channel: MasterChannel) {
+    let given = channel.addresses();
+    tokio::spawn(async move {
+        let mut mirror =
+            match etcd::Mirror::<yr_proto::MasterRecord>::start(meta, etcd::MASTERS).await {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!("cannot watch the registered masters: {e}");
+                    return;
+                }
+            };
+        loop {
+            let mut list = given.clone();
+            list.extend(mirror.snapshot().values().map(|m| m.address.clone()));
+            channel.set_addresses(&list);
+            mirror.changed().await;
+        }
+    });
+}
+
+/// See [`master_channel`].
+pub type MasterChannel = yr_proto::failover::FailoverChannel;
 
 /// A gRPC server builder: with TLS (client certificates verified against the cluster CA) once
 /// node credentials are installed, plaintext otherwise. Services other than `Join` go behind

@@ -26,6 +26,7 @@ use std::time::Duration;
 use yr_proto::join_server::JoinServer;
 use yr_proto::master_server::MasterServer;
 
+use crate::election;
 use crate::error::{Error, Result};
 use crate::Shutdown;
 
@@ -54,6 +55,8 @@ pub struct MasterConfig {
     pub advertise: String,
     /// What lets it sign joining nodes' certificates (None: `Join` is refused).
     pub join: Option<JoinAuthority>,
+    /// Its node's ID, under which it registers in `/yr/masters/` (empty: its address).
+    pub node_id: String,
 }
 
 /// The cluster CA and the join token, with which the master admits new nodes.
@@ -66,39 +69,132 @@ pub struct JoinAuthority {
     pub cluster_secret: String,
 }
 
-/// Runs the master until `shutdown`; `on_ready` gets the bound address.
+/// Runs the master until `shutdown`; `on_ready` gets the address it serves (or will serve,
+/// once elected).
+///
+/// Every master process campaigns in the [`election::MASTER`] election. A standby registers
+/// itself (`/yr/masters/<node_id>`), reports ready, and does not listen on its port until it
+/// wins, so clients that know every master's address reach the active one by trying them
+/// ([`crate::master_channel`]). The winner rebuilds its state from etcd and serves. A master
+/// whose lease is lost stops serving at once and returns [`Error::Unavailable`] (its process
+/// exits non-zero; restarted, it campaigns again as a standby).
 pub async fn run(
     config: MasterConfig,
     shutdown: Shutdown,
     on_ready: impl FnOnce(std::net::SocketAddr),
 ) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
+    let mut config = config;
+    // A standby must not accept on its port, so port 0 becomes a concrete free port now and is
+    // bound only when elected.
+    let listen = if config.listen.port() == 0 {
+        let probe = std::net::TcpListener::bind(config.listen)
+            .map_err(|e| Error::io(format!("cannot listen on {}", config.listen), e))?;
+        probe
+            .local_addr()
+            .map_err(|e| Error::io("the bound address", e))?
+    } else {
+        config.listen
+    };
+    if config.advertise.is_empty() {
+        config.advertise = listen.to_string();
+    }
+    if config.node_id.is_empty() {
+        config.node_id = config.advertise.clone();
+    }
+    let meta = crate::etcd::Meta::connect(&config.etcd_endpoints).await?;
+    let candidate = election::Candidate::new(&meta).await?;
+    let record = yr_proto::MasterRecord {
+        node_id: config.node_id.clone(),
+        address: config.advertise.clone(),
+        active: false,
+    };
+    meta.put_leased(
+        &crate::etcd::master_key(&config.node_id),
+        &record,
+        candidate.lease(),
+    )
+    .await?;
+    let mut on_ready = Some(on_ready);
+    let won = candidate
+        .campaign(election::MASTER, &config.advertise, &shutdown, || {
+            if let Some(f) = on_ready.take() {
+                f(listen)
+            }
+        })
+        .await?;
+    let lost = candidate.lost();
+    let clock = candidate.clock();
+    if !won {
+        if lost.is_set() {
+            return Err(Error::Unavailable(
+                "this standby master lost its election lease".into(),
+            ));
+        }
+        candidate.resign().await;
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|e| Error::io(format!("cannot listen on {}", config.listen), e))?;
+        .map_err(|e| Error::io(format!("cannot listen on {listen}"), e))?;
     let addr = listener
         .local_addr()
         .map_err(|e| Error::io("the bound address", e))?;
-    let mut config = config;
-    if config.advertise.is_empty() {
-        config.advertise = addr.to_string();
+    // Everything the master runs stops on either signal.
+    let stop = Shutdown::new();
+    {
+        let (stop, shutdown, lost) = (stop.clone(), shutdown.clone(), lost.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown.wait() => {}
+                _ = lost.wait() => {}
+            }
+            stop.trigger();
+        });
     }
     let state = MasterState::load(&config).await?;
     // Before serving: no create or report may race with fixing what the last master left.
     state.reconcile().await;
-    tokio::spawn(Arc::clone(&state).watch_nodes(shutdown.clone()));
-    on_ready(addr);
+    tokio::spawn(Arc::clone(&state).watch_nodes(stop.clone()));
+    tracing::info!(
+        address = %config.advertise,
+        took_ms = started.elapsed().as_millis() as u64,
+        "active master: serving"
+    );
+    if let Some(f) = on_ready.take() {
+        f(addr);
+    }
     let join = service::JoinService {
         authority: config.join,
         etcd_endpoints: config.etcd_endpoints.clone(),
+        meta: meta.clone(),
     };
-    crate::grpc_server()?
+    let serve = crate::grpc_server()?
         .add_service(JoinServer::new(join))
         .add_service(tonic::service::interceptor::InterceptedService::new(
             MasterServer::new(service::Service(state)),
-            yr_proto::tls::require_client_cert,
+            move |req| {
+                // Fenced by time: a master whose lease may have lapsed (paused, starved) answers
+                // nothing, even before its keep-alive task notices.
+                if !clock.holds() {
+                    return Err(tonic::Status::unavailable(
+                        "this master's election lease may have lapsed: it no longer serves",
+                    ));
+                }
+                yr_proto::tls::require_client_cert(req)
+            },
         ))
-        .serve_with_incoming_shutdown(crate::incoming(listener), shutdown.wait_owned())
-        .await
-        .map_err(|e| Error::Internal(format!("serving gRPC on {addr}: {e}")))?;
+        .serve_with_incoming_shutdown(crate::incoming(listener), shutdown.clone().wait_owned());
+    tokio::select! {
+        r = serve => r.map_err(|e| Error::Internal(format!("serving gRPC on {addr}: {e}")))?,
+        // Deposed: stop at once, without waiting for calls in flight.
+        _ = lost.wait() => {}
+    }
+    if lost.is_set() {
+        return Err(Error::Unavailable(
+            "the active master lost its election lease and stopped serving".into(),
+        ));
+    }
+    candidate.resign().await;
     Ok(())
 }

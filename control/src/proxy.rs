@@ -76,7 +76,7 @@ type Creation = tokio::sync::OnceCell<Result<InstanceRecord, Arc<Error>>>;
 struct State {
     config: ProxyConfig,
     meta: Meta,
-    master: MasterClient<tonic::transport::Channel>,
+    master: MasterClient<crate::MasterChannel>,
     locals: std::sync::RwLock<HashMap<String, Arc<LocalInstance>>>,
     instances: Mirror<InstanceRecord>,
     functions: Mirror<FunctionSpec>,
@@ -631,7 +631,9 @@ impl Proxy {
         let instances = Mirror::start(meta.clone(), etcd::INSTANCES).await?;
         let functions = Mirror::start(meta.clone(), etcd::FUNCTIONS).await?;
         let specs = std::sync::Mutex::new((functions.snapshot(), HashMap::new()));
-        let master = MasterClient::new(crate::channel(&config.master_address)?);
+        let channel = crate::master_channel(&config.master_address)?;
+        crate::follow_masters(meta.clone(), channel.clone());
+        let master = MasterClient::new(channel);
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| Error::io(format!("cannot listen on {}", config.listen), e))?;

@@ -321,8 +321,7 @@ pub async fn run_meta(
     shutdown: Shutdown,
     on_ready: impl FnOnce(std::net::SocketAddr),
 ) -> Result<(), Error> {
-    let channel = crate::channel(master_address)?;
-    let master = MasterClient::new(channel);
+    let master = MasterClient::new(crate::master_channel(master_address)?);
     let tls = config.tls.clone();
     serve(
         listen,

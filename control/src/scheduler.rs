@@ -10,6 +10,10 @@
 //! - stops instances idle longer than the idle timeout while the function has more than
 //!   `min_instances`, the longest idle first.
 //!
+//! Only the holder of the [`crate::election::SCHEDULER`] election acts; the schedulers of
+//! standby master nodes wait in it, and one that loses its lease stops at once (returns an
+//! error, so its process exits non-zero).
+//!
 //! It never writes instance records itself: every change goes through the master, the records'
 //! only writer. Stateful (named) instances are never touched: they live until terminated.
 //! What counts as a pool's instance, and how long to pause after a failed create, are the
@@ -45,7 +49,7 @@ pub struct SchedulerConfig {
 
 struct Scheduler {
     config: SchedulerConfig,
-    master: MasterClient<tonic::transport::Channel>,
+    master: MasterClient<crate::MasterChannel>,
     nodes: Mirror<NodeRecord>,
     functions: Mirror<FunctionSpec>,
     instances: Mirror<InstanceRecord>,
@@ -229,7 +233,31 @@ pub async fn run(
     on_ready: impl FnOnce(),
 ) -> Result<()> {
     let meta = Meta::connect(&config.etcd_endpoints).await?;
-    let master = MasterClient::new(crate::channel(&config.master_address)?);
+    // One scheduler acts at a time, so two never scale the same pools: every master node runs
+    // one, and the others stand by in the election.
+    let candidate = crate::election::Candidate::new(&meta).await?;
+    let mut on_ready = Some(on_ready);
+    let me = format!("scheduler-{}", std::process::id());
+    let won = candidate
+        .campaign(crate::election::SCHEDULER, &me, &shutdown, || {
+            if let Some(f) = on_ready.take() {
+                f()
+            }
+        })
+        .await?;
+    let lost = candidate.lost();
+    if !won {
+        if lost.is_set() {
+            return Err(Error::Unavailable(
+                "this standby scheduler lost its election lease".into(),
+            ));
+        }
+        candidate.resign().await;
+        return Ok(());
+    }
+    let channel = crate::master_channel(&config.master_address)?;
+    crate::follow_masters(meta.clone(), channel.clone());
+    let master = MasterClient::new(channel);
     let mut s = Scheduler {
         nodes: Mirror::start(meta.clone(), etcd::NODES).await?,
         functions: Mirror::start(meta.clone(), etcd::FUNCTIONS).await?,
@@ -239,14 +267,28 @@ pub async fn run(
         proxies: HashMap::new(),
         backoff: Arc::default(),
     };
-    on_ready();
+    if let Some(f) = on_ready.take() {
+        f();
+    }
     loop {
         // Creations started last tick are in flight; the mirror shows them as SCHEDULING or
         // CREATING, which count as alive, so a slow start is not doubled.
-        s.tick().await;
+        tokio::select! {
+            _ = s.tick() => {}
+            _ = lost.wait() => {}
+        }
+        if lost.is_set() {
+            return Err(Error::Unavailable(
+                "the active scheduler lost its election lease and stopped".into(),
+            ));
+        }
         tokio::select! {
             _ = tokio::time::sleep(TICK) => {}
-            _ = shutdown.wait() => return Ok(()),
+            _ = lost.wait() => {}
+            _ = shutdown.wait() => {
+                candidate.resign().await;
+                return Ok(());
+            }
         }
     }
 }

@@ -12,5 +12,6 @@ pub mod v1 {
 
 pub use v1::*;
 
+pub mod failover;
 pub mod frame;
 pub mod tls;

@@ -133,7 +133,8 @@ pub fn function(cmd: FunctionCmd) -> Result<()> {
         FunctionCmd::Delete { name, session } => {
             let s = session.load()?;
             rt()?.block_on(async {
-                master_client(&s.master_address)?
+                master_client(&s)
+                    .await?
                     .delete_function(FunctionRef { name: name.clone() })
                     .await
                     .map_err(|e| anyhow!("{}", e.message()))
@@ -145,7 +146,8 @@ pub fn function(cmd: FunctionCmd) -> Result<()> {
             let s = session.load()?;
             let l = rt()?
                 .block_on(async {
-                    master_client(&s.master_address)?
+                    master_client(&s)
+                        .await?
                         .list_functions(Empty {})
                         .await
                         .map_err(|e| anyhow!("{}", e.message()))
@@ -218,7 +220,8 @@ fn deploy(a: DeployArgs) -> Result<()> {
     };
     let r = rt()?
         .block_on(async {
-            master_client(&s.master_address)?
+            master_client(&s)
+                .await?
                 .deploy(DeployRequest {
                     spec: Some(spec),
                     ..Default::default()

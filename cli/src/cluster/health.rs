@@ -43,7 +43,8 @@ pub fn health(a: HealthArgs) -> Result<()> {
     let deadline = Duration::from_millis(a.timeout_ms);
     let status = rt()?.block_on(async {
         let ask = async {
-            master_client(&s.master_address)?
+            master_client(&s)
+                .await?
                 .status(Empty {})
                 .await
                 .map_err(anyhow::Error::from)

@@ -115,7 +115,8 @@ pub fn instance(cmd: InstanceCmd) -> Result<()> {
             let s = session.load()?;
             let r = rt()?
                 .block_on(async {
-                    master_client(&s.master_address)?
+                    master_client(&s)
+                        .await?
                         .create_instance(CreateInstanceRequest {
                             function,
                             name,
@@ -143,7 +144,8 @@ pub fn instance(cmd: InstanceCmd) -> Result<()> {
         InstanceCmd::Kill { instance, session } => {
             let s = session.load()?;
             rt()?.block_on(async {
-                master_client(&s.master_address)?
+                master_client(&s)
+                    .await?
                     .kill_instance(InstanceRef {
                         instance_id: String::new(),
                         name: instance.clone(),

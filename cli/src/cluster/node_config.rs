@@ -35,7 +35,9 @@ pub struct StartArgs {
     #[arg(short = 's', long = "set", value_name = "KEY=VALUE")]
     pub(super) set: Vec<String>,
     /// Start a master node: etcd, function master and this node's worker components. Without
-    /// it the node is a worker that joins the master at --master_address.
+    /// it the node is a worker that joins the master at --master_address; with it and
+    /// --master_address, a standby master of that master's cluster (its etcd joins the
+    /// cluster's etcd, and its function master takes over if the active one fails).
     #[arg(long, conflicts_with = "worker")]
     pub(super) master: bool,
     /// Start a worker node (the default role when a master address is given).

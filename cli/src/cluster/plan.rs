@@ -128,6 +128,25 @@ pub fn check(a: &StartConfig) -> Result<Checked, ConfigError> {
             });
         }
     }
+    if role == Role::Master
+        && !a
+            .master_address
+            .as_deref()
+            .unwrap_or_default()
+            .trim()
+            .is_empty()
+        && a.join_token
+            .as_deref()
+            .unwrap_or_default()
+            .trim()
+            .is_empty()
+    {
+        return Err(ConfigError::Missing {
+            field: "join-token",
+            message: "a standby master (--master with --master_address) needs --join-token                       TOKEN: `yr token --join` on the active master prints it"
+                .into(),
+        });
+    }
     if a.bind.is_unspecified() {
         return Err(ConfigError::invalid(
             "bind",
@@ -185,12 +204,34 @@ pub struct Inputs {
     pub ports: Ports,
     /// The `etcd` program on `PATH`, if any (a master node without --etcd-endpoints starts it).
     pub etcd_program: Option<PathBuf>,
-    /// The etcd endpoints a worker's master reported (unused for a master node).
+    /// The etcd endpoints a worker's master reported; for a standby master, those of the
+    /// etcd members already running.
     pub master_etcd: Vec<String>,
+    /// A standby master's etcd member, added to the cluster's etcd before it starts.
+    pub etcd_member: Option<EtcdMember>,
     /// `$YR_PYTHON` of the process running `yr start` (or the environment yr is installed in):
     /// the interpreter when `--python` is not
     /// given.
     pub python_env: Option<String>,
+}
+
+/// A new member of the cluster's etcd (a standby master's), as `MemberAdd` admitted it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EtcdMember {
+    /// Its member ID (to remove it again if the node fails to start).
+    pub id: u64,
+    /// The `--initial-cluster` list, `name=peer-url` for every member including this one.
+    pub initial_cluster: String,
+}
+
+/// The etcd member name of a master node: the first master's is `yr`, a standby's its node
+/// ID (unique in the cluster).
+pub fn etcd_member_name(node_id: &str, joining: bool) -> String {
+    if joining {
+        node_id.to_string()
+    } else {
+        "yr".into()
+    }
 }
 
 /// How the executor knows a launched component is ready.
@@ -326,12 +367,25 @@ pub fn plan(a: &StartConfig, inputs: Inputs) -> Result<NodePlan, ConfigError> {
         ports,
         etcd_program,
         master_etcd,
+        etcd_member,
         python_env,
     } = inputs;
+    // A master given a master's address is a standby of that master's cluster.
+    let active_master = (role == Role::Master)
+        .then(|| master_host_port(a.master_address.as_deref().unwrap_or_default()).to_string())
+        .filter(|m| !m.is_empty());
     let at = |port: u16| format!("{}:{port}", a.bind);
     let tls_dir = dir.join(TLS_DIR);
     let tls = yr_proto::tls::NodeTls::in_dir(&tls_dir);
     let (ca_key, join_token_file) = match role {
+        // A standby master has no CA key: it was admitted with a node certificate.
+        Role::Master
+            if a.master_address
+                .as_deref()
+                .is_some_and(|m| !m.trim().is_empty()) =>
+        {
+            (None, None)
+        }
         Role::Master => (
             Some(tls_dir.join("ca.key")),
             Some(tls_dir.join("join-token")),
@@ -356,7 +410,7 @@ pub fn plan(a: &StartConfig, inputs: Inputs) -> Result<NodePlan, ConfigError> {
     // The cluster secret of the data workers' transfer ports. A master without
     // --cluster-secret makes a new one; a worker without it receives the master's when it joins
     // (the executor writes it before launching). The master hands it to joining nodes.
-    let new_secret = role == Role::Master && a.cluster_secret.is_none();
+    let new_secret = role == Role::Master && a.cluster_secret.is_none() && active_master.is_none();
     let cluster_secret = a
         .cluster_secret
         .clone()
@@ -377,6 +431,19 @@ pub fn plan(a: &StartConfig, inputs: Inputs) -> Result<NodePlan, ConfigError> {
                     // Clients and peers need a certificate from the cluster CA.
                     let client = format!("https://{}", at(ports.etcd_client));
                     let peer = format!("https://{}", at(ports.etcd_peer));
+                    let joining = active_master.is_some();
+                    let member = etcd_member_name(&node_id, joining);
+                    let (initial_cluster, state) = match (&etcd_member, joining) {
+                        (Some(m), true) => (m.initial_cluster.clone(), "existing"),
+                        (None, true) => {
+                            return Err(ConfigError::invalid(
+                                "master-address",
+                                active_master.clone().unwrap_or_default(),
+                                "a standby master's etcd member was not added to the cluster",
+                            ))
+                        }
+                        _ => (format!("{member}={peer}"), "new"),
+                    };
                     let args = CommandLine::default()
                         .switch("--client-cert-auth", true)
                         .flag("--trusted-ca-file", &tls.ca)
@@ -386,13 +453,19 @@ pub fn plan(a: &StartConfig, inputs: Inputs) -> Result<NodePlan, ConfigError> {
                         .flag("--peer-trusted-ca-file", &tls.ca)
                         .flag("--peer-cert-file", &tls.cert)
                         .flag("--peer-key-file", &tls.key)
-                        .flag("--name", "yr")
+                        .flag("--name", &member)
                         .flag("--data-dir", dir.join("etcd"))
                         .flag("--listen-client-urls", &client)
                         .flag("--advertise-client-urls", &client)
                         .flag("--listen-peer-urls", &peer)
                         .flag("--initial-advertise-peer-urls", &peer)
-                        .flag("--initial-cluster", format!("yr={peer}"))
+                        .flag("--initial-cluster", initial_cluster)
+                        .flag("--initial-cluster-state", state)
+                        // A new etcd leader within about a second of losing one (default: 1 to
+                        // 2 s, then leases are extended by this timeout again): the master
+                        // election's failover is the lease TTL plus these.
+                        .flag("--heartbeat-interval", "100")
+                        .flag("--election-timeout", "500")
                         .flag("--log-level", "warn");
                     components.push(ComponentPlan {
                         name: name::ETCD,
@@ -402,11 +475,24 @@ pub fn plan(a: &StartConfig, inputs: Inputs) -> Result<NodePlan, ConfigError> {
                         ready: Ready::Endpoint,
                         address: client.clone(),
                     });
-                    vec![client]
+                    // The local member first, then the others (a standby's).
+                    let mut endpoints = vec![client];
+                    for e in &master_etcd {
+                        if !endpoints.contains(e) {
+                            endpoints.push(e.clone());
+                        }
+                    }
+                    endpoints
                 }
             };
             let etcd = endpoints.join(",");
             let master = at(ports.function_master);
+            // Its clients know every master: the active one first (a standby's own port
+            // refuses until it is elected).
+            let masters = match &active_master {
+                Some(active) if *active != master => format!("{active},{master}"),
+                _ => master.clone(),
+            };
             components.push(yr(
                 name::FUNCTION_MASTER,
                 CommandLine::default()
@@ -415,7 +501,8 @@ pub fn plan(a: &StartConfig, inputs: Inputs) -> Result<NodePlan, ConfigError> {
                     .all(&a.etcd_auth.args())
                     .flag("--cluster-secret", &cluster_secret)
                     .flag_if("--ca-key", ca_key.as_ref())
-                    .flag_if("--join-token-file", join_token_file.as_ref()),
+                    .flag_if("--join-token-file", join_token_file.as_ref())
+                    .flag("--node-id", &node_id),
                 master.clone(),
             ));
             components.push(yr(
@@ -423,11 +510,11 @@ pub fn plan(a: &StartConfig, inputs: Inputs) -> Result<NodePlan, ConfigError> {
                 CommandLine::default()
                     .flag("--etcd", &etcd)
                     .all(&a.etcd_auth.args())
-                    .flag("--master", &master)
+                    .flag("--master", &masters)
                     .flag("--idle-timeout-ms", a.idle_timeout_ms.to_string()),
                 String::new(),
             ));
-            (endpoints, master)
+            (endpoints, masters)
         }
         Role::Worker => {
             let master =
@@ -588,6 +675,7 @@ mod tests {
             ports,
             etcd_program: Some("/usr/bin/etcd".into()),
             master_etcd: Vec::new(),
+            etcd_member: None,
             python_env: None,
         }
     }
@@ -857,6 +945,81 @@ mod tests {
             i,
         );
         assert_eq!(q, p);
+    }
+
+    /// `yr start --master --master_address http://IP:PORT --join_token T`: a standby master.
+    #[test]
+    fn a_master_given_a_masters_address_is_a_standby_that_joins_the_etcd_cluster() {
+        let flags = [
+            "--master",
+            "--master_address",
+            "http://10.0.0.1:22770",
+            "--join_token",
+            "t",
+        ];
+        let mut i = inputs(Ports::STANDARD);
+        i.master_etcd = vec!["https://10.0.0.1:32379".into()];
+        i.etcd_member = Some(EtcdMember {
+            id: 7,
+            initial_cluster: "yr=https://10.0.0.1:32380,host-00abcd=https://127.0.0.1:32380".into(),
+        });
+        let p = planned(&flags, i.clone());
+        assert_eq!(p.role, Role::Master);
+        assert_eq!(names(&p)[0], "etcd");
+        assert_eq!(value(&p, "etcd", "--name").as_deref(), Some("host-00abcd"));
+        assert_eq!(
+            value(&p, "etcd", "--initial-cluster-state").as_deref(),
+            Some("existing")
+        );
+        assert_eq!(
+            value(&p, "etcd", "--initial-cluster"),
+            i.etcd_member.as_ref().map(|m| m.initial_cluster.clone())
+        );
+        assert!(has(&p, "etcd", "--peer-client-cert-auth"));
+        // The local member first, then the cluster's.
+        assert_eq!(
+            p.etcd_endpoints,
+            ["https://127.0.0.1:32379", "https://10.0.0.1:32379"]
+        );
+        // Clients know both masters, the active one first.
+        assert_eq!(p.master_address, "10.0.0.1:22770,127.0.0.1:22770");
+        for c in ["function-scheduler", "function-proxy", "function-agent"] {
+            assert_eq!(
+                value(&p, c, "--master").as_deref(),
+                Some("10.0.0.1:22770,127.0.0.1:22770"),
+                "{c}"
+            );
+        }
+        assert_eq!(
+            value(&p, "function-master", "--listen").as_deref(),
+            Some("127.0.0.1:22770")
+        );
+        assert_eq!(
+            value(&p, "function-master", "--node-id").as_deref(),
+            Some("host-00abcd")
+        );
+        // It signs no certificates and receives the cluster secret.
+        assert!(!has(&p, "function-master", "--ca-key"));
+        assert!(p.join_token_file.is_none());
+        assert!(!p.new_secret);
+        // Its etcd member must have been added first; and it needs the join token.
+        let mut not_added = i.clone();
+        not_added.etcd_member = None;
+        assert_eq!(refused(&flags, not_added), "master-address");
+        assert_eq!(
+            refused(
+                &["--master", "--master_address", "http://10.0.0.1:22770"],
+                i
+            ),
+            "join-token"
+        );
+        // The first master's etcd starts a new cluster, its member named yr.
+        let first = planned(&["--master"], inputs(Ports::STANDARD));
+        assert_eq!(value(&first, "etcd", "--name").as_deref(), Some("yr"));
+        assert_eq!(
+            value(&first, "etcd", "--initial-cluster-state").as_deref(),
+            Some("new")
+        );
     }
 
     #[test]
@@ -1202,6 +1365,7 @@ mod instance_secret_tests {
                 ports: Ports::STANDARD,
                 etcd_program: Some("/usr/bin/etcd".into()),
                 master_etcd: Vec::new(),
+                etcd_member: None,
                 python_env: None,
             },
         )

@@ -26,6 +26,10 @@ use super::session::{self, SessionArg};
 use super::supervise;
 use super::{master_client, rt};
 
+/// How long a standby master waits for the cluster's etcd to accept its member (or to remove
+/// it, at `yr stop`).
+const MEMBER_ADD_WITHIN: Duration = Duration::from_secs(20);
+
 /// How long a started node may take to appear in the master's view.
 const REGISTER_WITHIN: Duration = Duration::from_secs(20);
 
@@ -45,8 +49,13 @@ pub fn start(a: StartArgs) -> Result<()> {
     // The node's credentials first: a worker's etcd endpoints come with its certificate.
     let tls = yr_proto::tls::NodeTls::in_dir(&dir.join(plan::TLS_DIR));
     let names = credentials::node_names(&hostname(), a.bind);
+    // A master given a master's address is a standby: it joins like a worker.
+    let standby = checked.role == Role::Master
+        && a.master_address
+            .as_deref()
+            .is_some_and(|m| !m.trim().is_empty());
     let (join_token, master_etcd) = match checked.role {
-        Role::Master => {
+        Role::Master if !standby => {
             let t = credentials::make_master(
                 &tls,
                 &dir.join(plan::TLS_DIR).join("ca.key"),
@@ -55,7 +64,7 @@ pub fn start(a: StartArgs) -> Result<()> {
             )?;
             (Some(t), Vec::new())
         }
-        Role::Worker => {
+        Role::Worker | Role::Master => {
             let master = plan::master_host_port(a.master_address.as_deref().unwrap_or_default());
             let token = a.join_token.as_deref().unwrap_or_default();
             // Without --cluster-secret, the master's comes with the certificate.
@@ -68,29 +77,222 @@ pub fn start(a: StartArgs) -> Result<()> {
     };
     // This process speaks as the node from here on (waiting for etcd and for registration).
     yr_proto::tls::install(&tls).map_err(anyhow::Error::msg)?;
+    let node_id = plan::node_id(&hostname(), now_ms(), std::process::id());
+    let ports = match checked.ports {
+        PortMode::Standard => Ports::STANDARD,
+        PortMode::Auto => Ports::from_free(launch::free_ports()?),
+    };
+    // A standby master that runs its own etcd member adds it to the cluster's etcd first.
+    let cluster_etcd = master_etcd.clone();
+    let (master_etcd, etcd_member) = if standby && a.etcd_endpoints.is_none() {
+        let peer = format!("https://{}:{}", a.bind, ports.etcd_peer);
+        let name = plan::etcd_member_name(&node_id, true);
+        let (member, others) = add_etcd_member(&master_etcd, &name, &peer)?;
+        (others, Some(member))
+    } else {
+        (master_etcd, None)
+    };
     let inputs = Inputs {
         exe: std::env::current_exe().context("cannot find the yr executable")?,
         dir,
-        node_id: plan::node_id(&hostname(), now_ms(), std::process::id()),
-        ports: match checked.ports {
-            PortMode::Standard => Ports::STANDARD,
-            PortMode::Auto => Ports::from_free(launch::free_ports()?),
-        },
+        node_id,
+        ports,
         etcd_program: launch::which("etcd"),
         master_etcd,
+        etcd_member,
         // A path that is not UTF-8 is left out rather than mangled.
         python_env: std::env::var("YR_PYTHON")
             .ok()
             .or_else(|| installed_python(&python_candidates())),
     };
-    let plan = plan::plan(&a, inputs)?;
-    let session = launch_plan(&plan)?;
+    let added = inputs.etcd_member.as_ref().map(|m| m.id);
+    let launched = plan::plan(&a, inputs)
+        .map_err(anyhow::Error::from)
+        .and_then(|plan| Ok((launch_plan(&plan)?, plan)));
+    let (session, plan) = match launched {
+        Ok(l) => l,
+        Err(e) => {
+            // A member added but never started would count against the etcd quorum forever.
+            if let Some(id) = added {
+                remove_etcd_member(&cluster_etcd, id);
+            }
+            return Err(e);
+        }
+    };
     if a.session_dir.is_none() {
         session::link_latest(&plan.dir);
     }
     // Wait until the master sees this node, so that a deploy right after start can place work.
     wait_for_node(&session)?;
     print_started(&session, join_token.as_ref())
+}
+
+/// Adds this standby master's etcd member (`name` at `peer`) to the cluster's etcd at
+/// `endpoints`: returns its `--initial-cluster` list and the client URLs of the members already
+/// running (its components' other etcd endpoints).
+fn add_etcd_member(
+    endpoints: &[String],
+    name: &str,
+    peer: &str,
+) -> Result<(plan::EtcdMember, Vec<String>)> {
+    rt()?.block_on(async {
+        let meta = yr_control::etcd::Meta::connect(endpoints).await?;
+        // etcd admits a member only once every member has been connected for a few seconds
+        // (5 s in etcd 3.4-3.5): a standby started right after another waits for that.
+        let deadline = Instant::now() + MEMBER_ADD_WITHIN;
+        let added = loop {
+            match meta.client().member_add([peer], None).await {
+                Ok(a) => break a,
+                Err(etcd_client::Error::GRpcStatus(s))
+                    if s.code() == tonic::Code::Unavailable && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::from(e)).with_context(|| {
+                        format!("the cluster's etcd refused a new member at {peer}")
+                    })
+                }
+            }
+        };
+        let me = added.member().map(|m| m.id());
+        let mut cluster = Vec::new();
+        let mut clients = Vec::new();
+        for m in added.member_list() {
+            if Some(m.id()) == me {
+                cluster.push(format!("{name}={peer}"));
+                continue;
+            }
+            if m.name().is_empty() {
+                bail!(
+                    "the cluster's etcd has a member that never started (peer {}): remove it                      (etcdctl member remove {:x}) and try again",
+                    m.peer_urls().join(","),
+                    m.id()
+                );
+            }
+            for p in m.peer_urls() {
+                cluster.push(format!("{}={p}", m.name()));
+            }
+            clients.extend(m.client_urls().iter().cloned());
+        }
+        if me.is_none() {
+            bail!("the cluster's etcd did not say which member it added");
+        }
+        Ok((
+            plan::EtcdMember {
+                id: me.unwrap_or_default(),
+                initial_cluster: cluster.join(","),
+            },
+            clients,
+        ))
+    })
+}
+
+/// Removes etcd member `id` (best effort: a failed start is being undone).
+fn remove_etcd_member(endpoints: &[String], id: u64) {
+    let r = rt().and_then(|rt| {
+        rt.block_on(async {
+            let meta = yr_control::etcd::Meta::connect(endpoints).await?;
+            meta.client().member_remove(id).await?;
+            anyhow::Ok(())
+        })
+    });
+    if let Err(e) = r {
+        eprintln!("warning: cannot remove the etcd member {id:x} this start added: {e:#}");
+    }
+}
+
+/// Before a master node that runs an etcd member of a larger etcd cluster stops: removes its
+/// member, so that the members left keep their quorum (a stopped member that stayed listed
+/// would count against it). Best effort, within a few seconds: a failure is reported and the
+/// stop goes on.
+fn leave_etcd_cluster(s: &Session) {
+    let Some(own) = s
+        .components
+        .iter()
+        .find(|c| c.name == crate::defaults::name::ETCD)
+        .map(|c| c.address.clone())
+    else {
+        return;
+    };
+    let r = rt().and_then(|rt| {
+        rt.block_on(async {
+            let leave = async {
+                let meta = yr_control::etcd::Meta::connect(&s.etcd_endpoints).await?;
+                let members = meta.client().member_list().await?;
+                if members.members().len() < 2 {
+                    return anyhow::Ok(());
+                }
+                let Some(id) = members
+                    .members()
+                    .iter()
+                    .find(|m| m.client_urls().contains(&own))
+                    .map(|m| m.id())
+                else {
+                    return anyhow::Ok(());
+                };
+                // Without this member, would the others still have a quorum? If not (members
+                // are down), removing it is refused anyway: leave it listed.
+                let n = members.members().len();
+                let mut others_up = 0;
+                for m in members.members().iter().filter(|m| m.id() != id) {
+                    for u in m.client_urls() {
+                        if accepts_url(u).await {
+                            others_up += 1;
+                            break;
+                        }
+                    }
+                }
+                if others_up < (n - 1) / 2 + 1 {
+                    eprintln!(
+                        "note: this node's etcd member stays listed: without it, the members \
+                         still up ({others_up} of {}) would have no quorum",
+                        n - 1
+                    );
+                    return anyhow::Ok(());
+                }
+                // As for adding one, etcd removes a member only once every member has been
+                // connected for a few seconds.
+                loop {
+                    match meta.client().member_remove(id).await {
+                        Ok(_) => return anyhow::Ok(()),
+                        Err(etcd_client::Error::GRpcStatus(st))
+                            if st.code() == tonic::Code::Unavailable =>
+                        {
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            };
+            tokio::time::timeout(MEMBER_ADD_WITHIN, leave)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(anyhow::anyhow!(
+                        "etcd did not remove it within {} s",
+                        MEMBER_ADD_WITHIN.as_secs()
+                    ))
+                })
+        })
+    });
+    if let Err(e) = r {
+        eprintln!("warning: cannot remove this node's etcd member from the cluster: {e:#}");
+    }
+}
+
+/// Whether the host:port of `url` (an etcd client URL) accepts a TCP connection now.
+async fn accepts_url(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .unwrap_or(url);
+    let host_port = rest.split('/').next().unwrap_or(rest);
+    tokio::time::timeout(
+        Duration::from_millis(300),
+        tokio::net::TcpStream::connect(host_port),
+    )
+    .await
+    .is_ok_and(|c| c.is_ok())
 }
 
 /// Where the yr package is likely installed: the active virtual environment, then the one
@@ -180,7 +382,8 @@ fn wait_for_node(s: &Session) -> Result<()> {
     let deadline = Instant::now() + REGISTER_WITHIN;
     loop {
         let st = rt.block_on(async {
-            master_client(&s.master_address)?
+            master_client(s)
+                .await?
                 .status(Empty {})
                 .await
                 .map_err(anyhow::Error::from)
@@ -225,7 +428,14 @@ fn print_started(session: &Session, join_token: Option<&yr_control::pki::JoinTok
             t.display()
         )?;
     }
-    if session.is_master() {
+    if session.is_master() && join_token.is_none() {
+        writeln!(
+            out,
+            "This master stands by: it serves once elected (the active master's lease lapses \
+             within {} s of a failure).",
+            yr_control::election::LEASE_TTL
+        )?;
+    } else if session.is_master() {
         writeln!(
             out,
             "To add a worker node, run on it (the join token brings its certificate and the \
@@ -236,6 +446,11 @@ fn print_started(session: &Session, join_token: Option<&yr_control::pki::JoinTok
             "  yr start --worker --master-address {} --join-token {}",
             session.master_address,
             join_token.map_or_else(|| "$(yr token --join)".to_string(), |t| t.to_string())
+        )?;
+        writeln!(
+            out,
+            "To add a standby master, run the same with --master (best: two of them, so etcd \
+             keeps a quorum when one master host is lost)."
         )?;
     }
     Ok(())
@@ -277,6 +492,9 @@ pub fn stop(a: StopArgs) -> Result<()> {
             .filter(|p| s.components.iter().all(|c| c.pid != *p))
             .collect();
     }
+    // With the supervisor gone (it would restart the etcd member that leaves), before the
+    // components stop.
+    leave_etcd_cluster(&s);
     for c in s
         .components
         .iter()

@@ -9,9 +9,12 @@ use yr_proto::{ClusterStatus, Empty, InstanceState, Resources};
 
 use yr_runtime::session::{ComponentInfo, ComponentState, Session};
 
-use super::master_client;
+use super::master_channel;
 use super::rt;
 use super::session::SessionArg;
+
+/// How long one try of `yr status` waits for a master's answer.
+const STATUS_TRY: std::time::Duration = std::time::Duration::from_secs(3);
 
 #[derive(Args)]
 pub struct StatusArgs {
@@ -30,10 +33,30 @@ pub fn status(a: StatusArgs) -> Result<()> {
     }
     let st = rt()?
         .block_on(async {
-            master_client(&s.master_address)?
-                .status(Empty {})
-                .await
-                .map_err(anyhow::Error::from)
+            let channel = master_channel(&s).await?;
+            let mut m = yr_proto::master_client::MasterClient::new(channel.clone());
+            // A read, so it may be repeated: once per master, as a failed call moves the
+            // channel to the next master that accepts.
+            let tries = yr_control::master_addresses(&s.master_address).len().max(1);
+            let mut last = None;
+            for _ in 0..tries {
+                // Bounded: a master that is paused still accepts connections but never
+                // answers; the next try goes to the master the failed one's probe found.
+                match tokio::time::timeout(STATUS_TRY, m.status(Empty {})).await {
+                    Ok(Ok(st)) => return Ok(st),
+                    Ok(Err(e)) => last = Some(e),
+                    Err(_) => {
+                        channel.fail_current().await;
+                        last = Some(tonic::Status::deadline_exceeded(format!(
+                            "the master did not answer within {} s",
+                            STATUS_TRY.as_secs()
+                        )))
+                    }
+                }
+            }
+            Err(anyhow::Error::from(last.unwrap_or_else(|| {
+                tonic::Status::unavailable("no master address")
+            })))
         })
         .with_context(|| format!("cannot reach the master at {}", s.master_address))?
         .into_inner();
@@ -42,6 +65,15 @@ pub fn status(a: StatusArgs) -> Result<()> {
         v["components"] = components_json(&s);
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
+    }
+    println!("MASTERS");
+    for m in &st.masters {
+        println!(
+            "  {:<24} {:<8} {}",
+            m.node_id,
+            if m.active { "active" } else { "standby" },
+            m.address
+        );
     }
     println!("NODES");
     for n in &st.nodes {
@@ -151,6 +183,9 @@ fn status_json(st: &ClusterStatus) -> serde_json::Value {
         serde_json::json!({"cpu_millis": r.cpu_millis, "memory_mib": r.memory_mib, "custom": r.custom})
     };
     serde_json::json!({
+        "masters": st.masters.iter().map(|m| serde_json::json!({
+            "node_id": m.node_id, "address": m.address, "active": m.active,
+        })).collect::<Vec<_>>(),
         "nodes": st.nodes.iter().map(|n| serde_json::json!({
             "node_id": n.node_id, "alive": true, "hostname": n.hostname,
             "proxy_address": n.proxy_address, "agent_address": n.agent_address,

@@ -61,7 +61,7 @@ impl Master for Service {
     }
 
     async fn info(&self, _: Request<Empty>) -> Result<Response<ClusterInfo>, Status> {
-        Ok(Response::new(self.0.info.clone()))
+        Ok(Response::new(self.0.info().await))
     }
 }
 
@@ -70,6 +70,9 @@ impl Master for Service {
 pub(super) struct JoinService {
     pub(super) authority: Option<super::JoinAuthority>,
     pub(super) etcd_endpoints: Vec<String>,
+    /// Asked for the etcd members at each join, so that a node joins knowing every member
+    /// (standby masters' too), not only those this master was started with.
+    pub(super) meta: crate::etcd::Meta,
 }
 
 #[tonic::async_trait]
@@ -91,7 +94,15 @@ impl yr_proto::join_server::Join for JoinService {
         Ok(Response::new(JoinReply {
             cert_pem,
             ca_pem: a.ca_pem.clone(),
-            etcd_endpoints: self.etcd_endpoints.clone(),
+            etcd_endpoints: {
+                let mut all = self.etcd_endpoints.clone();
+                for u in self.meta.member_urls().await.unwrap_or_default() {
+                    if !all.contains(&u) {
+                        all.push(u);
+                    }
+                }
+                all
+            },
             cluster_secret: a.cluster_secret.clone(),
         }))
     }

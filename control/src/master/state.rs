@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use tokio::sync::{Mutex, Notify};
 use yr_proto::agent_client::AgentClient;
-use yr_proto::{ClusterInfo, ClusterStatus, FunctionSpec, InstanceRecord, NodeRecord};
+use yr_proto::{
+    ClusterInfo, ClusterStatus, FunctionSpec, InstanceRecord, MasterRecord, NodeRecord,
+};
 
 use super::placement;
 use super::MasterConfig;
@@ -68,6 +70,7 @@ impl MasterState {
             info: ClusterInfo {
                 etcd_endpoints: config.etcd_endpoints.clone(),
                 master_address: config.advertise.clone(),
+                master_addresses: Vec::new(),
             },
             agents: Mutex::new(HashMap::new()),
             placing: Mutex::new(()),
@@ -202,6 +205,31 @@ impl MasterState {
             dead_nodes: dead,
             functions,
             instances,
+            masters: self.masters().await?,
         })
+    }
+
+    /// Every registered master, the active one (the election's holder) first and marked.
+    pub async fn masters(&self) -> Result<Vec<MasterRecord>> {
+        let leader = crate::election::leader(&self.meta, crate::election::MASTER).await?;
+        let mut masters: Vec<MasterRecord> = self.meta.list(etcd::MASTERS).await?;
+        for m in &mut masters {
+            m.active = leader.as_deref() == Some(m.address.as_str());
+        }
+        masters.sort_by(|a, b| b.active.cmp(&a.active).then(a.node_id.cmp(&b.node_id)));
+        Ok(masters)
+    }
+
+    /// What a client needs to find the cluster: etcd, this master, and every master.
+    pub async fn info(&self) -> ClusterInfo {
+        let mut info = self.info.clone();
+        match self.masters().await {
+            Ok(m) => info.master_addresses = m.into_iter().map(|m| m.address).collect(),
+            Err(e) => tracing::warn!("cannot list the masters: {e}"),
+        }
+        if info.master_addresses.is_empty() {
+            info.master_addresses = vec![info.master_address.clone()];
+        }
+        info
     }
 }

@@ -54,7 +54,7 @@ fn page(items: Vec<Value>, q: &HashMap<String, String>) -> Result<Value, Problem
 
 #[derive(Clone)]
 struct Meta {
-    master: MasterClient<tonic::transport::Channel>,
+    master: MasterClient<crate::MasterChannel>,
 }
 
 fn num(v: &Value, field: &str) -> Result<Option<u64>, Problem> {
@@ -498,7 +498,7 @@ async fn list_versions(
     Ok(Json(page(v, &q)?))
 }
 
-pub fn router(master: MasterClient<tonic::transport::Channel>, config: &RestConfig) -> Router {
+pub fn router(master: MasterClient<crate::MasterChannel>, config: &RestConfig) -> Router {
     let r = Router::new()
         .route("/healthz", get(healthz))
         .route("/serverless/v1/functions", post(register).get(list))

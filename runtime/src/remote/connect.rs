@@ -44,7 +44,8 @@ pub(super) struct Driver {
     pub code_stamp: u64,
     /// The node this driver runs on.
     pub node_id: String,
-    pub master: MasterClient<Channel>,
+    /// The master, through a channel that follows a failover to a standby master.
+    pub master: MasterClient<yr_proto::failover::FailoverChannel>,
     pub local_proxy: ProxyClient<Channel>,
     /// Proxy clients by address.
     pub proxies: parking_lot::Mutex<HashMap<String, ProxyClient<Channel>>>,
@@ -105,7 +106,7 @@ impl Builder {
         install_node_tls()?;
         let status = rt
             .block_on(async {
-                let mut m = MasterClient::new(connect(master).await?);
+                let mut m = MasterClient::new(connect_master(master).await?);
                 m.status(Empty {})
                     .await
                     .map_err(|e| Error::Connect(format!("master {master}: {}", e.message())))
@@ -172,7 +173,7 @@ impl Builder {
             .map_err(|e| Error::Connect(format!("cannot read {}: {e}", exe.display())))?;
         let (master_client, proxy_client) = rt.block_on(async {
             Ok::<_, Error>((
-                MasterClient::new(connect(&master).await?)
+                MasterClient::new(connect_master(&master).await?)
                     .max_decoding_message_size(MAX_MESSAGE)
                     .max_encoding_message_size(MAX_MESSAGE),
                 proxy_client(connect(&proxy).await?),
@@ -255,6 +256,40 @@ pub(super) async fn connect(address: &str) -> Result<Channel, Error> {
         .connect()
         .await
         .map_err(|e| Error::Connect(format!("cannot reach {address}: {e}")))
+}
+
+/// A channel to the master among `masters` (host:port, comma-separated) that accepts, which
+/// follows a failover ([`yr_proto::failover`]); fails if none answers now.
+pub(super) async fn connect_master(
+    masters: &str,
+) -> Result<yr_proto::failover::FailoverChannel, Error> {
+    let list: Vec<String> = masters
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(String::from)
+        .collect();
+    let ch = yr_proto::failover::FailoverChannel::new(&list, |a| {
+        Ok(yr_proto::tls::endpoint(a)?
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(5))
+            .connect_lazy())
+    })
+    .map_err(|e| Error::Connect(format!("master {masters:?}: {e}")))?;
+    // One try per master at most: a failed try moves the channel to one that accepts.
+    let mut last = String::new();
+    for _ in 0..list.len() {
+        match MasterClient::new(ch.clone()).info(Empty {}).await {
+            Ok(_) => {
+                ch.follow(Duration::from_secs(2));
+                return Ok(ch);
+            }
+            Err(e) => last = e.message().to_string(),
+        }
+    }
+    Err(Error::Connect(format!(
+        "cannot reach the master at {masters}: {last}"
+    )))
 }
 
 /// A proxy client that takes messages as large as a driver sends.
