@@ -1,5 +1,5 @@
 //! The fault suite's short version in `make test`: `yr bench faults --json` on a real cluster
-//! (one master node and a worker node) under load, killing each component in turn. Each fault
+//! (three master nodes and a worker node) under load, killing each component in turn. Each fault
 //! must be recovered, with nothing acknowledged lost and no process of the run left after
 //! `yr stop`.
 
@@ -15,7 +15,7 @@ fn the_short_fault_suite_recovers_from_every_fault_and_loses_nothing() {
             "faults",
             "--json",
             "--masters",
-            "1",
+            "3",
             "--deadline-s",
             "30",
         ],
@@ -56,5 +56,8 @@ fn the_short_fault_suite_recovers_from_every_fault_and_loses_nothing() {
         }
     }
     assert_eq!(v["processes_left_after_stop"], 0, "{line}");
-    assert_eq!(v["all_targets_met"], true, "{line}");
+    assert_eq!(v["acknowledged_lost"], 0, "{line}");
+    // The failover's speed (against the lease TTL + 3 s) is the benchmark's to report; here it
+    // must only have happened.
+    assert!(v["failover_ms"].as_u64().is_some(), "{line}");
 }

@@ -12,13 +12,16 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use yr_tests::cluster::{example, Cluster, NodeOptions, Process};
 
-/// The election lease's TTL (control/src/election.rs) plus the 3 s: the bound on the
-/// time from the fault to the new master serving (from its log).
-const FAILOVER_BOUND: Duration = Duration::from_secs(6 + 3);
+/// The bound on the time from the fault to the new master serving (from its log). The target
+/// is the election lease's TTL (control/src/election.rs) plus 3 s, and `yr bench faults`
+/// measures and reports it; this test only proves that a failover happens and nothing hangs,
+/// so it allows twice that on a loaded machine (speed belongs to the benchmark).
+const FAILOVER_BOUND: Duration = Duration::from_secs(2 * (6 + 3));
 
 /// The bound on the time until `yr status` (a new process per poll, each connecting to etcd and
-/// probing the masters; against a paused master, after a timeout) names the new master.
-const SEEN_BOUND: Duration = Duration::from_secs(6 + 3 + 3);
+/// probing the masters; against a paused master, after a timeout) names the new master, with
+/// the same allowance.
+const SEEN_BOUND: Duration = Duration::from_secs(2 * (6 + 3 + 3));
 
 /// A cluster of three masters (node 0 active, nodes 1 and 2 standing by) and a worker (node 3).
 fn three_masters() -> Cluster {
@@ -269,7 +272,7 @@ fn a_standby_takes_over_when_the_active_function_master_is_killed() {
     );
     assert!(
         took <= FAILOVER_BOUND,
-        "failover took {took:?}, more than the lease TTL + 3 s"
+        "failover took {took:?}, more than twice the lease TTL + 3 s"
     );
     works_after_failover(&c, 3);
     // The driver follows without reconnecting: its first call may still meet the dead master.
@@ -313,7 +316,7 @@ fn a_standby_takes_over_when_the_active_master_and_its_etcd_member_are_killed() 
     );
     assert!(
         took <= FAILOVER_BOUND,
-        "failover took {took:?}, more than the lease TTL + 3 s"
+        "failover took {took:?}, more than twice the lease TTL + 3 s"
     );
     works_after_failover(&c, 1);
 }

@@ -316,7 +316,7 @@ impl Load {
                 else {
                     return;
                 };
-                let client = rt.block_on(async { yr_control::channel(&master) });
+                let client = rt.block_on(async { yr_control::master_channel(&master) });
                 let mut client = match client {
                     Ok(ch) => yr_proto::master_client::MasterClient::new(ch),
                     Err(e) => {
@@ -568,6 +568,33 @@ fn kill9(pid: u32) -> Result<()> {
     Ok(())
 }
 
+/// The master nodes (indices into `nodes.masters`) that `yr status` reports active and
+/// standing by, in that order; `(0, 1)` when it says nothing (one master, or no answer).
+fn active_and_standby(nodes: &Nodes) -> (usize, usize) {
+    let fallback = (0, 1.min(nodes.masters.len().saturating_sub(1)));
+    let Ok(text) = nodes.yr_on_first(&["status", "--json"]) else {
+        return fallback;
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return fallback;
+    };
+    let index_of = |id: &str| nodes.masters.iter().position(|s| s.node_id == id);
+    let masters = v["masters"].as_array().cloned().unwrap_or_default();
+    let active = masters
+        .iter()
+        .find(|m| m["active"] == true)
+        .and_then(|m| m["node_id"].as_str().and_then(index_of));
+    let standby = masters
+        .iter()
+        .find(|m| m["active"] != true)
+        .and_then(|m| m["node_id"].as_str().and_then(index_of));
+    match (active, standby) {
+        (Some(a), Some(s)) => (a, s),
+        (Some(a), None) => (a, a),
+        _ => fallback,
+    }
+}
+
 /// The pids of the RUNNING instances of `functions`, as the master reports them.
 fn running_pids(nodes: &Nodes, functions: &[&str]) -> Vec<u32> {
     let Ok(text) = nodes.yr_on_first(&["status", "--json"]) else {
@@ -737,6 +764,12 @@ pub fn run(a: FaultsArgs) -> Result<()> {
         if !a.only.is_empty() && !a.only.iter().any(|o| o == name) {
             continue;
         }
+        // The masters' roles move with each failover: ask which is which now.
+        let node = match name {
+            "active-master" => active_and_standby(&nodes).0,
+            "standby-master" => active_and_standby(&nodes).1,
+            _ => node,
+        };
         let dir = nodes.all_dirs()[node].clone();
         log(&format!(
             "fault {name}: waiting for the load to be fully served..."
