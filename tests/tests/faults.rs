@@ -31,6 +31,7 @@ fn the_short_fault_suite_recovers_from_every_fault_and_loses_nothing() {
         names,
         [
             "active-master",
+            "standby-master",
             "proxy",
             "agent",
             "data-worker",

@@ -284,9 +284,13 @@ fn a_crash_looping_instance_is_restarted_at_growing_intervals() {
     // gaps measured are from the third failure on: the pauses before (none, then 1 s) are
     // comparable to how long a process takes to start and fail on a loaded machine, whose
     // jitter would blur their order; 2 s, 4 s and 8 s stand out from it.
+    // A record is taken while its restart is pending (FAILED, with the pause the master
+    // decided); a poll delayed by a loaded machine may miss one such window, so what follows
+    // asks for most of them, not all.
     let mut failures: BTreeMap<u32, InstanceRecord> = BTreeMap::new();
+    let mut highest = 0;
     let deadline = Instant::now() + Duration::from_secs(120);
-    while !failures.contains_key(&6) {
+    while highest < 6 {
         assert!(
             Instant::now() < deadline,
             "fewer than 6 restarts within 120 s: {failures:#?}"
@@ -296,7 +300,11 @@ fn a_crash_looping_instance_is_restarted_at_growing_intervals() {
             .unwrap_or_else(|e| panic!("status: {e}"))
             .into_inner();
         if let Some(r) = st.instances.iter().find(|r| r.name == "cl") {
-            if r.restarts > 0 && r.failed_unix_ms != 0 {
+            highest = highest.max(r.restarts);
+            if r.restarts > 0
+                && r.failed_unix_ms != 0
+                && r.state == yr_proto::InstanceState::Failed as i32
+            {
                 failures.entry(r.restarts).or_insert_with(|| r.clone());
             }
             assert_ne!(
@@ -308,14 +316,15 @@ fn a_crash_looping_instance_is_restarted_at_growing_intervals() {
         std::thread::sleep(Duration::from_millis(10));
     }
     failures.retain(|n, _| *n >= 3);
-    let restarts: Vec<u32> = failures.keys().copied().collect();
-    assert_eq!(
-        restarts,
-        vec![3, 4, 5, 6],
-        "every failure from the third on was seen (each is at least 2 s before the next)"
+    assert!(
+        failures.len() >= 3,
+        "most failures from the third on were seen pending their restart (each pause is at \
+         least 2 s): {failures:#?}"
     );
     let records: Vec<&InstanceRecord> = failures.values().collect();
-    // Each restart waited for its due time before the instance failed again.
+    // Each restart waited for its due time before the instance failed again, and the gaps
+    // between consecutive failures grow.
+    let mut gaps = Vec::new();
     for w in records.windows(2) {
         assert!(
             w[1].failed_unix_ms >= w[0].restart_at_unix_ms,
@@ -323,21 +332,24 @@ fn a_crash_looping_instance_is_restarted_at_growing_intervals() {
             w[1].failed_unix_ms,
             w[0].restart_at_unix_ms
         );
+        if w[1].restarts == w[0].restarts + 1 {
+            gaps.push(w[1].failed_unix_ms.saturating_sub(w[0].failed_unix_ms));
+        }
     }
-    let gaps: Vec<u64> = records
-        .windows(2)
-        .map(|w| w[1].failed_unix_ms - w[0].failed_unix_ms)
-        .collect();
-    eprintln!("gaps between failures (ms): {gaps:?}");
+    eprintln!("gaps between consecutive failures (ms): {gaps:?}");
     assert!(
         gaps.windows(2).all(|g| g[1] > g[0]),
         "the gaps between failures (ms) do not grow: {gaps:?}"
     );
-    let streaks: Vec<u32> = records.iter().map(|r| r.crash_streak).collect();
-    assert_eq!(streaks, vec![3, 4, 5, 6], "one streak of quick failures");
+    for r in &records {
+        assert_eq!(
+            r.crash_streak, r.restarts,
+            "one streak of quick failures: {r:?}"
+        );
+    }
     let pauses: Vec<u64> = records
         .iter()
-        .map(|r| r.restart_at_unix_ms - r.failed_unix_ms)
+        .map(|r| r.restart_at_unix_ms.saturating_sub(r.failed_unix_ms))
         .collect();
     assert!(
         pauses.windows(2).all(|p| p[1] > p[0]),
