@@ -295,6 +295,11 @@ pub struct MasterArgs {
     #[arg(long, requires_all = ["ca_key", "cluster_secret"])]
     #[serde(default)]
     join_token_file: Option<PathBuf>,
+    /// The REST access token's file, handed to standby masters that join (with
+    /// --join-token-file), so one token works on every master's REST services.
+    #[arg(long, requires = "join_token_file")]
+    #[serde(default)]
+    rest_token_file: Option<PathBuf>,
     /// The cluster secret's file, handed to joining nodes (with --join-token-file).
     #[arg(long)]
     #[serde(default)]
@@ -731,6 +736,10 @@ fn join_authority(a: &MasterArgs) -> Result<Option<yr_control::master::JoinAutho
         ca_key_pem: read(key)?,
         token: yr_control::pki::JoinToken::parse(&read(token)?)?,
         cluster_secret: read(secret)?,
+        rest_token: match &a.rest_token_file {
+            Some(p) => Some(yr_control::rest::read_token(p)?),
+            None => None,
+        },
     }))
 }
 

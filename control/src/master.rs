@@ -67,6 +67,9 @@ pub struct JoinAuthority {
     /// The cluster secret's file text, which a joining node's data worker proves on its
     /// transfer port.
     pub cluster_secret: String,
+    /// The REST access token, handed to standby masters so that one token works on every
+    /// master's REST services (None: this master has none to hand).
+    pub rest_token: Option<String>,
 }
 
 /// Runs the master until `shutdown`; `on_ready` gets the address it serves (or will serve,

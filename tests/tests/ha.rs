@@ -275,6 +275,41 @@ fn a_standby_takes_over_when_the_active_function_master_is_killed() {
         "failover took {took:?}, more than twice the lease TTL + 3 s"
     );
     works_after_failover(&c, 3);
+    // One REST token for the cluster: the standbys received the first master's, so a REST
+    // client keeps its token on whichever master's services it reaches after the failover.
+    let token_of = |i: usize| {
+        let f = c
+            .session(i)
+            .token_file
+            .clone()
+            .expect("a master node's token file");
+        std::fs::read_to_string(&f)
+            .expect("token file")
+            .trim()
+            .to_string()
+    };
+    assert_eq!(token_of(0), token_of(1));
+    assert_eq!(token_of(0), token_of(2));
+    let (meta, _) = yr_tests::http::services(&c.session(1).session_dir);
+    let r = yr_tests::http::http_with(&meta, "GET", "/serverless/v1/functions", &[], "");
+    assert_eq!(
+        r.status, 200,
+        "the first master's token on a standby's meta service: {}",
+        r.body
+    );
+    // The new active master admits nodes: it received the CA's key and the join token.
+    let token = c.join_token();
+    let mut c = c;
+    c.add_node(
+        "late-worker",
+        &[
+            "--master_address",
+            &format!("http://{new}"),
+            "--join_token",
+            &token,
+        ],
+        NodeOptions::default(),
+    );
     // The driver follows without reconnecting: its first call may still meet the dead master.
     let deadline = Instant::now() + Duration::from_secs(5);
     let nodes = loop {
@@ -289,8 +324,8 @@ fn a_standby_takes_over_when_the_active_function_master_is_killed() {
     };
     assert_eq!(
         nodes.len(),
-        4,
-        "every node, the dead master's too: {nodes:?}"
+        5,
+        "every node, the dead master's and the late worker's too: {nodes:?}"
     );
 }
 

@@ -74,16 +74,28 @@ pub fn make_master(
     Ok(token)
 }
 
+/// Where a standby master keeps what the active master hands it when it joins.
+pub struct StandbyFiles<'a> {
+    /// The cluster CA's key.
+    pub ca_key: &'a Path,
+    /// The join token.
+    pub join_token: &'a Path,
+    /// The REST access token.
+    pub rest_token: &'a Path,
+}
+
 /// Joins the cluster of the master at `master` (host:port) with `token`: writes this node's
-/// credentials into `tls` (and the cluster secret into `secret`, if given) and returns the
-/// cluster's etcd endpoints.
+/// credentials into `tls` (the cluster secret into `secret`, if given, and for a standby
+/// master the CA's key and the tokens into `standby`) and returns the cluster's etcd endpoints.
 pub fn join(
     master: &str,
     token: &str,
     tls: &NodeTls,
     names: &[String],
     secret: Option<&Path>,
+    standby: Option<StandbyFiles<'_>>,
 ) -> Result<Vec<String>> {
+    let standby_master = standby.is_some();
     let token = JoinToken::parse(token)?;
     let rt = super::rt()?;
     let (ca_pem, reply, key_pem) = rt.block_on(async {
@@ -105,6 +117,7 @@ pub fn join(
             .join(yr_proto::JoinRequest {
                 token: token.secret.clone(),
                 csr_pem,
+                standby_master,
             })
             .await
             .map_err(|s| {
@@ -130,6 +143,22 @@ pub fn join(
             bail!("the master at {master} sent no cluster secret");
         }
         write_private(path, &reply.cluster_secret)?;
+    }
+    if let Some(f) = standby {
+        let given = [
+            (f.ca_key, &reply.ca_key_pem, "the CA's key"),
+            (f.join_token, &reply.join_token, "the join token"),
+            (f.rest_token, &reply.rest_token, "the REST access token"),
+        ];
+        for (path, text, what) in given {
+            if text.trim().is_empty() {
+                bail!(
+                    "the master at {master} sent no {what} for a standby master (is it an older \
+                     yr, or was it started without its CA?)"
+                );
+            }
+            write_private(path, &format!("{}\n", text.trim()))?;
+        }
     }
     Ok(reply.etcd_endpoints)
 }

@@ -378,14 +378,8 @@ pub fn plan(a: &StartConfig, inputs: Inputs) -> Result<NodePlan, ConfigError> {
     let tls_dir = dir.join(TLS_DIR);
     let tls = yr_proto::tls::NodeTls::in_dir(&tls_dir);
     let (ca_key, join_token_file) = match role {
-        // A standby master has no CA key: it was admitted with a node certificate.
-        Role::Master
-            if a.master_address
-                .as_deref()
-                .is_some_and(|m| !m.trim().is_empty()) =>
-        {
-            (None, None)
-        }
+        // A standby master too: it receives the CA's key and the token when it joins, so that
+        // it admits nodes once it is active.
         Role::Master => (
             Some(tls_dir.join("ca.key")),
             Some(tls_dir.join("join-token")),
@@ -502,6 +496,10 @@ pub fn plan(a: &StartConfig, inputs: Inputs) -> Result<NodePlan, ConfigError> {
                     .flag("--cluster-secret", &cluster_secret)
                     .flag_if("--ca-key", ca_key.as_ref())
                     .flag_if("--join-token-file", join_token_file.as_ref())
+                    .flag_if(
+                        "--rest-token-file",
+                        join_token_file.as_ref().map(|_| dir.join("token")),
+                    )
                     .flag("--node-id", &node_id),
                 master.clone(),
             ));
@@ -998,9 +996,20 @@ mod tests {
             value(&p, "function-master", "--node-id").as_deref(),
             Some("host-00abcd")
         );
-        // It signs no certificates and receives the cluster secret.
-        assert!(!has(&p, "function-master", "--ca-key"));
-        assert!(p.join_token_file.is_none());
+        // It receives the CA's key, the join token, the REST token and the cluster secret
+        // when it joins (the executor writes them), so that it admits nodes once active.
+        assert_eq!(
+            value(&p, "function-master", "--ca-key").as_deref(),
+            Some("/s/tls/ca.key")
+        );
+        assert_eq!(
+            p.join_token_file.as_deref(),
+            Some(Path::new("/s/tls/join-token"))
+        );
+        assert_eq!(
+            value(&p, "function-master", "--rest-token-file").as_deref(),
+            Some("/s/token")
+        );
         assert!(!p.new_secret);
         // Its etcd member must have been added first; and it needs the join token.
         let mut not_added = i.clone();

@@ -69,9 +69,19 @@ pub fn start(a: StartArgs) -> Result<()> {
             let token = a.join_token.as_deref().unwrap_or_default();
             // Without --cluster-secret, the master's comes with the certificate.
             let secret = (a.cluster_secret.is_none()).then(|| dir.join(plan::CLUSTER_SECRET_FILE));
+            let (ca_key, join_token, rest_token) = (
+                dir.join(plan::TLS_DIR).join("ca.key"),
+                dir.join(plan::TLS_DIR).join("join-token"),
+                dir.join("token"),
+            );
+            let files = standby.then(|| credentials::StandbyFiles {
+                ca_key: &ca_key,
+                join_token: &join_token,
+                rest_token: &rest_token,
+            });
             (
                 None,
-                credentials::join(master, token, &tls, &names, secret.as_deref())?,
+                credentials::join(master, token, &tls, &names, secret.as_deref(), files)?,
             )
         }
     };
@@ -340,7 +350,8 @@ fn hostname() -> String {
 fn launch_plan(plan: &NodePlan) -> Result<Session> {
     std::fs::create_dir_all(&plan.node_dir)
         .with_context(|| format!("cannot create {}", plan.node_dir.display()))?;
-    if let Some(t) = &plan.token_file {
+    // A standby master received the cluster's token when it joined.
+    if let Some(t) = plan.token_file.as_ref().filter(|t| !t.exists()) {
         session::write_token(t)?;
     }
     if plan.new_secret {

@@ -104,6 +104,24 @@ impl yr_proto::join_server::Join for JoinService {
                 all
             },
             cluster_secret: a.cluster_secret.clone(),
+            // A standby master becomes the cluster's admitting master after a failover: it
+            // needs the CA's key and the token. This gives a token holder no more than the
+            // token already does (it admits members, and members may do anything), and the
+            // reply travels over TLS to a node that proved the token's secret.
+            ca_key_pem: if r.standby_master {
+                a.ca_key_pem.clone()
+            } else {
+                String::new()
+            },
+            join_token: if r.standby_master {
+                a.token.to_string()
+            } else {
+                String::new()
+            },
+            rest_token: match (&a.rest_token, r.standby_master) {
+                (Some(t), true) => t.clone(),
+                _ => String::new(),
+            },
         }))
     }
 }
