@@ -280,7 +280,13 @@ pub(super) async fn connect_master(
     let mut last = String::new();
     for _ in 0..list.len() {
         match MasterClient::new(ch.clone()).info(Empty {}).await {
-            Ok(_) => {
+            Ok(info) => {
+                // Every master the active one knows, at once: a driver that learned only its
+                // session's address would have no standby to turn to if the active master
+                // died before the first refresh.
+                let mut all = ch.addresses();
+                all.extend(info.into_inner().master_addresses);
+                ch.set_addresses(&all);
                 ch.follow(Duration::from_secs(2));
                 return Ok(ch);
             }
