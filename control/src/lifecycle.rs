@@ -492,13 +492,13 @@ pub fn apply(r: &InstanceRecord, event: &Event, spec: Option<&Spec>) -> Transiti
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
     use yr_proto::FunctionSpec;
 
     /// Every state, for generators.
-    const ALL: [InstanceState; 8] = [
+    pub(crate) const ALL: [InstanceState; 8] = [
         InstanceState::New,
         InstanceState::Scheduling,
         InstanceState::Creating,

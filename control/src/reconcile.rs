@@ -131,16 +131,7 @@ mod tests {
         }
     }
 
-    const STATES: [InstanceState; 8] = [
-        InstanceState::New,
-        InstanceState::Scheduling,
-        InstanceState::Creating,
-        InstanceState::Running,
-        InstanceState::Failed,
-        InstanceState::Exiting,
-        InstanceState::Exited,
-        InstanceState::Fatal,
-    ];
+    use crate::lifecycle::tests::ALL as STATES;
 
     #[test]
     fn the_table_of_the_module_header() {

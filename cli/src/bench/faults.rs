@@ -191,6 +191,12 @@ impl Nodes {
         self.bins.yr.run(&a)
     }
 
+    /// `yr status --json` of the cluster, parsed; `None` if no master answered.
+    fn status(&self) -> Option<serde_json::Value> {
+        let text = self.yr_on_first(&["status", "--json"]).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
     fn all_dirs(&self) -> Vec<PathBuf> {
         self.masters
             .iter()
@@ -232,20 +238,51 @@ fn error_kind(e: &str) -> &'static str {
     }
 }
 
+type Seen = Arc<Mutex<Vec<Outcome>>>;
+
+fn record(seen: &Seen, kind: &'static str, r: Result<()>) {
+    if let Ok(mut s) = seen.lock() {
+        s.push(Outcome {
+            at: Instant::now(),
+            kind,
+            error: r.err().map(|e| format!("{e:#}")),
+        });
+    }
+}
+
+/// Calls `op` every [`PACE`] until `stop`, recording each outcome as `kind`.
+fn paced(seen: &Seen, stop: &AtomicBool, kind: &'static str, mut op: impl FnMut() -> Result<()>) {
+    while !stop.load(Ordering::Relaxed) {
+        record(seen, kind, op());
+        std::thread::sleep(PACE);
+    }
+}
+
+/// Runs `call` on `rt` with [`CALL_TIMEOUT`], a timeout being an error like any other.
+fn timed<T, E: Into<anyhow::Error>>(
+    rt: &tokio::runtime::Runtime,
+    call: impl std::future::Future<Output = std::result::Result<T, E>>,
+) -> Result<T> {
+    rt.block_on(async {
+        match tokio::time::timeout(CALL_TIMEOUT, call).await {
+            Ok(r) => r.map_err(Into::into),
+            Err(_) => Err(anyhow!("the call timed out")),
+        }
+    })
+}
+
+/// A runtime for a load thread's gRPC client.
+fn client_runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
 impl Load {
     fn start(nodes: &Nodes) -> Result<Load> {
-        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen: Seen = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
-        let record = |seen: &Arc<Mutex<Vec<Outcome>>>, kind, r: Result<()>| {
-            if let Ok(mut s) = seen.lock() {
-                s.push(Outcome {
-                    at: Instant::now(),
-                    kind,
-                    error: r.err().map(|e| format!("{e:#}")),
-                });
-            }
-        };
         // REST through the masters' frontends, moving to the next on a failure.
         {
             let fronts: Vec<(String, String)> = nodes
@@ -263,15 +300,14 @@ impl Load {
             let (seen, stop) = (Arc::clone(&seen), Arc::clone(&stop));
             threads.push(std::thread::spawn(move || {
                 let mut at = 0usize;
-                while !stop.load(Ordering::Relaxed) {
+                paced(&seen, &stop, "rest", || {
                     let (url, token) = &fronts[at % fronts.len()];
                     let r = rest_call(url, token);
                     if r.is_err() {
                         at += 1;
                     }
-                    record(&seen, "rest", r);
-                    std::thread::sleep(PACE);
-                }
+                    r
+                })
             }));
         }
         // gRPC through the worker's proxy.
@@ -279,29 +315,15 @@ impl Load {
             let proxy = nodes.worker.proxy_address.clone();
             let (seen, stop) = (Arc::clone(&seen), Arc::clone(&stop));
             threads.push(std::thread::spawn(move || {
-                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                else {
-                    return;
-                };
-                let caller = rt.block_on(async { Caller::connect(&proxy) });
-                let mut caller = match caller {
-                    Ok(c) => c,
-                    Err(e) => {
-                        record(&seen, "grpc", Err(e));
-                        return;
+                let setup = client_runtime().and_then(|rt| {
+                    let caller = rt.block_on(async { Caller::connect(&proxy) })?;
+                    Ok((rt, caller))
+                });
+                match setup {
+                    Ok((rt, mut caller)) => {
+                        paced(&seen, &stop, "grpc", || timed(&rt, caller.call()))
                     }
-                };
-                while !stop.load(Ordering::Relaxed) {
-                    let r = rt.block_on(async {
-                        match tokio::time::timeout(CALL_TIMEOUT, caller.call()).await {
-                            Ok(r) => r,
-                            Err(_) => Err(anyhow!("the call timed out")),
-                        }
-                    });
-                    record(&seen, "grpc", r);
-                    std::thread::sleep(PACE);
+                    Err(e) => record(&seen, "grpc", Err(e)),
                 }
             }));
         }
@@ -310,31 +332,15 @@ impl Load {
             let master = nodes.worker.master_address.clone();
             let (seen, stop) = (Arc::clone(&seen), Arc::clone(&stop));
             threads.push(std::thread::spawn(move || {
-                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                else {
-                    return;
-                };
-                let client = rt.block_on(async { yr_control::master_channel(&master) });
-                let mut client = match client {
-                    Ok(ch) => yr_proto::master_client::MasterClient::new(ch),
-                    Err(e) => {
-                        record(&seen, "master", Err(e.into()));
-                        return;
-                    }
-                };
-                while !stop.load(Ordering::Relaxed) {
-                    let r = rt.block_on(async {
-                        match tokio::time::timeout(CALL_TIMEOUT, client.status(yr_proto::Empty {}))
-                            .await
-                        {
-                            Ok(r) => r.map(|_| ()).map_err(anyhow::Error::from),
-                            Err(_) => Err(anyhow!("the call timed out")),
-                        }
-                    });
-                    record(&seen, "master", r);
-                    std::thread::sleep(PACE);
+                let setup = client_runtime().and_then(|rt| {
+                    let ch = rt.block_on(async { yr_control::master_channel(&master) })?;
+                    Ok((rt, yr_proto::master_client::MasterClient::new(ch)))
+                });
+                match setup {
+                    Ok((rt, mut client)) => paced(&seen, &stop, "master", || {
+                        timed(&rt, client.status(yr_proto::Empty {})).map(|_| ())
+                    }),
+                    Err(e) => record(&seen, "master", Err(e)),
                 }
             }));
         }
@@ -348,7 +354,7 @@ impl Load {
             threads.push(std::thread::spawn(move || {
                 let data = vec![7u8; OBJECT_BYTES];
                 let mut clients: Option<(Client, Client)> = None;
-                while !stop.load(Ordering::Relaxed) {
+                paced(&seen, &stop, "objects", || {
                     let r = (|| -> Result<()> {
                         if clients.is_none() {
                             clients = Some((Client::connect(&put_on)?, Client::connect(&get_on)?));
@@ -370,9 +376,8 @@ impl Load {
                         // Reconnect next time: the data worker may have been restarted.
                         clients = None;
                     }
-                    record(&seen, "objects", r);
-                    std::thread::sleep(PACE);
-                }
+                    r
+                })
             }));
         }
         Ok(Load {
@@ -572,10 +577,7 @@ fn kill9(pid: u32) -> Result<()> {
 /// standing by, in that order; `(0, 1)` when it says nothing (one master, or no answer).
 fn active_and_standby(nodes: &Nodes) -> (usize, usize) {
     let fallback = (0, 1.min(nodes.masters.len().saturating_sub(1)));
-    let Ok(text) = nodes.yr_on_first(&["status", "--json"]) else {
-        return fallback;
-    };
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+    let Some(v) = nodes.status() else {
         return fallback;
     };
     let index_of = |id: &str| nodes.masters.iter().position(|s| s.node_id == id);
@@ -597,10 +599,7 @@ fn active_and_standby(nodes: &Nodes) -> (usize, usize) {
 
 /// The pids of the RUNNING instances of `functions`, as the master reports them.
 fn running_pids(nodes: &Nodes, functions: &[&str]) -> Vec<u32> {
-    let Ok(text) = nodes.yr_on_first(&["status", "--json"]) else {
-        return Vec::new();
-    };
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+    let Some(v) = nodes.status() else {
         return Vec::new();
     };
     v["instances"]
@@ -679,15 +678,13 @@ impl Acknowledged {
         // The master may still be failing over: ask for a while.
         let deadline = Instant::now() + Duration::from_secs(20);
         let status = loop {
-            match nodes.yr_on_first(&["status", "--json"]) {
-                Ok(s) => break Some(s),
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(200))
-                }
-                Err(_) => break None,
+            match nodes.status() {
+                Some(v) => break Some(v),
+                None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+                None => break None,
             }
         };
-        match status.and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok()) {
+        match status {
             Some(v) => {
                 let has_function = v["functions"]
                     .as_array()
