@@ -5,7 +5,8 @@
 #
 # With --test, also what only the tests need: schemathesis (from PyPI, in a
 # virtual environment under $YR_TOOLS, default ~/.cache/yr), which the REST
-# schema test runs against the live services.
+# schema test runs against the live services, and Chromium with its
+# WebDriver (apt), which the dashboard's browser test drives headless.
 set -euo pipefail
 
 for_tests=0
@@ -21,6 +22,12 @@ command -v make >/dev/null 2>&1 || need+=(make)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 # The demo runs the README's REST examples with curl.
 command -v curl >/dev/null 2>&1 || need+=(curl)
+if [ $for_tests -eq 1 ]; then
+  # The dashboard test (tests/tests/dashboard.rs) drives a headless Chromium
+  # through chromedriver.
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+fi
 if [ $for_tests -eq 1 ] && [ ! -x "$tools/venv/bin/st" ]; then
   command -v python3 >/dev/null 2>&1 || need+=(python3)
   python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)

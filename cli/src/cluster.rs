@@ -1,5 +1,5 @@
 //! Cluster commands: `yr start`, `yr stop`, `yr status`, `yr token`, `yr function`, `yr invoke`,
-//! `yr instance`.
+//! `yr instance`, `yr dashboard`.
 //!
 //! `yr start` launches a node supervisor that launches every component as its own process, waits
 //! for each one to be ready, records what it started in `DIR/session.json`, and restarts a
@@ -17,12 +17,13 @@
 //! - [`supervise`]: the node supervisor, which launches a plan's components as its children and
 //!   restarts those that exit;
 //! - [`start`]: the executor of a plan (through the supervisor), and `yr stop`;
-//! - [`status`], [`health`], [`function`], [`instance`]: the commands that talk to the running
-//!   cluster.
+//! - [`status`], [`health`], [`function`], [`instance`], [`dashboard`]: the commands that talk
+//!   to the running cluster.
 //!
 //! The helpers below (a runtime, a master client) are shared by the parts.
 
 pub mod credentials;
+pub mod dashboard;
 pub mod function;
 pub mod health;
 pub mod instance;
@@ -37,6 +38,7 @@ pub mod supervise;
 use anyhow::Result;
 use yr_proto::master_client::MasterClient;
 
+pub use dashboard::{dashboard, DashboardArgs};
 pub use function::{function, FunctionCmd};
 pub use health::{health, HealthArgs};
 pub use instance::{instance, invoke, InstanceCmd, InvokeArgs};
@@ -74,6 +76,9 @@ async fn master_client(s: &Session) -> Result<MasterClient<yr_control::MasterCha
     Ok(MasterClient::new(master_channel(s).await?))
 }
 
+/// How long a command waits for a master that answers.
+const SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The channel of [`master_client`].
 async fn master_channel(s: &Session) -> Result<yr_control::MasterChannel> {
     let mut list = yr_control::master_addresses(&s.master_address);
@@ -83,7 +88,15 @@ async fn master_channel(s: &Session) -> Result<yr_control::MasterChannel> {
         }
     }
     let channel = yr_control::master_channel(&list.join(","))?;
-    channel.settle().await;
+    // Right after a failover the new master may take a moment to serve (or, on a loaded
+    // host, to answer the probe): wait for one rather than send the command to a dead one.
+    if !channel.settle_within(SETTLE_LIMIT).await {
+        anyhow::bail!(
+            "no function master answers at {} (waited {} s): is the cluster running?",
+            list.join(", "),
+            SETTLE_LIMIT.as_secs()
+        );
+    }
     Ok(channel)
 }
 

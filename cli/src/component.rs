@@ -38,12 +38,18 @@ pub enum ComponentCmd {
     /// The function agent and runtime manager: this node's function processes.
     #[command(name = name::FUNCTION_AGENT)]
     FunctionAgent(AgentArgs),
+    /// The collector: this node's metrics (Prometheus), usage history and instance logs.
+    #[command(name = name::COLLECTOR)]
+    Collector(CollectorArgs),
     /// The meta service: function management over REST.
     #[command(name = name::META_SERVICE)]
     MetaService(RestArgs),
     /// The frontend: function invocation over REST.
     #[command(name = name::FRONTEND)]
     Frontend(RestArgs),
+    /// The dashboard: the cluster's web page and its JSON (master nodes).
+    #[command(name = name::DASHBOARD)]
+    Dashboard(DashboardArgs),
     /// The node supervisor that `yr start` leaves running: launches the node's components and
     /// restarts those that exit.
     /// (`yr` runs it as `yr::cluster::supervise::run`; this crate's modules do not import
@@ -250,6 +256,58 @@ impl RestFlags {
     }
 }
 
+fn dashboard_listen() -> SocketAddr {
+    defaults::local(port::DASHBOARD)
+}
+
+/// `yr component dashboard`'s settings.
+#[derive(Args, Serialize, Deserialize, Debug, PartialEq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct DashboardArgs {
+    /// Address to listen on (port 0: any free port).
+    #[arg(long, default_value_t = dashboard_listen())]
+    #[serde(default = "dashboard_listen")]
+    listen: SocketAddr,
+    /// etcd endpoints, comma-separated (where the collectors register).
+    #[arg(long)]
+    etcd: String,
+    /// The function masters' addresses (host:port, comma-separated: the active one is found).
+    #[arg(long)]
+    master: String,
+    /// The cluster secret's file: the collectors' token is derived from it. Without it the
+    /// collectors are asked without a token.
+    #[arg(long)]
+    #[serde(default)]
+    cluster_secret: Option<PathBuf>,
+    /// This node's TLS credentials (ca.pem, node.pem, node.key, as `yr start` writes them):
+    /// with them gRPC is mutual TLS under the cluster CA; without them it is plaintext and open.
+    #[arg(long)]
+    #[serde(default)]
+    tls_dir: Option<PathBuf>,
+    /// How to reach an etcd `yr start` did not start; in a settings file, an `[etcd-auth]`
+    /// table.
+    #[command(flatten)]
+    #[serde(default)]
+    etcd_auth: EtcdAuthFlags,
+    /// The REST token (`--token-file`) and HTTPS; in a settings file, a `[rest]` table.
+    #[command(flatten)]
+    #[serde(default)]
+    rest: RestFlags,
+}
+
+impl DashboardArgs {
+    fn validate(self) -> Result<yr_control::dashboard::DashboardConfig, ConfigError> {
+        Ok(yr_control::dashboard::DashboardConfig {
+            listen: self.listen,
+            etcd_endpoints: config::endpoints("etcd", &self.etcd)?,
+            master_address: config::required("master", self.master)?,
+            token: None,
+            collector_token: None,
+            tls: None,
+        })
+    }
+}
+
 fn master_listen() -> SocketAddr {
     defaults::local(port::FUNCTION_MASTER)
 }
@@ -260,6 +318,10 @@ fn proxy_listen() -> SocketAddr {
 
 fn agent_listen() -> SocketAddr {
     defaults::local(port::FUNCTION_AGENT)
+}
+
+fn collector_listen() -> SocketAddr {
+    defaults::local(port::COLLECTOR)
 }
 
 fn idle_timeout_ms() -> u64 {
@@ -511,6 +573,82 @@ impl AgentArgs {
     }
 }
 
+#[derive(Args, Serialize, Deserialize, Debug, PartialEq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct CollectorArgs {
+    /// Address to listen on (port 0: any free port).
+    #[arg(long, default_value_t = collector_listen())]
+    #[serde(default = "collector_listen")]
+    listen: SocketAddr,
+    /// etcd endpoints, comma-separated.
+    #[arg(long)]
+    etcd: String,
+    /// This node's ID.
+    #[arg(long)]
+    node_id: String,
+    /// This node's data worker socket.
+    #[arg(long)]
+    data_socket: PathBuf,
+    /// The agent's work folder (its `--work-dir`): instance logs are under `instances/<id>/`.
+    #[arg(long)]
+    work_dir: PathBuf,
+    /// This node's session folder, whose `session.json` lists the components.
+    #[arg(long)]
+    #[serde(default)]
+    session_dir: Option<PathBuf>,
+    /// The cluster secret's file: the collector token is derived from it.
+    #[arg(long)]
+    cluster_secret: PathBuf,
+    /// This node's proxy (host:port), asked for its call counters.
+    #[arg(long)]
+    #[serde(default)]
+    proxy: Option<String>,
+    /// The PEM certificate this node's REST services serve (their `--rest-tls-cert`): the
+    /// collector reads their `/metrics` over HTTPS from a server presenting exactly it.
+    #[arg(long)]
+    #[serde(default)]
+    rest_tls_cert: Option<PathBuf>,
+    /// This node's TLS credentials (ca.pem, node.pem, node.key, as `yr start` writes them):
+    /// with them gRPC is mutual TLS under the cluster CA; without them it is plaintext and open.
+    #[arg(long)]
+    #[serde(default)]
+    tls_dir: Option<PathBuf>,
+    /// How to reach an etcd `yr start` did not start; in a settings file, an `[etcd-auth]`
+    /// table.
+    #[command(flatten)]
+    #[serde(default)]
+    etcd_auth: EtcdAuthFlags,
+}
+
+impl CollectorArgs {
+    /// The config, but for the token, which [`CollectorArgs::token`] reads.
+    fn validate(
+        self,
+        token: String,
+    ) -> Result<yr_control::collector::CollectorConfig, ConfigError> {
+        Ok(yr_control::collector::CollectorConfig {
+            listen: self.listen,
+            etcd_endpoints: config::endpoints("etcd", &self.etcd)?,
+            node_id: config::required("node-id", self.node_id)?,
+            data_socket: self.data_socket,
+            work_dir: self.work_dir,
+            session_dir: self.session_dir,
+            proxy_address: self.proxy.unwrap_or_default().trim().to_string(),
+            rest_tls_cert: self.rest_tls_cert,
+            token,
+        })
+    }
+
+    fn token(&self) -> Result<String> {
+        yr_control::collector::api::token_from_file(&self.cluster_secret).with_context(|| {
+            format!(
+                "cannot read the cluster secret {}",
+                self.cluster_secret.display()
+            )
+        })
+    }
+}
+
 /// Runs an async component on a tokio runtime until SIGTERM/SIGINT, printing `ready ADDR` once
 /// it serves.
 /// Worker threads of a component's runtime: `$YR_COMPONENT_THREADS`, else half the cores (at
@@ -665,6 +803,25 @@ pub fn run(cmd: ComponentCmd) -> Result<()> {
                 )
             })
         }
+        ComponentCmd::Dashboard(a) => {
+            install_tls(a.tls_dir.as_deref())?;
+            a.etcd_auth.install()?;
+            let rest = a.rest.config(a.listen)?;
+            let collector_token =
+                match &a.cluster_secret {
+                    Some(p) => Some(yr_control::collector::api::token_from_file(p).with_context(
+                        || format!("cannot read the cluster secret {}", p.display()),
+                    )?),
+                    None => None,
+                };
+            let mut config = a.validate()?;
+            config.token = rest.token;
+            config.tls = rest.tls;
+            config.collector_token = collector_token;
+            run_async("dashboard", |sd, ready| async move {
+                Ok(yr_control::dashboard::run(config, sd, ready).await?)
+            })
+        }
         ComponentCmd::FunctionScheduler(a) => {
             install_tls(a.tls_dir.as_deref())?;
             a.etcd_auth.install()?;
@@ -700,6 +857,15 @@ pub fn run(cmd: ComponentCmd) -> Result<()> {
             let config = a.validate()?;
             run_async("function agent", |sd, ready| async move {
                 Ok(yr_control::agent::run(config, sd, ready).await?)
+            })
+        }
+        ComponentCmd::Collector(a) => {
+            install_tls(a.tls_dir.as_deref())?;
+            a.etcd_auth.install()?;
+            let token = a.token()?;
+            let config = a.validate(token)?;
+            run_async("collector", |sd, ready| async move {
+                Ok(yr_control::collector::run(config, sd, ready).await?)
             })
         }
     }
@@ -874,12 +1040,35 @@ mod tests {
                 )),
             ),
             (
+                flags(&[
+                    "collector",
+                    "--etcd",
+                    "e",
+                    "--node-id",
+                    "n",
+                    "--data-socket",
+                    "/ds",
+                    "--work-dir",
+                    "/w",
+                    "--cluster-secret",
+                    "/cs",
+                ]),
+                ComponentCmd::Collector(file(
+                    "etcd = 'e'\nnode-id = 'n'\ndata-socket = '/ds'\nwork-dir = '/w'\n\
+                     cluster-secret = '/cs'",
+                )),
+            ),
+            (
                 flags(&["meta-service", "--listen", "127.0.0.1:1", "--upstream", "u"]),
                 ComponentCmd::MetaService(file("listen = '127.0.0.1:1'\nupstream = 'u'")),
             ),
             (
                 flags(&["frontend", "--listen", "127.0.0.1:1", "--upstream", "u"]),
                 ComponentCmd::Frontend(file("listen = '127.0.0.1:1'\nupstream = 'u'")),
+            ),
+            (
+                flags(&["dashboard", "--etcd", "e", "--master", "m"]),
+                ComponentCmd::Dashboard(file("etcd = 'e'\nmaster = 'm'")),
             ),
         ];
         for (from_flags, from_file) in cases {
@@ -960,7 +1149,9 @@ mod tests {
         let config = m.validate().expect("valid");
         assert_eq!(config.etcd_endpoints, ["e"]);
         assert_eq!(proxy_listen().port(), 22772);
+        assert_eq!(dashboard_listen().port(), 9080);
         assert_eq!(agent_listen().port(), 58866);
+        assert_eq!(collector_listen().port(), 9082);
     }
 
     fn agent(extra: &[&str]) -> AgentArgs {

@@ -27,6 +27,10 @@ pub mod name {
     pub const FUNCTION_AGENT: &str = "function-agent";
     /// The node supervisor that `yr start` leaves running.
     pub const SUPERVISOR: &str = "supervisor";
+    /// The node's metrics, usage history and instance logs (every node).
+    pub const COLLECTOR: &str = "collector";
+    /// The cluster's web page (master nodes).
+    pub const DASHBOARD: &str = "dashboard";
 }
 
 /// The standard ports of a node's listeners.
@@ -47,6 +51,10 @@ pub mod port {
     pub const FRONTEND: u16 = 8888;
     /// The data worker's object transfer port, where other nodes pull objects from.
     pub const DATA_TRANSFER: u16 = 31501;
+    /// The collector (HTTP: `/metrics`, usage history, instance logs).
+    pub const COLLECTOR: u16 = 9082;
+    /// The dashboard (HTTP: the web page and its JSON).
+    pub const DASHBOARD: u16 = 9080;
 }
 
 /// A component's listen address unless told otherwise: `127.0.0.1:port`, reachable from this

@@ -14,7 +14,11 @@
 //!    data worker: the consumer blocks until it is sealed, then reads it in place.
 //! 5. Runs the README's REST examples (`examples/rest/try.sh`, curl) against the cluster:
 //!    register, call sync and async, the Lambda and OpenFaaS aliases, and two errors.
-//! 6. Stops both nodes and checks that no process it started is left.
+//! 6. Reads the dashboard's view of the cluster (what the web page shows): both nodes alive, the
+//!    calls `hello` served and the requests the REST services answered, as the nodes'
+//!    collectors measured them.
+//! 7. Stops both nodes and checks that no process it started is left; with `--keep-running`
+//!    leaves them running instead, for a look at the dashboard (`yr dashboard`).
 //!
 //! Every step prints the `yr` command it runs, so the demo doubles as a tutorial.
 
@@ -35,6 +39,10 @@ pub struct DemoArgs {
     /// Pipeline rounds.
     #[arg(long, default_value_t = 3)]
     rounds: u32,
+    /// Leave the cluster running at the end (and its session folders), for a look at the
+    /// dashboard; `yr stop` stops it.
+    #[arg(long)]
+    keep_running: bool,
 }
 
 fn exe() -> Result<PathBuf> {
@@ -296,10 +304,25 @@ pub fn run(a: DemoArgs) -> Result<()> {
     pass_object(&socket, a.size)?;
 
     println!("== 5. the REST gateway, with curl (examples/rest/try.sh, as in the README)");
-    run_rest_examples(&m, &hello)?;
+    let frontend_requests = run_rest_examples(&m, &hello)?;
 
-    println!("== 6. the cluster");
+    println!("== 6. the dashboard's view of the cluster, as the nodes' collectors measure it");
+    show_dashboard(&master_dir, frontend_requests)?;
+
+    println!("== 7. the cluster");
     yr(&["status", "--session-dir", &m], true)?;
+    if a.keep_running {
+        let kept = tmp.keep();
+        nodes.0.clear();
+        println!(
+            "== done in {:.1} s; the cluster keeps running (sessions under {}):\n   \
+             $ yr dashboard --session-dir {m}     # the web page, with a one-time login\n   \
+             $ yr stop --session-dir {w} && yr stop --session-dir {m}",
+            started.elapsed().as_secs_f64(),
+            kept.display()
+        );
+        return Ok(());
+    }
     let mut pids = session_pids(&master_dir)?;
     pids.extend(session_pids(&worker_dir)?);
     let st = status(&m)?;
@@ -327,13 +350,125 @@ pub fn run(a: DemoArgs) -> Result<()> {
     Ok(())
 }
 
-/// Runs the README's curl examples against the master node's REST services.
-fn run_rest_examples(session: &str, hello: &Path) -> Result<()> {
+/// `GET url` with the REST token, as JSON (a blocking HTTP/1.1 request on its own connection).
+fn get_json(url: &str, token: &str) -> Result<serde_json::Value> {
+    use std::io::{Read, Write};
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| anyhow!("{url} is not an http:// URL"))?;
+    let (host, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let mut s = std::net::TcpStream::connect(host).with_context(|| format!("connect to {host}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\
+         Connection: close\r\n\r\n"
+    )?;
+    let mut reply = Vec::new();
+    s.read_to_end(&mut reply)
+        .with_context(|| format!("read the reply of {url}"))?;
+    let text = String::from_utf8_lossy(&reply);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("{url}: a reply without a head"))?;
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("{url}: {}", head.lines().next().unwrap_or_default());
+    }
+    serde_json::from_str(body).with_context(|| format!("{url}: the reply is not JSON"))
+}
+
+/// Waits until the dashboard sees both nodes, the calls made to `hello` and (at least) the
+/// `frontend_requests` of step 5, then prints what it shows (the figures of the web page's
+/// overview and functions).
+fn show_dashboard(master_dir: &Path, frontend_requests: u64) -> Result<()> {
+    let s = Session::load(master_dir)?;
+    let url = s
+        .dashboard_url
+        .clone()
+        .ok_or_else(|| anyhow!("the master's session.json names no dashboard"))?;
+    let token_file = s
+        .token_file
+        .clone()
+        .ok_or_else(|| anyhow!("the master's session.json names no token file"))?;
+    let token = std::fs::read_to_string(&token_file)
+        .with_context(|| format!("read {}", token_file.display()))?;
+    let state_url = format!("{}/api/state", url.trim_end_matches('/'));
+    // The collectors sample every 2 s and the dashboard reads them every 2 s.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let st = loop {
+        let st = get_json(&state_url, token.trim())?;
+        let hello_calls = st["functions"]
+            .as_array()
+            .and_then(|f| f.iter().find(|f| f["name"] == "hello"))
+            .and_then(|f| f["calls_total"].as_u64())
+            .unwrap_or(0);
+        // Step 5's curls went to the frontend: its collector counts them.
+        let rest_requests = st["rest"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["service"] == "frontend"))
+            .and_then(|r| r["requests_total"].as_u64())
+            .unwrap_or(0);
+        if st["overview"]["nodes_alive"] == 2
+            && hello_calls >= 2
+            && rest_requests >= frontend_requests.max(1)
+        {
+            break st;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the dashboard did not show both nodes, hello's calls and the frontend's \
+                 requests within 30 s: {st}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    println!("   {url}  (open it with: yr dashboard)");
+    let o = &st["overview"];
+    println!(
+        "     nodes alive {}, instances {} ({} running), objects {}, shared memory {} MiB used",
+        o["nodes_alive"],
+        o["instances"],
+        o["instances_running"],
+        o["objects"],
+        o["shm_used_bytes"].as_u64().unwrap_or(0) >> 20
+    );
+    // A latency the dashboard does not know yet (no call measured) is null.
+    let ms = |v: &serde_json::Value| v.as_f64().map_or("-".to_string(), |x| format!("{x} ms"));
+    for f in st["functions"].as_array().into_iter().flatten() {
+        println!(
+            "     function {:<10} calls {:>4}  errors {:>3}  p50 {}  p99 {}",
+            f["name"].as_str().unwrap_or("?"),
+            f["calls_total"],
+            f["errors_total"],
+            ms(&f["p50_ms"]),
+            ms(&f["p99_ms"])
+        );
+    }
+    for r in st["rest"].as_array().into_iter().flatten() {
+        println!(
+            "     REST {:<13} requests {:>4}  5xx {:>3}  p50 {}  p99 {}",
+            r["service"].as_str().unwrap_or("?"),
+            r["requests_total"],
+            r["errors_total"],
+            ms(&r["p50_ms"]),
+            ms(&r["p99_ms"])
+        );
+    }
+    Ok(())
+}
+
+/// Runs the README's curl examples against the master node's REST services; how many of its
+/// commands went to the frontend (each is at least one request).
+fn run_rest_examples(session: &str, hello: &Path) -> Result<u64> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/rest/try.sh");
     if !script.is_file() {
         println!("   (skipped: {} is not here)", script.display());
-        return Ok(());
+        return Ok(0);
     }
+    let mut frontend = 0;
     let out = Command::new("bash")
         .arg(&script)
         .env("YR_SESSION", session)
@@ -343,6 +478,9 @@ fn run_rest_examples(session: &str, hello: &Path) -> Result<()> {
         .context("cannot run bash for the REST examples")?;
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         if line.starts_with('$') {
+            if line.contains("$FRONTEND") {
+                frontend += 1;
+            }
             println!("   {line}");
         } else {
             println!("     {line}");
@@ -355,7 +493,7 @@ fn run_rest_examples(session: &str, hello: &Path) -> Result<()> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    Ok(())
+    Ok(frontend)
 }
 
 /// Runs the pipeline example as a driver of the master node's session, showing its output.

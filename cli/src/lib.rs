@@ -80,6 +80,8 @@ pub enum Cmd {
     /// Manage named (stateful) instances.
     #[command(subcommand)]
     Instance(cluster::InstanceCmd),
+    /// Open the cluster's web page, logged in (a one-time URL; `--print` only prints it).
+    Dashboard(cluster::DashboardArgs),
 }
 
 /// Runs one parsed command line.
@@ -106,5 +108,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Function(c) => cluster::function(c),
         Cmd::Invoke(a) => cluster::invoke(a),
         Cmd::Instance(c) => cluster::instance(c),
+        Cmd::Dashboard(a) => cluster::dashboard(a),
     }
 }

@@ -109,7 +109,7 @@ pub fn run(cmd: StoreCmd) -> Result<()> {
                 "spill_ops": s.spill_ops, "restore_ops": s.restore_ops,
                 "kv_keys": s.kv_keys, "meta_bytes": s.meta_bytes, "waiters": s.waiters,
                 "secondary": s.secondary, "pulls": s.pulls, "pull_joins": s.pull_joins,
-                "pulled_bytes": s.pulled_bytes, "serves": s.serves,
+                "pulled_bytes": s.pulled_bytes, "serves": s.serves, "served_bytes": s.served_bytes,
             });
             writeln!(out, "{v}")?;
         }

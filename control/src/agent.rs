@@ -62,7 +62,7 @@ use crate::function::Runtime;
 
 /// Lifetime of the node's registration without keep-alives.
 pub const LEASE_TTL: i64 = 6;
-/// How often the node record (usage) and per-instance usage are refreshed.
+/// How often the node record (with the node's usage) is refreshed.
 const REPORT_EVERY: Duration = Duration::from_secs(2);
 /// How long a stopped process gets between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -555,26 +555,19 @@ async fn register(state: Arc<State>, meta: Meta, agent_address: String, shutdown
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
     let mut prev_node = procstat::sample_node().ok();
-    let mut prev_procs: HashMap<u32, procstat::ProcSample> = HashMap::new();
     let mut store: Option<yr_datastore::client::Client> = None;
     'lease: loop {
         if shutdown.is_set() {
             return;
         }
-        let mut client = meta.client();
-        let lease = match client.lease_grant(LEASE_TTL, None).await {
-            Ok(l) => l.id(),
+        let mut lease = match meta.grant_kept(LEASE_TTL).await {
+            Ok(l) => l,
             Err(e) => {
-                tracing::warn!("cannot get an etcd lease: {e}; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        let (mut keeper, mut acks) = match client.lease_keep_alive(lease).await {
-            Ok(k) => k,
-            Err(e) => {
-                tracing::warn!("cannot keep the etcd lease alive: {e}; retrying");
-                continue;
+                tracing::warn!("cannot register the node: {e}; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = shutdown.wait() => return,
+                }
             }
         };
         loop {
@@ -604,51 +597,17 @@ async fn register(state: Arc<State>, meta: Meta, agent_address: String, shutdown
             }
             rec.updated_unix_ms = etcd::now_ms();
             if let Err(e) = meta
-                .put_leased(&etcd::node_key(&state.config.node_id), &rec, lease)
+                .put_leased(&etcd::node_key(&state.config.node_id), &rec, lease.id())
                 .await
             {
                 tracing::warn!("cannot update the node record: {e}");
                 continue 'lease;
             }
-            // Per-instance usage goes to the master with the instance's other news.
-            let pids: Vec<(String, u32)> = state
-                .running
-                .lock()
-                .await
-                .iter()
-                .map(|(id, r)| (id.clone(), r.pid))
-                .collect();
-            let mut next_procs = HashMap::new();
-            for (id, pid) in pids {
-                let Ok(s) = procstat::sample_process(pid) else {
-                    continue;
-                };
-                let cpu = prev_procs
-                    .get(&pid)
-                    .map(|p| procstat::process_cpu_millis(p, &s))
-                    .unwrap_or(0);
-                // NEW means "no change of state": this is a usage report only.
-                let ev = InstanceEvent {
-                    instance_id: id,
-                    state: InstanceState::New.into(),
-                    cpu_millis_used: cpu.max(1),
-                    memory_bytes_used: s.rss_bytes,
-                    ..Default::default()
-                };
-                let mut m = state.master.clone();
-                let _ = m.report_instance(ev).await;
-                next_procs.insert(pid, s);
-            }
-            prev_procs = next_procs;
-            if keeper.keep_alive().await.is_err() {
+            // Per-instance usage is not reported: this node's collector measures it (usage
+            // needs no consistency, so it stays out of etcd's records).
+            if !lease.renew().await {
+                tracing::warn!("etcd lease lost; registering again");
                 continue 'lease;
-            }
-            match tokio::time::timeout(Duration::from_secs(2), acks.message()).await {
-                Ok(Ok(Some(ack))) if ack.ttl() > 0 => {}
-                _ => {
-                    tracing::warn!("etcd lease lost; registering again");
-                    continue 'lease;
-                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(REPORT_EVERY) => {}
@@ -658,7 +617,7 @@ async fn register(state: Arc<State>, meta: Meta, agent_address: String, shutdown
                     let _ = meta
                         .delete(&etcd::known_node_key(&state.config.node_id))
                         .await;
-                    let _ = client.lease_revoke(lease).await;
+                    lease.revoke().await;
                     return;
                 }
             }

@@ -10,6 +10,9 @@
 //! - `/yr/masters/<node_id>`: [`yr_proto::MasterRecord`], every master process (active or
 //!   standby) under its election lease; `/yr/election/master` holds the active one's address
 //!   (see the `election` module).
+//! - `/yr/collectors/<node_id>`: the URL (UTF-8 text, `http://host:port` or `https://...`) of
+//!   the node's collector, under the collector's own lease: how the dashboard finds every
+//!   node's collector.
 //! - `/yr/known-nodes/<node_id>`: empty; every node the master has seen, so that a node whose
 //!   registration lapsed shows as dead rather than unknown. A node that leaves gracefully deletes
 //!   its own key first.
@@ -29,6 +32,7 @@ pub const INSTANCES: &str = "/yr/instances/";
 pub const NAMES: &str = "/yr/names/";
 pub const KNOWN_NODES: &str = "/yr/known-nodes/";
 pub const MASTERS: &str = "/yr/masters/";
+pub const COLLECTORS: &str = "/yr/collectors/";
 
 pub fn node_key(id: &str) -> String {
     format!("{NODES}{id}")
@@ -47,6 +51,9 @@ pub fn known_node_key(id: &str) -> String {
 }
 pub fn master_key(node_id: &str) -> String {
     format!("{MASTERS}{node_id}")
+}
+pub fn collector_key(node_id: &str) -> String {
+    format!("{COLLECTORS}{node_id}")
 }
 
 /// A cheap-to-clone handle on etcd with typed helpers.
@@ -233,6 +240,15 @@ impl Meta {
         Ok(())
     }
 
+    pub async fn put_raw_leased(&self, key: &str, value: &str, lease: i64) -> Result<()> {
+        self.client
+            .clone()
+            .put(key, value, Some(PutOptions::new().with_lease(lease)))
+            .await
+            .map_err(|e| Error::etcd(format!("put {key}"), e))?;
+        Ok(())
+    }
+
     pub async fn get_raw(&self, key: &str) -> Result<Option<String>> {
         let r = self
             .client
@@ -329,6 +345,70 @@ impl Meta {
     }
     pub async fn instances(&self) -> Result<Vec<InstanceRecord>> {
         self.list(INSTANCES).await
+    }
+}
+
+impl Meta {
+    /// A lease of `ttl` seconds with its keep-alive stream open, for a process that keeps a
+    /// registration alive by renewing it in its own loop ([`KeptLease::renew`]).
+    pub async fn grant_kept(&self, ttl: i64) -> Result<KeptLease> {
+        let mut client = self.client();
+        let id = client
+            .lease_grant(ttl, None)
+            .await
+            .map_err(|e| Error::etcd("grant a lease", e))?
+            .id();
+        match client.lease_keep_alive(id).await {
+            Ok((keeper, acks)) => Ok(KeptLease {
+                id,
+                client,
+                keeper,
+                acks,
+            }),
+            Err(e) => {
+                // Not kept, so not left behind either (it would lapse on its own, later).
+                let _ = client.lease_revoke(id).await;
+                Err(Error::etcd("keep a lease alive", e))
+            }
+        }
+    }
+}
+
+/// How long [`KeptLease::renew`] waits for etcd's answer.
+const RENEW_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A lease this process renews itself (the node's agent, the collector): the records put under
+/// it vanish when the process stops renewing, which is how the cluster sees it gone. Once
+/// [`KeptLease::renew`] says false the lease must be taken as lost (its records may be gone):
+/// the owner grants a new one and puts its records again.
+pub struct KeptLease {
+    id: i64,
+    client: Client,
+    keeper: etcd_client::LeaseKeeper,
+    acks: etcd_client::LeaseKeepAliveStream,
+}
+
+impl KeptLease {
+    /// The lease's ID, to put records under.
+    pub fn id(&self) -> i64 {
+        self.id
+    }
+
+    /// Renews the lease once; false if the stream broke, etcd did not answer within
+    /// [`RENEW_WAIT`], or it says the lease expired.
+    pub async fn renew(&mut self) -> bool {
+        if self.keeper.keep_alive().await.is_err() {
+            return false;
+        }
+        matches!(
+            tokio::time::timeout(RENEW_WAIT, self.acks.message()).await,
+            Ok(Ok(Some(ack))) if ack.ttl() > 0
+        )
+    }
+
+    /// Ends the lease now (its records go at once), for a process leaving on purpose.
+    pub async fn revoke(mut self) {
+        let _ = self.client.lease_revoke(self.id).await;
     }
 }
 

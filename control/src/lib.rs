@@ -8,6 +8,10 @@
 //! - [`agent`]: one per node; registers the node, starts and stops function processes
 //!   ([`agent::package`] unpacks their code, [`agent::procstat`] measures them).
 //! - [`rest`]: the HTTP side: frontend (calls), meta (functions), data, openapi, metrics.
+//! - [`collector`]: one per node; samples the node, its arena, instances, components and calls
+//!   and serves them (Prometheus `/metrics`, JSON history, instance logs) behind its token.
+//! - [`dashboard`]: the cluster's web page (master nodes), fed by the master's Status and the
+//!   nodes' collectors.
 //!
 //! Shared pieces, which import no service: [`etcd`] (key layout and typed access), [`pki`] (the
 //! cluster CA, node certificates, the join token), [`error`] (the one error type and its gRPC
@@ -18,10 +22,13 @@
 //! master and follows a failover.
 
 pub mod agent;
+pub mod collector;
+pub mod dashboard;
 pub mod election;
 pub mod error;
 pub mod etcd;
 pub mod function;
+pub mod http_client;
 pub mod lifecycle;
 pub mod master;
 pub mod pki;

@@ -197,19 +197,11 @@ pub fn stamp(before: &InstanceRecord, next: &mut InstanceRecord, then: Then, now
     }
 }
 
-/// What a node measured an instance using.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Usage {
-    /// CPU in millicores over the last report period.
-    pub cpu_millis: u64,
-    /// Resident memory.
-    pub memory_bytes: u64,
-}
-
-/// The news of a node's report, beyond usage.
+/// The news of a node's report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum News {
-    /// Nothing but usage (a report in state NEW).
+    /// Nothing (a report in state NEW: an older agent's usage report; usage now lives in each
+    /// node's collector, not in records).
     Usage,
     /// The process connected to its proxy; `pid` 0 when the reporter does not know it.
     Running {
@@ -228,8 +220,6 @@ pub enum News {
 /// An agent's or proxy's report about one instance, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
-    /// What it used, when measured (both figures zero: not measured).
-    pub usage: Option<Usage>,
     /// What happened to it.
     pub news: News,
 }
@@ -255,11 +245,8 @@ impl TryFrom<&InstanceEvent> for Report {
                 ))
             }
         };
-        let usage = (ev.cpu_millis_used != 0 || ev.memory_bytes_used != 0).then_some(Usage {
-            cpu_millis: ev.cpu_millis_used,
-            memory_bytes: ev.memory_bytes_used,
-        });
-        Ok(Report { usage, news })
+        // The deprecated usage fields are ignored: records no longer carry usage.
+        Ok(Report { news })
     }
 }
 
@@ -455,27 +442,21 @@ pub fn apply(r: &InstanceRecord, event: &Event, spec: Option<&Spec>) -> Transiti
             Transition::to(next)
         }
         Event::StartFailed { why } | Event::Unplaceable { why } => fatal(next, why.clone()),
-        Event::Reported(report) => {
-            if let Some(u) = report.usage {
-                next.cpu_millis_used = u.cpu_millis;
-                next.memory_bytes_used = u.memory_bytes;
-            }
-            match &report.news {
-                News::Usage => Transition::to(next),
-                News::Running { pid } => {
-                    if *pid != 0 {
-                        next.pid = *pid;
-                    }
-                    if matches!(state, InstanceState::Creating | InstanceState::Failed) {
-                        next.error.clear();
-                        next = with_state(next, InstanceState::Running);
-                    }
-                    Transition::to(next)
+        Event::Reported(report) => match &report.news {
+            News::Usage => Transition::to(next),
+            News::Running { pid } => {
+                if *pid != 0 {
+                    next.pid = *pid;
                 }
-                News::Exited => Transition::to(with_state(next, InstanceState::Exited)),
-                News::Failed { error } => failed(next, error.clone(), spec),
+                if matches!(state, InstanceState::Creating | InstanceState::Failed) {
+                    next.error.clear();
+                    next = with_state(next, InstanceState::Running);
+                }
+                Transition::to(next)
             }
-        }
+            News::Exited => Transition::to(with_state(next, InstanceState::Exited)),
+            News::Failed { error } => failed(next, error.clone(), spec),
+        },
         Event::Kill => Transition::To {
             next: Box::new(with_state(next, InstanceState::Exiting)),
             then: Then::Stop,
@@ -532,7 +513,7 @@ pub(crate) mod tests {
     }
 
     fn report(news: News) -> Event {
-        Event::Reported(Report { usage: None, news })
+        Event::Reported(Report { news })
     }
 
     fn crashed() -> Event {
@@ -691,10 +672,6 @@ pub(crate) mod tests {
         assert_eq!(
             Report::try_from(&ev(InstanceState::Failed.into())).expect("valid"),
             Report {
-                usage: Some(Usage {
-                    cpu_millis: 0,
-                    memory_bytes: 5
-                }),
                 news: News::Failed { error: "e".into() }
             }
         );
@@ -749,10 +726,6 @@ pub(crate) mod tests {
 
     fn any_event() -> impl Strategy<Value = Event> {
         let node = prop_oneof![Just("n1".to_string()), Just("n2".to_string())];
-        let usage = proptest::option::of((0u64..5, 0u64..5).prop_map(|(c, m)| Usage {
-            cpu_millis: c,
-            memory_bytes: m,
-        }));
         let news = prop_oneof![
             Just(News::Usage),
             (0u32..3).prop_map(|pid| News::Running { pid }),
@@ -772,7 +745,7 @@ pub(crate) mod tests {
             (1u32..100).prop_map(|pid| Event::Started { pid }),
             Just(Event::StartFailed { why: "no".into() }),
             Just(Event::Unplaceable { why: "no".into() }),
-            (usage, news).prop_map(|(usage, news)| Event::Reported(Report { usage, news })),
+            news.prop_map(|news| Event::Reported(Report { news })),
             Just(Event::Kill),
             Just(Event::Stopped),
             node.prop_map(|node_id| Event::NodeLost { node_id }),

@@ -41,6 +41,7 @@ use crate::error::Error;
 use crate::etcd::{self, Meta, Mirror};
 use crate::Shutdown;
 
+pub mod calls;
 pub mod cancel;
 mod local;
 pub mod route;
@@ -87,6 +88,8 @@ struct State {
     pools: std::sync::Mutex<HashMap<String, Arc<Pool>>>,
     /// The functions mirror's snapshot and the specs calls took from it (see `function`).
     specs: std::sync::Mutex<FunctionCache>,
+    /// The calls answered, per function, for this node's collector.
+    calls: calls::Calls,
 }
 
 type FunctionCache = (
@@ -277,10 +280,32 @@ impl State {
     }
 
     async fn invoke(self: &Arc<Self>, req: InvokeRequest) -> InvokeReply {
-        match self.call(req).await {
+        if req.dry_run || req.forwarded {
+            // An existence check is not a call; a call another proxy forwarded here is counted
+            // there, where it entered the cluster (end to end, and once: the dashboard sums
+            // the nodes' counts).
+            return match self.call(req).await {
+                Ok(r) => r,
+                Err(e) => reply_of(&e),
+            };
+        }
+        let start = std::time::Instant::now();
+        // The name is needed after the request moves into the call; a short string.
+        let function = req.function.clone();
+        let reply = match self.call(req).await {
             Ok(r) => r,
             Err(e) => reply_of(&e),
-        }
+        };
+        let kind = reply.error_kind();
+        self.calls.record(
+            &function,
+            start.elapsed(),
+            kind != ErrorKind::ErrorNone,
+            // A call to a function that does not exist adds no name (see `calls`); only
+            // looked up on that error's path.
+            kind != ErrorKind::ErrorNotFound || self.functions.snapshot().contains_key(&function),
+        );
+        reply
     }
 
     async fn call(self: &Arc<Self>, req: InvokeRequest) -> Result<InvokeReply, Error> {
@@ -613,6 +638,10 @@ impl ProxyService for Service {
             instances: locals.iter().map(|l| l.load(now)).collect(),
         }))
     }
+
+    async fn calls(&self, _: Request<Empty>) -> Result<Response<CallStats>, Status> {
+        Ok(Response::new(self.0.calls.snapshot(&self.0.config.node_id)))
+    }
 }
 
 /// A proxy whose sockets are bound and whose mirrors run, not serving yet: the process that
@@ -654,6 +683,7 @@ impl Proxy {
             creating: Mutex::new(HashMap::new()),
             pools: Default::default(),
             specs,
+            calls: calls::Calls::default(),
         });
         Ok(Proxy {
             state,

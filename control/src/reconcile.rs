@@ -107,8 +107,8 @@ fn never_ran(r: &InstanceRecord) -> bool {
     r.pid == 0 && r.restarts == 0
 }
 
-/// Whether a node's report about process `pid` (FAILED or EXITED) concerns a process of the
-/// instance that already ended and was replaced: then it changes nothing. Only a process known
+/// Whether a node's report about process `pid` (RUNNING, FAILED or EXITED) concerns a process
+/// of the instance that already ended and was replaced: then it changes nothing. Only a process known
 /// to have ended counts (not merely "another pid than the record's"): a process that crashes
 /// right after its start may report before the master has recorded its pid.
 pub fn stale_report(r: &InstanceRecord, pid: u32) -> bool {

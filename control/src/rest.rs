@@ -94,7 +94,7 @@ pub fn read_token(path: &std::path::Path) -> Result<String, Error> {
 }
 
 /// Equality that takes the same time wherever the first difference is (the length is not secret).
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+pub fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

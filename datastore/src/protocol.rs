@@ -264,6 +264,8 @@ pub struct StoreStats {
     pub pulled_bytes: u64,
     /// Pulls this node served to other nodes.
     pub serves: u64,
+    /// Bytes (data and metadata) of the objects this node served to other nodes' pulls.
+    pub served_bytes: u64,
 }
 
 /// Client → worker messages.
@@ -849,7 +851,7 @@ impl Request {
     }
 }
 
-const STATS_FIELDS: usize = 21;
+const STATS_FIELDS: usize = 22;
 
 impl StoreStats {
     fn to_array(self) -> [u64; STATS_FIELDS] {
@@ -875,6 +877,7 @@ impl StoreStats {
             self.pull_joins,
             self.pulled_bytes,
             self.serves,
+            self.served_bytes,
         ]
     }
     fn from_array(a: [u64; STATS_FIELDS]) -> Self {
@@ -900,6 +903,7 @@ impl StoreStats {
             pull_joins: a[18],
             pulled_bytes: a[19],
             serves: a[20],
+            served_bytes: a[21],
         }
     }
 }

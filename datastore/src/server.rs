@@ -447,6 +447,7 @@ pub fn handle(node: &Node, client: ClientId, req: Request) -> Option<Response> {
             s.pull_joins = t.pull_joins;
             s.pulled_bytes = t.pulled_bytes;
             s.serves = t.serves;
+            s.served_bytes = t.served_bytes;
             Response::Stats(s)
         }
         Request::GetRemote { timeout_ms, id } => Response::Objects(vec![node.get_remote(

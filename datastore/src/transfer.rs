@@ -253,6 +253,8 @@ pub struct TransferStats {
     pub pulled_bytes: u64,
     /// Pulls this node served to others.
     pub serves: u64,
+    /// Bytes of the objects this node served (counted once the reply is written).
+    pub served_bytes: u64,
 }
 
 /// The cluster's data workers as this worker was last told.
@@ -318,6 +320,7 @@ pub struct Node {
     pull_joins: AtomicU64,
     pulled_bytes: AtomicU64,
     serves: AtomicU64,
+    served_bytes: AtomicU64,
 }
 
 impl Node {
@@ -348,6 +351,7 @@ impl Node {
             pull_joins: AtomicU64::new(0),
             pulled_bytes: AtomicU64::new(0),
             serves: AtomicU64::new(0),
+            served_bytes: AtomicU64::new(0),
         });
         let weak = Arc::downgrade(&node);
         std::thread::Builder::new()
@@ -391,6 +395,7 @@ impl Node {
             pull_joins: self.pull_joins.load(Ordering::Relaxed),
             pulled_bytes: self.pulled_bytes.load(Ordering::Relaxed),
             serves: self.serves.load(Ordering::Relaxed),
+            served_bytes: self.served_bytes.load(Ordering::Relaxed),
         }
     }
 
@@ -999,6 +1004,9 @@ impl Node {
             w.write_all(bytes)
         })();
         self.store.release(client, id);
+        if r.is_ok() {
+            self.served_bytes.fetch_add(total, Ordering::Relaxed);
+        }
         r
     }
 }

@@ -14,7 +14,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -36,11 +36,9 @@ pub struct FailoverChannel {
 }
 
 struct Inner {
-    /// Every master, with a lazy channel to each. A std lock: held only to read or swap the
-    /// list, never across an await.
-    masters: RwLock<Vec<(String, Channel)>>,
-    /// Index into `masters` of the one calls go to.
-    current: AtomicUsize,
+    /// Every master and the one calls go to. A std lock: held only to read or change them,
+    /// never across an await.
+    masters: RwLock<Masters>,
     /// Makes a (lazy) channel to one address.
     connect: fn(&str) -> Result<Channel, String>,
     /// Set by a failed call, cleared by a successful one: while set, each call first checks
@@ -53,17 +51,33 @@ struct Inner {
     ask: bool,
 }
 
+/// The list and the current master, under one lock: the list is re-sorted when it changes,
+/// so a position means something only together with the list it was taken from. A move is
+/// decided by address ("from the one that failed to this one") and applied under the lock.
+struct Masters {
+    /// Every master, with a lazy channel to each; never empty.
+    list: Vec<(String, Channel)>,
+    /// Index into `list` of the one calls go to.
+    current: usize,
+}
+
+impl Masters {
+    fn current(&self) -> (String, Channel) {
+        let (a, c) = &self.list[self.current % self.list.len()];
+        (a.clone(), c.clone())
+    }
+}
+
 impl FailoverChannel {
     /// A channel over `addresses` (host:port each; at least one), made with `connect`.
     pub fn new(
         addresses: &[String],
         connect: fn(&str) -> Result<Channel, String>,
     ) -> Result<FailoverChannel, String> {
-        let masters = open(addresses, connect, &[])?;
+        let list = open(addresses, connect, &[])?;
         Ok(FailoverChannel {
             inner: Arc::new(Inner {
-                masters: RwLock::new(masters),
-                current: AtomicUsize::new(0),
+                masters: RwLock::new(Masters { list, current: 0 }),
                 connect,
                 suspect: AtomicBool::new(false),
                 ask: true,
@@ -73,14 +87,12 @@ impl FailoverChannel {
 
     /// The addresses it knows, in order.
     pub fn addresses(&self) -> Vec<String> {
-        self.read().iter().map(|(a, _)| a.clone()).collect()
+        self.inner.addresses()
     }
 
     /// The address calls go to now.
     pub fn current(&self) -> String {
-        let m = self.read();
-        let i = self.inner.current.load(Ordering::Acquire) % m.len().max(1);
-        m.get(i).map(|(a, _)| a.clone()).unwrap_or_default()
+        self.inner.read().current().0
     }
 
     /// Replaces the address list, sorted (keeping the channels of addresses already known, and
@@ -94,45 +106,55 @@ impl FailoverChannel {
         sorted.sort();
         sorted.dedup();
         let addresses = &sorted[..];
-        let current = self.current();
         let Ok(mut m) = self.inner.masters.write() else {
             return;
         };
-        if m.iter().map(|(a, _)| a).eq(addresses.iter()) {
+        if m.list.iter().map(|(a, _)| a).eq(addresses.iter()) {
             return;
         }
-        match open(addresses, self.inner.connect, &m) {
+        let current = m.current().0;
+        match open(addresses, self.inner.connect, &m.list) {
             Ok(next) => {
                 tracing::debug!(masters = %addresses.join(","), "the masters are now known");
-                let i = next.iter().position(|(a, _)| *a == current).unwrap_or(0);
-                *m = next;
-                self.inner.current.store(i, Ordering::Release);
+                m.current = next.iter().position(|(a, _)| *a == current).unwrap_or(0);
+                m.list = next;
             }
             Err(e) => tracing::warn!("ignoring a bad list of master addresses: {e}"),
         }
     }
 
     /// Moves to a master that accepts connections if the current one does not (for a client
-    /// about to make its first call).
-    pub async fn settle(&self) {
-        let i = {
-            let m = self.read();
-            self.inner.current.load(Ordering::Acquire) % m.len().max(1)
-        };
-        if !self.inner.answers(i).await {
-            FailoverChannel::fail_over(Arc::clone(&self.inner), i).await;
+    /// about to make its first call); whether the master it settled on answered.
+    pub async fn settle(&self) -> bool {
+        let (address, channel) = self.inner.read().current();
+        if self.inner.answers(&address, channel).await {
+            return true;
+        }
+        FailoverChannel::fail_over(Arc::clone(&self.inner), &address).await
+    }
+
+    /// [`FailoverChannel::settle`] again until a master answers, for at most `limit` (right
+    /// after a failover the new master may not serve yet, or be slow to answer on a loaded
+    /// host); whether one answered.
+    pub async fn settle_within(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if self.settle().await {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
     /// Treats the current master as failed (a caller gave up waiting for it: a call dropped
     /// before it ends does not tell the channel) and moves to one that answers.
     pub async fn fail_current(&self) {
-        let i = {
-            let m = self.read();
-            self.inner.current.load(Ordering::Acquire) % m.len().max(1)
-        };
+        let failed = self.current();
         self.inner.suspect.store(true, Ordering::Release);
-        FailoverChannel::fail_over(Arc::clone(&self.inner), i).await;
+        FailoverChannel::fail_over(Arc::clone(&self.inner), &failed).await;
     }
 
     /// Starts asking the master for the list of masters every `every` (adding those it names
@@ -174,60 +196,52 @@ impl FailoverChannel {
         });
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<(String, Channel)>> {
-        // A panic while holding this lock cannot leave the list half-written (it is swapped
-        // whole), so a poisoned lock is still good to read.
-        self.inner
-            .masters
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// After a failed call to master `failed`: finds one that accepts connections, trying the
-    /// others first, and makes it current (unless another call already moved on).
-    async fn fail_over(inner: Arc<Inner>, failed: usize) {
-        let list: Vec<String> = {
-            let m = inner
-                .masters
-                .read()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            m.iter().map(|(a, _)| a.clone()).collect()
-        };
+    /// After a failed call to the master at `failed`: finds one that answers, trying the
+    /// others first (in list order after it) and `failed` last, and makes it current unless
+    /// another caller already moved away from `failed`; whether one answered.
+    async fn fail_over(inner: Arc<Inner>, failed: &str) -> bool {
+        let list: Vec<(String, Channel)> = inner.read().list.clone();
         let n = list.len();
-        if n < 2 {
-            return;
-        }
+        let at = list.iter().position(|(a, _)| a == failed).unwrap_or(0);
         for k in 1..=n {
-            let i = (failed + k) % n;
-            if inner.answers(i).await {
-                if i != failed {
-                    tracing::info!(from = %list[failed], to = %list[i], "following the master");
-                }
-                let _ =
-                    inner
-                        .current
-                        .compare_exchange(failed, i, Ordering::AcqRel, Ordering::Acquire);
-                return;
+            let (address, channel) = &list[(at + k) % n];
+            if !inner.answers(address, channel.clone()).await {
+                continue;
             }
+            let Ok(mut m) = inner.masters.write() else {
+                return true;
+            };
+            if m.current().0 == failed {
+                if let Some(i) = m.list.iter().position(|(a, _)| a == address) {
+                    if address != failed {
+                        tracing::info!(from = %failed, to = %address, "following the master");
+                    }
+                    m.current = i;
+                }
+            }
+            return true;
         }
+        false
     }
 }
 
 impl Inner {
-    /// Whether master `i` serves now: its port accepts, and (unless `ask` is off) it answers
-    /// `Info` within [`PROBE_TIMEOUT`].
-    async fn answers(&self, i: usize) -> bool {
-        let (address, channel) = {
-            let m = self
-                .masters
-                .read()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            match m.get(i) {
-                Some((a, c)) => (a.clone(), c.clone()),
-                None => return false,
-            }
-        };
-        if !accepts(&address).await {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Masters> {
+        // A panic while holding this lock cannot leave the state half-written (the list is
+        // swapped whole, the index stored after it), so a poisoned lock is still good to read.
+        self.masters
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn addresses(&self) -> Vec<String> {
+        self.read().list.iter().map(|(a, _)| a.clone()).collect()
+    }
+
+    /// Whether the master at `address` serves now: its port accepts, and (unless `ask` is
+    /// off) it answers `Info` within [`PROBE_TIMEOUT`].
+    async fn answers(&self, address: &str, channel: Channel) -> bool {
+        if !accepts(address).await {
             return false;
         }
         if !self.ask {
@@ -288,15 +302,11 @@ impl tower_service::Service<http::Request<Body>> for FailoverChannel {
             if this.inner.suspect.load(Ordering::Acquire) {
                 this.settle().await;
             }
-            let (i, mut ch) = {
-                let m = this.read();
-                let i = this.inner.current.load(Ordering::Acquire) % m.len().max(1);
-                (i, m[i].1.clone())
-            };
+            let (address, mut ch) = this.inner.read().current();
             let inner = Arc::clone(&this.inner);
             if let Err(e) = std::future::poll_fn(|cx| ch.poll_ready(cx)).await {
                 inner.suspect.store(true, Ordering::Release);
-                FailoverChannel::fail_over(inner, i).await;
+                FailoverChannel::fail_over(inner, &address).await;
                 return Err(e);
             }
             let r = tower_service::Service::call(&mut ch, req).await;
@@ -309,7 +319,7 @@ impl tower_service::Service<http::Request<Body>> for FailoverChannel {
             };
             inner.suspect.store(failed, Ordering::Release);
             if failed {
-                FailoverChannel::fail_over(inner, i).await;
+                FailoverChannel::fail_over(inner, &address).await;
             }
             r
         })
@@ -347,7 +357,7 @@ mod tests {
             inner.ask = false;
         }
         assert_eq!(c.current(), refused_addr);
-        FailoverChannel::fail_over(Arc::clone(&c.inner), 0).await;
+        assert!(FailoverChannel::fail_over(Arc::clone(&c.inner), &refused_addr).await);
         assert_eq!(c.current(), active_addr);
         // A new list keeps the current master when it is still listed.
         c.set_addresses(&[active_addr.clone(), refused_addr.clone()]);
@@ -358,5 +368,68 @@ mod tests {
         c.set_addresses(&[]);
         assert_eq!(c.addresses().len(), 2);
         assert!(FailoverChannel::new(&[], lazy).is_err());
+    }
+
+    /// `n` ports that refuse connections (bound, then closed).
+    async fn refused_ports(n: usize) -> Vec<String> {
+        let mut refused = Vec::new();
+        for _ in 0..n {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            refused.push(l.local_addr().expect("addr").to_string());
+        }
+        refused
+    }
+
+    /// A port that accepts (kept open by the listener returned) and two that refuse.
+    async fn three() -> (tokio::net::TcpListener, String, Vec<String>) {
+        let refused = refused_ports(2).await;
+        let active = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let a = active.local_addr().expect("addr").to_string();
+        (active, a, refused)
+    }
+
+    #[tokio::test]
+    async fn a_late_fail_over_after_the_list_was_reordered_keeps_the_master_that_answers() {
+        let (_active, active_addr, refused) = three().await;
+        let first = vec![refused[0].clone(), active_addr.clone(), refused[1].clone()];
+        let mut c = FailoverChannel::new(&first, lazy).expect("channel");
+        if let Some(inner) = Arc::get_mut(&mut c.inner) {
+            inner.ask = false;
+        }
+        assert!(c.settle().await, "the accepting port is found");
+        assert_eq!(c.current(), active_addr);
+        // The list comes back sorted in another order (as from `follow`) ...
+        let mut other = first.clone();
+        other.reverse();
+        other.push(refused[0].clone());
+        c.set_addresses(&other);
+        assert_eq!(c.current(), active_addr);
+        // ... and a caller that saw the first master fail only now moves "away" from it: the
+        // channel has already left it, so it stays on the one that answers, whatever the
+        // positions in the new list.
+        for failed in &refused {
+            assert!(FailoverChannel::fail_over(Arc::clone(&c.inner), failed).await);
+            assert_eq!(c.current(), active_addr, "after a late failure of {failed}");
+        }
+    }
+
+    #[tokio::test]
+    async fn settling_where_nothing_answers_says_so_within_its_limit() {
+        let refused = refused_ports(2).await;
+        let mut c = FailoverChannel::new(&refused, lazy).expect("channel");
+        if let Some(inner) = Arc::get_mut(&mut c.inner) {
+            inner.ask = false;
+        }
+        assert!(!c.settle().await);
+        assert!(!c.settle_within(Duration::from_millis(300)).await);
+        assert_eq!(
+            c.current(),
+            refused[0],
+            "no move without a master that answers"
+        );
     }
 }

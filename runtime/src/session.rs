@@ -261,6 +261,13 @@ pub struct Session {
     /// exchange objects with this one.
     #[serde(default)]
     pub cluster_secret: Option<PathBuf>,
+    /// This node's collector (`/metrics`, usage history, instance logs), behind the collector
+    /// token (see `yr_control::collector::api::token`); absent in sessions from before it.
+    #[serde(default)]
+    pub collector_url: Option<String>,
+    /// The cluster's web page (master nodes), behind the REST access token.
+    #[serde(default)]
+    pub dashboard_url: Option<String>,
     pub components: Vec<ComponentInfo>,
     #[serde(default)]
     pub created_unix_ms: u64,
@@ -400,6 +407,8 @@ mod tests {
             tls_key: Some("/tmp/s/tls/node.key".into()),
             join_token_file: None,
             cluster_secret: Some("/tmp/s/cluster-secret".into()),
+            collector_url: Some("http://127.0.0.1:6".into()),
+            dashboard_url: None,
             components: vec![ComponentInfo {
                 name: "etcd".into(),
                 pid: 7,

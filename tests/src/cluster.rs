@@ -544,6 +544,32 @@ impl Cluster {
         self.yr(&all).expect_ok("deploy")
     }
 
+    /// Deploys the example `example` as function `name` with `handler` (and `more` deploy
+    /// arguments); panics unless it succeeds.
+    #[track_caller]
+    pub fn deploy_example(&self, name: &str, example_name: &str, handler: &str, more: &[&str]) {
+        let code = example(example_name);
+        let code = code.to_str().expect("UTF-8 path");
+        let mut args = vec!["--name", name, "--code", code, "--handler", handler];
+        args.extend_from_slice(more);
+        self.deploy(&args);
+    }
+
+    /// Waits until every node this test started (and has not stopped) is registered and
+    /// alive; the status that showed it.
+    pub fn wait_for_all_nodes(&self) -> ClusterStatus {
+        let ids: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| n.session.node_id.clone())
+            .collect();
+        self.wait_until(&format!("all {} nodes are registered", ids.len()), |st| {
+            ids.iter()
+                .all(|id| st.node(id).is_some())
+                .then(|| st.clone())
+        })
+    }
+
     /// `yr invoke FUNCTION --data DATA`.
     pub fn invoke(&self, function: &str, data: &str) -> YrOutput {
         self.yr(&["invoke", function, "--data", data])

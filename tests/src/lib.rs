@@ -12,6 +12,7 @@ use yr_datastore::Client;
 
 pub mod cluster;
 pub mod http;
+pub mod webdriver;
 
 /// Path of the `yr` binary under test.
 pub fn yr_bin() -> PathBuf {
@@ -132,10 +133,19 @@ impl Drop for DataWorker {
     }
 }
 
+/// The folder of [`cluster_secret`] and the file in it.
+static SECRET: std::sync::OnceLock<(tempfile::TempDir, PathBuf)> = std::sync::OnceLock::new();
+
+/// Removes [`SECRET`]'s folder when the process exits (a static is never dropped).
+extern "C" fn remove_secret_dir() {
+    if let Some((dir, _)) = SECRET.get() {
+        let _ = std::fs::remove_dir_all(dir.path());
+    }
+}
+
 /// The cluster secret shared by the networked workers this test process
 /// starts: a 0600 file in a folder that lives as long as the process.
 pub fn cluster_secret() -> &'static Path {
-    static SECRET: std::sync::OnceLock<(tempfile::TempDir, PathBuf)> = std::sync::OnceLock::new();
     let (_, path) = SECRET.get_or_init(|| {
         let dir = tempfile::Builder::new()
             .prefix("yr-test-secret-")
@@ -143,6 +153,9 @@ pub fn cluster_secret() -> &'static Path {
             .expect("temp dir");
         let path = dir.path().join("cluster-secret");
         yr_datastore::peer_auth::create_secret_file(&path).expect("cluster secret");
+        // SAFETY: atexit(3) with a function that takes no arguments and does not unwind (it
+        // ignores every error); registering it more than once is harmless.
+        unsafe { libc::atexit(remove_secret_dir) };
         (dir, path)
     });
     path

@@ -128,9 +128,7 @@ fn placement_spreads_across_two_workers_when_one_is_full() {
     let mut c = Cluster::start(NodeOptions::cpu(1000).label("zone", "a"));
     c.add_worker(NodeOptions::cpu(1000).label("zone", "b"));
     let (master_id, worker_id) = (c.session(0).node_id.clone(), c.session(1).node_id.clone());
-    let st = c.wait_until("both nodes are registered", |st| {
-        (st.node(&master_id).is_some() && st.node(&worker_id).is_some()).then_some(st.clone())
-    });
+    let st = c.wait_for_all_nodes();
     for (id, zone) in [(&master_id, "a"), (&worker_id, "b")] {
         let n = st.node(id).expect("node");
         assert_eq!(n.cpu_total, 1000, "--cpu 1000 is what the node offers");
@@ -688,9 +686,7 @@ fn label_affinity_places_and_refuses() {
     let mut c = Cluster::start(NodeOptions::default().label("zone", "a"));
     c.add_worker(NodeOptions::default().label("zone", "b").label("gpu", "1"));
     let (master_id, worker_id) = (c.session(0).node_id.clone(), c.session(1).node_id.clone());
-    c.wait_until("both nodes are registered", |st| {
-        (st.node(&master_id).is_some() && st.node(&worker_id).is_some()).then_some(())
-    });
+    c.wait_for_all_nodes();
     let counter = example("counter");
     let counter_path = counter.to_str().expect("UTF-8 path");
     c.deploy(&[
@@ -1070,9 +1066,7 @@ fn a_dead_nodes_instances_move_to_a_live_node() {
     let mut c = Cluster::start(NodeOptions::default());
     c.add_worker(NodeOptions::default().label("zone", "b"));
     let (master_id, worker_id) = (c.session(0).node_id.clone(), c.session(1).node_id.clone());
-    c.wait_until("both nodes are registered", |st| {
-        (st.node(&master_id).is_some() && st.node(&worker_id).is_some()).then_some(())
-    });
+    c.wait_for_all_nodes();
     let counter = example("counter");
     c.deploy(&[
         "--name",

@@ -50,8 +50,9 @@ fn ports(s: &Session) -> Vec<Port> {
             "function-proxy" => Some(Service::Proxy),
             "function-agent" => Some(Service::Agent),
             "etcd" => Some(Service::Etcd),
-            // The transfer port and the REST services: another part's tests.
-            "data-worker" | "meta-service" => None,
+            // The transfer port, the REST services, the collector and the dashboard (behind
+            // their tokens: the collector's and dashboard's tests): another part's tests.
+            "data-worker" | "meta-service" | "collector" | "dashboard" => None,
             // A scheduler serves nothing.
             _ if address.is_empty() => continue,
             other => panic!("a listener this test does not know: {other} at {address}"),
@@ -419,5 +420,40 @@ fn rest_serves_https_with_a_given_certificate_and_still_wants_the_token() {
             "200",
             "{plain}"
         );
+    }
+
+    // The node's collector reads both services' /metrics over HTTPS, from a server presenting
+    // exactly the operator's certificate.
+    let collector = yr_tests::http::Svc {
+        url: s.collector_url.clone().expect("a collector"),
+        token: Some(
+            cluster
+                .yr(&["token", "--collector"])
+                .expect_ok("yr token --collector")
+                .stdout
+                .trim()
+                .to_string(),
+        ),
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let r = yr_tests::http::http(&collector, "GET", "/metrics", "");
+        assert_eq!(r.status, 200, "{}", r.body);
+        let up = |service: &str| {
+            r.body.lines().any(|l| {
+                l.starts_with("yr_rest_up{")
+                    && l.contains(&format!("service=\"{service}\""))
+                    && l.ends_with(" 1")
+            })
+        };
+        if up("frontend") && up("meta-service") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the collector does not read the HTTPS services:\n{}",
+            yr_tests::http::http(&collector, "GET", "/v1/snapshot", "").body
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }

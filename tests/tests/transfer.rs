@@ -65,6 +65,10 @@ fn a_remote_get_pulls_once_and_concurrent_gets_share_the_pull() {
     assert_eq!(sb.pulled_bytes, 32 * MIB);
     assert_eq!(sb.secondary, 1);
     assert_eq!(stats(&producer).serves, 1);
+    // Counted once the reply is written, which may be just after the puller read it.
+    eventually("the producer counted the bytes it served", || {
+        stats(&producer).served_bytes == 32 * MIB
+    });
     // A later get on B is local: no new pull.
     let again = watcher.get_remote(id, Duration::ZERO).expect("local copy");
     assert_eq!(again.len(), data.len());

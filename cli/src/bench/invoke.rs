@@ -163,6 +163,9 @@ impl Proxy for Echo {
     async fn load(&self, _: Request<Empty>) -> Result<Response<LoadReport>, Status> {
         Ok(Response::new(LoadReport::default()))
     }
+    async fn calls(&self, _: Request<Empty>) -> Result<Response<CallStats>, Status> {
+        Ok(Response::new(CallStats::default()))
+    }
 }
 
 /// The baseline: a bare gRPC server of the proxy's service on 127.0.0.1, answering Invoke with

@@ -8,8 +8,8 @@
 //! so each address is known before its component starts, and a component's flags name only
 //! addresses of this plan (the executor checks that each announces the address planned for it).
 //! A master plan has etcd (unless given `--etcd-endpoints`), the function master and scheduler
-//! and the meta service, and hosts the REST frontend in its proxy; every plan has the data
-//! worker, the function proxy and the function agent.
+//! the meta service and the dashboard, and hosts the REST frontend in its proxy; every plan has
+//! the data worker, the function proxy, the function agent and the collector.
 
 use std::ffi::{OsStr, OsString};
 use std::net::Ipv4Addr;
@@ -52,11 +52,13 @@ pub struct Ports {
     pub function_proxy: u16,
     pub frontend: u16,
     pub function_agent: u16,
+    pub collector: u16,
+    pub dashboard: u16,
 }
 
 impl Ports {
     /// How many listeners a node may have.
-    pub const COUNT: usize = 8;
+    pub const COUNT: usize = 10;
 
     /// The standard ports.
     pub const STANDARD: Ports = Ports {
@@ -68,11 +70,13 @@ impl Ports {
         function_proxy: port::FUNCTION_PROXY,
         frontend: port::FRONTEND,
         function_agent: port::FUNCTION_AGENT,
+        collector: port::COLLECTOR,
+        dashboard: port::DASHBOARD,
     };
 
     /// Ports from a list of distinct free ones, in field order.
     pub fn from_free(p: [u16; Ports::COUNT]) -> Ports {
-        let [etcd_client, etcd_peer, function_master, meta_service, data_transfer, function_proxy, frontend, function_agent] =
+        let [etcd_client, etcd_peer, function_master, meta_service, data_transfer, function_proxy, frontend, function_agent, collector, dashboard] =
             p;
         Ports {
             etcd_client,
@@ -83,6 +87,8 @@ impl Ports {
             function_proxy,
             frontend,
             function_agent,
+            collector,
+            dashboard,
         }
     }
 }
@@ -275,6 +281,10 @@ pub struct NodePlan {
     pub data_transfer: String,
     pub frontend_url: Option<String>,
     pub meta_url: Option<String>,
+    /// The dashboard's URL (master).
+    pub dashboard_url: Option<String>,
+    /// This node's collector (every node has one).
+    pub collector_url: Option<String>,
     /// The REST access token's file, which the executor writes before launching (master).
     pub token_file: Option<PathBuf>,
     /// This node's TLS credentials (`ca.pem`, `node.pem`, `node.key`), which the executor
@@ -311,6 +321,8 @@ impl NodePlan {
             tls_cert: Some(yr_proto::tls::NodeTls::in_dir(&self.tls_dir).cert),
             tls_key: Some(yr_proto::tls::NodeTls::in_dir(&self.tls_dir).key),
             join_token_file: self.join_token_file.clone(),
+            collector_url: self.collector_url.clone(),
+            dashboard_url: self.dashboard_url.clone(),
             components,
             created_unix_ms,
         }
@@ -560,6 +572,23 @@ pub fn plan(a: &StartConfig, inputs: Inputs) -> Result<NodePlan, ConfigError> {
         ));
         meta_url = Some(format!("{rest_scheme}://{listen}"));
     }
+    // The dashboard reads the master and the collectors; it serves behind the REST token.
+    let mut dashboard_url = None;
+    if role == Role::Master {
+        let listen = at(ports.dashboard);
+        components.push(yr(
+            name::DASHBOARD,
+            CommandLine::default()
+                .all(&rest_flags)
+                .flag("--listen", &listen)
+                .flag("--etcd", &etcd)
+                .all(&a.etcd_auth.args())
+                .flag("--master", &master_address)
+                .flag("--cluster-secret", &cluster_secret),
+            listen.clone(),
+        ));
+        dashboard_url = Some(format!("{rest_scheme}://{listen}"));
+    }
 
     // This node's worker components.
     let node_dir = dir.join("node");
@@ -602,6 +631,7 @@ pub fn plan(a: &StartConfig, inputs: Inputs) -> Result<NodePlan, ConfigError> {
     }
     components.push(yr(name::FUNCTION_PROXY, proxy, proxy_address.clone()));
     let agent_address = at(ports.function_agent);
+    let work_dir = node_dir.join("work");
     components.push(yr(
         name::FUNCTION_AGENT,
         CommandLine::default()
@@ -612,7 +642,7 @@ pub fn plan(a: &StartConfig, inputs: Inputs) -> Result<NodePlan, ConfigError> {
             .flag("--instance-secret-file", instance_secret_file(&node_dir))
             .flag("--data-socket", &data_socket)
             .flag("--data-transfer", &data_transfer)
-            .flag("--work-dir", node_dir.join("work"))
+            .flag("--work-dir", &work_dir)
             .flag_if("--cpu", a.cpu.map(|c| c.to_string()))
             .flag_if("--memory", a.memory.map(|m| m.to_string()))
             .each("--label", &pairs(&a.labels))
@@ -626,6 +656,28 @@ pub fn plan(a: &StartConfig, inputs: Inputs) -> Result<NodePlan, ConfigError> {
             ),
         agent_address,
     ));
+    // The node's observer: reads what the others own (etcd records, /proc, the data worker's
+    // counters, instance logs, session.json, the proxy's call counters).
+    let collector_address = at(ports.collector);
+    components.push(yr(
+        name::COLLECTOR,
+        CommandLine::default()
+            .flag("--listen", &collector_address)
+            .flag("--etcd", &etcd)
+            .all(&a.etcd_auth.args())
+            .flag("--node-id", &node_id)
+            .flag("--data-socket", &data_socket)
+            .flag("--work-dir", &work_dir)
+            .flag("--session-dir", &dir)
+            .flag("--cluster-secret", &cluster_secret)
+            .flag("--proxy", &proxy_address)
+            .flag_if(
+                "--rest-tls-cert",
+                a.rest_tls_cert.as_ref().filter(|_| role == Role::Master),
+            ),
+        collector_address.clone(),
+    ));
+    let collector_url = Some(format!("http://{collector_address}"));
 
     Ok(NodePlan {
         role,
@@ -640,6 +692,8 @@ pub fn plan(a: &StartConfig, inputs: Inputs) -> Result<NodePlan, ConfigError> {
         data_transfer,
         frontend_url,
         meta_url,
+        dashboard_url,
+        collector_url,
         token_file,
         tls_dir,
         ca_key,
@@ -732,10 +786,17 @@ mod tests {
                 "function-master",
                 "function-scheduler",
                 "meta-service",
+                "dashboard",
                 "data-worker",
                 "function-proxy",
-                "function-agent"
+                "function-agent",
+                "collector"
             ]
+        );
+        assert_eq!(p.dashboard_url.as_deref(), Some("http://127.0.0.1:9080"));
+        assert_eq!(
+            value(&p, "dashboard", "--token-file").as_deref(),
+            Some("/s/token")
         );
         assert_eq!(p.etcd_endpoints, ["https://127.0.0.1:32379"]);
         assert_eq!(p.master_address, "127.0.0.1:22770");
@@ -766,6 +827,7 @@ mod tests {
             "function-master",
             "function-scheduler",
             "meta-service",
+            "dashboard",
             "function-proxy",
             "function-agent",
         ] {
@@ -796,7 +858,7 @@ mod tests {
             Some("60000")
         );
         // The REST services need the token; the frontend runs in the proxy.
-        for name in ["meta-service", "function-proxy"] {
+        for name in ["meta-service", "dashboard", "function-proxy"] {
             assert_eq!(value(&p, name, "--token-file").as_deref(), Some("/s/token"));
             assert_eq!(value(&p, name, "--max-body").as_deref(), Some("67108864"));
         }
@@ -845,9 +907,24 @@ mod tests {
         assert_eq!(p.role, Role::Worker);
         assert_eq!(
             names(&p),
-            ["data-worker", "function-proxy", "function-agent"]
+            [
+                "data-worker",
+                "function-proxy",
+                "function-agent",
+                "collector"
+            ]
         );
         assert_eq!(p.master_address, "10.0.0.1:22770");
+        // Every node has a collector, deriving its token from the cluster secret.
+        assert_eq!(
+            value(&p, "collector", "--cluster-secret").as_deref(),
+            Some("/m/cluster-secret")
+        );
+        assert_eq!(
+            value(&p, "collector", "--work-dir"),
+            value(&p, "function-agent", "--work-dir")
+        );
+        assert_eq!(p.collector_url.as_deref(), Some("http://127.0.0.1:9082"));
         assert_eq!(p.etcd_endpoints, ["http://10.0.0.1:32379"]);
         assert_eq!(
             (&p.token_file, &p.meta_url, &p.frontend_url),
@@ -1054,6 +1131,7 @@ mod tests {
         for c in [
             "function-master",
             "function-scheduler",
+            "dashboard",
             "function-proxy",
             "function-agent",
         ] {
@@ -1130,7 +1208,9 @@ mod tests {
                 .map_err(|e| e.field()),
             Err("ports")
         );
-        let free = [40001, 40002, 40003, 40004, 40005, 40006, 40007, 40008];
+        let free = [
+            40001, 40002, 40003, 40004, 40005, 40006, 40007, 40008, 40009, 40010,
+        ];
         let p = planned(
             &["--master", "--ports", "auto"],
             inputs(Ports::from_free(free)),
@@ -1140,7 +1220,9 @@ mod tests {
             .iter()
             .flat_map(|c| c.args.iter().map(|a| a.to_string_lossy().into_owned()))
             .collect();
-        for standard in [32379, 32380, 22770, 22772, 58866, 31182, 8888, 31501] {
+        for standard in [
+            32379, 32380, 22770, 22772, 58866, 31182, 8888, 31501, 9082, 9080,
+        ] {
             assert!(
                 !every_arg
                     .iter()
@@ -1333,11 +1415,13 @@ mod tests {
         assert_eq!(s.proxy_address, p.proxy_address);
         assert_eq!(s.data_transfer, p.data_transfer);
         assert_eq!(s.token_file, p.token_file);
+        assert_eq!(s.dashboard_url.as_deref(), Some("http://127.0.0.1:9080"));
         assert_eq!(
             s.cluster_secret.as_deref(),
             Some(Path::new("/s/cluster-secret"))
         );
         assert_eq!(s.created_unix_ms, 7);
+        assert_eq!(s.collector_url.as_deref(), Some("http://127.0.0.1:9082"));
     }
 
     #[test]

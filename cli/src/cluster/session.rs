@@ -161,13 +161,34 @@ pub struct TokenArgs {
     header: bool,
     /// Print the join token instead: what a worker node needs to join
     /// (`yr start --worker --master-address ADDR --join-token TOKEN`).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "collector")]
     join: bool,
+    /// Print the collector token instead: what every node's collector (`/metrics`, usage,
+    /// instance logs) requires, derived from the cluster secret (for a Prometheus's
+    /// `authorization.credentials_file`).
+    #[arg(long)]
+    collector: bool,
 }
 
-/// Prints the REST access token of the session's cluster.
+/// Prints the REST access token of the session's cluster (or its join or collector token).
 pub fn token(a: TokenArgs) -> Result<()> {
     let s = a.session.load()?;
+    if a.collector {
+        let file = s.cluster_secret.ok_or_else(|| {
+            anyhow!(
+                "the session of node {} names no cluster secret (a session from before it)",
+                s.node_id
+            )
+        })?;
+        let t = yr_control::collector::api::token_from_file(&file)
+            .with_context(|| format!("cannot read the cluster secret {}", file.display()))?;
+        if a.header {
+            println!("Authorization: Bearer {t}");
+        } else {
+            println!("{t}");
+        }
+        return Ok(());
+    }
     if a.join {
         let file = s.join_token_file.ok_or_else(|| {
             anyhow!(

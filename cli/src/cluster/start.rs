@@ -429,8 +429,17 @@ fn print_started(session: &Session, join_token: Option<&yr_control::pki::JoinTok
     writeln!(out, "  etcd    {}", session.etcd_endpoints.join(","))?;
     writeln!(out, "  proxy   {}", session.proxy_address)?;
     writeln!(out, "  data    {}", session.data_socket.display())?;
+    if let Some(c) = &session.collector_url {
+        writeln!(
+            out,
+            "  metrics {c}/metrics (Authorization: Bearer $(yr token --collector))"
+        )?;
+    }
     if let (Some(f), Some(m)) = (&session.frontend_url, &session.meta_url) {
         writeln!(out, "  REST    frontend {f}  meta service {m}")?;
+    }
+    if let Some(d) = &session.dashboard_url {
+        writeln!(out, "  web     {d} (`yr dashboard` opens it logged in)")?;
     }
     if let Some(t) = &session.token_file {
         writeln!(

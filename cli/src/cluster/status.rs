@@ -3,8 +3,11 @@
 //! master reports them, for a person (a table) or a script (`--json`, whose shape the tests and
 //! tools read).
 
+use std::collections::HashMap;
+
 use anyhow::{Context, Result};
 use clap::Args;
+use yr_control::collector::api::{InstanceUsage, Snapshot};
 use yr_proto::{ClusterStatus, Empty, InstanceState, Resources};
 
 use yr_runtime::session::{ComponentInfo, ComponentState, Session};
@@ -15,6 +18,9 @@ use super::session::SessionArg;
 
 /// How long one try of `yr status` waits for a master's answer.
 const STATUS_TRY: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// How long `yr status` waits for etcd's list of collectors, and for each collector.
+const COLLECTOR_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Args)]
 pub struct StatusArgs {
@@ -31,7 +37,8 @@ pub fn status(a: StatusArgs) -> Result<()> {
         // This node's processes first: they are known even when the master is not reachable.
         print_components(&s);
     }
-    let st = rt()?
+    let rt = rt()?;
+    let st = rt
         .block_on(async {
             let channel = master_channel(&s).await?;
             let mut m = yr_proto::master_client::MasterClient::new(channel.clone());
@@ -60,11 +67,17 @@ pub fn status(a: StatusArgs) -> Result<()> {
         })
         .with_context(|| format!("cannot reach the master at {}", s.master_address))?
         .into_inner();
+    // Usage is not in the records: each node's collector measures its instances.
+    let usage = rt.block_on(collector_usage(&s));
     if a.json {
-        let mut v = status_json(&st);
+        let mut v = status_json(&st, &usage);
         v["components"] = components_json(&s);
+        v["dashboard_url"] = serde_json::json!(s.dashboard_url);
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
+    }
+    if let Some(d) = &s.dashboard_url {
+        println!("DASHBOARD {d} (`yr dashboard` opens it logged in)");
     }
     println!("MASTERS");
     for m in &st.masters {
@@ -108,15 +121,23 @@ pub fn status(a: StatusArgs) -> Result<()> {
     }
     println!("INSTANCES");
     for i in &st.instances {
+        // "-": its node's collector did not answer (or the process does not run).
+        let (cpu, rss) = match usage.get(&i.instance_id).filter(|u| u.pid != 0) {
+            Some(u) => (
+                format!("{}m", u.cpu_millis),
+                format!("{} MiB", u.rss_bytes >> 20),
+            ),
+            None => ("-".into(), "-".into()),
+        };
         println!(
-            "  {:<28} {:<10} {:<9} node {:<20} pid {:<7} cpu {:>4}m  rss {:>4} MiB  {}{}",
+            "  {:<28} {:<10} {:<9} node {:<20} pid {:<7} cpu {:>5}  rss {:>8}  {}{}",
             i.instance_id,
             i.function,
             yr_control::lifecycle::state_name(i.state),
             i.node_id,
             i.pid,
-            i.cpu_millis_used,
-            i.memory_bytes_used >> 20,
+            cpu,
+            rss,
             if i.name.is_empty() {
                 String::new()
             } else {
@@ -177,7 +198,89 @@ fn components_json(s: &Session) -> serde_json::Value {
     )
 }
 
-fn status_json(st: &ClusterStatus) -> serde_json::Value {
+/// The instances' usage by instance ID, from the collectors registered in etcd (this node's
+/// from its session if etcd does not answer): best effort, each bounded by [`COLLECTOR_WAIT`];
+/// an instance whose collector does not answer is missing.
+async fn collector_usage(s: &Session) -> HashMap<String, InstanceUsage> {
+    let Some(token) = s
+        .cluster_secret
+        .as_deref()
+        .and_then(|f| yr_control::collector::api::token_from_file(f).ok())
+    else {
+        return HashMap::new();
+    };
+    let registered = async {
+        let meta = yr_control::etcd::Meta::connect(&s.etcd_endpoints).await?;
+        let mut urls = Vec::new();
+        // `keys` names them without the prefix: node IDs.
+        for node in meta.keys(yr_control::etcd::COLLECTORS).await? {
+            if let Some(url) = meta
+                .get_raw(&yr_control::etcd::collector_key(&node))
+                .await?
+            {
+                urls.push(url);
+            }
+        }
+        Ok::<_, yr_control::error::Error>(urls)
+    };
+    let mut urls = match tokio::time::timeout(COLLECTOR_WAIT, registered).await {
+        Ok(Ok(u)) => u,
+        _ => Vec::new(),
+    };
+    if let Some(own) = &s.collector_url {
+        if !urls.contains(own) {
+            urls.push(own.clone());
+        }
+    }
+    let mut asks = tokio::task::JoinSet::new();
+    for url in urls {
+        let token = token.clone();
+        asks.spawn(async move {
+            tokio::time::timeout(COLLECTOR_WAIT, snapshot_of(&url, &token))
+                .await
+                .ok()
+                .flatten()
+        });
+    }
+    let mut out = HashMap::new();
+    while let Some(done) = asks.join_next().await {
+        if let Ok(Some(snap)) = done {
+            for i in snap.instances {
+                out.insert(i.instance_id.clone(), i);
+            }
+        }
+    }
+    out
+}
+
+/// A collector's snapshot without its history (`since` now), or `None` if it does not answer
+/// as a collector.
+async fn snapshot_of(url: &str, token: &str) -> Option<Snapshot> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = url.strip_prefix("http://")?.trim_end_matches('/');
+    let mut c = tokio::net::TcpStream::connect(host).await.ok()?;
+    let path = format!(
+        "{}?since={}",
+        yr_control::collector::api::SNAPSHOT,
+        yr_control::etcd::now_ms()
+    );
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\
+         Connection: close\r\n\r\n"
+    );
+    c.write_all(req.as_bytes()).await.ok()?;
+    let mut raw = Vec::new();
+    // A snapshot without samples is small; a bound keeps a wrong peer from filling memory.
+    c.take(16 << 20).read_to_end(&mut raw).await.ok()?;
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&raw[..split]).ok()?;
+    if head.split_whitespace().nth(1) != Some("200") {
+        return None;
+    }
+    serde_json::from_slice(&raw[split + 4..]).ok()
+}
+
+fn status_json(st: &ClusterStatus, usage: &HashMap<String, InstanceUsage>) -> serde_json::Value {
     let res = |r: &Option<Resources>| {
         let r = r.clone().unwrap_or_default();
         serde_json::json!({"cpu_millis": r.cpu_millis, "memory_mib": r.memory_mib, "custom": r.custom})
@@ -202,7 +305,9 @@ fn status_json(st: &ClusterStatus) -> serde_json::Value {
             "instance_id": i.instance_id, "function": i.function, "name": i.name,
             "stateful": i.stateful, "state": yr_control::lifecycle::state_name(i.state),
             "node_id": i.node_id, "pid": i.pid, "restarts": i.restarts, "error": i.error,
-            "cpu_millis_used": i.cpu_millis_used, "memory_bytes_used": i.memory_bytes_used,
+            // From the instance's node's collector; null when it did not answer.
+            "cpu_millis_used": usage.get(&i.instance_id).map(|u| u.cpu_millis),
+            "memory_bytes_used": usage.get(&i.instance_id).map(|u| u.rss_bytes),
         })).collect::<Vec<_>>(),
     })
 }

@@ -279,7 +279,8 @@ fn page_size() -> u64 {
     *PAGE_SIZE.get_or_init(|| sysconf_positive(libc::_SC_PAGESIZE).unwrap_or(4096))
 }
 
-fn clock_ticks() -> u64 {
+/// Clock ticks per second (`USER_HZ`): the unit of `/proc`'s cpu times.
+pub fn clock_ticks() -> u64 {
     static CLK_TCK: OnceLock<u64> = OnceLock::new();
     // USER_HZ is fixed at 100 in the Linux ABI; sysconf is asked anyway.
     *CLK_TCK.get_or_init(|| sysconf_positive(libc::_SC_CLK_TCK).unwrap_or(100))

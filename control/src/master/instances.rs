@@ -203,7 +203,7 @@ impl MasterState {
                 );
                 let news = lifecycle::News::Failed { error };
                 let r = self
-                    .handle(id, Event::Reported(Report { usage: None, news }))
+                    .handle(id, Event::Reported(Report { news }))
                     .await?
                     .ok_or_else(vanished)?;
                 return Ok(r);
@@ -306,24 +306,23 @@ impl MasterState {
     /// Applies an agent's or proxy's report.
     pub async fn report(self: &Arc<Self>, ev: InstanceEvent) -> Result<()> {
         let report = Report::try_from(&ev)?;
-        if matches!(
-            report.news,
-            lifecycle::News::Failed { .. } | lifecycle::News::Exited
-        ) {
-            match self.current(&ev.instance_id).await {
-                Some(r) if crate::reconcile::stale_report(&r, ev.pid) => {
-                    tracing::info!(
-                        instance = %ev.instance_id,
-                        "ignoring a late exit report of process {} (the instance runs as {} now)",
-                        ev.pid,
-                        r.pid
-                    );
-                    return Ok(());
-                }
-                Some(_) => {}
-                None => {
-                    return Err(Error::NotFound(format!("no instance {}", ev.instance_id)));
-                }
+        // Whatever it says (RUNNING included: one that arrives after the process's exit
+        // report must not bring the record back), a report about a process that already
+        // ended changes nothing.
+        match self.current(&ev.instance_id).await {
+            Some(r) if crate::reconcile::stale_report(&r, ev.pid) => {
+                tracing::info!(
+                    instance = %ev.instance_id,
+                    "ignoring a late {:?} report of process {} (the instance runs as {} now)",
+                    report.news,
+                    ev.pid,
+                    r.pid
+                );
+                return Ok(());
+            }
+            Some(_) => {}
+            None => {
+                return Err(Error::NotFound(format!("no instance {}", ev.instance_id)));
             }
         }
         self.handle(&ev.instance_id, Event::Reported(report))

@@ -91,7 +91,7 @@ impl MasterState {
         alive: &HashMap<String, NodeRecord>,
     ) {
         let id = r.instance_id.as_str();
-        let report = |news| Event::Reported(Report { usage: None, news });
+        let report = |news| Event::Reported(Report { news });
         let result = match fix {
             Fix::Keep => Ok(()),
             Fix::Running { pid } => self

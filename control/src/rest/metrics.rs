@@ -286,103 +286,120 @@ pub(crate) async fn serve(State(m): State<Metrics>) -> Response {
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], m.render()).into_response()
 }
 
+/// Checks `text` line by line against the text exposition format, for the tests of every
+/// exposition (the REST services', the collector's): every family has a `# HELP` line, every
+/// sample belongs to a family declared by `# TYPE` before it, no label is named `instance`
+/// (Prometheus sets that one to the scraped target), counters end in `_total`, histogram series
+/// have ascending `le` buckets ending in `+Inf` whose count equals `_count`. Returns the
+/// first problem.
+pub fn check_exposition(text: &str) -> Result<(), String> {
+    let mut types: BTreeMap<String, String> = BTreeMap::new();
+    let mut last_bucket: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    let mut inf: BTreeMap<String, f64> = BTreeMap::new();
+    let mut counts: BTreeMap<String, f64> = BTreeMap::new();
+    let mut helped: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            if let Some((name, _)) = rest.split_once(' ') {
+                helped.insert(name.to_string());
+            }
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut w = rest.split(' ');
+            let (Some(name), Some(kind), None) = (w.next(), w.next(), w.next()) else {
+                return Err(format!("bad TYPE line {line:?}"));
+            };
+            if kind == "counter" && !name.ends_with("_total") {
+                return Err(format!("counter {name} does not end in _total"));
+            }
+            if !helped.contains(name) {
+                return Err(format!("family {name} has no HELP line before its TYPE"));
+            }
+            types.insert(name.to_string(), kind.to_string());
+            continue;
+        }
+        if line.starts_with("# HELP ") || line.is_empty() {
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .ok_or_else(|| format!("no value in {line:?}"))?;
+        let value: f64 = value
+            .parse()
+            .map_err(|_| format!("bad value in {line:?}"))?;
+        let (name, labels) = match series.split_once('{') {
+            Some((n, l)) => (
+                n,
+                l.strip_suffix('}')
+                    .ok_or_else(|| format!("unclosed labels in {line:?}"))?,
+            ),
+            None => (series, ""),
+        };
+        let family = if types.contains_key(name) {
+            name
+        } else {
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .filter(|f| types.get(*f).is_some_and(|k| k == "histogram"))
+                .ok_or_else(|| format!("sample {name} has no TYPE before it"))?
+        };
+        if !labels.is_empty() {
+            for pair in labels.split("\",") {
+                let (k, v) = pair
+                    .split_once("=\"")
+                    .ok_or_else(|| format!("bad label {pair:?} in {line:?}"))?;
+                if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    return Err(format!("bad label name {k:?} in {line:?}"));
+                }
+                if k == "instance" {
+                    return Err(format!(
+                        "label name `instance` (Prometheus's, for the target) in {line:?}"
+                    ));
+                }
+                let _ = v;
+            }
+        }
+        if name.ends_with("_bucket") && family != name {
+            let (rest, le) = match labels.rsplit_once(",le=\"") {
+                Some(split) => split,
+                None => (
+                    "",
+                    labels
+                        .strip_prefix("le=\"")
+                        .ok_or_else(|| format!("bucket without le: {line:?}"))?,
+                ),
+            };
+            let le = le.trim_end_matches('"');
+            let key = format!("{family}{{{rest}}}");
+            let le: f64 = if le == "+Inf" {
+                inf.insert(key.clone(), value);
+                f64::INFINITY
+            } else {
+                le.parse().map_err(|_| format!("bad le in {line:?}"))?
+            };
+            if let Some((prev_le, prev_n)) = last_bucket.get(&key) {
+                if le <= *prev_le || value < *prev_n {
+                    return Err(format!("buckets out of order at {line:?}"));
+                }
+            }
+            last_bucket.insert(key, (le, value));
+        } else if name.ends_with("_count") && family != name {
+            counts.insert(format!("{family}{{{labels}}}"), value);
+        }
+    }
+    for (k, n) in &counts {
+        if inf.get(k) != Some(n) {
+            return Err(format!("{k}: _count {n} but +Inf bucket {:?}", inf.get(k)));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-
-    /// Checks `text` line by line against the text exposition format: every sample belongs to
-    /// a family declared by `# TYPE` before it, counters end in `_total`, histogram series
-    /// have ascending `le` buckets ending in `+Inf` whose count equals `_count`. Returns the
-    /// first problem.
-    pub(crate) fn check_exposition(text: &str) -> Result<(), String> {
-        let mut types: BTreeMap<String, String> = BTreeMap::new();
-        let mut last_bucket: BTreeMap<String, (f64, f64)> = BTreeMap::new();
-        let mut inf: BTreeMap<String, f64> = BTreeMap::new();
-        let mut counts: BTreeMap<String, f64> = BTreeMap::new();
-        for line in text.lines() {
-            if let Some(rest) = line.strip_prefix("# TYPE ") {
-                let mut w = rest.split(' ');
-                let (Some(name), Some(kind), None) = (w.next(), w.next(), w.next()) else {
-                    return Err(format!("bad TYPE line {line:?}"));
-                };
-                if kind == "counter" && !name.ends_with("_total") {
-                    return Err(format!("counter {name} does not end in _total"));
-                }
-                types.insert(name.to_string(), kind.to_string());
-                continue;
-            }
-            if line.starts_with("# HELP ") || line.is_empty() {
-                continue;
-            }
-            let (series, value) = line
-                .rsplit_once(' ')
-                .ok_or_else(|| format!("no value in {line:?}"))?;
-            let value: f64 = value
-                .parse()
-                .map_err(|_| format!("bad value in {line:?}"))?;
-            let (name, labels) = match series.split_once('{') {
-                Some((n, l)) => (
-                    n,
-                    l.strip_suffix('}')
-                        .ok_or_else(|| format!("unclosed labels in {line:?}"))?,
-                ),
-                None => (series, ""),
-            };
-            let family = if types.contains_key(name) {
-                name
-            } else {
-                ["_bucket", "_sum", "_count"]
-                    .iter()
-                    .find_map(|s| name.strip_suffix(s))
-                    .filter(|f| types.get(*f).is_some_and(|k| k == "histogram"))
-                    .ok_or_else(|| format!("sample {name} has no TYPE before it"))?
-            };
-            if !labels.is_empty() {
-                for pair in labels.split("\",") {
-                    let (k, v) = pair
-                        .split_once("=\"")
-                        .ok_or_else(|| format!("bad label {pair:?} in {line:?}"))?;
-                    if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                        return Err(format!("bad label name {k:?} in {line:?}"));
-                    }
-                    let _ = v;
-                }
-            }
-            if name.ends_with("_bucket") && family != name {
-                let (rest, le) = match labels.rsplit_once(",le=\"") {
-                    Some(split) => split,
-                    None => (
-                        "",
-                        labels
-                            .strip_prefix("le=\"")
-                            .ok_or_else(|| format!("bucket without le: {line:?}"))?,
-                    ),
-                };
-                let le = le.trim_end_matches('"');
-                let key = format!("{family}{{{rest}}}");
-                let le: f64 = if le == "+Inf" {
-                    inf.insert(key.clone(), value);
-                    f64::INFINITY
-                } else {
-                    le.parse().map_err(|_| format!("bad le in {line:?}"))?
-                };
-                if let Some((prev_le, prev_n)) = last_bucket.get(&key) {
-                    if le <= *prev_le || value < *prev_n {
-                        return Err(format!("buckets out of order at {line:?}"));
-                    }
-                }
-                last_bucket.insert(key, (le, value));
-            } else if name.ends_with("_count") && family != name {
-                counts.insert(format!("{family}{{{labels}}}"), value);
-            }
-        }
-        for (k, n) in &counts {
-            if inf.get(k) != Some(n) {
-                return Err(format!("{k}: _count {n} but +Inf bucket {:?}", inf.get(k)));
-            }
-        }
-        Ok(())
-    }
 
     #[test]
     fn exposition_is_valid_and_bounded() {
@@ -455,13 +472,17 @@ pub(crate) mod tests {
     fn the_checker_catches_mistakes() {
         assert!(check_exposition("# TYPE a counter\na 1\n").is_err());
         assert!(check_exposition("b_total 1\n").is_err());
-        assert!(check_exposition(
-            "# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 1\nh_count 1\n"
-        )
+        let h = "# HELP h A histogram.\n# TYPE h histogram\n";
+        assert!(check_exposition(&format!(
+            "{h}h_bucket{{le=\"1\"}} 2\nh_bucket{{le=\"+Inf\"}} 1\nh_count 1\n"
+        ))
         .is_err());
-        assert!(check_exposition(
-            "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 3\nh_count 2\n"
-        )
-        .is_ok());
+        let good =
+            format!("{h}h_bucket{{le=\"1\"}} 1\nh_bucket{{le=\"+Inf\"}} 2\nh_sum 3\nh_count 2\n");
+        assert!(check_exposition(&good).is_ok());
+        assert!(check_exposition(&good.replace("# HELP h A histogram.\n", "")).is_err());
+        assert!(
+            check_exposition("# HELP g A gauge.\n# TYPE g gauge\ng{instance=\"x\"} 1\n").is_err()
+        );
     }
 }
