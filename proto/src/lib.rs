@@ -14,4 +14,5 @@ pub use v1::*;
 
 pub mod failover;
 pub mod frame;
+pub mod ports;
 pub mod tls;

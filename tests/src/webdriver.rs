@@ -20,7 +20,7 @@
 //! polling must survive refused connections.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -110,12 +110,12 @@ pub fn chromedriver_binary() -> PathBuf {
     })
 }
 
-/// A free loopback port (bound and released; `chromedriver` binds it right after).
+/// A free port for `chromedriver` to bind (claimed and outside the kernel's ephemeral range, so
+/// no parallel test's connection takes it first).
 fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
-    l.local_addr()
-        .expect("local address of a bound port")
-        .port()
+    yr_proto::ports::free(1, &[])
+        .map(|p| p[0])
+        .unwrap_or_else(|e| panic!("no free port for chromedriver: {e}"))
 }
 
 /// One HTTP/1.1 request to `127.0.0.1:port`; returns the status and the body parsed as JSON.
@@ -610,6 +610,7 @@ impl Drop for Browser {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::TcpListener;
 
     /// Serves one connection: reads the request head, writes `reply`, then keeps the connection
     /// open until the client hangs up (as chromedriver does), so the client must stop at the

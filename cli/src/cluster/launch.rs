@@ -148,17 +148,14 @@ pub fn wait_for_etcd(endpoint: &str, log: &Path) -> Result<()> {
     }
 }
 
-/// `N` distinct free TCP ports on 127.0.0.1: all held open at once while they are picked, so the
-/// kernel cannot hand out one twice. (Another process may still take one before its component
-/// binds it; the component then fails to start, with its log saying so.)
+/// `N` distinct free TCP ports for a node's components, none of yr's standard ports (another
+/// node on this host may use those): see [`yr_proto::ports`] for why they are not simply port-0
+/// binds.
 pub fn free_ports<const N: usize>() -> Result<[u16; N]> {
-    let listeners = (0..N)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()?;
+    let standard = super::plan::Ports::STANDARD.all();
+    let picked = yr_proto::ports::free(N, &standard)?;
     let mut ports = [0u16; N];
-    for (p, l) in ports.iter_mut().zip(&listeners) {
-        *p = l.local_addr()?.port();
-    }
+    ports.copy_from_slice(&picked);
     Ok(ports)
 }
 
@@ -249,6 +246,8 @@ mod tests {
         sorted.dedup();
         assert_eq!(sorted.len(), 8, "{ports:?}");
         assert!(ports.iter().all(|&p| p != 0));
+        let standard = crate::cluster::plan::Ports::STANDARD.all();
+        assert!(ports.iter().all(|p| !standard.contains(p)), "{ports:?}");
     }
 
     #[test]

@@ -74,6 +74,22 @@ impl Ports {
         dashboard: port::DASHBOARD,
     };
 
+    /// Every port, in field order (the order [`Ports::from_free`] takes them in).
+    pub fn all(&self) -> [u16; Ports::COUNT] {
+        [
+            self.etcd_client,
+            self.etcd_peer,
+            self.function_master,
+            self.meta_service,
+            self.data_transfer,
+            self.function_proxy,
+            self.frontend,
+            self.function_agent,
+            self.collector,
+            self.dashboard,
+        ]
+    }
+
     /// Ports from a list of distinct free ones, in field order.
     pub fn from_free(p: [u16; Ports::COUNT]) -> Ports {
         let [etcd_client, etcd_peer, function_master, meta_service, data_transfer, function_proxy, frontend, function_agent, collector, dashboard] =
