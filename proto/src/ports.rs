@@ -26,6 +26,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// node's components to start one after the other and bind.
 pub const CLAIM_FOR: Duration = Duration::from_secs(180);
 
+/// Claims older than this are removed.
+const PRUNE_AFTER: Duration = Duration::from_secs(30 * 60);
+
 /// Ports below this are left to the system's well-known and registered services.
 const LOWEST: u16 = 10_000;
 
@@ -34,7 +37,28 @@ const DEFAULT_EPHEMERAL: (u16, u16) = (32_768, 60_999);
 
 /// `n` distinct free ports (see the module header for what "free" promises), none in `avoid`.
 pub fn free(n: usize, avoid: &[u16]) -> io::Result<Vec<u16>> {
-    free_in(n, avoid, &claims_dir()?, ephemeral_range())
+    let dir = claims_dir()?;
+    prune(&dir);
+    free_in(n, avoid, &dir, ephemeral_range())
+}
+
+/// Removes claims long expired, so the folder does not keep one file per port ever picked. A
+/// claim this old is never one a picker has just taken over (those are fresh), short of a
+/// takeover between the age check and the removal.
+fn prune(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let age = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| SystemTime::now().duration_since(t).ok());
+        if age.is_some_and(|a| a > PRUNE_AFTER) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 fn free_in(n: usize, avoid: &[u16], claims: &Path, ephemeral: (u16, u16)) -> io::Result<Vec<u16>> {
@@ -224,6 +248,24 @@ mod tests {
         let e = free_in(1, &avoid, &d, (1, 2)).expect_err("busy");
         assert!(e.to_string().contains("only 0 of 1"), "{e}");
         drop(busy);
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn long_expired_claims_are_pruned_and_live_ones_kept() {
+        let d = dir();
+        for name in ["20001", "20002"] {
+            std::fs::write(d.join(name), "").expect("claim");
+        }
+        let f = std::fs::File::options()
+            .write(true)
+            .open(d.join("20001"))
+            .expect("claim file");
+        f.set_modified(SystemTime::now() - PRUNE_AFTER - Duration::from_secs(1))
+            .expect("date the claim back");
+        prune(&d);
+        assert!(!d.join("20001").exists());
+        assert!(d.join("20002").exists());
         let _ = std::fs::remove_dir_all(d);
     }
 

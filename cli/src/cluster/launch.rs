@@ -127,14 +127,23 @@ pub fn tail(log: &Path) -> String {
     lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
-/// Waits until etcd answers at `endpoint`; on timeout the error includes its log's tail.
-pub fn wait_for_etcd(endpoint: &str, log: &Path) -> Result<()> {
+/// Waits until etcd (process `pid`) answers at `endpoint`; when it exits first or the wait
+/// times out, the error includes its log's tail.
+pub fn wait_for_etcd(endpoint: &str, pid: u32, log: &Path) -> Result<()> {
     let rt = super::rt()?;
     let deadline = Instant::now() + ETCD_READY_WITHIN;
     loop {
         let ok = rt.block_on(yr_control::etcd::Meta::connect(&[endpoint.to_string()]));
         if ok.is_ok() {
             return Ok(());
+        }
+        // An etcd that failed on its flags or its ports is done: say so now, not at the deadline.
+        if !running(pid) {
+            bail!(
+                "etcd exited before it answered at {endpoint}; its log ({}):\n{}",
+                log.display(),
+                tail(log)
+            );
         }
         if Instant::now() > deadline {
             bail!(
@@ -262,6 +271,31 @@ mod tests {
             msg.contains("x failed to start") && msg.contains("broken config"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn an_etcd_that_exits_is_reported_at_once_with_its_log() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let log = tmp.path().join("etcd.log");
+        let out = std::fs::File::create(&log).expect("log");
+        let mut child = Command::new("sh")
+            .args([
+                "-c",
+                "echo 'listen tcp: bind: address already in use' >&2; exit 1",
+            ])
+            .stderr(out)
+            .spawn()
+            .expect("spawn");
+        // Nothing answers on this endpoint, so only the exit can end the wait early.
+        let port = yr_proto::ports::free(1, &[]).expect("port")[0];
+        let e = wait_for_etcd(&format!("http://127.0.0.1:{port}"), child.id(), &log)
+            .expect_err("etcd exited");
+        let msg = format!("{e:#}");
+        assert!(
+            msg.contains("exited before it answered") && msg.contains("address already in use"),
+            "{msg}"
+        );
+        child.wait().expect("reap");
     }
 
     #[test]

@@ -344,7 +344,7 @@ fn start_one(c: &SpecComponent) -> Result<ComponentInfo> {
     let mut info = launch::launch(&c.name, cmd, &c.log, !c.ready_by_endpoint)?;
     let announced = std::mem::replace(&mut info.address, c.address.clone());
     let ready = if c.ready_by_endpoint {
-        launch::wait_for_etcd(&c.address, &c.log)
+        launch::wait_for_etcd(&c.address, info.pid, &c.log)
     } else if !c.address.is_empty() && announced != c.address {
         Err(anyhow!(
             "{} serves {announced}, not the planned {} (see {})",
