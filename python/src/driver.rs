@@ -473,6 +473,13 @@ fn find_instance(py: Python<'_>, name: &str) -> PyResult<Option<PyInstance>> {
         .map_err(to_py)
 }
 
+/// The names of the cluster's live stateful instances, sorted.
+#[pyfunction]
+fn instance_names(py: Python<'_>) -> PyResult<Vec<String>> {
+    let yr = driver()?;
+    py.allow_threads(|| yr.instance_names()).map_err(to_py)
+}
+
 /// Writes `value` under `key` in this node's data worker.
 #[pyfunction]
 fn kv_set(py: Python<'_>, key: &[u8], value: &[u8]) -> PyResult<()> {
@@ -568,6 +575,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(undeploy, m)?)?;
     m.add_function(wrap_pyfunction!(create_instance, m)?)?;
     m.add_function(wrap_pyfunction!(find_instance, m)?)?;
+    m.add_function(wrap_pyfunction!(instance_names, m)?)?;
     m.add_function(wrap_pyfunction!(kv_set, m)?)?;
     m.add_function(wrap_pyfunction!(kv_get, m)?)?;
     m.add_function(wrap_pyfunction!(kv_del, m)?)?;

@@ -207,7 +207,24 @@ def test_named_instances_are_found_again(cluster):
     assert yr.get(again.get.invoke()) == 3
     found = yr.get_instance("counter-1")
     assert yr.get(found.get.invoke()) == 3
+    # Listed by name; one in a namespace only when every namespace is asked for; an instance
+    # without a name never.
+    opt2 = yr.InvokeOptions()
+    opt2.name, opt2.namespace = "counter-2", "team-a"
+    other = Counter.options(opt2).invoke()
+    unnamed = Counter.invoke()
+    assert yr.get([other.add.invoke(1), unnamed.add.invoke(1)]) == [1, 1]
+    assert "counter-1" in yr.list_named_instances()
+    assert "counter-2" not in yr.list_named_instances()
+    everywhere = yr.list_named_instances(all_namespaces=True)
+    assert {"name": "counter-1", "namespace": ""} in everywhere
+    assert {"name": "counter-2", "namespace": "team-a"} in everywhere
+    assert not any(e["name"] == unnamed.instance_id for e in everywhere), everywhere
+    assert yr.get(yr.get_instance("counter-2", "team-a").get.invoke()) == 1
+    for inst in (other, unnamed):
+        inst.terminate()
     first.terminate()
+    assert "counter-1" not in yr.list_named_instances()
     with pytest.raises(RuntimeError):
         yr.get_instance("no-such-instance", timeout=0)
 

@@ -404,12 +404,24 @@ def invoke(func=None, *, invoke_options=None, return_nums=None, initializer=None
 
 # ----------------------------------------------------------------------------- instances
 
+# A named instance's cluster-wide name: `name`, or `namespace::name` in a namespace. The
+# separator is not '-' (as openYuanrong's is) because names themselves often hold one
+# ("counter-1"), which would make `list_named_instances` misread them.
+_NS_SEP = "::"
+# An instance created without a name gets one of these (never listed as named).
+_UNNAMED = re.compile(r"py-[0-9a-f]{20}")
+
+
+def _full_name(name, namespace):
+    return f"{namespace}{_NS_SEP}{name}" if namespace else name
+
+
 def _instance_name(opts):
     name = getattr(opts, "name", "") if opts is not None else ""
     ns = getattr(opts, "namespace", "") if opts is not None else ""
     if not name:
         return f"py-{uuid.uuid4().hex[:20]}"
-    return f"{ns}-{name}" if ns else name
+    return _full_name(name, ns)
 
 
 class MethodProxy:
@@ -525,7 +537,7 @@ def get_instance(name, namespace="", timeout=60):
         raise TypeError("name and namespace are str")
     if timeout is not None and timeout < 0:
         raise TypeError("timeout must not be negative")
-    full = f"{namespace}-{name}" if namespace else name
+    full = _full_name(name, namespace)
     deadline = time.monotonic() + (timeout or 0)
     while True:
         h = _yr.find_instance(full)
@@ -534,3 +546,21 @@ def get_instance(name, namespace="", timeout=60):
         if time.monotonic() >= deadline:
             raise FunctionNotFoundError(f"failed to get instance: {full} by name: no such instance")
         time.sleep(0.1)
+
+
+def list_named_instances(all_namespaces=False):
+    """The live named stateful instances of the cluster (created by any driver): their names in
+    the default namespace, or with `all_namespaces` every one as {"name": ..., "namespace": ...}.
+    Instances created without a name are not listed."""
+    out = []
+    for full in _yr.instance_names():
+        if _UNNAMED.fullmatch(full):
+            continue
+        ns, sep, name = full.partition(_NS_SEP)
+        if not sep:
+            ns, name = "", full
+        if all_namespaces:
+            out.append({"name": name, "namespace": ns})
+        elif not ns:
+            out.append(name)
+    return out

@@ -586,6 +586,30 @@ impl Yr {
 
     /// The live stateful instance named `name`, if the cluster has one, with its function.
     pub fn find_instance(&self, name: &str) -> Result<Option<InstanceHandle>, Error> {
+        Ok(self
+            .live_stateful()?
+            .into_iter()
+            .find(|i| i.name == name)
+            .map(|i| self.handle(i.function, name)))
+    }
+
+    /// The names of the cluster's live stateful instances, sorted (each once); one being
+    /// stopped (EXITING, as right after a kill) is no longer listed.
+    pub fn instance_names(&self) -> Result<Vec<String>, Error> {
+        let mut names: Vec<String> = self
+            .live_stateful()?
+            .into_iter()
+            .filter(|i| i.state != yr_proto::InstanceState::Exiting as i32)
+            .map(|i| i.name)
+            .filter(|n| !n.is_empty())
+            .collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
+    /// The records of the cluster's stateful instances that have not ended.
+    fn live_stateful(&self) -> Result<Vec<yr_proto::InstanceRecord>, Error> {
         let mut master = self.d.master.clone();
         let status = self
             .d
@@ -595,8 +619,8 @@ impl Yr {
         Ok(status
             .instances
             .into_iter()
-            .find(|i| i.stateful && i.name == name && !lifecycle_ended(i.state))
-            .map(|i| self.handle(i.function, name)))
+            .filter(|i| i.stateful && !lifecycle_ended(i.state))
+            .collect())
     }
 
     /// A handle on the instance `name` of `function`, with calls in submission order.
