@@ -82,6 +82,12 @@ impl PyObjectRef {
         self.0.size()
     }
 
+    /// Cancels the stateless call whose result this is, if it has not ended (see
+    /// `yr.cancel`); whether it was cancelled.
+    fn cancel(&self) -> bool {
+        self.0.cancel()
+    }
+
     /// Where the call that made this value ran: (node, instance), once it has.
     fn call_info(&self) -> Option<(String, String)> {
         self.0.call_info().map(|c| (c.node_id, c.instance_id))

@@ -127,7 +127,11 @@ pub(crate) fn exception(name: &str, msg: String) -> PyErr {
 
 /// A runtime error as the Python exception of its kind.
 pub(crate) fn to_py(e: Error) -> PyErr {
-    exception(class_of(&e), e.to_string())
+    match e {
+        // openYuanrong's CancelError builds its message around the task's name.
+        Error::Cancelled(function) => exception("CancelError", function),
+        e => exception(class_of(&e), e.to_string()),
+    }
 }
 
 #[pymodule]

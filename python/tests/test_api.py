@@ -354,3 +354,60 @@ def test_refs_inside_values_and_calls_from_calls(cluster):
     assert yr.get(twice_removed.invoke(41), timeout=120) == 42
     with pytest.raises(yr.YRError, match="stored object"):
         yr.put([sleepy.invoke(1)])  # a pending reference cannot travel inside a value
+
+
+@yr.invoke
+def timed(folder, name, seconds):
+    """Writes when it started and when it ended (time.time()) into `folder`/`name`."""
+    start = time.time()
+    with open(os.path.join(folder, name + ".start"), "w") as f:
+        f.write(repr(start))
+    time.sleep(seconds)
+    end = time.time()
+    with open(os.path.join(folder, name + ".end"), "w") as f:
+        f.write(repr(end))
+    return name
+
+
+def _read_time(path):
+    with open(path) as f:
+        return float(f.read())
+
+
+def _wait_for_file(path, within=60):
+    deadline = time.monotonic() + within
+    while not os.path.exists(path):
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def test_cancel_fails_the_reference_and_a_waiting_call_never_runs(cluster, tmp_path):
+    opt = yr.InvokeOptions()
+    opt.max_instances, opt.concurrency = 1, 1
+    f = timed.options(opt)
+    d = str(tmp_path)
+    running = f.invoke(d, "running", 3)
+    # The only slot of the only instance is taken: the next call waits for it.
+    _wait_for_file(os.path.join(d, "running.start"))
+    waiting = f.invoke(d, "waiting", 0)
+    yr.cancel(waiting)
+    with pytest.raises(yr.CancelError, match="cancelled"):
+        yr.get(waiting, timeout=10)
+    # A running call is cancelled too: its reference fails at once, while the call finishes
+    # where it runs and keeps its slot until then.
+    yr.cancel([running])
+    with pytest.raises(yr.CancelError):
+        yr.get(running, timeout=10)
+    assert yr.get(f.invoke(d, "next", 0), timeout=60) == "next"
+    assert not os.path.exists(os.path.join(d, "waiting.start")), "a cancelled waiting call ran"
+    assert _read_time(os.path.join(d, "next.start")) >= _read_time(os.path.join(d, "running.end"))
+    # An ended call, a put and a stateful call are left alone; a non-reference is refused.
+    done = add.invoke(1)
+    assert yr.get(done) == 2
+    yr.cancel(done)
+    assert yr.get(done) == 2
+    put = yr.put(5)
+    yr.cancel(put)
+    assert yr.get(put) == 5
+    with pytest.raises(TypeError):
+        yr.cancel("not a reference")

@@ -79,6 +79,10 @@ pub enum Error {
     /// call's effect on the instance's state never shows; the instance restarts.
     #[error("instance recycled: {0}")]
     Recycled(String),
+    /// The driver cancelled the call ([`ObjectRef::cancel`](crate::ObjectRef::cancel)); the
+    /// function is named.
+    #[error("the call to {0} was cancelled")]
+    Cancelled(String),
 }
 
 impl From<yr_datastore::Error> for Error {

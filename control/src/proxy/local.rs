@@ -75,6 +75,35 @@ pub(super) struct Pool {
 /// last activity and lets one waiting call of the function look again.
 struct Busy<'a>(&'a LocalInstance);
 
+/// A stateless call the process has, whose caller may go away before the answer: its request
+/// cancelled by the driver (`yr.cancel`) or its connection dropped, which drops the call's
+/// future. Dropped while armed, it cancels the call in the process and keeps the call's permit
+/// until the process answers (as a timed-out call does), so the instance never holds more than
+/// its concurrency in calls, given up or not.
+struct GoneCaller<'a> {
+    instance: &'a Arc<LocalInstance>,
+    call_id: u64,
+    deadline: tokio::time::Instant,
+    permit: Option<SemaphorePermit<'a>>,
+    armed: bool,
+}
+
+impl Drop for GoneCaller<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        self.instance.send_cancel(self.call_id);
+        // Recycled only if it still runs as long past its deadline as a timed-out call may.
+        let recycle_after = self
+            .deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            + cancel::wait_after_deadline(false);
+        self.instance
+            .abandon(self.call_id, &mut self.permit, recycle_after);
+    }
+}
+
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
         self.0.last_done.store(etcd::now_ms(), Ordering::Relaxed);
@@ -157,10 +186,17 @@ impl LocalInstance {
     ) -> Result<InvokeReply, Error> {
         let _busy = Busy(self);
         // Dropped at the end of the call, or kept past it by a call that timed out (see
-        // `timed_out`).
-        let mut permit = Some(permit);
+        // `timed_out`) or whose caller went away (see `GoneCaller`).
+        let mut guard = GoneCaller {
+            instance: self,
+            call_id: u64::MAX,
+            deadline,
+            permit: Some(permit),
+            armed: false,
+        };
         let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
         let call_id = self.next_call.fetch_add(1, Ordering::Relaxed);
+        guard.call_id = call_id;
         if req.payload.len() > MAX_MESSAGE {
             return Err(Error::Internal(format!(
                 "a call of {} bytes to {} is over the {MAX_MESSAGE}-byte limit; put large data \
@@ -197,7 +233,11 @@ impl LocalInstance {
                 _ => Error::InstanceFatal(format!("instance {} exited", self.id)),
             });
         }
-        match tokio::time::timeout_at(deadline, &mut rx).await {
+        // From here the process has the call: a caller that goes away cancels it there.
+        guard.armed = !self.stateful;
+        let outcome = tokio::time::timeout_at(deadline, &mut rx).await;
+        guard.armed = false;
+        match outcome {
             Ok(Ok(r)) if r.error.is_empty() => Ok(InvokeReply {
                 payload: r.payload,
                 instance_id: self.id.clone(),
@@ -221,7 +261,7 @@ impl LocalInstance {
                 self.id, self.function
             ))),
             Err(_) => Err(self
-                .timed_out(call_id, rx, &mut permit, &function.name, timeout)
+                .timed_out(call_id, rx, &mut guard.permit, &function.name, timeout)
                 .await),
         }
     }
@@ -238,54 +278,10 @@ impl LocalInstance {
         function: &str,
         timeout: Duration,
     ) -> Error {
-        let cancel = ProxyMessage {
-            msg: Some(proxy_message::Msg::Cancel(CancelCall { call_id })),
-        };
-        if let (true, Ok(f)) = (self.cancels, frame::to_frame(&cancel)) {
-            // A full queue means the process is not reading: it cannot answer, and the wait
-            // below ends without an answer.
-            let _ = self.tx.try_send(f);
-        }
+        self.send_cancel(call_id);
         let after = cancel::wait_after_deadline(self.stateful);
         if !cancel::caller_waits(self.stateful) {
-            let (answered_tx, answered) = oneshot::channel();
-            let abandoned = match self.pending.lock() {
-                Ok(mut p) => match p.get_mut(&call_id) {
-                    Some(w) => {
-                        *w = Waiter::Abandoned(answered_tx);
-                        true
-                    }
-                    None => false,
-                },
-                Err(_) => false,
-            };
-            if abandoned {
-                // The slot stays taken until the process answers (`answer` gives it back).
-                if let Some(p) = permit.take() {
-                    p.forget();
-                }
-                // Ends when the call is answered (or the instance closes), else recycles the
-                // instance once the call has run `after` past its deadline.
-                let me = Arc::downgrade(self);
-                tokio::spawn(async move {
-                    tokio::select! {
-                        _ = answered => return,
-                        _ = tokio::time::sleep(after) => {}
-                    }
-                    let Some(me) = me.upgrade() else { return };
-                    let still = me
-                        .pending
-                        .lock()
-                        .is_ok_and(|p| matches!(p.get(&call_id), Some(Waiter::Abandoned(_))));
-                    if still
-                        && cancel::after_deadline(false, Late::NoAnswer) == cancel::Then::Recycle
-                    {
-                        me.recycle(format!(
-                            "call {call_id} was still running {after:?} after its deadline"
-                        ));
-                    }
-                });
-            }
+            self.abandon(call_id, permit, after);
             return Error::Timeout(format!("{function} did not answer within {timeout:?}"));
         }
         // A runtime that knows no cancels cannot say the call never started: only an outcome
@@ -339,6 +335,66 @@ impl LocalInstance {
             let _ = self.tx.try_send(f);
         }
         self.recycling.notify_one();
+    }
+
+    /// Tells the process to cancel call `call_id` (a runtime too old to know cancels is told
+    /// nothing). A full queue means the process is not reading: it cannot answer anyway.
+    fn send_cancel(&self, call_id: u64) {
+        let cancel = ProxyMessage {
+            msg: Some(proxy_message::Msg::Cancel(CancelCall { call_id })),
+        };
+        if let (true, Ok(f)) = (self.cancels, frame::to_frame(&cancel)) {
+            let _ = self.tx.try_send(f);
+        }
+    }
+
+    /// Gives up waiting for the stateless call `call_id` (it timed out, or its caller went
+    /// away) while the process may still run it: the call keeps its slot until the process
+    /// answers (`answer` gives it back), and the instance is recycled if no answer came
+    /// within `recycle_after`. Nothing to do for a call already answered.
+    fn abandon(
+        self: &Arc<Self>,
+        call_id: u64,
+        permit: &mut Option<SemaphorePermit<'_>>,
+        recycle_after: Duration,
+    ) {
+        let (answered_tx, answered) = oneshot::channel();
+        let abandoned = match self.pending.lock() {
+            Ok(mut p) => match p.get_mut(&call_id) {
+                Some(w) => {
+                    *w = Waiter::Abandoned(answered_tx);
+                    true
+                }
+                None => false,
+            },
+            Err(_) => false,
+        };
+        if !abandoned {
+            return;
+        }
+        if let Some(p) = permit.take() {
+            p.forget();
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let me = Arc::downgrade(self);
+        rt.spawn(async move {
+            tokio::select! {
+                _ = answered => return,
+                _ = tokio::time::sleep(recycle_after) => {}
+            }
+            let Some(me) = me.upgrade() else { return };
+            let still = me
+                .pending
+                .lock()
+                .is_ok_and(|p| matches!(p.get(&call_id), Some(Waiter::Abandoned(_))));
+            if still && cancel::after_deadline(false, Late::NoAnswer) == cancel::Then::Recycle {
+                me.recycle(format!(
+                    "call {call_id} was still running {recycle_after:?} after it was given up"
+                ));
+            }
+        });
     }
 
     fn forget(&self, call_id: u64) {

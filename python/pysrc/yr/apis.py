@@ -381,6 +381,23 @@ class FunctionProxy:
         return _split(ref, self._return_nums)
 
 
+def cancel(obj_refs, allow_force=True, allow_recursive=False):
+    """Cancels stateless calls by their results (one ObjectRef or a list): `yr.get` of each
+    raises CancelError at once, a call still waiting for its instance never runs, and one
+    already running finishes where it runs with its result discarded. A reference whose call
+    has ended, a put's, or a stateful instance's call is left as it is (as openYuanrong does).
+    `allow_force` and `allow_recursive` are accepted for compatibility."""
+    refs = obj_refs if isinstance(obj_refs, list) else [obj_refs]
+    for r in refs:
+        r = r.parent if isinstance(r, _Item) else r
+        if not isinstance(r, ObjectRef):
+            raise TypeError(
+                f"obj_refs type error, actual: {type(r)}, element expect: <class 'ObjectRef'>"
+            )
+    for r in refs:
+        (r.parent if isinstance(r, _Item) else r).cancel()
+
+
 def _split(ref, n):
     """`n` references to the items of the tuple a call returns (0: None)."""
     if n == 0:

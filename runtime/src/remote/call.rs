@@ -211,7 +211,9 @@ impl Task<'_> {
             (s, t)
         });
         let d2 = Arc::clone(&d);
-        d.runtime().spawn(async move {
+        let stateless = instance.is_none();
+        let function_name = label.clone();
+        let task = d.runtime().spawn(async move {
             let turn = match order {
                 Some((s, t)) => Some(s.wait_turn(t).await),
                 None => None,
@@ -224,6 +226,9 @@ impl Task<'_> {
             drop(args);
             cell.settle(r);
         });
+        if stateless {
+            out.set_call(task.abort_handle(), function_name);
+        }
         Ok(out)
     }
 }

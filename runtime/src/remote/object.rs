@@ -53,6 +53,9 @@ struct RefCell {
     store: Client,
     /// A reference to an object someone else owns (see [`Yr::borrowed`]): never freed here.
     borrowed: bool,
+    /// For a stateless call's result: the task running the call, and the function's name
+    /// (see [`ObjectRef::cancel`]).
+    call: parking_lot::Mutex<Option<(tokio::task::AbortHandle, String)>>,
 }
 
 impl Drop for RefCell {
@@ -97,26 +100,73 @@ impl ObjectRef {
                 info: parking_lot::Mutex::new(None),
                 store: store.clone(),
                 borrowed: false,
+                call: parking_lot::Mutex::new(None),
             }),
         }
     }
 
     /// Ends a pending reference with its call's outcome.
     pub(super) fn settle(&self, outcome: Result<(RefState, CallInfo), Error>) {
-        match outcome {
-            Ok((state, info)) => {
-                if let RefState::Object { id, .. } = &state {
-                    // Ownership is declared before anyone can drop the
-                    // reference, so its free follows its own.
-                    self.cell.store.own(&[*id]);
-                }
-                *self.cell.info.lock() = Some(info);
-                self.cell.state.send_replace(state);
-            }
-            Err(e) => {
-                self.cell.state.send_replace(RefState::Failed(e));
-            }
+        let (state, info) = match outcome {
+            Ok((state, info)) => (state, Some(info)),
+            Err(e) => (RefState::Failed(e), None),
+        };
+        let object = match &state {
+            RefState::Object { id, .. } => Some(*id),
+            _ => None,
+        };
+        if let Some(id) = object {
+            // Ownership is declared before anyone can drop the reference, so its free follows
+            // its own.
+            self.cell.store.own(&[id]);
         }
+        // Before the state, so that whoever sees the value also sees where it ran.
+        if let Some(info) = info {
+            *self.cell.info.lock() = Some(info);
+        }
+        // Only a pending reference takes an outcome: one cancelled meanwhile keeps its error.
+        let mut state = Some(state);
+        let taken = self.cell.state.send_if_modified(|s| match state.take() {
+            Some(new) if matches!(s, RefState::Pending) => {
+                *s = new;
+                true
+            }
+            _ => false,
+        });
+        if let (false, Some(id)) = (taken, object) {
+            // Nobody can read this result: its object goes at once.
+            self.cell.store.free(&[id]);
+        }
+    }
+
+    /// Makes this pending reference cancellable: `task` runs the stateless call to `function`
+    /// whose result it is.
+    pub(super) fn set_call(&self, task: tokio::task::AbortHandle, function: String) {
+        *self.cell.call.lock() = Some((task, function));
+    }
+
+    /// Cancels the stateless call whose result this is, if it has not ended: its reference
+    /// fails with [`Error::Cancelled`] at once and the call's request is dropped, which makes
+    /// the node's proxy cancel it in the function process (a call still queued there never
+    /// runs; a running one finishes and its result is discarded). Returns whether the call
+    /// was cancelled: false once it has ended, and for a reference that is not a stateless
+    /// call's (a put, a stateful instance's call: openYuanrong ignores those too).
+    pub fn cancel(&self) -> bool {
+        let Some((task, function)) = self.cell.call.lock().take() else {
+            return false;
+        };
+        let mut failed = Some(RefState::Failed(Error::Cancelled(function)));
+        let cancelled = self.cell.state.send_if_modified(|s| match failed.take() {
+            Some(f) if matches!(s, RefState::Pending) => {
+                *s = f;
+                true
+            }
+            _ => false,
+        });
+        if cancelled {
+            task.abort();
+        }
+        cancelled
     }
 
     /// Whether `other` is a clone of this reference (the same value, not an equal one).
@@ -271,6 +321,7 @@ impl Yr {
                 info: parking_lot::Mutex::new(None),
                 store: self.d.store.clone(),
                 borrowed: true,
+                call: parking_lot::Mutex::new(None),
             }),
         }
     }

@@ -72,6 +72,7 @@ fn kind(e: &Error) -> &'static str {
         Error::Deploy(_) => "Deploy",
         Error::Codec(_) => "Codec",
         Error::Store(_) => "Store",
+        Error::Cancelled(_) => "Cancelled",
         // A function process's start-up errors; a driver never sees them.
         Error::NotStartedByAgent(_)
         | Error::InstanceSocket(_)
