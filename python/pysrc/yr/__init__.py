@@ -2,10 +2,11 @@
 
 Driver: `init`, `finalize`, `is_initialized`; objects: `put`, `get`, `wait`; stateless functions
 (`@yr.invoke`, `.invoke`, `.options(yr.InvokeOptions(...))`, `cancel`); stateful instances
-(`@yr.instance`, `Cls.invoke`, `proxy.method.invoke`, `proxy.terminate`, named instances, `get_instance`,
-`list_named_instances`); KV on the data worker (`kv_write`, `kv_read`, `kv_del`, ...). Values are pickled (protocol 5) with
-their large buffers in shared memory: numpy arrays come back from `get` without a copy. bytes put
-here are read unchanged by Rust programs, and the other way round.
+(`@yr.instance`, `Cls.invoke`, `proxy.method.invoke`, `proxy.terminate`, named instances,
+`get_instance`, `list_named_instances`); KV on the data worker (`kv_write`, `kv_read`, `kv_del`,
+...). Values are pickled (protocol 5) with their large buffers in shared memory: numpy arrays
+come back from `get` without a copy. bytes put here are read unchanged by Rust programs, and the
+other way round.
 """
 
 from . import _yr
