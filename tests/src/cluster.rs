@@ -61,6 +61,17 @@ impl YrOutput {
         assert!(!self.success(), "{what}: the command succeeded\n{self}");
         self
     }
+
+    /// The ID of the instance of `function` whose exit failed this call, as its error names
+    /// it ("instance ID of FUNCTION exited ..."); panics with the output when it names none.
+    #[track_caller]
+    pub fn exited_instance(&self, function: &str) -> String {
+        self.stderr
+            .split_once("instance ")
+            .and_then(|(_, rest)| rest.split_once(&format!(" of {function} exited")))
+            .map(|(id, _)| id.to_string())
+            .unwrap_or_else(|| panic!("the error names the instance\n{self}"))
+    }
 }
 
 impl fmt::Display for YrOutput {

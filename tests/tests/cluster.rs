@@ -278,12 +278,7 @@ fn crashed_instance_is_restarted_then_fatal() {
         out.stderr.contains("ERROR_INSTANCE_FATAL") && out.stderr.contains("exited"),
         "the caller learns the instance exited\n{out}"
     );
-    let id = out
-        .stderr
-        .split_once("instance ")
-        .and_then(|(_, rest)| rest.split_once(" of crasher exited"))
-        .map(|(id, _)| id.to_string())
-        .unwrap_or_else(|| panic!("the error names the instance\n{out}"));
+    let id = out.exited_instance("crasher");
 
     // Every crash is followed by a restart until the retry limit (2) is spent. Later calls name
     // the instance, so they can never cold-start another one.

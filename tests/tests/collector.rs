@@ -359,12 +359,7 @@ fn the_collector_serves_instance_logs() {
     let out = c
         .invoke("crasher", "boom")
         .expect_err("a call that crashes");
-    let id = out
-        .stderr
-        .split_once("instance ")
-        .and_then(|(_, rest)| rest.split_once(" of crasher exited"))
-        .map(|(id, _)| id.to_string())
-        .unwrap_or_else(|| panic!("the error names the instance\n{out}"));
+    let id = out.exited_instance("crasher");
 
     // The tail of what the function printed on stderr.
     let r = logs(&svc, &format!("{id}/logs?stream=stderr&tail=4096"));

@@ -185,18 +185,17 @@ impl LocalInstance {
         node_id: &str,
     ) -> Result<InvokeReply, Error> {
         let _busy = Busy(self);
-        // Dropped at the end of the call, or kept past it by a call that timed out (see
-        // `timed_out`) or whose caller went away (see `GoneCaller`).
+        let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let call_id = self.next_call.fetch_add(1, Ordering::Relaxed);
+        // The permit is dropped at the end of the call, or kept past it by a call that timed
+        // out (see `timed_out`) or whose caller went away (see `GoneCaller`).
         let mut guard = GoneCaller {
             instance: self,
-            call_id: u64::MAX,
+            call_id,
             deadline,
             permit: Some(permit),
             armed: false,
         };
-        let timeout = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let call_id = self.next_call.fetch_add(1, Ordering::Relaxed);
-        guard.call_id = call_id;
         if req.payload.len() > MAX_MESSAGE {
             return Err(Error::Internal(format!(
                 "a call of {} bytes to {} is over the {MAX_MESSAGE}-byte limit; put large data \

@@ -388,14 +388,14 @@ def cancel(obj_refs, allow_force=True, allow_recursive=False):
     has ended, a put's, or a stateful instance's call is left as it is (as openYuanrong does).
     `allow_force` and `allow_recursive` are accepted for compatibility."""
     refs = obj_refs if isinstance(obj_refs, list) else [obj_refs]
+    refs = [r.parent if isinstance(r, _Item) else r for r in refs]
     for r in refs:
-        r = r.parent if isinstance(r, _Item) else r
         if not isinstance(r, ObjectRef):
             raise TypeError(
                 f"obj_refs type error, actual: {type(r)}, element expect: <class 'ObjectRef'>"
             )
     for r in refs:
-        (r.parent if isinstance(r, _Item) else r).cancel()
+        r.cancel()
 
 
 def _split(ref, n):

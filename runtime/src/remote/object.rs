@@ -124,19 +124,25 @@ impl ObjectRef {
         if let Some(info) = info {
             *self.cell.info.lock() = Some(info);
         }
-        // Only a pending reference takes an outcome: one cancelled meanwhile keeps its error.
+        // One cancelled meanwhile keeps its error.
+        let taken = self.end(state);
+        if let (false, Some(id)) = (taken, object) {
+            // Nobody can read this result: its object goes at once.
+            self.cell.store.free(&[id]);
+        }
+    }
+
+    /// Moves a pending reference to its final `state`; false (and nothing changes) when it
+    /// has one already: the call's outcome and a cancel race, and the first one stays.
+    fn end(&self, state: RefState) -> bool {
         let mut state = Some(state);
-        let taken = self.cell.state.send_if_modified(|s| match state.take() {
+        self.cell.state.send_if_modified(|s| match state.take() {
             Some(new) if matches!(s, RefState::Pending) => {
                 *s = new;
                 true
             }
             _ => false,
-        });
-        if let (false, Some(id)) = (taken, object) {
-            // Nobody can read this result: its object goes at once.
-            self.cell.store.free(&[id]);
-        }
+        })
     }
 
     /// Makes this pending reference cancellable: `task` runs the stateless call to `function`
@@ -155,14 +161,7 @@ impl ObjectRef {
         let Some((task, function)) = self.cell.call.lock().take() else {
             return false;
         };
-        let mut failed = Some(RefState::Failed(Error::Cancelled(function)));
-        let cancelled = self.cell.state.send_if_modified(|s| match failed.take() {
-            Some(f) if matches!(s, RefState::Pending) => {
-                *s = f;
-                true
-            }
-            _ => false,
-        });
+        let cancelled = self.end(RefState::Failed(Error::Cancelled(function)));
         if cancelled {
             task.abort();
         }
